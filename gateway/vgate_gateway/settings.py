@@ -1,0 +1,145 @@
+"""Gateway configuration: one validated settings object per process.
+
+Sources, highest priority first: command-line flags, ``VGATE_*`` environment
+variables, the YAML file given by ``--config`` / ``VGATE_CONFIG`` (the operator
+mounts one from a ConfigMap), then the defaults below. Invalid values fail at
+start-up with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="VGATE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    # -- serving
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: LogLevel = "info"
+    log_json: bool = False
+
+    # -- discovery
+    discovery: Literal["static", "kubernetes"] = "static"
+    #: Static discovery: worker base URLs (env: comma-separated or a JSON list).
+    endpoints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Kubernetes discovery: namespace of the worker Services (default: the pod's own).
+    namespace: str | None = None
+    #: Kubernetes discovery: served model name -> its worker Service.
+    services: dict[str, str] = Field(default_factory=dict)
+    #: Kubernetes discovery: full re-list at least this often, whatever the watch says.
+    resync_interval_s: float = Field(30.0, gt=0)
+    health_interval_s: float = Field(2.0, gt=0)
+    health_timeout_s: float = Field(2.0, gt=0)
+
+    # -- routing
+    routing: str = "least-request"
+    #: Per-model override of ``routing``.
+    routing_per_model: dict[str, str] = Field(default_factory=dict)
+    #: Request header whose value pins a client to a worker with the ``session`` strategy.
+    session_header: str = "x-session-id"
+
+    # -- upstream client
+    connect_timeout_s: float = Field(5.0, gt=0)
+    #: Until the first response byte. Non-streaming requests get their whole answer at once,
+    #: so this bounds generation time for them; keep it generous.
+    first_byte_timeout_s: float = Field(600.0, gt=0)
+    #: Longest silence allowed between two chunks of a stream (no total timeout: long
+    #: healthy streams are never cut).
+    stream_idle_timeout_s: float = Field(120.0, gt=0)
+    max_connections: int = Field(1000, ge=1)
+    retry_after_s: int = Field(1, ge=0)
+
+    # -- efficiency
+    batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_ms: float = Field(3.0, ge=0, le=1000)
+    cache_maxsize: int = Field(1000, ge=0)
+    cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    cache_ttl_s: float = Field(600.0, gt=0)
+    dedup: bool = True
+
+    # -- local development
+    dry_run: bool = False
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _split_endpoints(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.lstrip().startswith("["):
+                return json.loads(v)
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("endpoints")
+    @classmethod
+    def _check_urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"endpoint {url!r} must be an http:// or https:// URL")
+        return [u.rstrip("/") for u in v]
+
+    @model_validator(mode="after")
+    def _check_discovery(self) -> GatewaySettings:
+        if self.discovery == "kubernetes" and not self.services:
+            raise ValueError("discovery 'kubernetes' needs 'services' (model name -> worker Service)")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = _config_path()
+        if config is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))
+        return tuple(sources)
+
+
+_CONFIG_PATH: Path | None = None
+
+
+def _config_path() -> Path | None:
+    import os
+
+    if _CONFIG_PATH is not None:
+        return _CONFIG_PATH
+    env = os.environ.get("VGATE_CONFIG")
+    return Path(env) if env else None
+
+
+def load_settings(config: str | Path | None = None, **overrides: Any) -> GatewaySettings:
+    """Build the settings; ``config`` is a YAML file, ``overrides`` come from flags."""
+    global _CONFIG_PATH
+    if config is not None:
+        path = Path(config)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        _CONFIG_PATH = path
+    try:
+        return GatewaySettings(**{k: v for k, v in overrides.items() if v is not None})
+    finally:
+        _CONFIG_PATH = None

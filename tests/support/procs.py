@@ -1,0 +1,124 @@
+"""Start ``vgate`` subcommands as real processes on free loopback ports.
+
+Every process gets its own session so teardown kills the whole group (uvicorn
+workers, vLLM engine cores): no orphan survives a failed test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A running ``vgate`` process and where it listens."""
+
+    args: list[str]
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    _log: object = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, ready_path: str = "/health", timeout: float = 30.0) -> Proc:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "vgate", *self.args],
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_http(self.url + ready_path, timeout=timeout, proc=self)
+        return self
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
+        if self.popen is None:
+            return None
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        rc = self.popen.returncode
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+        return rc
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: Proc | None = None, status: int = 200) -> None:
+    """Poll ``url`` until it answers ``status``; fail with the process log if it died."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.popen is not None and proc.popen.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.popen.returncode}:\n{proc.log()[-4000:]}")
+        try:
+            r = httpx.get(url, timeout=2.0)
+            if r.status_code == status:
+                return
+            last = r.status_code
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.1)
+    tail = proc.log()[-4000:] if proc else ""
+    raise TimeoutError(f"{url} did not answer {status} within {timeout}s (last: {last!r})\n{tail}")
+
+
+@contextmanager
+def vgate_process(
+    args: Sequence[str],
+    tmp_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    ready_path: str = "/health",
+    timeout: float = 30.0,
+    name: str | None = None,
+) -> Iterator[Proc]:
+    """Run ``vgate ARGS --port PORT`` for the duration of the block."""
+    port = port or free_port()
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    label = name or "-".join(a for a in args[:2] if not a.startswith("-"))
+    proc = Proc(
+        args=[*args, "--port", str(port)],
+        port=port,
+        env=full_env,
+        log_path=tmp_path / f"{label}-{port}.log",
+    )
+    try:
+        yield proc.start(ready_path=ready_path, timeout=timeout)
+    finally:
+        proc.stop()

@@ -1,0 +1,1 @@
+"""V-Gate: serve quantized LLMs on Kubernetes behind one OpenAI-compatible endpoint."""

@@ -1,0 +1,5 @@
+import sys
+
+from vgate.cli import main
+
+sys.exit(main())

@@ -1,0 +1,8 @@
+"""V-Gate worker: launches vLLM, or the dry-run vLLM simulator."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("vgate")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0"
