@@ -17,7 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("vgate_gateway.cli", "run the OpenAI-compatible gateway"),
     "worker": ("vgate_worker.cli", "run a worker: vLLM, or the dry-run simulator (--dry-run)"),
     "operator": ("vgate_operator.cli", "run the Kubernetes operator for VGateDeployment resources"),
-    "render": ("vgate_operator.render", "print the Kubernetes objects the operator would apply for a resource"),
+    "render": (
+        "vgate_operator.render",
+        "print the Kubernetes objects the operator would apply for a resource",
+    ),
     "bench": ("vgate.bench", "benchmark the gateway's routing, cache and dedup on the simulator"),
 }
 

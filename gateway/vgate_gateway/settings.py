@@ -8,8 +8,8 @@ start-up with a message naming the setting.
 
 from __future__ import annotations
 
-from pathlib import Path
 import json
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -68,6 +68,8 @@ class GatewaySettings(BaseSettings):
     stream_idle_timeout_s: float = Field(120.0, gt=0)
     max_connections: int = Field(1000, ge=1)
     retry_after_s: int = Field(1, ge=0)
+    #: On SIGTERM, how long in-flight requests and streams may take to finish.
+    shutdown_grace_s: float = Field(30.0, ge=0)
 
     # -- efficiency
     batch_size: int = Field(8, ge=1, le=256)

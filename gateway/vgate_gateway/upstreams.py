@@ -52,6 +52,9 @@ class Upstream:
     last_checked: float = 0.0
     #: Requests this gateway has in flight to the endpoint.
     inflight: int = 0
+    #: Requests sent to the endpoint, and those that failed to connect or broke.
+    requests_total: int = 0
+    failures_total: int = 0
     load: LoadStats = field(default_factory=LoadStats)
 
     @property
@@ -68,6 +71,7 @@ class Upstream:
     def mark_failed(self) -> None:
         """Passive health: a connection failure takes the endpoint out until a check passes."""
         self.healthy = False
+        self.failures_total += 1
         self.consecutive_failures += 1
         self.last_checked = time.monotonic()
 

@@ -1,0 +1,76 @@
+"""Prometheus metrics of one gateway process, on its own registry (no globals).
+
+Label values are bounded: endpoints are route templates, upstreams are the worker
+URLs the gateway knows (removed when the worker goes), models are the ones served.
+No prompt, key or client-supplied free text ever becomes a label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40)
+_TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
+
+
+class Metrics:
+    """The ``vgate_*`` metric family."""
+
+    def __init__(self, version: str, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.info = Info("vgate", "V-Gate build information", registry=r)
+        self.info.info({"version": version})
+        self.requests = Counter(
+            "vgate_requests", "HTTP requests handled", ["endpoint", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "vgate_request_latency_seconds",
+            "Time from request to the last response byte",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "vgate_ttft_seconds",
+            "Time to first token of streamed generations, seen by the gateway",
+            ["model"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot = Histogram(
+            "vgate_tpot_seconds",
+            "Mean time per output token after the first, per streamed generation",
+            ["model"],
+            buckets=_TPOT_BUCKETS,
+            registry=r,
+        )
+        self.tokens_generated = Counter(
+            "vgate_tokens_generated", "Completion tokens returned to clients", ["model"], registry=r
+        )
+        self.upstream_requests = Counter(
+            "vgate_upstream_requests",
+            "Requests sent to workers, by outcome (HTTP status or connect_error/timeout/stream_error)",
+            ["upstream", "status"],
+            registry=r,
+        )
+        self.inflight = Gauge("vgate_inflight_requests", "Requests being handled", registry=r)
+        self.upstream_healthy = Gauge(
+            "vgate_upstream_healthy", "1 when the worker passes health checks", ["upstream"], registry=r
+        )
+        self._upstream_statuses: dict[str, set[str]] = {}
+
+    def count_upstream(self, url: str, status: str | int) -> None:
+        self._upstream_statuses.setdefault(url, set()).add(str(status))
+        self.upstream_requests.labels(url, str(status)).inc()
+
+    def forget_upstream(self, url: str) -> None:
+        """Drop the series of a worker that is gone, so label sets stay bounded."""
+        series = [(self.upstream_healthy, (url,))]
+        series += [(self.upstream_requests, (url, s)) for s in self._upstream_statuses.pop(url, ())]
+        for metric, labels in series:
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)

@@ -1,0 +1,75 @@
+"""Operational endpoints: liveness, readiness, Prometheus metrics, a JSON summary."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.responses import JSONResponse, Response
+
+from vgate_gateway import __version__
+from vgate_gateway.state import GatewayState
+
+router = APIRouter()
+
+
+@router.get("/health")
+async def health() -> JSONResponse:
+    """Liveness: the process serves HTTP. Says nothing about workers."""
+    return JSONResponse({"status": "ok", "version": __version__})
+
+
+@router.get("/ready")
+async def ready(request: Request) -> JSONResponse:
+    """Readiness: at least one healthy worker serves a model."""
+    state: GatewayState = request.app.state.gateway
+    models = state.pool.models()
+    if models:
+        return JSONResponse({"status": "ready", "models": models})
+    return JSONResponse(
+        {"status": "not ready", "models": [], "reason": "no healthy worker serves a model yet"},
+        status_code=503,
+        headers={"Retry-After": str(state.settings.retry_after_s)},
+    )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    state: GatewayState = request.app.state.gateway
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/stats")
+async def stats(request: Request) -> JSONResponse:
+    state: GatewayState = request.app.state.gateway
+    upstreams = [
+        {
+            "url": u.url,
+            "models": sorted(u.models),
+            "healthy": u.healthy,
+            "ready": u.ready,
+            "terminating": u.terminating,
+            "routable": u.routable,
+            "inflight": u.inflight,
+            "requests": u.requests_total,
+            "failures": u.failures_total,
+            "load": {
+                "running": u.load.num_running,
+                "waiting": u.load.num_waiting,
+                "kv_cache_usage": u.load.kv_cache_usage,
+            },
+        }
+        for u in state.pool.all()
+    ]
+    models = sorted({m for u in state.pool.all() for m in u.models})
+    body = {
+        "version": __version__,
+        "uptime_s": round(time.monotonic() - state.started_at, 3),
+        "discovery": state.settings.discovery,
+        "routing": {m: state.router.strategy_name(m) for m in models} or {"*": state.settings.routing},
+        "models": state.pool.models(),
+        "upstreams": upstreams,
+    }
+    body.update({name: section() for name, section in state.stats_sections.items()})
+    return JSONResponse(body)

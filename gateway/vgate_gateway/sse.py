@@ -1,0 +1,77 @@
+"""Server-sent events, as OpenAI-compatible servers send them.
+
+The gateway relays events verbatim; it only needs to find event boundaries (so
+an error can follow a complete event, never a torn one) and peek at what an
+event says for metrics.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+DONE = b"data: [DONE]\n\n"
+
+
+class EventSplitter:
+    """Cuts a byte stream into complete SSE events (each ending in a blank line)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buf += chunk
+        if b"\r\n" in self._buf:
+            self._buf = self._buf.replace(b"\r\n", b"\n")
+        events = []
+        while True:
+            end = self._buf.find(b"\n\n")
+            if end < 0:
+                return events
+            events.append(self._buf[: end + 2])
+            self._buf = self._buf[end + 2 :]
+
+    @property
+    def pending(self) -> bytes:
+        """Bytes of an event not yet complete."""
+        return self._buf
+
+
+@dataclass(frozen=True)
+class EventInfo:
+    done: bool = False
+    #: Generated tokens this event carries (vLLM sends one chunk per decode step).
+    tokens: int = 0
+    usage_completion_tokens: int | None = None
+    error: bool = False
+
+
+def inspect_event(event: bytes) -> EventInfo:
+    """What one SSE event says, for accounting only."""
+    data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    if not data:
+        return EventInfo()
+    if data == b"[DONE]":
+        return EventInfo(done=True)
+    try:
+        obj: Any = json.loads(data)
+    except ValueError:
+        return EventInfo()
+    if not isinstance(obj, dict):
+        return EventInfo()
+    if "error" in obj:
+        return EventInfo(error=True)
+    usage = obj.get("usage")
+    completion = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    tokens = 0
+    for choice in obj.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+        if text or (isinstance(delta, dict) and delta.get("tool_calls")):
+            tokens += 1
+    return EventInfo(
+        tokens=tokens, usage_completion_tokens=completion if isinstance(completion, int) else None
+    )

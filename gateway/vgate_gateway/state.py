@@ -1,0 +1,34 @@
+"""What the routes reach through ``app.state.gateway``: the objects the lifespan owns."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.responses import Response
+
+from vgate_gateway.health import HealthChecker
+from vgate_gateway.metrics import Metrics
+from vgate_gateway.protocol import ParsedRequest
+from vgate_gateway.router import Router
+from vgate_gateway.settings import GatewaySettings
+from vgate_gateway.upstreams import UpstreamPool
+
+#: Answers one parsed OpenAI request; the proxy is the innermost handler.
+Handler = Callable[[ParsedRequest, Mapping[str, str]], Awaitable[Response]]
+
+
+@dataclass
+class GatewayState:
+    settings: GatewaySettings
+    metrics: Metrics
+    pool: UpstreamPool
+    router: Router
+    client: httpx.AsyncClient
+    health: HealthChecker
+    handle: Handler
+    started_at: float
+    #: Extra sections for GET /stats, each a callable returning JSON-able data.
+    stats_sections: dict[str, Callable[[], Any]] = field(default_factory=dict)

@@ -1,0 +1,66 @@
+"""What the gateway accepts, and the OpenAI-shaped 400s for what it does not."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vgate_gateway.errors import OpenAIError
+from vgate_gateway.protocol import Kind, parse_request
+
+
+def _parse(kind: Kind, payload: object) -> object:
+    return parse_request(kind, json.dumps(payload).encode())
+
+
+def test_chat_request_fields() -> None:
+    req = parse_request(
+        Kind.CHAT,
+        b'{"model": "m", "stream": true, "stream_options": {"include_usage": true}, "user": "u1",'
+        b' "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": "Hi"}]}]}',
+    )
+    assert (req.model, req.stream, req.include_usage, req.user) == ("m", True, True, "u1")
+    assert req.prompt_text() == "<system>\nBe brief.\n<user>\nHi"
+
+
+def test_body_bytes_are_kept_verbatim() -> None:
+    body = b'{"model":"m",   "prompt":"x", "max_tokens": 3}'
+    assert parse_request(Kind.COMPLETIONS, body).body == body
+
+
+@pytest.mark.parametrize(
+    ("kind", "body", "param", "fragment"),
+    [
+        (Kind.CHAT, b"", None, "empty"),
+        (Kind.CHAT, b"{not json", None, "not valid JSON"),
+        (Kind.CHAT, b"[1, 2]", None, "JSON object"),
+        (Kind.CHAT, b'{"messages": [{"role": "user", "content": "x"}]}', "model", "model"),
+        (Kind.CHAT, b'{"model": "", "messages": []}', "model", "model"),
+        (Kind.CHAT, b'{"model": "m"}', "messages", "messages"),
+        (Kind.CHAT, b'{"model": "m", "messages": []}', "messages", "non-empty"),
+        (Kind.CHAT, b'{"model": "m", "messages": "hi"}', "messages", "array"),
+        (Kind.COMPLETIONS, b'{"model": "m"}', "prompt", "prompt"),
+        (Kind.EMBEDDINGS, b'{"model": "m", "input": 3}', "input", "input"),
+        (Kind.EMBEDDINGS, b'{"model": "m", "input": "x", "stream": true}', "stream", "streamed"),
+        (Kind.CHAT, b'{"model": "m", "messages": [{}], "stream": "yes"}', "stream", "boolean"),
+    ],
+)
+def test_bad_requests_are_400_invalid_request_error(kind: Kind, body: bytes, param: str | None, fragment: str) -> None:
+    with pytest.raises(OpenAIError) as info:
+        parse_request(kind, body)
+    err = info.value
+    assert err.status == 400
+    assert err.body()["error"]["type"] == "invalid_request_error"
+    assert err.param == param
+    assert fragment in err.message
+
+
+def test_error_body_and_sse_event_shape() -> None:
+    err = OpenAIError(503, "busy", code="no_healthy_upstream")
+    assert err.body() == {
+        "error": {"message": "busy", "type": "server_error", "param": None, "code": "no_healthy_upstream"}
+    }
+    event = err.sse_event()
+    assert event.startswith(b"data: {") and event.endswith(b"\n\n")
+    assert json.loads(event[6:]) == err.body()

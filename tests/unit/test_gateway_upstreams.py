@@ -1,0 +1,85 @@
+"""The upstream pool reconciles discovery snapshots; the router picks or refuses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from vgate_gateway.errors import OpenAIError
+from vgate_gateway.protocol import Kind, parse_request
+from vgate_gateway.router import Router
+from vgate_gateway.routing import RouteRequest
+from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
+
+
+def _healthy_pool(*urls: str, model: str = "m") -> UpstreamPool:
+    pool = UpstreamPool()
+    pool.replace([DiscoveredEndpoint(u) for u in urls])
+    for u in pool.all():
+        u.healthy, u.served_models = True, frozenset({model})
+    return pool
+
+
+def _req(model: str = "m") -> object:
+    return parse_request(Kind.CHAT, json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}).encode())
+
+
+def test_snapshot_adds_updates_and_forgets() -> None:
+    pool = _healthy_pool("http://a:1", "http://b:1/")
+    b = pool.get("http://b:1")
+    assert b is not None and b.url == "http://b:1"
+    b.inflight = 3
+    pool.replace([DiscoveredEndpoint("http://b:1", terminating=True), DiscoveredEndpoint("http://c:1")])
+    assert [u.url for u in pool.all()] == ["http://b:1", "http://c:1"]
+    assert pool.get("http://b:1") is b and b.inflight == 3  # state survives an update
+    assert pool.routable("m") == []  # b drains, c is not checked yet
+    assert pool.known_model("m")
+
+
+def test_new_endpoints_are_not_routable_until_healthy() -> None:
+    pool = UpstreamPool()
+    pool.replace([DiscoveredEndpoint("http://a:1", models=frozenset({"m"}))])
+    assert pool.routable("m") == [] and pool.models() == []
+    pool.all()[0].healthy = True
+    assert [u.url for u in pool.routable("m")] == ["http://a:1"]
+    assert pool.models() == ["m"]
+
+
+def test_declared_models_win_over_served_ones() -> None:
+    pool = _healthy_pool("http://a:1", model="served")
+    pool.replace([DiscoveredEndpoint("http://a:1", models=frozenset({"declared"}))])
+    assert pool.models() == ["declared"]
+
+
+def test_router_round_robin_excludes_tried_endpoints() -> None:
+    router = Router(_healthy_pool("http://a:1", "http://b:1"), "round-robin")
+    route = RouteRequest(model="m")
+    picks = [router.pick(_req(), route).url for _ in range(4)]
+    assert picks == ["http://a:1", "http://b:1", "http://a:1", "http://b:1"]
+    assert router.pick(_req(), route, exclude=["http://a:1"]).url == "http://b:1"
+
+
+def test_unknown_model_is_404_model_not_found() -> None:
+    router = Router(_healthy_pool("http://a:1"), "round-robin")
+    with pytest.raises(OpenAIError) as info:
+        router.pick(_req("nope"), RouteRequest(model="nope"))
+    assert (info.value.status, info.value.code, info.value.param) == (404, "model_not_found", "model")
+
+
+def test_known_model_without_healthy_worker_is_503_with_retry_after() -> None:
+    pool = _healthy_pool("http://a:1")
+    pool.all()[0].mark_failed()
+    router = Router(pool, "least-request", retry_after_s=2)
+    with pytest.raises(OpenAIError) as info:
+        router.pick(_req(), RouteRequest(model="m"))
+    assert info.value.status == 503
+    assert info.value.headers["Retry-After"] == "2"
+
+
+def test_per_model_strategy_and_unknown_names() -> None:
+    router = Router(UpstreamPool(), "least-request", {"big": "round-robin"})
+    assert router.strategy_name("big") == "round-robin"
+    assert router.strategy_name("small") == "least-request"
+    with pytest.raises(ValueError, match="unknown routing strategy"):
+        Router(UpstreamPool(), "no-such-thing")

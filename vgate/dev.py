@@ -1,0 +1,123 @@
+"""``vgate dev``: the whole system on loopback — the gateway and N dry-run workers.
+
+Every component is a child process started with the same ``vgate`` entry point a
+container uses. Ctrl-C or SIGTERM stops them all; if one dies, the rest are
+stopped too, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+import httpx
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vgate dev", description=__doc__.splitlines()[0])
+    p.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
+    p.add_argument("--workers", type=int, default=2, help="number of dry-run workers (default 2)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"served model name (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--worker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for every dry-run worker, repeatable (e.g. --worker-arg=--speed=10)",
+    )
+    p.add_argument("--routing", help="gateway load-balancing strategy")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    if args.workers < 1:
+        print("vgate dev: --workers must be at least 1", file=sys.stderr)
+        return 2
+    worker_ports = [args.port + 1 + i for i in range(args.workers)]
+    vgate = [sys.executable, "-m", "vgate"]
+    procs: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        for port in worker_ports:
+            cmd = [*vgate, "worker", "--dry-run", "--port", str(port), "--served-model-name", args.model]
+            procs.append(subprocess.Popen([*cmd, *args.worker_arg]))
+        endpoints = ",".join(f"http://127.0.0.1:{p}" for p in worker_ports)
+        env = {**os.environ, "VGATE_ENDPOINTS": endpoints}
+        gateway_cmd = [*vgate, "gateway", "--port", str(args.port)]
+        if args.routing:
+            gateway_cmd += ["--routing", args.routing]
+        procs.append(subprocess.Popen(gateway_cmd, env=env))
+        if _wait_ready(f"http://127.0.0.1:{args.port}/ready", procs, lambda: stopping):
+            _banner(args.port, args.model, worker_ports)
+        while not stopping and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        failed = [p for p in procs if p.poll() not in (None, 0)]
+        if failed and not stopping:
+            print(f"vgate dev: {' '.join(map(str, failed[0].args[2:5]))} exited; stopping", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        _stop_all(procs)
+
+
+def _wait_ready(
+    url: str, procs: Sequence[subprocess.Popen[bytes]], stopping: object, timeout: float = 60
+) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not stopping():  # type: ignore[operator]
+        if any(p.poll() is not None for p in procs):
+            return False
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _banner(port: int, model: str, worker_ports: Sequence[int]) -> None:
+    url = f"http://127.0.0.1:{port}"
+    workers = ", ".join(f"127.0.0.1:{p}" for p in worker_ports)
+    print(
+        f"""
+V-Gate is up: gateway {url}/v1 -> {len(worker_ports)} dry-run workers ({workers})
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
+print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)"
+
+Metrics: {url}/metrics   Stats: {url}/stats   Stop: Ctrl-C
+""",
+        flush=True,
+    )
