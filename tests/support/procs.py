@@ -41,7 +41,8 @@ class Proc:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, ready_path: str = "/health", timeout: float = 30.0) -> Proc:
+    def spawn(self) -> Proc:
+        """Start the process without waiting for it (start several, then wait for each)."""
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "vgate", *self.args],
@@ -50,6 +51,10 @@ class Proc:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def start(self, ready_path: str = "/health", timeout: float = 30.0) -> Proc:
+        self.spawn()
         wait_http(self.url + ready_path, timeout=timeout, proc=self)
         return self
 
@@ -97,6 +102,41 @@ def wait_http(url: str, timeout: float = 30.0, proc: Proc | None = None, status:
     raise TimeoutError(f"{url} did not answer {status} within {timeout}s (last: {last!r})\n{tail}")
 
 
+def make_proc(
+    args: Sequence[str],
+    tmp_path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    port: int | None = None,
+    name: str | None = None,
+) -> Proc:
+    """A ``vgate ARGS --port PORT`` process, not started yet."""
+    port = port or free_port()
+    label = name or "-".join(a for a in args[:2] if not a.startswith("-"))
+    return Proc(
+        args=[*args, "--port", str(port)],
+        port=port,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        log_path=tmp_path / f"{label}-{port}.log",
+    )
+
+
+@contextmanager
+def running(
+    procs: Sequence[Proc], ready_path: str = "/health", timeout: float = 30.0
+) -> Iterator[list[Proc]]:
+    """Start ``procs`` together, wait until each answers, stop them all afterwards."""
+    try:
+        for p in procs:
+            p.spawn()
+        for p in procs:
+            wait_http(p.url + ready_path, timeout=timeout, proc=p)
+        yield list(procs)
+    finally:
+        for p in procs:
+            p.stop()
+
+
 @contextmanager
 def vgate_process(
     args: Sequence[str],
@@ -109,15 +149,7 @@ def vgate_process(
     name: str | None = None,
 ) -> Iterator[Proc]:
     """Run ``vgate ARGS --port PORT`` for the duration of the block."""
-    port = port or free_port()
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    label = name or "-".join(a for a in args[:2] if not a.startswith("-"))
-    proc = Proc(
-        args=[*args, "--port", str(port)],
-        port=port,
-        env=full_env,
-        log_path=tmp_path / f"{label}-{port}.log",
-    )
+    proc = make_proc(args, tmp_path, env=env, port=port, name=name)
     try:
         yield proc.start(ready_path=ready_path, timeout=timeout)
     finally:

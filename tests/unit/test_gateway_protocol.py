@@ -46,7 +46,9 @@ def test_body_bytes_are_kept_verbatim() -> None:
         (Kind.CHAT, b'{"model": "m", "messages": [{}], "stream": "yes"}', "stream", "boolean"),
     ],
 )
-def test_bad_requests_are_400_invalid_request_error(kind: Kind, body: bytes, param: str | None, fragment: str) -> None:
+def test_bad_requests_are_400_invalid_request_error(
+    kind: Kind, body: bytes, param: str | None, fragment: str
+) -> None:
     with pytest.raises(OpenAIError) as info:
         parse_request(kind, body)
     err = info.value
@@ -62,5 +64,6 @@ def test_error_body_and_sse_event_shape() -> None:
         "error": {"message": "busy", "type": "server_error", "param": None, "code": "no_healthy_upstream"}
     }
     event = err.sse_event()
-    assert event.startswith(b"data: {") and event.endswith(b"\n\n")
+    assert event.startswith(b"data: {")
+    assert event.endswith(b"\n\n")
     assert json.loads(event[6:]) == err.body()

@@ -23,7 +23,13 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
 
 def _chunk(text: str) -> bytes:
-    return b"data: " + json.dumps({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]}).encode() + b"\n\n"
+    return (
+        b"data: "
+        + json.dumps(
+            {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": text}}]}
+        ).encode()
+        + b"\n\n"
+    )
 
 
 class Workers:
@@ -45,7 +51,11 @@ class Workers:
                 yield b"data: [DONE]\n\n"
 
             return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=events())
-        answer = {"id": "x", "choices": [{"message": {"content": "Hello"}}], "usage": {"completion_tokens": 2}}
+        answer = {
+            "id": "x",
+            "choices": [{"message": {"content": "Hello"}}],
+            "usage": {"completion_tokens": 2},
+        }
         return httpx.Response(200, json=answer, headers={"x-worker": request.url.host})
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -113,7 +123,9 @@ def test_truncated_stream_ends_with_one_error_event(client: TestClient, workers:
     async def cut_short() -> AsyncIterator[bytes]:
         yield _chunk("Hel")
 
-    workers.chat = lambda _: httpx.Response(200, headers={"content-type": "text/event-stream"}, content=cut_short())
+    workers.chat = lambda _: httpx.Response(
+        200, headers={"content-type": "text/event-stream"}, content=cut_short()
+    )
     with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
         events = [e for e in r.read().split(b"\n\n") if e]
     assert events[0] + b"\n\n" == _chunk("Hel")
@@ -163,9 +175,11 @@ def test_no_reachable_worker_is_503_with_retry_after(client: TestClient, workers
 
 def test_framework_errors_speak_openai(client: TestClient) -> None:
     r = client.get("/v1/nothing-here")
-    assert r.status_code == 404 and r.json()["error"]["type"] == "invalid_request_error"
+    assert r.status_code == 404
+    assert r.json()["error"]["type"] == "invalid_request_error"
     r = client.get("/v1/chat/completions")
-    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
+    assert r.status_code == 405
+    assert r.json()["error"]["code"] == "method_not_allowed"
 
 
 def test_metrics_count_requests_tokens_and_upstreams(client: TestClient) -> None:

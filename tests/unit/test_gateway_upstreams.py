@@ -22,17 +22,21 @@ def _healthy_pool(*urls: str, model: str = "m") -> UpstreamPool:
 
 
 def _req(model: str = "m") -> object:
-    return parse_request(Kind.CHAT, json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}).encode())
+    return parse_request(
+        Kind.CHAT, json.dumps({"model": model, "messages": [{"role": "user", "content": "x"}]}).encode()
+    )
 
 
 def test_snapshot_adds_updates_and_forgets() -> None:
     pool = _healthy_pool("http://a:1", "http://b:1/")
     b = pool.get("http://b:1")
-    assert b is not None and b.url == "http://b:1"
+    assert b is not None
+    assert b.url == "http://b:1"
     b.inflight = 3
     pool.replace([DiscoveredEndpoint("http://b:1", terminating=True), DiscoveredEndpoint("http://c:1")])
     assert [u.url for u in pool.all()] == ["http://b:1", "http://c:1"]
-    assert pool.get("http://b:1") is b and b.inflight == 3  # state survives an update
+    assert pool.get("http://b:1") is b
+    assert b.inflight == 3
     assert pool.routable("m") == []  # b drains, c is not checked yet
     assert pool.known_model("m")
 
@@ -40,7 +44,8 @@ def test_snapshot_adds_updates_and_forgets() -> None:
 def test_new_endpoints_are_not_routable_until_healthy() -> None:
     pool = UpstreamPool()
     pool.replace([DiscoveredEndpoint("http://a:1", models=frozenset({"m"}))])
-    assert pool.routable("m") == [] and pool.models() == []
+    assert pool.routable("m") == []
+    assert pool.models() == []
     pool.all()[0].healthy = True
     assert [u.url for u in pool.routable("m")] == ["http://a:1"]
     assert pool.models() == ["m"]

@@ -1,0 +1,184 @@
+"""A KMock Kubernetes emulator that behaves closer to a real API server.
+
+Plain ``kmock.KubernetesEmulator`` stores bodies as sent. This subclass adds what
+clients such as kopf and ``kubernetes_asyncio`` rely on:
+
+* ``metadata.uid``, ``resourceVersion``, ``generation`` and ``creationTimestamp`` on
+  create; a new ``resourceVersion`` on every update, and a new ``generation`` only
+  when something other than metadata and status changes (never through ``/status``);
+* ``GET /api/v1/namespaces[/NAME]`` (list, fetch and watch), which KMock parses as a
+  namespaced path and answers with HTTP 500.
+
+Label selectors, garbage collection, defaulting and schema validation are still
+absent: test those against pure builders, not through the emulator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import itertools
+import json
+import re
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import aiohttp.web
+import attrs
+import kmock
+from kmock._internal.dicts import patch_dict
+
+_NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
+
+#: Built-in kinds an operator typically touches: (api group/version, plural, kind, namespaced).
+BUILTIN_RESOURCES: tuple[tuple[str, str, str, bool], ...] = (
+    # kopf waits for namespaces to be discoverable before it watches anything namespaced.
+    ("v1", "namespaces", "Namespace", False),
+    ("v1", "services", "Service", True),
+    ("v1", "configmaps", "ConfigMap", True),
+    ("v1", "serviceaccounts", "ServiceAccount", True),
+    ("v1", "secrets", "Secret", True),
+    ("v1", "events", "Event", True),
+    ("apps/v1", "deployments", "Deployment", True),
+    ("rbac.authorization.k8s.io/v1", "roles", "Role", True),
+    ("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding", True),
+    ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget", True),
+    ("networking.k8s.io/v1", "ingresses", "Ingress", True),
+    ("discovery.k8s.io/v1", "endpointslices", "EndpointSlice", True),
+    ("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False),
+)
+ALL_VERBS = ("get", "list", "watch", "create", "patch", "update", "delete")
+
+
+def _strip(obj: Any) -> Any:
+    """What ``generation`` tracks: everything but metadata and status."""
+    if not isinstance(obj, dict):
+        return obj
+    return {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+
+
+@attrs.define(kw_only=True)
+class KubeCluster(kmock.KubernetesEmulator):
+    """KMock emulator with server-set metadata and the core namespaces endpoints."""
+
+    namespaces: set[str] = attrs.field(factory=lambda: {"default"})
+    _versions: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
+
+    def declare(
+        self, api_version: str, plural: str, kind: str, *, namespaced: bool = True, status: bool = False
+    ) -> None:
+        """Make a resource discoverable (kopf and dynamic clients look it up first)."""
+        self.resources[f"{api_version}/{plural}"] = kmock.ResourceInfo(
+            kind=kind,
+            namespaced=namespaced,
+            verbs=set(ALL_VERBS),
+            subresources={"status"} if status else set(),
+        )
+
+    def declare_builtins(self, only: Iterable[str] | None = None) -> None:
+        """Declare the common built-in kinds (optionally only these plurals)."""
+        wanted = set(only) if only is not None else None
+        for api_version, plural, kind, namespaced in BUILTIN_RESOURCES:
+            if wanted is None or plural in wanted:
+                self.declare(api_version, plural, kind, namespaced=namespaced)
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig pointing at this emulator (plain HTTP on loopback, no credentials)."""
+        cfg = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kmock", "cluster": {"server": str(self.url).rstrip("/")}}],
+            "users": [{"name": "kmock", "user": {}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+            "current-context": "kmock",
+        }
+        path.write_text(json.dumps(cfg))
+        return path
+
+    def writes(self, *plurals: str) -> list[kmock.Request]:
+        """Create/update/delete requests served so far, optionally for some plurals only."""
+        found = []
+        for request in list(self._requests):
+            if request.action not in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
+                continue
+            if request.resource is None or (plurals and request.resource.plural not in plurals):
+                continue
+            found.append(request)
+        return found
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        match = _NAMESPACE_PATH.match(raw_request.path)
+        if match is None or raw_request.method != "GET":
+            return await super().__call__(raw_request)
+        return await self._serve_namespaces(raw_request, match.group("name"))
+
+    def _namespace(self, name: str) -> dict[str, Any]:
+        return {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": name},
+            "status": {"phase": "Active"},
+        }
+
+    async def _serve_namespaces(
+        self, raw: aiohttp.web.BaseRequest, name: str | None
+    ) -> aiohttp.web.StreamResponse:
+        known = self.namespaces | {ns for _, ns, _ in self.objects if ns}
+        if name is not None:
+            if name not in known:
+                return aiohttp.web.json_response(
+                    {"kind": "Status", "code": 404, "reason": "NotFound"}, status=404
+                )
+            return aiohttp.web.json_response(self._namespace(name))
+        if raw.query.get("watch") != "true":
+            items = [self._namespace(ns) for ns in sorted(known)]
+            return aiohttp.web.json_response(
+                {"kind": "NamespaceList", "metadata": {"resourceVersion": "1"}, "items": items}
+            )
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw)
+        for ns in sorted(known):
+            await response.write(
+                json.dumps({"type": "ADDED", "object": self._namespace(ns)}).encode() + b"\n"
+            )
+        # Namespaces are static here: hold the watch open until the client or server leaves.
+        await asyncio.Event().wait()
+        return response  # pragma: no cover
+
+    async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.resource is not None and isinstance(request.data, dict | list):
+            if request.action == kmock.action.CREATE and isinstance(request.data, dict):
+                self._stamp_create(request.data)
+            elif request.action == kmock.action.UPDATE and request.name is not None:
+                self._stamp_update(request)
+        return await super()._handle(request)
+
+    def _stamp_create(self, body: dict[str, Any]) -> None:
+        meta = body.setdefault("metadata", {})
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta["resourceVersion"] = str(next(self._versions))
+        meta["generation"] = 1
+        meta.setdefault(
+            "creationTimestamp", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        )
+
+    def _stamp_update(self, request: kmock.Request) -> None:
+        key = (request.resource, request.namespace, request.name)
+        if key not in self.objects or self.objects[key].deleted:
+            return  # the emulator answers 404 itself
+        current = self.objects[key].raw
+        meta = dict(current.get("metadata") or {})
+        changes = {"resourceVersion": str(next(self._versions))}
+        if request.subresource != "status":
+            after = patch_dict(current, request.data)
+            if _strip(after) != _strip(current):
+                changes["generation"] = int(meta.get("generation") or 0) + 1
+        if isinstance(request.data, dict):
+            request.data.setdefault("metadata", {}).update(changes)
+        else:
+            request.data.extend(
+                {"op": "add", "path": f"/metadata/{field}", "value": value}
+                for field, value in changes.items()
+            )
