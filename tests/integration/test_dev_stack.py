@@ -1,0 +1,88 @@
+"""``vgate dev``: one command brings up the gateway and two dry-run workers, and takes them all down."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+
+from tests.support.procs import wait_http
+
+MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+
+
+def _free_port_run(length: int) -> int:
+    """A port P such that P .. P+length-1 are all free right now."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + length > 65535:
+            continue
+        try:
+            socks = []
+            for port in range(base, base + length):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no run of free ports")
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(
+        ["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True, check=False
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_dev_serves_chat_through_two_workers_and_stops_cleanly(tmp_path: Path) -> None:
+    port = _free_port_run(3)
+    log = (tmp_path / "dev.log").open("wb")
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "vgate", "dev", "--port", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
+        children = _children(dev.pid)
+        assert len(children) == 3  # the gateway and two workers
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello!"}])
+        assert answer.choices[0].message.content
+        streamed = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hello!"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+
+        dev.send_signal(signal.SIGTERM)
+        assert dev.wait(timeout=20) == 0
+        assert not [pid for pid in children if _alive(pid)]  # no orphans
+        banner = (tmp_path / "dev.log").read_text()
+        assert f"http://127.0.0.1:{port}/v1" in banner
+        assert "curl" in banner
+    finally:
+        if dev.poll() is None:
+            os.killpg(dev.pid, signal.SIGKILL)
+            dev.wait()
+        log.close()
