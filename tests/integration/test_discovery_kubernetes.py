@@ -1,0 +1,379 @@
+"""Kubernetes discovery against an in-memory Kubernetes API (KMock) over real HTTP.
+
+The source runs as the gateway runs it — a task publishing snapshots — and reads
+the API through a kubeconfig file, exactly like ``KUBECONFIG`` outside a cluster.
+EndpointSlices are created, patched and deleted through the API, as the
+EndpointSlice controller would. ``SliceAPI`` adds the failures a real API server
+shows: watches that expire (410 Gone) or drop, events that never arrive, and
+an API that answers 503 for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+from kubernetes_asyncio.config import ConfigException
+
+from tests.support.procs import free_port
+from vgate_gateway.discovery.kubernetes import KubernetesDiscovery
+from vgate_gateway.upstreams import DiscoveredEndpoint
+
+pytestmark = pytest.mark.timeout(60)
+
+NAMESPACE = "ai"
+SLICES = "discovery.k8s.io/v1/endpointslices"
+SLICES_PATH = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
+
+
+class SliceAPI(kmock.KubernetesEmulator):
+    """KMock with the failure modes of a real API server, switched on by the test."""
+
+    #: Answer lists and new watches with 503, as an unreachable control plane would.
+    down: bool = False
+    #: Keep open watches open but deliver none of their events (a stuck or lagging watch).
+    deaf: bool = False
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        # The API server parses query booleans like Go's ParseBool ("True" included, as the Python
+        # client sends it); KMock recognises a watch only by "watch=true".
+        if request.action == kmock.action.LIST and request.params.get("watch", "").lower() in ("true", "1"):
+            object.__setattr__(request, "action", kmock.action.WATCH)
+        return await super()._handle(request)
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        if self.down:
+            raise kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="API down")
+        return await super()._serve_list(request)
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        if self.down:
+            raise kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="API down")
+        # aclosing: a stream this ends unsubscribes at once, so watching() sees only live watches.
+        async with contextlib.aclosing(super()._serve_watch(request)) as events:
+            async for event in events:
+                kind = event.get("type") if isinstance(event, dict) else None
+                if kind == "test:drop":
+                    return  # the server closes the stream
+                if kind == "test:expire":
+                    yield {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")}
+                    return
+                if not (self.deaf and kind):
+                    yield event
+
+    async def watching(self) -> None:
+        """Wait until a watch is subscribed to changes.
+
+        KMock ignores resourceVersion: a change made between a list and the watch that
+        follows it is never delivered (a real API server replays it). Tests that change
+        slices under a running source wait for this first.
+        """
+        await until(lambda: self._buses[kmock.resource(SLICES)].consumer_count > 0)
+
+    async def drop_watches(self) -> None:
+        await self._signal_watches("test:drop")
+
+    async def expire_watches(self) -> None:
+        await self._signal_watches("test:expire")
+
+    async def _signal_watches(self, kind: str) -> None:
+        # Open watches filter bus events by namespace, so the signal carries one.
+        event = {"type": kind, "object": {"metadata": {"namespace": NAMESPACE}}}
+        await self._buses[kmock.resource(SLICES)].put(event)
+
+    def count(self, action: kmock.action) -> int:
+        return sum(1 for r in self if r.action == action and r.resource == kmock.resource(SLICES))
+
+    # -- what the EndpointSlice controller does, through the API
+    async def create(self, obj: Mapping[str, Any]) -> None:
+        async with self.post(SLICES_PATH, json=obj) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def patch_slice(self, name: str, patch: Mapping[str, Any]) -> None:
+        async with self.patch(f"{SLICES_PATH}/{name}", json=patch) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def remove(self, name: str) -> None:
+        async with self.delete(f"{SLICES_PATH}/{name}") as resp:
+            assert resp.status == 200, await resp.text()
+
+
+async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
+    """Poll state that nothing signals (KMock's subscribers, request log, captured logs)."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - there is no event to wait on
+            await asyncio.sleep(0.01)
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
+            "message": message}  # fmt: skip
+
+
+def endpoint(address: str, *, ready: bool = True, terminating: bool = False) -> dict[str, Any]:
+    serving = ready or terminating
+    conditions = {"ready": ready, "serving": serving, "terminating": terminating}
+    return {"addresses": [address], "conditions": conditions}
+
+
+def endpoint_slice(name: str, service: str, *endpoints: dict[str, Any], port: int = 8000) -> dict[str, Any]:
+    """An EndpointSlice as the EndpointSlice controller writes it."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": NAMESPACE,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": list(endpoints),
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig for an API server at ``server``, as ``kubectl config`` writes one."""
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
+                "users": [{"name": "kmock", "user": {"token": "not-a-secret"}}],
+                "contexts": [
+                    {
+                        "name": "kmock",
+                        "context": {"cluster": "kmock", "user": "kmock", "namespace": NAMESPACE},
+                    }
+                ],
+                "current-context": "kmock",
+            }
+        )
+    )
+    return path
+
+
+class Snapshots:
+    """A publish callback that records every snapshot and lets a test wait for one."""
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, DiscoveredEndpoint]] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, endpoints: Any) -> None:
+        self.history.append({ep.url: ep for ep in endpoints})
+        self._changed.set()
+
+    @property
+    def latest(self) -> dict[str, DiscoveredEndpoint]:
+        return self.history[-1] if self.history else {}
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, DiscoveredEndpoint]], bool], within: float = 10.0
+    ) -> dict[str, DiscoveredEndpoint]:
+        async with asyncio.timeout(within):
+            while not (self.history and predicate(self.latest)):
+                self._changed.clear()
+                await self._changed.wait()
+        return self.latest
+
+
+@pytest.fixture
+async def api() -> AsyncIterator[SliceAPI]:
+    async with SliceAPI() as handler, kmock.Server(handler):
+        handler.resources[SLICES] = kmock.ResourceInfo(
+            kind="EndpointSlice", namespaced=True, verbs={"list", "watch", "get", "create", "patch", "delete"}
+        )
+        yield handler
+
+
+@pytest.fixture
+def kubeconfig(api: SliceAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = write_kubeconfig(tmp_path / "kubeconfig", str(api.url).rstrip("/"))
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # never the in-cluster account
+    return path
+
+
+@contextlib.asynccontextmanager
+async def discovery(services: Mapping[str, str], resync_interval_s: float = 30.0) -> AsyncIterator[Snapshots]:
+    """Run the source as the gateway's lifespan does: a task, cancelled at the end."""
+    snapshots = Snapshots()
+    source = KubernetesDiscovery(services, namespace=NAMESPACE, resync_interval_s=resync_interval_s)
+    task = asyncio.create_task(source.run(snapshots))
+    try:
+        yield snapshots
+        assert not task.done(), task.exception() if task.done() else None
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def has(url: str, *, ready: bool = True, terminating: bool = False) -> Callable[[dict], bool]:
+    def check(view: dict[str, DiscoveredEndpoint]) -> bool:
+        ep = view.get(url)
+        return ep is not None and (ep.ready, ep.terminating) == (ready, terminating)
+
+    return check
+
+
+def lacks(url: str) -> Callable[[dict], bool]:
+    return lambda view: url not in view
+
+
+A, B = "http://10.0.0.1:8000", "http://10.0.0.2:8000"
+
+
+@pytest.mark.usefixtures("kubeconfig")
+async def test_lifecycle_of_endpoints(api: SliceAPI) -> None:
+    await api.create(endpoint_slice("workers-a", "workers", endpoint("10.0.0.1")))
+    await api.create(endpoint_slice("dns-x", "kube-dns", endpoint("10.0.0.53")))
+    async with discovery({"qwen": "workers"}) as snapshots:
+        view = await snapshots.wait_for(has(A))
+        await api.watching()
+        assert view == {A: DiscoveredEndpoint(A, models=frozenset({"qwen"}))}  # kube-dns is not ours
+
+        await api.patch_slice("workers-a", {"endpoints": [endpoint("10.0.0.1"), endpoint("10.0.0.2")]})
+        await snapshots.wait_for(has(B))
+
+        await api.patch_slice(
+            "workers-a",
+            {"endpoints": [endpoint("10.0.0.1", ready=False, terminating=True), endpoint("10.0.0.2")]},
+        )
+        await snapshots.wait_for(has(A, ready=False, terminating=True))
+
+        await api.patch_slice("workers-a", {"endpoints": [endpoint("10.0.0.2")]})
+        await snapshots.wait_for(lacks(A))
+
+        await api.remove("workers-a")
+        await snapshots.wait_for(lambda view: view == {})
+
+    watches = [r for r in api if r.action == kmock.action.WATCH]
+    assert watches, "the source never watched"
+    assert watches[0].params["labelSelector"] == "kubernetes.io/service-name in (workers)"
+
+
+@pytest.mark.usefixtures("kubeconfig")
+async def test_two_models_share_a_pod(api: SliceAPI) -> None:
+    await api.create(endpoint_slice("chat-1", "chat", endpoint("10.0.0.1")))
+    await api.create(endpoint_slice("code-1", "code", endpoint("10.0.0.1"), endpoint("10.0.0.2")))
+    async with discovery({"qwen-chat": "chat", "qwen-coder": "code"}) as snapshots:
+        view = await snapshots.wait_for(lambda v: len(v) == 2 and len(v[A].models) == 2)
+        await api.watching()
+        assert view[B].models == frozenset({"qwen-coder"})
+        await api.remove("code-1")
+        view = await snapshots.wait_for(lambda v: lacks(B)(v) and v[A].models == frozenset({"qwen-chat"}))
+
+
+@pytest.mark.usefixtures("kubeconfig")
+async def test_expired_watch_relists_and_catches_up(api: SliceAPI) -> None:
+    await api.create(endpoint_slice("workers-a", "workers", endpoint("10.0.0.1"), endpoint("10.0.0.2")))
+    async with discovery({"qwen": "workers"}, resync_interval_s=30) as snapshots:
+        await snapshots.wait_for(lambda v: len(v) == 2)
+        await api.watching()
+        lists = api.count(kmock.action.LIST)
+        api.deaf = True  # this change is never delivered by the watch ...
+        await api.patch_slice("workers-a", {"endpoints": [endpoint("10.0.0.2")]})
+        api.deaf = False
+        await api.expire_watches()  # ... but the 410 forces a fresh list, long before the resync
+        await snapshots.wait_for(lacks(A), within=5)
+        await api.watching()
+        assert api.count(kmock.action.LIST) > lists
+        await api.create(endpoint_slice("workers-b", "workers", endpoint("10.0.0.3")))
+        await snapshots.wait_for(has("http://10.0.0.3:8000"))  # and it watches again
+
+
+@pytest.mark.usefixtures("kubeconfig")
+async def test_dropped_watch_relists(api: SliceAPI) -> None:
+    await api.create(endpoint_slice("workers-a", "workers", endpoint("10.0.0.1")))
+    async with discovery({"qwen": "workers"}, resync_interval_s=30) as snapshots:
+        await snapshots.wait_for(has(A))
+        await api.watching()
+        watches = api.count(kmock.action.WATCH)
+        api.deaf = True
+        await api.remove("workers-a")
+        api.deaf = False
+        await api.drop_watches()
+        await snapshots.wait_for(lacks(A), within=5)
+        await api.watching()
+        assert api.count(kmock.action.WATCH) > watches
+
+
+@pytest.mark.usefixtures("kubeconfig")
+async def test_resync_removes_a_slice_whose_deletion_was_missed(api: SliceAPI) -> None:
+    await api.create(endpoint_slice("workers-a", "workers", endpoint("10.0.0.1")))
+    await api.create(endpoint_slice("workers-b", "workers", endpoint("10.0.0.2")))
+    async with discovery({"qwen": "workers"}, resync_interval_s=1) as snapshots:
+        await snapshots.wait_for(lambda v: len(v) == 2)
+        await api.watching()
+        api.deaf = True  # the watch stays open and silent: only the periodic re-list can notice
+        await api.remove("workers-a")
+        view = await snapshots.wait_for(lacks(A), within=10)
+        assert B in view
+
+
+@pytest.mark.usefixtures("kubeconfig")
+async def test_api_outage_keeps_the_last_good_view(api: SliceAPI, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="vgate_gateway.discovery.kubernetes")
+    await api.create(endpoint_slice("workers-a", "workers", endpoint("10.0.0.1")))
+    await api.create(endpoint_slice("workers-b", "workers", endpoint("10.0.0.2")))
+    async with discovery({"qwen": "workers"}, resync_interval_s=30) as snapshots:
+        await snapshots.wait_for(lambda v: len(v) == 2)
+        await api.watching()
+        published = len(snapshots.history)
+        api.down = True
+        await api.drop_watches()
+        lists = api.count(kmock.action.LIST)
+        await until(lambda: api.count(kmock.action.LIST) >= lists + 3)  # three failed re-lists
+        assert all(len(view) == 2 for view in snapshots.history[published:])
+        assert "keeping the last 2 endpoints" in caplog.text
+
+        await api.remove("workers-a")  # changed while the source could not see it
+        api.down = False
+        await snapshots.wait_for(lambda v: v.keys() == {B}, within=15)
+
+
+async def test_unreachable_api_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="vgate_gateway.discovery.kubernetes")
+    path = write_kubeconfig(tmp_path / "kubeconfig", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    async with discovery({"qwen": "workers"}) as snapshots:
+        await until(lambda: caplog.text.count("listing EndpointSlices failed") >= 2)
+        assert snapshots.history == []  # never an empty view because of an API error
+
+
+@pytest.mark.skipif(
+    Path("/var/run/secrets/kubernetes.io/serviceaccount/token").exists(), reason="runs inside a pod"
+)
+@pytest.mark.usefixtures("kubeconfig")
+async def test_falls_back_to_kubeconfig_without_a_service_account(
+    api: SliceAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")  # a pod, but no token mounted
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "1")
+    await api.create(endpoint_slice("workers-a", "workers", endpoint("10.0.0.1")))
+    async with discovery({"qwen": "workers"}) as snapshots:
+        await snapshots.wait_for(has(A))
+
+
+async def test_no_cluster_configuration_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    source = KubernetesDiscovery({"qwen": "workers"}, namespace=NAMESPACE)
+    with pytest.raises(ConfigException):
+        await source.run(Snapshots())
