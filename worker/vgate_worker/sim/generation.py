@@ -1,0 +1,198 @@
+"""One request's trip through the engine: validation of the budget, waiting, streaming.
+
+Chat and text completions differ only in how a choice is rendered; a ``Dialect`` holds
+those differences and everything else (n, several prompts, usage, cancellation on
+client disconnect, Server-Sent Events framing) lives here once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import Request
+
+from vgate_worker.sim.content import Reply
+from vgate_worker.sim.engine import Engine, SimSequence, TokenEvent
+from vgate_worker.sim.protocol import ApiError
+
+
+def check_context(prompt_len: int, max_tokens: int | None, max_model_len: int) -> int:
+    """The output budget, or vLLM's context-length 400 when the request cannot fit."""
+    if max_tokens is None:
+        if prompt_len >= max_model_len:
+            raise ApiError(
+                f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+                f"{prompt_len} tokens in the messages, Please reduce the length of the messages.",
+                param="messages",
+            )
+        return max_model_len - prompt_len
+    if prompt_len + max_tokens > max_model_len:
+        raise ApiError(
+            f"This model's maximum context length is {max_model_len} tokens. However, you requested "
+            f"{prompt_len + max_tokens} tokens ({prompt_len} in the messages, {max_tokens} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param="max_tokens",
+        )
+    return max_tokens
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One output sequence: its OpenAI ``index``, the prompt it continues, and its text."""
+
+    index: int
+    prompt: int
+    reply: Reply
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one API renders choices: chat (``delta``/``message``) or text completions."""
+
+    object_name: str
+    chunk_object: str
+    id_prefix: str
+    render_choice: Callable[[Choice], dict[str, Any]]
+    open_delta: Callable[[int], dict[str, Any] | None]
+    delta: Callable[[int, str, str | None, str | None], dict[str, Any]]
+
+
+@dataclass
+class Generation:
+    """The sequences of one request, submitted together and read from one queue."""
+
+    engine: Engine
+    model: str
+    prompts: list[list[int]]
+    choices: list[Choice]
+    details: bool = False
+    id: str = ""
+    created: int = field(default_factory=lambda: int(time.time()))
+    sink: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+    seqs: list[SimSequence] = field(default_factory=list)
+
+    def start(self) -> None:
+        """Submit every choice to the engine."""
+        for c in self.choices:
+            prompt = self.prompts[c.prompt]
+            seq = self.engine.submit(c.index, prompt, c.reply.tokens, self.sink, c.reply.finish_reason)
+            self.seqs.append(seq)
+
+    def cancel(self) -> None:
+        """Free every slot still held (the client left or the response is complete)."""
+        for seq in self.seqs:
+            self.engine.cancel(seq)
+
+    def usage(self) -> dict[str, Any]:
+        """OpenAI usage: each prompt counted once, every choice's output counted."""
+        prompt = sum(len(p) for p in self.prompts)
+        completion = sum(c.reply.tokens for c in self.choices)
+        usage: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + completion}
+        usage["completion_tokens"] = completion
+        if self.details:
+            first = {}
+            for c, seq in zip(self.choices, self.seqs, strict=True):
+                first.setdefault(c.prompt, seq.cached_tokens)
+            usage["prompt_tokens_details"] = {"cached_tokens": sum(first.values())}
+        else:
+            usage["prompt_tokens_details"] = None
+        return usage
+
+    async def events(self) -> AsyncIterator[TokenEvent]:
+        """Token events until every sequence has finished."""
+        remaining = len(self.seqs)
+        while remaining:
+            key, index = await self.sink.get()
+            if index is None:
+                remaining -= 1
+            yield key, index
+
+
+async def complete(gen: Generation, dialect: Dialect, request: Request) -> dict[str, Any] | None:
+    """Run to the end and build the whole response; ``None`` if the client disconnected first."""
+    gen.start()
+    drain = asyncio.ensure_future(_drain(gen))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({drain, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not drain.done():
+            drain.cancel()
+            gen.cancel()
+    if not drain.done() or drain.cancelled():
+        return None
+    return {
+        "id": gen.id,
+        "object": dialect.object_name,
+        "created": gen.created,
+        "model": gen.model,
+        "choices": [dialect.render_choice(c) for c in gen.choices],
+        "usage": gen.usage(),
+    }
+
+
+async def _drain(gen: Generation) -> None:
+    async for _ in gen.events():
+        pass
+
+
+async def _disconnected(request: Request) -> None:
+    # After the body is read, the server's next receive() is the disconnect message.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def stream(
+    gen: Generation, dialect: Dialect, include_usage: bool, continuous: bool
+) -> AsyncIterator[str]:
+    """Server-Sent Events shaped like vLLM's; cancelling the iterator frees the slots."""
+    by_index = {c.index: c for c in gen.choices}
+
+    # The envelope is the same for every chunk: serialise it once (this is the per-token hot path).
+    envelope = {"id": gen.id, "object": dialect.chunk_object, "created": gen.created, "model": gen.model}
+    head = "data: " + json.dumps(envelope, separators=(",", ":"))[:-1] + ',"choices":'
+
+    def chunk(choices: list[dict[str, Any]], usage: dict[str, Any] | None = None) -> str:
+        tail = "" if usage is None else ',"usage":' + json.dumps(usage, separators=(",", ":"))
+        return head + json.dumps(choices, separators=(",", ":")) + tail + "}\n\n"
+
+    gen.start()
+    emitted = 0
+    try:
+        async for key, index in gen.events():
+            if index is None:
+                continue
+            # Like vLLM, the role chunk goes out with the first token, so the first byte marks TTFT.
+            opening = dialect.open_delta(key) if index == 0 else None
+            if opening is not None:
+                yield chunk([opening])
+            choice = by_index[key]
+            deltas = choice.reply.deltas
+            text = deltas[index] if index < len(deltas) else ""
+            last = index + 1 >= choice.reply.tokens
+            finish = choice.reply.finish_reason if last else None
+            stop = choice.reply.stop_reason if last else None
+            emitted += 1
+            usage = gen.usage() if continuous else None
+            if usage is not None:
+                # Usage so far, as vLLM's continuous_usage_stats reports it.
+                usage["completion_tokens"] = emitted
+                usage["total_tokens"] = usage["prompt_tokens"] + emitted
+            yield chunk([dialect.delta(key, text, finish, stop)], usage)
+        if include_usage:
+            yield chunk([], gen.usage())
+        yield "data: [DONE]\n\n"
+    finally:
+        gen.cancel()
+
+
+def new_id(prefix: str) -> str:
+    """A vLLM-style response id."""
+    return f"{prefix}-{uuid.uuid4().hex}"
