@@ -15,8 +15,10 @@ from vgate_gateway import __version__
 from vgate_gateway.discovery import DiscoverySource
 from vgate_gateway.errors import install_error_handlers
 from vgate_gateway.health import HealthChecker
+from vgate_gateway.loadstats import LoadScraper
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.middleware import RequestContextMiddleware
+from vgate_gateway.pipeline import Pipeline, PipelineMetrics
 from vgate_gateway.proxy import Proxy
 from vgate_gateway.router import Router
 from vgate_gateway.routes import openai, ops
@@ -66,6 +68,7 @@ def build_app(
     upstream network (tests drive the gateway against in-memory workers with them).
     """
     metrics = Metrics(__version__)
+    efficiency_metrics = PipelineMetrics.register(metrics.registry)
     pool = UpstreamPool()
     # Built here, not in the lifespan, so an unknown strategy name fails before serving.
     router = Router(pool, settings.routing, settings.routing_per_model, retry_after_s=settings.retry_after_s)
@@ -94,6 +97,11 @@ def build_app(
                 session_header=settings.session_header,
                 retry_after_s=settings.retry_after_s,
             )
+            # cache -> dedup -> micro-batching -> proxy
+            pipeline = Pipeline(settings, proxy.forward, efficiency_metrics)
+            scraper = LoadScraper(
+                pool, client, interval_s=settings.load_scrape_interval_s, timeout_s=settings.health_timeout_s
+            )
             app.state.gateway = GatewayState(
                 settings=settings,
                 metrics=metrics,
@@ -101,12 +109,14 @@ def build_app(
                 router=router,
                 client=client,
                 health=health,
-                handle=proxy.forward,
+                handle=pipeline.handle,
                 started_at=time.monotonic(),
+                stats_sections=pipeline.stats_sections(),
             )
             tasks = [
                 _background(source.run(publish), "discovery"),
                 _background(health.run(), "health checks"),
+                _background(scraper.run(), "load scraping"),
             ]
             log.info("gateway %s ready to serve (discovery: %s)", __version__, settings.discovery)
             try:

@@ -24,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="static worker base URL, repeatable (also VGATE_ENDPOINTS, comma-separated)",
     )
-    p.add_argument("--routing", help="load-balancing strategy (default least-request)")
+    p.add_argument("--routing", help="load-balancing strategy (default prefix-aware)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
     p.add_argument("--log-json", action="store_const", const=True, help="log JSON lines")
     return p
@@ -49,12 +49,12 @@ def main(argv: Sequence[str]) -> int:
     from vgate_gateway.app import build_app
     from vgate_gateway.logs import setup_logging
 
-    setup_logging(settings.log_level, settings.log_json)
     try:
         app = build_app(settings)
     except ValueError as exc:
         print(f"vgate gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    setup_logging(settings.log_level, settings.log_json)
     uvicorn.run(
         app,
         host=settings.host,

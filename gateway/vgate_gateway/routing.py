@@ -4,11 +4,20 @@ A strategy sees the candidate upstreams for one request (non-empty, stable order
 all routable and serving the model) and a :class:`RouteRequest`, and returns one of
 them. Strategies do no I/O; any state they keep (a counter, a bounded table) lives
 on the instance, so they are unit-tested as plain objects.
+
+``prefix-aware`` (the default) sends requests that share a prompt prefix to the worker
+that already holds that prefix in vLLM's prefix cache, so the worker skips most of the
+prefill; ``session`` pins a client to a worker by consistent hashing; ``least-load``
+and ``least-request`` balance load; ``round-robin`` is the plain baseline.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import random
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -43,7 +52,7 @@ class RoundRobin:
 
     def choose(self, candidates: Sequence[Upstream], request: RouteRequest) -> Upstream:
         i = self._next.get(request.model, 0)
-        self._next[request.model] = i + 1
+        self._next[request.model] = (i + 1) % len(candidates)
         return candidates[i % len(candidates)]
 
 
@@ -59,20 +68,230 @@ class PowerOfTwoChoices:
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
 
+    def score(self, upstream: Upstream) -> float:
+        return upstream.inflight
+
     def choose(self, candidates: Sequence[Upstream], request: RouteRequest) -> Upstream:
         if len(candidates) == 1:
             return candidates[0]
         a, b = self._rng.sample(list(candidates), 2)
-        return a if a.inflight <= b.inflight else b
+        return a if self.score(a) <= self.score(b) else b
+
+
+class LeastLoad(PowerOfTwoChoices):
+    """Power of two choices on a load score that also counts what the worker itself reports.
+
+    The score is this gateway's outstanding requests, plus the requests queued inside
+    vLLM (``vllm:num_requests_waiting``: other gateway replicas' work shows up here),
+    plus ``kv_weight`` times the KV-cache usage (a nearly full cache means preemption
+    soon). Scraped figures older than ``stale_after_s`` are ignored.
+    """
+
+    name = "least-load"
+
+    def __init__(
+        self,
+        rng: random.Random | None = None,
+        *,
+        kv_weight: float = 4.0,
+        stale_after_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(rng)
+        self.kv_weight = kv_weight
+        self.stale_after_s = stale_after_s
+        self._clock = clock
+
+    def score(self, upstream: Upstream) -> float:
+        load = upstream.load
+        if not load.scraped_at or self._clock() - load.scraped_at > self.stale_after_s:
+            return upstream.inflight
+        return upstream.inflight + load.num_waiting + self.kv_weight * load.kv_cache_usage
+
+
+def _hash64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class HashRing:
+    """A consistent-hash ring of URLs with ``vnodes`` virtual nodes each."""
+
+    def __init__(self, urls: Sequence[str], vnodes: int) -> None:
+        points = sorted((_hash64(f"{url}#{i}".encode()), url) for url in urls for i in range(vnodes))
+        self._hashes = [h for h, _ in points]
+        self._urls = [u for _, u in points]
+
+    def lookup(self, key: str) -> str:
+        """The URL owning ``key``: the first virtual node clockwise from its hash."""
+        i = bisect.bisect(self._hashes, _hash64(key.encode())) % len(self._hashes)
+        return self._urls[i]
+
+
+class ConsistentHash:
+    """Session affinity: the same ``session_key`` goes to the same worker.
+
+    A hash ring with virtual nodes keeps the mapping stable as workers come and go:
+    adding or removing one of N workers moves only about 1/N of the sessions.
+    Requests without a key are balanced by least outstanding requests.
+    """
+
+    name = "session"
+
+    def __init__(self, vnodes: int = 160, max_rings: int = 8, rng: random.Random | None = None) -> None:
+        self.vnodes = vnodes
+        self._max_rings = max_rings
+        self._rings: OrderedDict[tuple[str, ...], HashRing] = OrderedDict()
+        self._fallback = PowerOfTwoChoices(rng)
+
+    def _ring(self, urls: tuple[str, ...]) -> HashRing:
+        ring = self._rings.get(urls)
+        if ring is None:
+            ring = self._rings[urls] = HashRing(urls, self.vnodes)
+            if len(self._rings) > self._max_rings:
+                self._rings.popitem(last=False)
+        self._rings.move_to_end(urls)
+        return ring
+
+    def choose(self, candidates: Sequence[Upstream], request: RouteRequest) -> Upstream:
+        if not request.session_key or len(candidates) == 1:
+            return self._fallback.choose(candidates, request)
+        by_url = {u.url: u for u in candidates}
+        url = self._ring(tuple(sorted(by_url))).lookup(f"{request.model}\0{request.session_key}")
+        return by_url[url]
+
+
+class PrefixAware:
+    """Send a prompt to a worker that already holds its longest known prefix.
+
+    The prompt is cut into ``block_chars``-character blocks hashed as a chain (each
+    block's hash covers everything before it, like vLLM's KV blocks), and a bounded
+    LRU table remembers, for each block hash, the few workers that were sent it most
+    recently. The deepest block with a holder among the candidates wins; among its
+    holders the least loaded is taken. A prefix seen for the first time goes to the
+    worker holding the fewest prefix blocks, among those not much busier than the rest. A load guard spills the request to the least
+    loaded worker when the holder's load exceeds ``imbalance_ratio`` times that worker's
+    plus ``max_imbalance``, so a hot prefix spreads over more workers instead of queueing
+    on one; the new worker then becomes a holder too. The guard is loose on purpose: a
+    prefix miss costs a whole prefill, while one more sequence in a busy batch only
+    slows each decode step slightly. Prompts shorter than one block are balanced by load.
+    """
+
+    name = "prefix-aware"
+
+    def __init__(
+        self,
+        *,
+        block_chars: int = 64,
+        max_blocks: int = 256,
+        table_size: int = 65536,
+        holders: int = 4,
+        max_imbalance: float = 8.0,
+        imbalance_ratio: float = 2.0,
+        load: PowerOfTwoChoices | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.block_chars = block_chars
+        self.max_blocks = max_blocks
+        self.table_size = table_size
+        self.holders = holders
+        self.max_imbalance = max_imbalance
+        self.imbalance_ratio = imbalance_ratio
+        self._rng = rng or random.Random()
+        self._load = load or LeastLoad(self._rng)
+        self._table: OrderedDict[int, tuple[str, ...]] = OrderedDict()
+        #: Table entries naming each worker: how much prefix text it is believed to hold.
+        self._footprint: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def block_hashes(self, model: str, prompt: str) -> list[int]:
+        """The chained hash of each complete block of ``prompt`` (at most ``max_blocks``)."""
+        hashes: list[int] = []
+        parent = hashlib.blake2b(model.encode(), digest_size=8).digest()
+        whole = min(len(prompt) // self.block_chars, self.max_blocks)
+        for i in range(whole):
+            block = prompt[i * self.block_chars : (i + 1) * self.block_chars]
+            parent = hashlib.blake2b(parent + block.encode(), digest_size=8).digest()
+            hashes.append(int.from_bytes(parent, "big"))
+        return hashes
+
+    def choose(self, candidates: Sequence[Upstream], request: RouteRequest) -> Upstream:
+        hashes = self.block_hashes(request.model, request.prompt or "")
+        if not hashes or len(candidates) == 1:
+            chosen = self._least_loaded(candidates)
+        elif holders := self._holders(candidates, hashes):
+            best = min(holders, key=self._load.score)
+            fits = self._load.score(best) <= self._limit(candidates)
+            chosen = best if fits else self._least_loaded(candidates)
+        else:
+            chosen = self._place(candidates)
+        self._remember(hashes, chosen.url)
+        return chosen
+
+    def _holders(self, candidates: Sequence[Upstream], hashes: list[int]) -> list[Upstream]:
+        """The candidates holding the deepest known block of the prompt."""
+        by_url = {u.url: u for u in candidates}
+        for h in reversed(hashes):
+            holders = [by_url[url] for url in self._table.get(h, ()) if url in by_url]
+            if holders:
+                return holders
+        return []
+
+    def _limit(self, candidates: Sequence[Upstream]) -> float:
+        """The most load a worker may carry before the guard looks elsewhere."""
+        return min(self._load.score(u) for u in candidates) * self.imbalance_ratio + self.max_imbalance
+
+    def _least_loaded(self, candidates: Sequence[Upstream]) -> Upstream:
+        # A full scan, not two samples: a spilled or short request should queue least.
+        low = min(self._load.score(u) for u in candidates)
+        return self._rng.choice([u for u in candidates if self._load.score(u) == low])
+
+    def _place(self, candidates: Sequence[Upstream]) -> Upstream:
+        """A new prefix goes where the fewest prefix blocks live, among workers within the guard.
+
+        Balancing by request load alone can give one worker the many rarely used prefixes
+        and the other the few popular ones: the first then holds more prefixes than its
+        KV cache, and they evict each other.
+        """
+        limit = self._limit(candidates)
+        fit = [u for u in candidates if self._load.score(u) <= limit]
+        low = min(self._footprint.get(u.url, 0) for u in fit)
+        return self._rng.choice([u for u in fit if self._footprint.get(u.url, 0) == low])
+
+    def _remember(self, hashes: list[int], url: str) -> None:
+        for h in hashes:
+            held = self._table.pop(h, ())
+            kept = (url, *[u for u in held if u != url])[: self.holders]
+            self._table[h] = kept
+            self._count(kept, +1)
+            self._count(held, -1)
+        while len(self._table) > self.table_size:
+            _, evicted = self._table.popitem(last=False)
+            self._count(evicted, -1)
+
+    def _count(self, urls: tuple[str, ...], delta: int) -> None:
+        for url in urls:
+            left = self._footprint.get(url, 0) + delta
+            if left:
+                self._footprint[url] = left
+            else:
+                self._footprint.pop(url, None)
 
 
 STRATEGIES: dict[str, Callable[[], Strategy]] = {
     RoundRobin.name: RoundRobin,
     PowerOfTwoChoices.name: PowerOfTwoChoices,
+    LeastLoad.name: LeastLoad,
+    ConsistentHash.name: ConsistentHash,
+    PrefixAware.name: PrefixAware,
 }
+
+DEFAULT_STRATEGY = PrefixAware.name
 
 
 def build_strategy(name: str) -> Strategy:
+    """A fresh strategy instance by its configured name; ValueError for an unknown name."""
     try:
         return STRATEGIES[name]()
     except KeyError:

@@ -46,7 +46,11 @@ def test_streaming_chunks_arrive_incrementally_with_usage(stack: Stack) -> None:
     text, usage = [], None
     long_question = [{"role": "user", "content": " ".join(f"word{i}" for i in range(200))}]
     stream = stack.client().chat.completions.create(
-        model=MODEL, messages=long_question, max_tokens=64, stream=True, stream_options={"include_usage": True}
+        model=MODEL,
+        messages=long_question,
+        max_tokens=64,
+        stream=True,
+        stream_options={"include_usage": True},
     )
     for chunk in stream:
         arrivals.append(time.monotonic() - started)

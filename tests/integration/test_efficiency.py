@@ -1,0 +1,287 @@
+"""Cache, dedup, micro-batching and prefix-aware routing, seen through the official ``openai``
+client against a real gateway in front of two dry-run workers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import MODEL, Stack, start_stack
+from vgate_gateway.loadstats import metric_sums
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def eff(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Default routing (prefix-aware) and a batching window wide enough for concurrent tests."""
+    env = {"VGATE_ROUTING": "prefix-aware", "VGATE_BATCH_WAIT_MS": "100"}
+    with ExitStack() as es:
+        yield start_stack(es, tmp_path_factory.mktemp("eff"), gateway_env=env)
+
+
+def _async_client(stack: Stack) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0)
+
+
+def _gateway_metric(stack: Stack, name: str) -> float:
+    return metric_sums(httpx.get(stack.url + "/metrics").text, [name]).get(name, 0.0)
+
+
+def _messages(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def _stream(stack: Stack, text: str, include_usage: bool, **extra: Any) -> tuple[str | None, str, Any, str]:
+    """(cache header, text, usage, finish_reason) of a streamed chat completion."""
+    options = {"stream_options": {"include_usage": True}} if include_usage else {}
+    raw = stack.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=_messages(text), max_tokens=12, temperature=0, stream=True, **options, **extra
+    )
+    parts, usage, finish = [], None, ""
+    for chunk in raw.parse():
+        if chunk.usage is not None:
+            usage = chunk.usage
+            assert chunk.choices == []
+        for choice in chunk.choices:
+            parts.append(choice.delta.content or "")
+            finish = choice.finish_reason or finish
+    return raw.headers.get("x-vgate-cache"), "".join(parts), usage, finish
+
+
+def test_repeated_deterministic_chat_is_a_cache_hit_with_the_same_body(eff: Stack) -> None:
+    client = eff.client()
+    first = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=_messages("cache me, non-stream"), max_tokens=10, temperature=0
+    )
+    second = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=_messages("cache me, non-stream"), max_tokens=10, temperature=0
+    )
+    assert first.headers["x-vgate-cache"] == "miss"
+    assert second.headers["x-vgate-cache"] == "hit"
+    assert second.http_response.content == first.http_response.content
+    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+
+
+def test_streams_fill_and_replay_the_cache_in_both_directions(eff: Stack) -> None:
+    miss = _stream(eff, "cache me, streamed", include_usage=True)
+    hit = _stream(eff, "cache me, streamed", include_usage=True)
+    assert (miss[0], hit[0]) == ("miss", "hit")
+    assert hit[1:] == miss[1:]
+    assert miss[2] is not None
+    assert miss[3] in ("stop", "length")
+    as_json = eff.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=_messages("cache me, streamed"), max_tokens=12, temperature=0
+    )
+    assert as_json.headers["x-vgate-cache"] == "hit"
+    answer = as_json.parse()
+    assert answer.choices[0].message.content == miss[1]
+    assert answer.usage == miss[2]
+
+
+def test_a_stream_without_usage_still_fills_the_cache_and_sends_no_usage(eff: Stack) -> None:
+    first = _stream(eff, "no usage asked", include_usage=False)
+    assert first[0] == "miss"
+    assert first[2] is None
+    second = _stream(eff, "no usage asked", include_usage=False)
+    assert second == ("hit", first[1], None, first[3])
+
+
+def test_cache_header_bypasses_or_forces(eff: Stack) -> None:
+    client = eff.client()
+
+    def ask(temperature: float, mode: str) -> str | None:
+        raw = client.chat.completions.with_raw_response.create(
+            model=MODEL,
+            messages=_messages(f"cache header {temperature}"),
+            max_tokens=6,
+            temperature=temperature,
+            extra_headers={"x-vgate-cache": mode},
+        )
+        return raw.headers.get("x-vgate-cache")
+
+    assert [ask(0, "bypass"), ask(0, "bypass")] == ["miss", "miss"]
+    assert [ask(0.9, "force"), ask(0.9, "force")] == ["miss", "hit"]
+    assert ask(0.9, "") == "miss"  # sampled answers are not served from the cache by default
+    with pytest.raises(openai.BadRequestError, match="x-vgate-cache"):
+        ask(0, "sometimes")
+
+
+async def test_fifty_identical_concurrent_requests_make_one_upstream_call(eff: Stack) -> None:
+    client = _async_client(eff)
+    before = _gateway_metric(eff, "vgate_upstream_requests_total")
+    answers = await asyncio.gather(
+        *(
+            client.chat.completions.create(
+                model=MODEL, messages=_messages("everyone asks this"), max_tokens=24, temperature=0
+            )
+            for _ in range(50)
+        )
+    )
+    assert _gateway_metric(eff, "vgate_upstream_requests_total") - before == 1
+    assert len({a.choices[0].message.content for a in answers}) == 1
+    shared = _gateway_metric(eff, "vgate_deduplicated_requests_total")
+    hits = _gateway_metric(eff, "vgate_cache_hits_total")
+    assert shared > 0
+    assert shared + hits >= 49
+    await client.close()
+
+
+async def test_identical_concurrent_streams_share_one_upstream_stream(eff: Stack) -> None:
+    client = _async_client(eff)
+    before = _gateway_metric(eff, "vgate_upstream_requests_total")
+
+    async def one() -> str:
+        stream = await client.chat.completions.create(
+            model=MODEL, messages=_messages("a shared stream"), max_tokens=24, temperature=0, stream=True
+        )
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    texts = await asyncio.gather(*(one() for _ in range(10)))
+    assert _gateway_metric(eff, "vgate_upstream_requests_total") - before == 1
+    assert len(set(texts)) == 1
+    assert texts[0]
+    await client.close()
+
+
+async def test_concurrent_completions_are_batched_each_client_gets_its_own(eff: Stack) -> None:
+    client = _async_client(eff)
+    prompts = [f"batch member {i} says hello" for i in range(6)]
+    batched_before = _gateway_metric(eff, "vgate_batch_size_sum")
+    answers = await asyncio.gather(
+        *(client.completions.create(model=MODEL, prompt=p, max_tokens=8, temperature=0.5) for p in prompts)
+    )
+    assert _gateway_metric(eff, "vgate_batch_size_sum") - batched_before == len(prompts)
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(eff.url + "/stats")).json()["batching"]
+    assert stats["merged_requests"] >= 2
+    alone = [
+        (await client.completions.create(model=MODEL, prompt=p, max_tokens=8, temperature=0.5))
+        .choices[0]
+        .text
+        for p in prompts
+    ]
+    assert [a.choices[0].index for a in answers] == [0] * len(prompts)
+    assert [a.choices[0].text for a in answers] == alone
+    assert all(a.usage is not None and a.usage.prompt_tokens > 0 for a in answers)
+    await client.close()
+
+
+async def test_a_bad_prompt_in_a_batch_fails_alone(eff: Stack) -> None:
+    client = _async_client(eff)
+    too_long = "word " * 6000  # beyond the worker's 4096-token context
+
+    async def ask(prompt: str) -> Any:
+        return await client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0.5)
+
+    results = await asyncio.gather(
+        ask("the first fine prompt"), ask(too_long), ask("the second fine prompt"), return_exceptions=True
+    )
+    assert isinstance(results[1], openai.BadRequestError)
+    assert "context length" in str(results[1])
+    assert results[0].choices[0].text  # type: ignore[union-attr]
+    assert results[2].choices[0].text  # type: ignore[union-attr]
+    await client.close()
+
+
+def test_prefix_aware_keeps_a_shared_system_prompt_on_one_worker(eff: Stack) -> None:
+    system = "You are the support assistant of a bicycle shop. " * 30
+    client = eff.client()
+    before = [u["requests"] for u in httpx.get(eff.url + "/stats").json()["upstreams"]]
+    for i in range(8):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "system", "content": system}, {"role": "user", "content": f"question {i}"}],
+            max_tokens=4,
+            temperature=0.7,
+        )
+    after = [u["requests"] for u in httpx.get(eff.url + "/stats").json()["upstreams"]]
+    assert sorted(a - b for a, b in zip(after, before, strict=True)) == [0, 8]
+
+
+def test_stats_report_cache_dedup_and_batching(eff: Stack) -> None:
+    eff.client().embeddings.create(model=MODEL, input="stats probe")
+    eff.client().embeddings.create(model=MODEL, input="stats probe")
+    stats = httpx.get(eff.url + "/stats").json()
+    assert stats["cache"]["entries"] >= 1
+    assert stats["cache"]["hits"] >= 1
+    assert 0 < stats["cache"]["hit_rate"] <= 1
+    assert set(stats["dedup"]) == {"in_flight", "deduplicated"}
+    assert stats["batching"]["batch_size"] >= 1
+
+
+def _chat_body(text: str, max_tokens: int) -> dict[str, Any]:
+    return {
+        "model": MODEL,
+        "messages": _messages(text),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+
+
+async def _first_event(resp: httpx.Response) -> str:
+    async for line in resp.aiter_lines():
+        if line.startswith("data: {"):
+            return line
+    raise AssertionError("the stream ended before its first event")
+
+
+async def _until_shared(http: httpx.AsyncClient, shared_before: float) -> None:
+    """Wait until the gateway has joined one more request to an in-flight call."""
+    name = "vgate_deduplicated_requests_total"
+    for _ in range(100):
+        if metric_sums((await http.get("/metrics")).text, [name]).get(name, 0.0) > shared_before:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the second request never joined the first one's call")
+
+
+async def test_a_follower_stream_survives_the_leader_leaving(eff: Stack) -> None:
+    body = _chat_body("the leader leaves early", 40)
+    before = _gateway_metric(eff, "vgate_upstream_requests_total")
+    shared_before = _gateway_metric(eff, "vgate_deduplicated_requests_total")
+    async with httpx.AsyncClient(base_url=eff.url, timeout=30) as http:
+
+        async def follow() -> str:
+            stream = await _async_client(eff).chat.completions.create(**body)
+            return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+        leader = http.stream("POST", "/v1/chat/completions", json=body)
+        await _first_event(await leader.__aenter__())
+        follower = asyncio.create_task(follow())
+        await _until_shared(http, shared_before)
+        await leader.__aexit__(None, None, None)  # the leader's client hangs up mid-stream
+        text = await follower
+    assert _gateway_metric(eff, "vgate_upstream_requests_total") - before == 1
+    again = eff.client().chat.completions.with_raw_response.create(
+        model=MODEL, messages=body["messages"], max_tokens=40, temperature=0
+    )
+    assert again.headers["x-vgate-cache"] == "hit"  # the shared stream ran to its end
+    assert again.parse().choices[0].message.content == text
+
+
+async def test_the_upstream_stream_closes_when_every_client_has_left(eff: Stack) -> None:
+    body = _chat_body("everybody leaves", 2000)
+    async with httpx.AsyncClient(base_url=eff.url, timeout=30) as http:
+        streams = [http.stream("POST", "/v1/chat/completions", json=body) for _ in range(3)]
+        for stream in streams:
+            await _first_event(await stream.__aenter__())
+        for stream in streams:
+            await stream.__aexit__(None, None, None)
+        for _ in range(50):
+            texts = [(await http.get(w.url + "/metrics")).text for w in eff.workers]
+            running = sum(
+                metric_sums(t, ["vllm:num_requests_running"]).get("vllm:num_requests_running", 0)
+                for t in texts
+            )
+            if running == 0:
+                break
+            await asyncio.sleep(0.1)
+    assert running == 0

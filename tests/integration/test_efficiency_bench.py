@@ -1,0 +1,48 @@
+"""``vgate bench`` end to end, shrunk to a few seconds of load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vgate", "bench", *args], cwd=cwd, capture_output=True, text=True, timeout=110
+    )
+
+
+def test_bench_reports_routing_dedup_cache_and_batching(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    small = ["--requests", "24", "--concurrency", "4", "--apps", "2", "--system-tokens", "300"]
+    done = _bench(
+        "--workers", "2", "--strategies", "round-robin,prefix-aware", "--identical", "10", *small,
+        "--speed", "1", "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "prefix-aware" in done.stdout
+    assert "10 identical concurrent requests -> 1 upstream call(s)" in done.stdout
+    [path] = out.glob("bench-*.json")
+    results = json.loads(path.read_text())
+    routing = results["routing"]["2"]
+    assert set(routing) == {"round-robin", "prefix-aware"}
+    for run in routing.values():
+        assert 0 <= run["prefix_hit_rate"] <= 1
+        assert 0 < run["ttft_mean_s"] <= run["ttft_p99_s"]
+        assert sum(run["requests_per_worker"]) == 24
+    assert results["dedup"]["upstream_calls"] == 1
+    assert results["dedup"]["distinct_answers"] == 1
+    assert results["cache"]["headers"] == ["hit:hit", "miss:miss"]
+    assert results["batching"]["upstream_calls"] < results["batching"]["client_requests"]
+
+
+def test_bench_rejects_unknown_strategies(tmp_path: Path) -> None:
+    done = _bench("--strategies", "round-robin,fastest", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "fastest" in done.stderr

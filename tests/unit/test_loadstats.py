@@ -1,0 +1,94 @@
+"""Reading vLLM's /metrics into the upstreams' load figures."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from vgate_gateway.loadstats import LoadScraper, metric_sums, parse_load
+from vgate_gateway.upstreams import DiscoveredEndpoint, LoadStats, UpstreamPool
+
+pytestmark = pytest.mark.timeout(10)
+
+VLLM_METRICS = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="qwen"} 3.0
+vllm:num_requests_running{engine="0",model_name="qwen-alias"} 1.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="qwen"} 7.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="qwen"} 0.42
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="0.001",model_name="qwen"} 0.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="qwen"} 12.0
+vllm:prefix_cache_hits_total{engine="0",model_name="qwen"} 512.0
+vllm:prefix_cache_queries_total{engine="0",model_name="qwen"} 2048.0
+"""
+
+
+def test_parse_sums_each_gauge_over_its_label_sets() -> None:
+    load = parse_load(VLLM_METRICS, now=5.0)
+    assert load == LoadStats(num_running=4.0, num_waiting=7.0, kv_cache_usage=0.42, scraped_at=5.0)
+
+
+def test_older_vllm_kv_gauge_name_is_understood() -> None:
+    text = 'vllm:gpu_cache_usage_perc{model_name="q"} 0.9\nvllm:num_requests_waiting 2\n'
+    load = parse_load(text, now=1.0)
+    assert load is not None
+    assert (load.kv_cache_usage, load.num_waiting) == (0.9, 2.0)
+
+
+def test_text_without_vllm_gauges_is_no_load_report() -> None:
+    assert parse_load("# nothing here\nprocess_cpu_seconds_total 3\n", now=1.0) is None
+    assert parse_load("", now=1.0) is None
+
+
+def test_metric_sums_skips_malformed_and_non_finite_values() -> None:
+    text = 'a{x="1"} 2\na{x="}"} 3 1700000000\na NaN\na oops\nb 1e3\nab 9\n'
+    assert metric_sums(text, ["a", "b"]) == {"a": 5.0, "b": 1000.0}
+    assert metric_sums(VLLM_METRICS, ["vllm:prefix_cache_hits_total"]) == {
+        "vllm:prefix_cache_hits_total": 512.0
+    }
+
+
+def _pool(*urls: str) -> UpstreamPool:
+    pool = UpstreamPool()
+    pool.replace([DiscoveredEndpoint(url=u) for u in urls])
+    for up in pool.all():
+        up.healthy = True
+    return pool
+
+
+async def test_scraper_updates_healthy_workers_and_keeps_figures_on_failure() -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.host)
+        if request.url.host == "down":
+            return httpx.Response(500)
+        return httpx.Response(200, text=VLLM_METRICS)
+
+    pool = _pool("http://ok:8000", "http://down:8000", "http://sick:8000")
+    pool.get("http://sick:8000").healthy = False  # type: ignore[union-attr]
+    stale = LoadStats(num_waiting=1.0, scraped_at=1.0)
+    pool.get("http://down:8000").load = stale  # type: ignore[union-attr]
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        scraper = LoadScraper(pool, client, clock=lambda: 50.0)
+        assert await scraper.scrape_all() == 1
+    assert sorted(seen) == ["down", "ok"]
+    assert pool.get("http://ok:8000").load.num_waiting == 7.0  # type: ignore[union-attr]
+    assert pool.get("http://ok:8000").load.scraped_at == 50.0  # type: ignore[union-attr]
+    assert pool.get("http://down:8000").load is stale  # type: ignore[union-attr]
+
+
+async def test_unreachable_worker_is_not_an_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    pool = _pool("http://gone:8000")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        assert await LoadScraper(pool, client).scrape_all() == 0

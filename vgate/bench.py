@@ -1,0 +1,451 @@
+"""``vgate bench``: measure the gateway's routing, dedup, cache and batching on the simulator.
+
+Everything runs on loopback: dry-run workers (``vgate worker --dry-run``) with a bounded
+KV cache and the real gateway, restarted for every measurement so no run inherits a
+warm cache. The routing workload is a few applications, each with its own long system
+prompt, whose users send varied short questions; each routing strategy serves the same
+request sequence, and round-robin (measured in the same run) is the baseline every other
+strategy is compared with. Results go to stdout as a table and to ``bench-results/`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+STRATEGIES = ("round-robin", "least-request", "least-load", "session", "prefix-aware")
+_WORDS = [
+    "account",
+    "balance",
+    "carrier",
+    "customs",
+    "delivery",
+    "freight",
+    "harbor",
+    "invoice",
+    "ledger",
+    "manifest",
+    "order",
+    "parcel",
+    "quota",
+    "route",
+    "schedule",
+    "tariff",
+    "unit",
+    "vessel",
+    "warehouse",
+    "yard",
+    "policy",
+    "clause",
+    "contract",
+    "tenant",
+    "lease",
+    "notice",
+    "party",
+    "remedy",
+    "statute",
+    "witness",
+    "answer",
+    "brief",
+    "claim",
+]
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark run's shape (command-line flags)."""
+
+    workers: tuple[int, ...] = (2, 4)
+    strategies: tuple[str, ...] = STRATEGIES
+    requests: int = 160
+    concurrency: int = 16
+    apps: int = 8
+    system_tokens: int = 1500
+    max_tokens: int = 16
+    kv_cache_tokens: int = 8192
+    #: Below 1 the simulated GPU is slower than real, so on a small machine the measured
+    #: times are the model's, not the Python processes' competition for CPU.
+    speed: float = 0.25
+    identical: int = 50
+    seed: int = 7
+    out: str = "bench-results"
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _process(args: Sequence[str], ready: str, env: dict[str, str], log: Path) -> Iterator[str]:
+    """Run ``vgate ARGS --port P`` in its own process group until the block ends; yields its URL."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "vgate", *args, "--port", str(port)],
+            env={**os.environ, **env},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait(url + ready, proc, log)
+            yield url
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited {proc.returncode}; see {log}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not ready within {timeout:.0f}s; see {log}")
+
+
+@contextmanager
+def stack(cfg: BenchConfig, workers: int, env: dict[str, str], logs: Path) -> Iterator[tuple[str, list[str]]]:
+    """Fresh workers and a gateway in front of them; yields (gateway URL, worker URLs)."""
+    worker_args = [
+        "worker", "--dry-run", "--served-model-name", MODEL, "--speed", str(cfg.speed),
+        "--kv-cache-tokens", str(cfg.kv_cache_tokens), "--log-level", "warning",
+    ]  # fmt: skip
+    with ExitStack() as es:
+        urls = [
+            es.enter_context(_process(worker_args, "/health", {}, logs / f"worker{i}.log"))
+            for i in range(workers)
+        ]
+        gateway_env = {
+            "VGATE_ENDPOINTS": ",".join(urls),
+            "VGATE_HEALTH_INTERVAL_S": "0.2",
+            "VGATE_LOG_LEVEL": "warning",
+        }
+        gateway = es.enter_context(
+            _process(["gateway"], "/ready", {**gateway_env, **env}, logs / "gateway.log")
+        )
+        _wait_routable(gateway, workers)
+        yield gateway, urls
+
+
+def _wait_routable(gateway: str, workers: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        upstreams = httpx.get(gateway + "/stats", timeout=2.0).json().get("upstreams", [])
+        if sum(1 for u in upstreams if u.get("routable")) >= workers:
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"not all {workers} workers became routable at {gateway}")
+
+
+# -- workload ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Turn:
+    app: int
+    user: str
+    question: str
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words))
+
+
+def system_prompts(cfg: BenchConfig) -> list[str]:
+    """One long, distinct system prompt per application."""
+    return [
+        f"You are assistant {a} " + _text(random.Random(cfg.seed * 1000 + a), cfg.system_tokens)
+        for a in range(cfg.apps)
+    ]
+
+
+def workload(cfg: BenchConfig) -> list[Turn]:
+    """The request sequence every strategy serves: users of each app ask varied questions."""
+    rng = random.Random(cfg.seed)
+    users = [f"user-{u}" for u in range(cfg.apps * 4)]
+    turns = []
+    for i in range(cfg.requests):
+        user = rng.choice(users)
+        app = int(user.split("-")[1]) % cfg.apps
+        turns.append(Turn(app, user, f"question {i}: " + _text(rng, rng.randint(10, 40))))
+    return turns
+
+
+def _chat(system: str, question: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return {"model": MODEL, "messages": messages, "max_tokens": max_tokens, **extra}
+
+
+async def _ttft(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str]) -> float:
+    """Seconds until the first generated text of a streamed chat completion."""
+    started = time.perf_counter()
+    async with client.stream(
+        "POST", "/v1/chat/completions", json={**body, "stream": True}, headers=headers
+    ) as resp:
+        resp.raise_for_status()
+        first: float | None = None
+        async for line in resp.aiter_lines():
+            if first is None and line.startswith("data: {") and _has_text(json.loads(line[6:])):
+                first = time.perf_counter() - started
+    if first is None:
+        raise RuntimeError("the stream carried no text")
+    return first
+
+
+def _has_text(chunk: dict[str, Any]) -> bool:
+    return any((c.get("delta") or {}).get("content") for c in chunk.get("choices") or [])
+
+
+def _p99(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+def _scrape(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def _worker_totals(workers: Sequence[str], name: str) -> float:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        texts = await asyncio.gather(*(client.get(w + "/metrics") for w in workers))
+    return sum(_scrape(r.text, name) for r in texts)
+
+
+async def run_routing(cfg: BenchConfig, gateway: str, workers: Sequence[str]) -> dict[str, Any]:
+    """Serve the workload with ``cfg.concurrency`` clients; TTFT and the workers' prefix hit rate."""
+    systems, turns = system_prompts(cfg), workload(cfg)
+    queue: asyncio.Queue[Turn] = asyncio.Queue()
+    for turn in turns:
+        queue.put_nowait(turn)
+    ttfts: list[float] = []
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            turn = queue.get_nowait()
+            body = _chat(systems[turn.app], turn.question, cfg.max_tokens, temperature=0.7)
+            ttfts.append(await _ttft(client, body, {"x-session-id": turn.user}))
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(cfg.concurrency)))
+    wall = time.perf_counter() - started
+    hits = await _worker_totals(workers, "vllm:prefix_cache_hits_total")
+    queries = await _worker_totals(workers, "vllm:prefix_cache_queries_total")
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        stats = (await client.get(gateway + "/stats")).json()
+    spread = [u["requests"] for u in stats["upstreams"]]
+    return {
+        "prefix_hit_rate": hits / queries if queries else 0.0,
+        "ttft_mean_s": statistics.fmean(ttfts),
+        "ttft_p99_s": _p99(ttfts),
+        "throughput_rps": len(ttfts) / wall,
+        "requests_per_worker": spread,
+    }
+
+
+async def _gateway_total(gateway: str, name: str) -> float:
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        return _scrape((await client.get(gateway + "/metrics")).text, name)
+
+
+async def run_dedup(cfg: BenchConfig, gateway: str, workers: Sequence[str]) -> dict[str, Any]:
+    """``cfg.identical`` identical deterministic requests at once: how many reach a worker."""
+    body = _chat(system_prompts(cfg)[0], "one question everybody asks", cfg.max_tokens, temperature=0)
+    calls_before = await _gateway_total(gateway, "vgate_upstream_requests_total")
+    served_before = await _worker_totals(workers, "vllm:e2e_request_latency_seconds_count")
+    async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
+        replies = await asyncio.gather(
+            *(client.post("/v1/chat/completions", json=body) for _ in range(cfg.identical))
+        )
+    texts = {r.json()["choices"][0]["message"]["content"] for r in replies if r.status_code == 200}
+    return {
+        "client_requests": cfg.identical,
+        "ok": sum(r.status_code == 200 for r in replies),
+        "distinct_answers": len(texts),
+        "upstream_calls": await _gateway_total(gateway, "vgate_upstream_requests_total") - calls_before,
+        "worker_requests": await _worker_totals(workers, "vllm:e2e_request_latency_seconds_count")
+        - served_before,
+    }
+
+
+async def run_cache(cfg: BenchConfig, gateway: str, probes: int = 20) -> dict[str, Any]:
+    """Latency of a deterministic request the first time (miss) and the second (hit)."""
+    system = system_prompts(cfg)[1]
+    misses: list[float] = []
+    hits: list[float] = []
+    headers_seen: set[str] = set()
+    async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
+        for i in range(probes):
+            body = _chat(system, f"cache probe {i}", cfg.max_tokens, temperature=0)
+            for into in (misses, hits):
+                started = time.perf_counter()
+                resp = await client.post("/v1/chat/completions", json=body)
+                into.append(time.perf_counter() - started)
+                resp.raise_for_status()
+                headers_seen.add(f"{'miss' if into is misses else 'hit'}:{resp.headers.get('x-vgate-cache')}")
+    miss, hit = statistics.median(misses), statistics.median(hits)
+    return {
+        "miss_latency_s": miss,
+        "hit_latency_s": hit,
+        "speedup": miss / hit if hit else 0.0,
+        "headers": sorted(headers_seen),
+    }
+
+
+async def run_batching(cfg: BenchConfig, gateway: str, clients: int = 32) -> dict[str, Any]:
+    """``clients`` concurrent single-prompt completions: how many upstream requests they became."""
+    rng = random.Random(cfg.seed + 1)
+    calls_before = await _gateway_total(gateway, "vgate_upstream_requests_total")
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
+        replies = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/completions",
+                    json={"model": MODEL, "prompt": _text(rng, 30), "max_tokens": 8, "temperature": 0.7},
+                )
+                for _ in range(clients)
+            )
+        )
+    return {
+        "client_requests": clients,
+        "ok": sum(r.status_code == 200 for r in replies),
+        "upstream_calls": await _gateway_total(gateway, "vgate_upstream_requests_total") - calls_before,
+        "wall_s": time.perf_counter() - started,
+    }
+
+
+# -- driver ------------------------------------------------------------------------------
+
+
+def run(cfg: BenchConfig, logs: Path) -> dict[str, Any]:
+    """Every measurement, each on a fresh stack; returns the JSON-ready results."""
+    results: dict[str, Any] = {"config": asdict(cfg), "routing": {}}
+    for n in cfg.workers:
+        by_strategy: dict[str, Any] = {}
+        for strategy in cfg.strategies:
+            print(f"routing: {strategy} on {n} workers ...", file=sys.stderr, flush=True)
+            with stack(cfg, n, {"VGATE_ROUTING": strategy}, logs) as (gateway, workers):
+                by_strategy[strategy] = asyncio.run(run_routing(cfg, gateway, workers))
+        results["routing"][str(n)] = by_strategy
+    print("dedup, cache and batching ...", file=sys.stderr, flush=True)
+    with stack(cfg, 2, {}, logs) as (gateway, workers):
+        results["dedup"] = asyncio.run(run_dedup(cfg, gateway, workers))
+        results["cache"] = asyncio.run(run_cache(cfg, gateway))
+        results["batching"] = asyncio.run(run_batching(cfg, gateway))
+    return results
+
+
+def render(results: dict[str, Any]) -> str:
+    """The human-readable table; ratios are against round-robin in the same run."""
+    lines = [
+        f"{'workers':>7}  {'strategy':<14} {'prefix hit':>10} {'TTFT mean':>10} {'TTFT p99':>9} "
+        f"{'vs RR mean':>10} {'vs RR p99':>9} {'req/s':>6}  per worker"
+    ]
+    for n, by_strategy in results["routing"].items():
+        base = by_strategy.get("round-robin")
+        for strategy, r in by_strategy.items():
+            mean_ratio = r["ttft_mean_s"] / base["ttft_mean_s"] if base else float("nan")
+            p99_ratio = r["ttft_p99_s"] / base["ttft_p99_s"] if base else float("nan")
+            lines.append(
+                f"{n:>7}  {strategy:<14} {r['prefix_hit_rate']:>10.1%} {r['ttft_mean_s'] * 1000:>8.1f}ms "
+                f"{r['ttft_p99_s'] * 1000:>7.1f}ms {mean_ratio:>10.2f} {p99_ratio:>9.2f} "
+                f"{r['throughput_rps']:>6.1f}  {r['requests_per_worker']}"
+            )
+    d, c, b = results["dedup"], results["cache"], results["batching"]
+    lines += [
+        "",
+        f"dedup:    {d['client_requests']} identical concurrent requests -> {d['upstream_calls']:.0f} upstream "
+        f"call(s), {d['worker_requests']:.0f} worker request(s), {d['distinct_answers']} distinct answer(s)",
+        f"cache:    miss {c['miss_latency_s'] * 1000:.1f}ms, hit {c['hit_latency_s'] * 1000:.1f}ms "
+        f"(median; hit is {c['speedup']:.1f}x faster) headers {c['headers']}",
+        f"batching: {b['client_requests']} concurrent completions -> {b['upstream_calls']:.0f} upstream request(s)",
+    ]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = BenchConfig()
+    p = argparse.ArgumentParser(prog="vgate bench", description=__doc__.splitlines()[0])
+    p.add_argument("--workers", default=",".join(map(str, d.workers)), help="worker counts (default 2,4)")
+    p.add_argument("--strategies", default=",".join(d.strategies), help="routing strategies to compare")
+    p.add_argument("--requests", type=int, default=d.requests, help="requests per routing run")
+    p.add_argument("--concurrency", type=int, default=d.concurrency, help="concurrent clients")
+    p.add_argument("--apps", type=int, default=d.apps, help="distinct system prompts")
+    p.add_argument("--system-tokens", type=int, default=d.system_tokens, help="system prompt length")
+    p.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens, help="each worker's KV cache")
+    p.add_argument("--speed", type=float, default=d.speed, help="simulator time multiplier")
+    p.add_argument("--identical", type=int, default=d.identical, help="identical requests for dedup")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out, help="directory for the JSON results (default bench-results)")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the benchmark; prints the table and writes ``<out>/bench-<time>.json``."""
+    args = _parser().parse_args(list(argv))
+    strategies = tuple(s for s in args.strategies.split(",") if s)
+    unknown = sorted(set(strategies) - set(STRATEGIES))
+    if unknown:
+        print(f"vgate bench: unknown strategies {unknown}; choose from {list(STRATEGIES)}", file=sys.stderr)
+        return 2
+    try:
+        workers = tuple(int(n) for n in args.workers.split(",") if n)
+    except ValueError:
+        print("vgate bench: --workers takes comma-separated numbers, e.g. 2,4", file=sys.stderr)
+        return 2
+    cfg = BenchConfig(
+        workers=workers, strategies=strategies, requests=args.requests, concurrency=args.concurrency,
+        apps=args.apps, system_tokens=args.system_tokens, kv_cache_tokens=args.kv_cache_tokens,
+        speed=args.speed, identical=args.identical, seed=args.seed, out=args.out,
+    )  # fmt: skip
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="vgate-bench-") as logs:
+        results = run(cfg, Path(logs))
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(render(results))
+    print(f"\nresults: {path} ({results['wall_s']}s)")
+    return 0
