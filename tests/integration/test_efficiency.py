@@ -4,7 +4,7 @@ client against a real gateway in front of two dry-run workers."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from typing import Any
 
@@ -223,13 +223,20 @@ def _chat_body(text: str, max_tokens: int) -> dict[str, Any]:
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
+        "ignore_eos": True,  # exactly max_tokens tokens: long enough for others to join
     }
 
 
-async def _first_event(resp: httpx.Response) -> str:
-    async for line in resp.aiter_lines():
+async def _first_event(resp: httpx.Response) -> AsyncIterator[str]:
+    """Read up to the first event; returns the line iterator, which the caller must keep.
+
+    Dropping a half-read httpx line iterator finalizes it, and that closes the connection:
+    the client would "leave" right here instead of where the test says it does.
+    """
+    lines = resp.aiter_lines()
+    async for line in lines:
         if line.startswith("data: {"):
-            return line
+            return lines
     raise AssertionError("the stream ended before its first event")
 
 
@@ -244,24 +251,28 @@ async def _until_shared(http: httpx.AsyncClient, shared_before: float) -> None:
 
 
 async def test_a_follower_stream_survives_the_leader_leaving(eff: Stack) -> None:
-    body = _chat_body("the leader leaves early", 40)
+    body = _chat_body("the leader leaves early", 400)
     before = _gateway_metric(eff, "vgate_upstream_requests_total")
     shared_before = _gateway_metric(eff, "vgate_deduplicated_requests_total")
     async with httpx.AsyncClient(base_url=eff.url, timeout=30) as http:
 
         async def follow() -> str:
-            stream = await _async_client(eff).chat.completions.create(**body)
+            fields = {k: v for k, v in body.items() if k != "ignore_eos"}
+            stream = await _async_client(eff).chat.completions.create(
+                **fields, extra_body={"ignore_eos": True}
+            )
             return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
         leader = http.stream("POST", "/v1/chat/completions", json=body)
-        await _first_event(await leader.__aenter__())
+        reading = await _first_event(await leader.__aenter__())
         follower = asyncio.create_task(follow())
         await _until_shared(http, shared_before)
         await leader.__aexit__(None, None, None)  # the leader's client hangs up mid-stream
+        del reading
         text = await follower
     assert _gateway_metric(eff, "vgate_upstream_requests_total") - before == 1
     again = eff.client().chat.completions.with_raw_response.create(
-        model=MODEL, messages=body["messages"], max_tokens=40, temperature=0
+        model=MODEL, messages=body["messages"], max_tokens=400, temperature=0, extra_body={"ignore_eos": True}
     )
     assert again.headers["x-vgate-cache"] == "hit"  # the shared stream ran to its end
     assert again.parse().choices[0].message.content == text
@@ -271,10 +282,10 @@ async def test_the_upstream_stream_closes_when_every_client_has_left(eff: Stack)
     body = _chat_body("everybody leaves", 2000)
     async with httpx.AsyncClient(base_url=eff.url, timeout=30) as http:
         streams = [http.stream("POST", "/v1/chat/completions", json=body) for _ in range(3)]
-        for stream in streams:
-            await _first_event(await stream.__aenter__())
+        reading = [await _first_event(await stream.__aenter__()) for stream in streams]
         for stream in streams:
             await stream.__aexit__(None, None, None)
+        del reading
         for _ in range(50):
             texts = [(await http.get(w.url + "/metrics")).text for w in eff.workers]
             running = sum(

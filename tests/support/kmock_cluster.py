@@ -6,6 +6,9 @@ clients such as kopf and ``kubernetes_asyncio`` rely on:
 * ``metadata.uid``, ``resourceVersion``, ``generation`` and ``creationTimestamp`` on
   create; a new ``resourceVersion`` on every update, and a new ``generation`` only
   when something other than metadata and status changes (never through ``/status``);
+* a new ``resourceVersion`` when a DELETE only marks an object with finalizers;
+* HTTP 422 rather than 500 when a JSON patch's ``test`` operation fails, so clients
+  that patch with optimistic concurrency (kopf) re-read instead of retrying blindly;
 * ``GET /api/v1/namespaces[/NAME]`` (list, fetch and watch), which KMock parses as a
   namespaced path and answers with HTTP 500.
 
@@ -27,6 +30,7 @@ from typing import Any
 
 import aiohttp.web
 import attrs
+import jsonpatch
 import kmock
 from kmock._internal.dicts import patch_dict
 
@@ -97,13 +101,15 @@ class KubeCluster(kmock.KubernetesEmulator):
         path.write_text(json.dumps(cfg))
         return path
 
-    def writes(self, *plurals: str) -> list[kmock.Request]:
-        """Create/update/delete requests served so far, optionally for some plurals only."""
+    def writes(self, *plurals: str, namespace: str | None = None) -> list[kmock.Request]:
+        """Create/update/delete requests served so far, optionally for some plurals or a namespace."""
         found = []
         for request in list(self._requests):
             if request.action not in (kmock.action.CREATE, kmock.action.UPDATE, kmock.action.DELETE):
                 continue
             if request.resource is None or (plurals and request.resource.plural not in plurals):
+                continue
+            if namespace is not None and request.namespace != namespace:
                 continue
             found.append(request)
         return found
@@ -153,7 +159,20 @@ class KubeCluster(kmock.KubernetesEmulator):
                 self._stamp_create(request.data)
             elif request.action == kmock.action.UPDATE and request.name is not None:
                 self._stamp_update(request)
+        if (
+            request.resource is not None
+            and request.action == kmock.action.DELETE
+            and request.name is not None
+        ):
+            self._stamp_delete(request)
         return await super()._handle(request)
+
+    def _stamp_delete(self, request: kmock.Request) -> None:
+        # Marking an object with finalizers as deleting is an update: it gets a new
+        # resourceVersion, or watchers that track versions (kopf) may ignore the event.
+        key = (request.resource, request.namespace, request.name)
+        if key in self.objects and not self.objects[key].deleted:
+            self.objects[key].patch({"metadata": {"resourceVersion": str(next(self._versions))}})
 
     def _stamp_create(self, body: dict[str, Any]) -> None:
         meta = body.setdefault("metadata", {})
@@ -171,10 +190,13 @@ class KubeCluster(kmock.KubernetesEmulator):
         current = self.objects[key].raw
         meta = dict(current.get("metadata") or {})
         changes = {"resourceVersion": str(next(self._versions))}
-        if request.subresource != "status":
+        try:
             after = patch_dict(current, request.data)
-            if _strip(after) != _strip(current):
-                changes["generation"] = int(meta.get("generation") or 0) + 1
+        except jsonpatch.JsonPatchException as exc:
+            # A failed "test" operation (optimistic concurrency) is a 422, as from a real server.
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
+        if request.subresource != "status" and _strip(after) != _strip(current):
+            changes["generation"] = int(meta.get("generation") or 0) + 1
         if isinstance(request.data, dict):
             request.data.setdefault("metadata", {}).update(changes)
         else:

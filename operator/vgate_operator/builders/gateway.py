@@ -1,0 +1,220 @@
+"""The gateway: configuration, identity and RBAC, Deployment, Service, PDB and Ingress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from vgate_operator.builders.common import (
+    CONFIG_HASH,
+    MANAGED_ANNOTATIONS,
+    Manifest,
+    Owner,
+    container_security_context,
+    digest,
+    http_probe,
+    image,
+    metadata,
+    pod_security_context,
+    selector_labels,
+    with_spec_hash,
+)
+from vgate_operator.spec import VGateDeploymentSpec, gateway_name, worker_name
+
+PORT = 8000
+CONFIG_DIR = "/etc/vgate"
+CONFIG_KEY = "gateway.yaml"
+#: Seconds a terminating pod keeps serving while endpoint removal reaches every client.
+PRE_STOP_SLEEP = 5
+
+
+def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
+    """The gateway's settings file, keyed by ``GatewaySettings`` field names."""
+    gw = spec.gateway
+    return {
+        "host": "0.0.0.0",
+        "port": PORT,
+        "log_json": True,
+        "discovery": "kubernetes",
+        "namespace": owner.namespace,
+        "services": {m.name: worker_name(owner.name, m.name) for m in spec.models},
+        "routing": gw.routing,
+        "routing_per_model": {m.name: m.routing for m in spec.models if m.routing},
+        "batch_size": gw.batching.batch_size,
+        "batch_wait_ms": gw.batching.batch_wait_ms,
+        "cache_maxsize": gw.cache.max_size,
+        "cache_ttl_s": gw.cache.ttl_seconds,
+        "dedup": gw.dedup,
+    }
+
+
+def build_gateway_configmap(owner: Owner, spec: VGateDeploymentSpec) -> Manifest:
+    text = yaml.safe_dump(gateway_settings(owner, spec), sort_keys=True)
+    return with_spec_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(owner, gateway_name(owner.name), "gateway"),
+            "data": {CONFIG_KEY: text},
+        }
+    )
+
+
+def build_gateway_serviceaccount(owner: Owner) -> Manifest:
+    return with_spec_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": metadata(owner, gateway_name(owner.name), "gateway"),
+            "automountServiceAccountToken": True,
+        }
+    )
+
+
+def build_gateway_role(owner: Owner) -> Manifest:
+    """Read-only access to EndpointSlices in this namespace: all the gateway's discovery needs."""
+    return with_spec_hash(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": metadata(owner, gateway_name(owner.name), "gateway"),
+            "rules": [
+                {
+                    "apiGroups": ["discovery.k8s.io"],
+                    "resources": ["endpointslices"],
+                    "verbs": ["get", "list", "watch"],
+                }
+            ],
+        }
+    )
+
+
+def build_gateway_rolebinding(owner: Owner) -> Manifest:
+    name = gateway_name(owner.name)
+    return with_spec_hash(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": metadata(owner, name, "gateway"),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": owner.namespace}],
+        }
+    )
+
+
+def build_gateway_service(owner: Owner) -> Manifest:
+    return with_spec_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(owner, gateway_name(owner.name), "gateway"),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector_labels(owner, "gateway"),
+                "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }
+    )
+
+
+def build_gateway_pdb(owner: Owner) -> Manifest:
+    # maxUnavailable rather than minAvailable: a single-replica gateway must not block node drains.
+    return with_spec_hash(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": metadata(owner, gateway_name(owner.name), "gateway"),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner, "gateway")}},
+        }
+    )
+
+
+def build_gateway_deployment(owner: Owner, spec: VGateDeploymentSpec, config: Manifest) -> Manifest:
+    """Gateway pods; ``config`` is the ConfigMap, whose hash on the template rolls them on change."""
+    name = gateway_name(owner.name)
+    gw = spec.gateway
+    template_meta = {
+        "labels": metadata(owner, name, "gateway")["labels"],
+        "annotations": {CONFIG_HASH: digest(config["data"])},
+    }
+    pod = {
+        "serviceAccountName": name,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": gw.termination_grace_period_seconds,
+        "containers": [_gateway_container(spec)],
+        "volumes": [
+            {"name": "config", "configMap": {"name": name}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    }
+    return with_spec_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata(owner, name, "gateway"),
+            "spec": {
+                "replicas": gw.replicas,
+                "selector": {"matchLabels": selector_labels(owner, "gateway")},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {"metadata": template_meta, "spec": pod},
+            },
+        }
+    )
+
+
+def _gateway_container(spec: VGateDeploymentSpec) -> Manifest:
+    gw = spec.gateway
+    container: Manifest = {
+        "name": "gateway",
+        "image": gw.image or image("gateway"),
+        "args": ["gateway", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "readinessProbe": http_probe("/ready", period=2, failures=2),
+        "livenessProbe": http_probe("/health", period=10, failures=3, timeout=5),
+        # Keep serving while the endpoint removal propagates to kube-proxy and ingress
+        # controllers; the sleep action needs no shell or binary in the image.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": container_security_context(read_only_root=True),
+    }
+    resources = gw.resources.model_dump(exclude_defaults=False)
+    resources = {k: v for k, v in resources.items() if v}
+    if resources:
+        container["resources"] = resources
+    if gw.image_pull_policy:
+        container["imagePullPolicy"] = gw.image_pull_policy
+    return container
+
+
+def build_ingress(owner: Owner, spec: VGateDeploymentSpec) -> Manifest:
+    """HTTP(S) entry to the gateway Service; only built when ``ingress.enabled``."""
+    ing = spec.ingress
+    name = gateway_name(owner.name)
+    meta = metadata(owner, name, "gateway")
+    if ing.annotations:
+        meta["annotations"] = {**ing.annotations, MANAGED_ANNOTATIONS: ",".join(sorted(ing.annotations))}
+    rule: Manifest = {
+        "http": {
+            "paths": [
+                {
+                    "path": "/",
+                    "pathType": "Prefix",
+                    "backend": {"service": {"name": name, "port": {"name": "http"}}},
+                }
+            ]
+        }
+    }
+    if ing.host:
+        rule["host"] = ing.host
+    ingress_spec: Manifest = {"rules": [rule]}
+    if ing.class_name:
+        ingress_spec["ingressClassName"] = ing.class_name
+    if ing.tls is not None:
+        ingress_spec["tls"] = [{"hosts": [ing.host], "secretName": ing.tls.secret_name}]
+    return with_spec_hash(
+        {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": ingress_spec}
+    )

@@ -1,0 +1,184 @@
+"""Per-model worker objects: a Deployment of vLLM (or simulator) pods and its Service."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from vgate_operator.builders.common import (
+    MODEL_LABEL,
+    Manifest,
+    Owner,
+    container_security_context,
+    http_probe,
+    image,
+    metadata,
+    pod_security_context,
+    quantity_map,
+    selector_labels,
+    with_spec_hash,
+)
+from vgate_operator.spec import ModelSpec, VGateDeploymentSpec, gpus_for, worker_name
+
+PORT = 8000
+CACHE_MOUNT = "/models"
+GPU_RESOURCE = "nvidia.com/gpu"
+
+
+def _pod_selector(owner: Owner, model: ModelSpec) -> dict[str, str]:
+    return {**selector_labels(owner, "worker"), MODEL_LABEL: model.name}
+
+
+def build_worker_service(owner: Owner, model: ModelSpec) -> Manifest:
+    """ClusterIP Service whose EndpointSlices the gateway watches to find this model's workers."""
+    return with_spec_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(
+                owner, worker_name(owner.name, model.name), "worker", {MODEL_LABEL: model.name}
+            ),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": _pod_selector(owner, model),
+                "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+            },
+        }
+    )
+
+
+def build_worker_deployment(owner: Owner, spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
+    """The model's worker Deployment; any change to the model's settings rolls its pods."""
+    name = worker_name(owner.name, model.name)
+    pod_labels = {**metadata(owner, name, "worker")["labels"], MODEL_LABEL: model.name}
+    return with_spec_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata(owner, name, "worker", {MODEL_LABEL: model.name}),
+            "spec": {
+                "replicas": model.replicas,
+                "selector": {"matchLabels": _pod_selector(owner, model)},
+                # A GPU node rarely has room for a surge pod: replace in place, one at a time.
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+                "template": {"metadata": {"labels": pod_labels}, "spec": _pod_spec(spec, model)},
+            },
+        }
+    )
+
+
+def _pod_spec(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
+    worker = spec.worker
+    pod: Manifest = {
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
+        "terminationGracePeriodSeconds": 30 if worker.dry_run else 120,
+        "containers": [_container(spec, model)],
+        "volumes": _volumes(spec),
+    }
+    if worker.node_selector:
+        pod["nodeSelector"] = dict(worker.node_selector)
+    if worker.tolerations:
+        pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in worker.tolerations]
+    return pod
+
+
+def _volumes(spec: VGateDeploymentSpec) -> list[Manifest]:
+    cache = spec.worker.model_cache
+    cache_volume: Manifest
+    if cache.existing_claim:
+        cache_volume = {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.existing_claim}}
+    else:
+        cache_volume = {"name": "model-cache", "emptyDir": quantity_map({"sizeLimit": cache.size_limit})}
+    return [
+        cache_volume,
+        # vLLM's workers exchange tensors through shared memory; the default 64Mi /dev/shm is too small.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.worker.shm_size}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+
+
+def _container(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
+    worker = spec.worker
+    dry_run = worker.dry_run
+    container: Manifest = {
+        "name": "worker",
+        "image": worker.image or image("worker-dry-run" if dry_run else "worker"),
+        "args": _dry_run_args(model) if dry_run else ["worker"],
+        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "env": [] if dry_run else _vllm_env(spec, model),
+        "resources": _resources(spec, model),
+        "volumeMounts": [
+            {"name": "model-cache", "mountPath": CACHE_MOUNT},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": container_security_context(read_only_root=False),
+        **_probes(dry_run),
+    }
+    if worker.image_pull_policy:
+        container["imagePullPolicy"] = worker.image_pull_policy
+    return container
+
+
+def _dry_run_args(model: ModelSpec) -> list[str]:
+    return [
+        "worker", "--dry-run", "--host", "0.0.0.0", "--port", str(PORT),
+        "--served-model-name", model.name,
+        "--max-model-len", str(model.max_model_len),
+        "--max-num-seqs", str(model.max_num_seqs),
+    ]  # fmt: skip
+
+
+def _vllm_env(spec: VGateDeploymentSpec, model: ModelSpec) -> list[Manifest]:
+    values: dict[str, str] = {
+        "VGATE_WORKER_MODEL": model.model,
+        "VGATE_WORKER_SERVED_MODEL_NAME": model.name,
+        "VGATE_WORKER_MAX_MODEL_LEN": str(model.max_model_len),
+        "VGATE_WORKER_GPU_MEMORY_UTILIZATION": str(model.gpu_memory_utilization),
+        "VGATE_WORKER_MAX_NUM_SEQS": str(model.max_num_seqs),
+        "VGATE_WORKER_TENSOR_PARALLEL_SIZE": str(gpus_for(model, spec.worker)),
+        "VGATE_WORKER_HOST": "0.0.0.0",
+        "VGATE_WORKER_PORT": str(PORT),
+        "VGATE_WORKER_DOWNLOAD_DIR": f"{CACHE_MOUNT}/weights",
+        "VGATE_WORKER_EXTRA_ARGS": shlex.join(model.engine_args),
+        "HF_HOME": f"{CACHE_MOUNT}/hf",
+        # "none" is passed too: the worker then lets vLLM read the method from the model config.
+        "VGATE_WORKER_QUANTIZATION": model.quantization,
+    }
+    env: list[Manifest] = [{"name": k, "value": v} for k, v in values.items()]
+    ref = spec.worker.hf_token_secret_ref
+    if ref is not None:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    return env
+
+
+def _resources(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
+    res = model.resources
+    requests = quantity_map({"cpu": res.cpu, "memory": res.memory})
+    limits: dict[str, Any] = quantity_map({"memory": res.memory})
+    gpus = gpus_for(model, spec.worker)
+    if gpus:
+        limits[GPU_RESOURCE] = gpus
+    out: Manifest = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def _probes(dry_run: bool) -> Manifest:
+    if dry_run:
+        return {
+            "startupProbe": http_probe("/health", period=1, failures=60),
+            "readinessProbe": http_probe("/health", period=2, failures=2),
+            "livenessProbe": http_probe("/health", period=5, failures=3),
+        }
+    return {
+        # Downloading and loading weights (and compiling kernels) can take many minutes:
+        # allow up to 30 minutes before liveness takes over.
+        "startupProbe": http_probe("/health", period=10, failures=180, timeout=5),
+        "readinessProbe": http_probe("/health", period=5, failures=3, timeout=5),
+        "livenessProbe": http_probe("/health", period=10, failures=6, timeout=10),
+    }

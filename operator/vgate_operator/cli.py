@@ -1,0 +1,94 @@
+"""``vgate operator``: run the VGateDeployment operator (kopf, embedded).
+
+    vgate operator [--namespace NS]... [--peering NAME | --standalone] [--liveness URL]
+
+Without ``--namespace`` it serves every namespace. Credentials come from the pod's
+service account in a cluster, else from KUBECONFIG / ~/.kube/config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+from collections.abc import Sequence
+
+from pydantic import ValidationError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vgate operator", description="Reconcile VGateDeployment resources."
+    )
+    parser.add_argument(
+        "-n", "--namespace", action="append", default=[], metavar="NS",
+        help="serve this namespace (repeatable; glob patterns allowed); default: all namespaces",
+    )  # fmt: skip
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument("--peering", metavar="NAME", help="coordinate replicas through this KopfPeering")
+    peering.add_argument("--standalone", action="store_true", help="run without peering (one replica)")
+    parser.add_argument(
+        "--priority",
+        type=int,
+        metavar="N",
+        help="peering priority; the highest active peer works, the rest stand by "
+        "(default: random, so the replicas of one Deployment never tie and all pause)",
+    )
+    parser.add_argument(
+        "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
+    )
+    parser.add_argument("--verbose", action="store_true", help="log at debug level")
+    return parser
+
+
+async def _credentials_problem() -> str | None:
+    """Fail fast and clearly when no cluster is configured (kopf would retry forever)."""
+    from kubernetes_asyncio.config import ConfigException
+
+    from vgate_operator.k8s import connect
+
+    try:
+        api = await connect()
+    except ConfigException as exc:
+        return str(exc)
+    await api.close()
+    return None
+
+
+def main(argv: Sequence[str]) -> int:
+    """Parse flags, register the handlers, and run until SIGINT/SIGTERM."""
+    args = _parser().parse_args(list(argv))
+
+    import kopf
+
+    from vgate_operator.main import register
+    from vgate_operator.settings import OperatorSettings
+
+    try:
+        config = OperatorSettings()
+    except ValidationError as exc:
+        print(f"vgate operator: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    # The prefix names the resource ([namespace/name]) on every per-object log line.
+    problem = asyncio.run(_credentials_problem())
+    if problem:
+        print(
+            f"vgate operator: no Kubernetes credentials (in-cluster or KUBECONFIG): {problem}",
+            file=sys.stderr,
+        )
+        return 1
+    kopf.configure(verbose=args.verbose, log_prefix=True)
+    registry = kopf.get_default_registry()
+    register(registry, config)
+    kopf.run(
+        registry=registry,
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        standalone=True if args.standalone else None,
+        peering_name=args.peering,
+        priority=args.priority if args.priority is not None else random.randint(1, 32767),
+        liveness_endpoint=args.liveness,
+        memo=kopf.Memo(),
+    )
+    return 0

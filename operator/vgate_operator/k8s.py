@@ -1,0 +1,217 @@
+"""The only module that writes to the Kubernetes API.
+
+Objects are read and written as plain JSON through ``kubernetes_asyncio``'s ApiClient,
+so every kind goes through the same few calls. Creation tolerates 409 (someone else
+created it: compare and patch), deletion tolerates 404 (already gone). Updates are
+RFC 6902 JSON patches that replace only the fields the operator owns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import weakref
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from vgate_operator.builders.common import MANAGED_BY, Manifest, Owner
+from vgate_operator.drift import in_sync, repair_ops
+
+log = logging.getLogger(__name__)
+
+#: kind -> (API prefix, plural)
+KINDS: dict[str, tuple[str, str]] = {
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Service": ("/api/v1", "services"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "Ingress": ("/apis/networking.k8s.io/v1", "ingresses"),
+    "VGateDeployment": ("/apis/vgate.io/v1alpha1", "vgatedeployments"),
+}
+_JSON = {200: "object", 201: "object"}
+
+
+@dataclass
+class ApplyResult:
+    """What one apply pass saw and did."""
+
+    live: dict[tuple[str, str], Manifest]
+    writes: int = 0
+
+
+async def connect() -> client.ApiClient:
+    """An API client configured in-cluster, else from KUBECONFIG / ~/.kube/config."""
+    cfg = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=cfg)
+    except config.ConfigException:
+        await config.load_kube_config(client_configuration=cfg)
+    return client.ApiClient(configuration=cfg)
+
+
+class KubeApi:
+    """Create/patch/delete children as JSON; 404- and 409-tolerant where that is safe."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self._api = api
+        self._passes = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.closed = False
+        # One pass at a time per resource: the resync timer and an update handler must not
+        # interleave writes from two generations. Unused locks are dropped with their last user.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self, uid: str) -> AsyncIterator[None]:
+        """Serialize passes over one resource; :meth:`close` waits for passes in flight."""
+        lock = self._locks.get(uid)
+        if lock is None:
+            lock = self._locks[uid] = asyncio.Lock()
+        self._passes += 1
+        self._idle.clear()
+        try:
+            async with lock:
+                yield
+        finally:
+            self._passes -= 1
+            if not self._passes:
+                self._idle.set()
+
+    async def close(self, grace: float = 10.0) -> None:
+        """Let passes in flight finish (kopf does not cancel timers on exit), then close."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), grace)
+        self.closed = True
+        await self._api.close()
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        content_type: str | None = None,
+        query: list[tuple[str, str]] | None = None,
+    ) -> Any:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        return await self._api.call_api(
+            path,
+            method,
+            query_params=query,
+            header_params=headers,
+            body=body,
+            response_types_map=_JSON,
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+        )
+
+    @staticmethod
+    def _path(kind: str, namespace: str, name: str | None = None) -> str:
+        prefix, plural = KINDS[kind]
+        path = f"{prefix}/namespaces/{namespace}/{plural}"
+        return f"{path}/{name}" if name else path
+
+    async def get(self, kind: str, namespace: str, name: str) -> Manifest | None:
+        """One object as JSON, or None if it does not exist."""
+        try:
+            return await self._call("GET", self._path(kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_owned(self, kind: str, owner: Owner) -> list[Manifest]:
+        """Objects of ``kind`` controlled by ``owner`` (by label and ownerReference uid)."""
+        selector = f"app.kubernetes.io/instance={owner.name},app.kubernetes.io/managed-by={MANAGED_BY}"
+        found = await self._call(
+            "GET", self._path(kind, owner.namespace), query=[("labelSelector", selector)]
+        )
+        items = found.get("items") or []
+        return [obj for obj in items if _controlled_by(obj, owner)]
+
+    async def apply(self, desired: Manifest) -> tuple[Manifest, bool]:
+        """Make one child match ``desired``; returns the live object and whether it wrote."""
+        kind, meta = desired["kind"], desired["metadata"]
+        live = await self.get(kind, meta["namespace"], meta["name"])
+        if live is None:
+            try:
+                created = await self._call(
+                    "POST", self._path(kind, meta["namespace"]), desired, "application/json"
+                )
+                log.info("created %s %s/%s", kind, meta["namespace"], meta["name"])
+                return created, True
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                live = await self.get(kind, meta["namespace"], meta["name"])
+                if live is None:  # created and deleted again meanwhile: the next pass sees it
+                    raise
+        if in_sync(desired, live):
+            return live, False
+        ops = repair_ops(desired, live)
+        path = self._path(kind, meta["namespace"], meta["name"])
+        patched = await self._call("PATCH", path, ops, "application/json-patch+json")
+        log.info("updated %s %s/%s", kind, meta["namespace"], meta["name"])
+        return patched, True
+
+    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
+        """Merge ``status`` into a VGateDeployment's status; False if the resource is gone."""
+        path = self._path("VGateDeployment", namespace, name) + "/status"
+        try:
+            await self._call("PATCH", path, {"status": status}, "application/merge-patch+json")
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+        """Delete one object; False if it was already gone."""
+        try:
+            await self._call("DELETE", self._path(kind, namespace, name))
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        log.info("deleted %s %s/%s", kind, namespace, name)
+        return True
+
+    async def apply_all(self, owner: Owner, desired: list[Manifest]) -> ApplyResult:
+        """Apply every desired child, then delete owned children no longer desired."""
+        result = ApplyResult(live={})
+        for manifest in desired:
+            live, wrote = await self.apply(manifest)
+            result.live[(manifest["kind"], manifest["metadata"]["name"])] = live
+            result.writes += wrote
+        result.writes += await self.prune(owner, desired)
+        return result
+
+    async def prune(self, owner: Owner, desired: list[Manifest]) -> int:
+        """Delete children of kinds that come and go (removed models, a disabled Ingress)."""
+        wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
+        deleted = 0
+        for kind in ("Deployment", "Service", "Ingress"):
+            for obj in await self.list_owned(kind, owner):
+                name = obj["metadata"]["name"]
+                if (kind, name) not in wanted:
+                    deleted += await self.delete(kind, owner.namespace, name)
+        return deleted
+
+
+def _controlled_by(obj: Manifest, owner: Owner) -> bool:
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if labels.get("app.kubernetes.io/instance") != owner.name:
+        return False  # label selectors are advisory for some API servers: check again
+    refs = meta.get("ownerReferences") or []
+    return any(ref.get("uid") == owner.uid and ref.get("controller") for ref in refs)

@@ -1,0 +1,73 @@
+"""kopf registrations: each handler is a thin call into :func:`reconcile`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import aiohttp
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.config import ConfigException
+
+from vgate_operator.builders.common import GROUP, MANAGED_BY, PLURAL, VERSION
+from vgate_operator.k8s import KubeApi, connect
+from vgate_operator.reconcile import controller_of, reconcile, refresh_status
+from vgate_operator.settings import OperatorSettings
+
+RESOURCE = (GROUP, VERSION, PLURAL)
+CHILD_LABELS = {"app.kubernetes.io/name": "vgate", "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+    """Register V-Gate's handlers in ``registry`` (one operator per process)."""
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        # Only warnings and errors become Kubernetes Events: a quiet resync must not write.
+        settings.posting.level = logging.WARNING
+        # A deletion that arrives during a resync pass waits for the pass to end; kopf checks
+        # again only after this many seconds (default 60), which would hold the finalizer.
+        settings.background.cancellation_polling = 1.0
+        try:
+            memo.kube = KubeApi(await connect())
+        except ConfigException as exc:
+            # Without credentials there is nothing to retry: stop with the reason.
+            raise kopf.PermanentError(
+                f"no Kubernetes credentials (in-cluster or KUBECONFIG): {exc}"
+            ) from None
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+        await memo.kube.close()
+
+    @kopf.on.create(*RESOURCE, id="reconcile-create", registry=registry)
+    @kopf.on.update(*RESOURCE, id="reconcile-update", registry=registry)
+    @kopf.on.resume(*RESOURCE, id="reconcile-resume", registry=registry)
+    async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        if memo.kube.closed:
+            raise kopf.TemporaryError("the operator is stopping", delay=config.retry_delay_s)
+        await reconcile(body, patch, memo.kube, retry_delay=config.retry_delay_s)
+
+    @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, id="child-deployment", registry=registry)
+    async def child_deployment(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+        # Pods becoming ready change only the Deployment's status: report it now, not at the next resync.
+        parent = controller_of(body)
+        if parent is None or memo.kube.closed:
+            return
+        try:
+            await refresh_status(memo.kube, body.metadata.namespace or "", parent)
+        except (ApiException, aiohttp.ClientError) as exc:
+            logger.warning("status refresh of %s failed, the resync will retry: %s", parent, exc)
+
+    @kopf.timer(
+        *RESOURCE,
+        id="resync",
+        interval=config.resync_interval_s,
+        initial_delay=config.resync_interval_s,
+        registry=registry,
+    )
+    async def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
+        if memo.kube.closed:
+            return  # kopf may fire a timer once more while exiting: the next operator resyncs
+        await reconcile(body, patch, memo.kube, retry_delay=config.retry_delay_s, timer=True)

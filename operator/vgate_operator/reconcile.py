@@ -1,0 +1,124 @@
+"""The one level-based reconcile: read the spec, build every child, apply, report status.
+
+Every trigger (create, update, resume, the resync timer) runs the same function, so a
+missed or repeated event changes nothing: the outcome depends only on the spec and
+the cluster as they are now.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kopf
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from vgate_operator.builders import Owner, build_all
+from vgate_operator.builders.common import GROUP, KIND
+from vgate_operator.k8s import KubeApi
+from vgate_operator.spec import InvalidSpecError, parse_spec
+from vgate_operator.status import failed_status, healthy_status, now_iso, status_patch
+
+log = logging.getLogger(__name__)
+
+
+def owner_of(body: Mapping[str, Any]) -> Owner:
+    meta = body["metadata"]
+    return Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+def _write_status(patch: kopf.Patch, previous: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    changes = status_patch(previous, new, now_iso())
+    for key, value in changes.items():
+        patch.status[key] = value
+
+
+async def reconcile(
+    body: Mapping[str, Any], patch: kopf.Patch, api: KubeApi, *, retry_delay: float, timer: bool = False
+) -> int:
+    """Converge one VGateDeployment; returns the number of writes to its children.
+
+    Raises ``kopf.PermanentError`` for an invalid spec (after recording why in the
+    Ready condition) so kopf does not retry until the spec changes, and
+    ``kopf.TemporaryError`` when the API refuses or fails, so kopf backs off. The
+    resync timer records an invalid spec but does not raise: there is nothing to retry.
+    """
+    owner = owner_of(body)
+    async with api.exclusive(owner.uid):
+        return await _reconcile(owner, body, patch, api, retry_delay=retry_delay, timer=timer)
+
+
+async def _reconcile(
+    owner: Owner, body: Mapping[str, Any], patch: kopf.Patch, api: KubeApi, *, retry_delay: float, timer: bool
+) -> int:
+    # Read the body only now: a timer's body is live and may have moved on while waiting.
+    generation = int(body["metadata"].get("generation") or 0)
+    previous = dict(body.get("status") or {})
+    try:
+        spec = parse_spec(owner.name, body.get("spec") or {})
+    except InvalidSpecError as exc:
+        _write_status(patch, previous, failed_status(previous, "InvalidSpec", str(exc), generation))
+        if timer:
+            return 0
+        raise kopf.PermanentError(f"invalid spec: {exc}") from None
+    try:
+        result = await api.apply_all(owner, build_all(owner, spec))
+    except (ApiException, aiohttp.ClientError) as exc:
+        message = _describe(exc)
+        _write_status(patch, previous, failed_status(previous, "ApplyFailed", message, generation))
+        raise kopf.TemporaryError(message, delay=retry_delay) from exc
+    _write_status(patch, previous, healthy_status(owner, spec, generation, result.live))
+    if result.writes:
+        log.info("%s/%s: %d child object(s) written", owner.namespace, owner.name, result.writes)
+    return result.writes
+
+
+async def refresh_status(api: KubeApi, namespace: str, name: str) -> bool:
+    """Recompute replica counts and conditions after a child Deployment changed.
+
+    Only for a resource whose current generation has been applied (otherwise the
+    reconcile in progress reports it); writes only what changed. Returns whether it wrote.
+    """
+    body = await api.get("VGateDeployment", namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return False
+    owner = owner_of(body)
+    async with api.exclusive(owner.uid):
+        body = await api.get("VGateDeployment", namespace, name)  # fresh, now that no pass runs
+        if body is None:
+            return False
+        generation = int(body["metadata"].get("generation") or 0)
+        previous = dict(body.get("status") or {})
+        if previous.get("observedGeneration") != generation:
+            return False
+        try:
+            spec = parse_spec(owner.name, body.get("spec") or {})
+        except InvalidSpecError:
+            return False
+        live = {}
+        for manifest in build_all(owner, spec):
+            if manifest["kind"] == "Deployment":
+                key = (manifest["kind"], manifest["metadata"]["name"])
+                live[key] = await api.get("Deployment", namespace, key[1])
+        changes = status_patch(previous, healthy_status(owner, spec, generation, live), now_iso())
+        return bool(changes) and await api.patch_status(namespace, name, changes)
+
+
+def controller_of(child: Mapping[str, Any]) -> str | None:
+    """Name of the VGateDeployment controlling ``child``, if any."""
+    for ref in child.get("metadata", {}).get("ownerReferences") or []:
+        if (
+            ref.get("kind") == KIND
+            and ref.get("apiVersion", "").startswith(f"{GROUP}/")
+            and ref.get("controller")
+        ):
+            return str(ref["name"])
+    return None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ApiException):
+        return f"Kubernetes API error {exc.status} {exc.reason}".strip()
+    return f"Kubernetes API unreachable: {exc}"

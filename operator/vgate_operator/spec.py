@@ -1,0 +1,212 @@
+"""Typed view of a VGateDeployment: pydantic models of the CRD spec, plus cross-field checks.
+
+The CRD's OpenAPI schema already rejects malformed objects at admission; these models
+add the rules a schema cannot express (duplicate model names, a quantization that
+contradicts the model id, GPUs requested for simulated workers, child names that
+would exceed Kubernetes' limits). Anything they reject is an :class:`InvalidSpecError`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.alias_generators import to_camel
+
+DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+#: Longest child name we create: Service names are DNS-1035 labels (63 characters).
+MAX_CHILD_NAME = 63
+
+Quantization = Literal["awq", "awq_marlin", "gptq", "fp8", "none"]
+Routing = Literal["round-robin", "least-request", "least-load", "session", "prefix-aware"]
+Quantity = int | str
+
+
+class InvalidSpecError(ValueError):
+    """The resource's spec cannot be reconciled as written; the message says why."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ModelResources(_Model):
+    #: ``nvidia.com/gpu`` limit and vLLM's tensor-parallel size; unset means 1 (0 with dryRun).
+    gpus: int | None = Field(None, ge=1, le=16)
+    cpu: Quantity | None = None
+    memory: Quantity | None = None
+
+
+class ModelSpec(_Model):
+    name: str = Field(pattern=DNS_LABEL, max_length=40)
+    model: str = Field(DEFAULT_MODEL, min_length=1)
+    quantization: Quantization = "awq"
+    replicas: int = Field(1, ge=0, le=100)
+    max_model_len: int = Field(4096, ge=16)
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    max_num_seqs: int = Field(64, ge=1)
+    engine_args: list[str] = Field(default_factory=list)
+    resources: ModelResources = Field(default_factory=ModelResources)
+    #: Per-model override of ``gateway.routing``.
+    routing: Routing | None = None
+
+
+class SecretKeyRef(_Model):
+    name: str = Field(min_length=1)
+    key: str = Field("token", min_length=1)
+
+
+class ModelCache(_Model):
+    #: An existing PersistentVolumeClaim; unset means an emptyDir per pod.
+    existing_claim: str | None = None
+    size_limit: Quantity | None = "20Gi"
+
+
+class Toleration(_Model):
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class WorkerSpec(_Model):
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    dry_run: bool = False
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+    hf_token_secret_ref: SecretKeyRef | None = None
+    model_cache: ModelCache = Field(default_factory=ModelCache)
+    shm_size: Quantity = "1Gi"
+
+
+class Batching(_Model):
+    batch_size: int = Field(8, ge=1, le=256)
+    batch_wait_ms: float = Field(3.0, ge=0, le=1000)
+
+
+class Cache(_Model):
+    max_size: int = Field(1000, ge=0)
+    ttl_seconds: float = Field(600.0, gt=0)
+
+
+class RateLimit(_Model):
+    """Reserved: carried to the gateway once it enforces limits."""
+
+    requests_per_minute: int | None = Field(None, ge=1)
+    burst: int | None = Field(None, ge=1)
+
+
+class ResourceRequirements(_Model):
+    requests: dict[str, Quantity] = Field(default_factory=dict)
+    limits: dict[str, Quantity] = Field(default_factory=dict)
+
+
+class GatewaySpec(_Model):
+    replicas: int = Field(2, ge=0, le=100)
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    batching: Batching = Field(default_factory=Batching)
+    cache: Cache = Field(default_factory=Cache)
+    dedup: bool = True
+    routing: Routing = "least-request"
+    resources: ResourceRequirements = Field(
+        default_factory=lambda: ResourceRequirements(
+            requests={"cpu": "250m", "memory": "256Mi"}, limits={"memory": "1Gi"}
+        )
+    )
+    #: Seconds a terminating gateway pod has to finish in-flight streams.
+    termination_grace_period_seconds: int = Field(120, ge=1, le=3600)
+    #: Reserved: a Secret of API keys, carried but not yet enforced.
+    api_keys_secret_ref: SecretKeyRef | None = None
+    #: Reserved: per-client rate limits, carried but not yet enforced.
+    rate_limit: RateLimit | None = None
+
+
+class IngressTLS(_Model):
+    secret_name: str = Field(min_length=1)
+
+
+class IngressSpec(_Model):
+    enabled: bool = False
+    class_name: str | None = None
+    host: str | None = None
+    tls: IngressTLS | None = None
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class VGateDeploymentSpec(_Model):
+    models: list[ModelSpec] = Field(min_length=1)
+    worker: WorkerSpec = Field(default_factory=WorkerSpec)
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    ingress: IngressSpec = Field(default_factory=IngressSpec)
+
+
+def gpus_for(model: ModelSpec, worker: WorkerSpec) -> int:
+    """GPUs a model's worker pod requests: none for simulated workers, else 1 unless set."""
+    if worker.dry_run:
+        return 0
+    return model.resources.gpus or 1
+
+
+def parse_spec(name: str, raw: Mapping[str, Any]) -> VGateDeploymentSpec:
+    """Validate a resource's spec; raise :class:`InvalidSpecError` with every problem found."""
+    try:
+        spec = VGateDeploymentSpec.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise InvalidSpecError("; ".join(problems)) from None
+    problems = check_spec(name, spec)
+    if problems:
+        raise InvalidSpecError("; ".join(problems))
+    return spec
+
+
+def check_spec(name: str, spec: VGateDeploymentSpec) -> list[str]:
+    """Cross-field rules the CRD schema cannot express; returns human-readable problems."""
+    problems: list[str] = []
+    if not re.match(DNS_LABEL, name):
+        problems.append(f"resource name {name!r} must be a DNS label (child Services are named after it)")
+    seen: set[str] = set()
+    for i, model in enumerate(spec.models):
+        where = f"models[{i}] ({model.name})"
+        if model.name in seen:
+            problems.append(f"{where}: duplicate model name")
+        seen.add(model.name)
+        problems += _check_quantization(where, model)
+        if spec.worker.dry_run and model.resources.gpus is not None:
+            problems.append(f"{where}: resources.gpus cannot be set with worker.dryRun (simulated workers)")
+        child = worker_name(name, model.name)
+        if len(child) > MAX_CHILD_NAME:
+            problems.append(f"{where}: child name {child!r} exceeds {MAX_CHILD_NAME} characters")
+    ingress = spec.ingress
+    if ingress.enabled and ingress.tls is not None and not ingress.host:
+        problems.append("ingress: tls needs a host")
+    if len(gateway_name(name)) > MAX_CHILD_NAME:
+        problems.append(f"resource name {name!r} is too long for its child objects")
+    return problems
+
+
+def _check_quantization(where: str, model: ModelSpec) -> list[str]:
+    # A checkpoint's quantization is fixed when it is produced; vLLM fails late (after the
+    # download) when told otherwise, so a mismatch visible in the id is rejected up front.
+    lowered = model.model.lower()
+    if "awq" in lowered and model.quantization not in ("awq", "awq_marlin"):
+        return [f"{where}: quantization {model.quantization!r} contradicts AWQ model {model.model!r}"]
+    if "gptq" in lowered and model.quantization != "gptq":
+        return [f"{where}: quantization {model.quantization!r} contradicts GPTQ model {model.model!r}"]
+    return []
+
+
+def worker_name(resource: str, model: str) -> str:
+    """Name of a model's worker Deployment and Service."""
+    return f"{resource}-worker-{model}"
+
+
+def gateway_name(resource: str) -> str:
+    """Name shared by the gateway's Deployment, Service, ConfigMap, RBAC, PDB and Ingress."""
+    return f"{resource}-gateway"

@@ -1,0 +1,293 @@
+"""The Helm chart, rendered by Helm's own engine (helm-python-sdk binds Helm's Go SDK).
+
+Every rendered object is validated against the Kubernetes OpenAPI schemas; the RBAC, the
+operator's command line, peering, the optional objects and the values schema are checked
+as the Kubernetes objects a cluster would receive.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "vgate"
+RELEASE, NAMESPACE = "rel", "vgate-system"
+K8S_VERSION = kubernetes_validate.latest_version()
+# Kinds whose schema is not part of Kubernetes itself.
+CUSTOM_KINDS = {"VGateDeployment", "ClusterKopfPeering", "KopfPeering", "ServiceMonitor"}
+ALL_ON = {
+    "deployment": {"enabled": True},
+    "metrics": {"serviceMonitor": {"enabled": True}, "dashboard": {"enabled": True}},
+}
+WRITE = {"get", "list", "watch", "create", "patch", "update", "delete"}
+READ = {"get", "list", "watch"}
+# The operator's permissions, exactly: (apiGroup, resource) -> verbs.
+OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
+    ("vgate.io", "vgatedeployments"): {"get", "list", "watch", "patch", "update"},
+    ("vgate.io", "vgatedeployments/status"): {"get", "patch", "update"},
+    ("apps", "deployments"): WRITE,
+    ("", "services"): WRITE,
+    ("", "configmaps"): WRITE,
+    ("", "serviceaccounts"): WRITE,
+    ("rbac.authorization.k8s.io", "roles"): WRITE,
+    ("rbac.authorization.k8s.io", "rolebindings"): WRITE,
+    ("policy", "poddisruptionbudgets"): WRITE,
+    ("networking.k8s.io", "ingresses"): WRITE,
+    ("discovery.k8s.io", "endpointslices"): READ,
+    ("", "events"): {"create", "patch"},
+    ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
+    ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
+    ("", "namespaces"): READ,
+    ("apiextensions.k8s.io", "customresourcedefinitions"): READ,
+}
+CLUSTER_SCOPED = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+METRICS = [
+    "vgate_requests_total",
+    "vgate_request_latency_seconds",
+    "vgate_ttft_seconds",
+    "vgate_tpot_seconds",
+    "vgate_tokens_generated_total",
+    "vgate_upstream_requests_total",
+    "vgate_inflight_requests",
+    "vgate_upstream_healthy",
+    "vgate_cache_hits_total",
+    "vgate_cache_misses_total",
+    "vgate_deduplicated_requests_total",
+    "vgate_batch_size",
+]
+
+
+def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every object the chart renders for ``values`` (install of release ``rel``)."""
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in manifests.items():
+        if path.endswith(".yaml"):
+            docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = by_kind(docs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def rule_map(roles: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    """(apiGroup, resource) -> verbs granted by ``roles`` together."""
+    granted: dict[tuple[str, str], set[str]] = {}
+    for role in roles:
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    granted.setdefault((group, resource), set()).update(rule["verbs"])
+    return granted
+
+
+def operator_args(docs: list[dict[str, Any]]) -> list[str]:
+    deployment = one(docs, "Deployment")
+    return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        ALL_ON,
+        {**ALL_ON, "watchNamespace": "team-a"},
+        {"operator": {"replicas": 1, "peering": {"enabled": False}}},
+    ],
+    ids=["defaults", "all-on", "one-namespace", "standalone"],
+)
+def test_every_builtin_object_validates_against_kubernetes_schemas(values: dict[str, Any]) -> None:
+    docs = render(values)
+    builtin = [d for d in docs if d["kind"] not in CUSTOM_KINDS]
+    assert builtin
+    for doc in builtin:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_every_object_carries_the_standard_labels() -> None:
+    for doc in render(ALL_ON):
+        labels = doc["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "vgate", doc["kind"]
+        assert labels["app.kubernetes.io/instance"] == RELEASE
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["helm.sh/chart"] == "vgate-0.1.0"
+
+
+def test_all_namespaces_grants_exactly_the_operator_rules_cluster_wide() -> None:
+    docs = render()
+    assert not by_kind(docs, "Role")
+    role = one(docs, "ClusterRole")
+    assert rule_map([role]) == OPERATOR_RULES
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    account = one(docs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": NAMESPACE}
+    ]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["metadata"]["name"]
+
+
+def test_one_namespace_gets_a_role_there_and_only_cluster_reads() -> None:
+    docs = render({"watchNamespace": "team-a"})
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == "team-a"
+    namespaced = {k: v for k, v in OPERATOR_RULES.items() if k not in CLUSTER_SCOPED}
+    del namespaced[("kopf.dev", "clusterkopfpeerings")]
+    assert rule_map([role]) == namespaced
+    cluster_role = one(docs, "ClusterRole")
+    assert rule_map([cluster_role]) == {k: OPERATOR_RULES[k] for k in CLUSTER_SCOPED}
+    assert one(docs, "RoleBinding")["metadata"]["namespace"] == "team-a"
+    assert one(docs, "ClusterRoleBinding")["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    args = operator_args(docs)
+    assert args[args.index("--namespace") + 1] == "team-a"
+
+
+def test_replicas_are_peered_through_the_peering_object_the_chart_creates() -> None:
+    docs = render()
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+    peering = one(docs, "ClusterKopfPeering")
+    assert peering["apiVersion"] == "kopf.dev/v1"
+    args = operator_args(docs)
+    assert args[0] == "operator"
+    assert "--namespace" not in args  # all namespaces
+    assert args[args.index("--peering") + 1] == peering["metadata"]["name"]
+    assert "--standalone" not in args
+    liveness = args[args.index("--liveness") + 1]
+    probe = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]
+    assert liveness == "http://0.0.0.0:8080/healthz"
+    assert probe["httpGet"]["path"] == "/healthz"
+
+
+def test_one_namespace_peers_through_a_namespaced_kopfpeering() -> None:
+    docs = render({"watchNamespace": "team-a", "operator": {"peering": {"name": "llm"}}})
+    peering = one(docs, "KopfPeering")
+    assert peering["metadata"] == {**peering["metadata"], "name": "llm", "namespace": "team-a"}
+    assert not by_kind(docs, "ClusterKopfPeering")
+    args = operator_args(docs)
+    assert args[args.index("--peering") + 1] == "llm"
+
+
+def test_a_single_unpeered_operator_runs_standalone() -> None:
+    docs = render({"operator": {"replicas": 1, "peering": {"enabled": False}}})
+    assert "--standalone" in operator_args(docs)
+    assert "--peering" not in operator_args(docs)
+    assert not by_kind(docs, "ClusterKopfPeering")
+
+
+def test_several_unpeered_operators_are_refused() -> None:
+    with pytest.raises(helm.HelmRenderError, match="peering"):
+        render({"operator": {"replicas": 2, "peering": {"enabled": False}}})
+
+
+def test_operator_image_defaults_to_the_app_version_and_can_be_overridden() -> None:
+    container = one(render(), "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "ghcr.io/vgate/gateway:0.1.0"
+    docs = render({"image": {"registry": "", "repository": "local/vgate", "tag": "dev"}})
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"] == "local/vgate:dev"
+
+
+def test_pods_meet_pod_security_restricted() -> None:
+    docs = render(ALL_ON)
+    pods = [one(docs, "Deployment")["spec"]["template"]["spec"], one(docs, "Pod")["spec"]]
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
+        ({"operator": {"replicas": -1}}, "replicas"),
+        ({"watchNamespace": "Not_A_Namespace"}, "watchNamespace"),
+        ({"deployment": {"enabled": True, "spec": {"models": []}}}, "models"),
+        ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "interval"),
+    ],
+)
+def test_values_schema_rejects_bad_values_with_a_message_naming_them(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError, match=message):
+        render(values)
+
+
+def test_default_values_file_satisfies_its_schema() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(values, schema)
+
+
+def test_lint_is_clean_with_defaults_and_with_every_optional_object() -> None:
+    for values in (None, ALL_ON):
+        report = helm.lint(str(CHART), values, strict=True)
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        assert not problems, problems
+        assert not report["errors"]
+
+
+def test_service_monitor_scrapes_the_gateways_the_operator_creates() -> None:
+    monitor = one(render(ALL_ON), "ServiceMonitor")
+    # The operator labels each gateway Service part-of=vgate, component=gateway; port "http".
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/part-of": "vgate",
+        "app.kubernetes.io/component": "gateway",
+    }
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    assert monitor["spec"]["namespaceSelector"] == {"any": True}
+    scoped = one(render({**ALL_ON, "watchNamespace": "team-a"}), "ServiceMonitor")
+    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+
+def test_dashboard_configmap_is_picked_up_by_grafana_and_charts_every_metric() -> None:
+    config_map = next(
+        d for d in by_kind(render(ALL_ON), "ConfigMap") if d["metadata"]["name"].endswith("dashboard")
+    )
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["vgate.json"])
+    queries = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    missing = [m for m in METRICS if m not in queries]
+    assert not missing, f"no panel for {missing}"
+
+
+def test_optional_objects_are_off_by_default() -> None:
+    kinds = {d["kind"] for d in render()}
+    assert kinds == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "ClusterKopfPeering",
+    }
+
+
+def test_chart_deploys_the_version_being_released() -> None:
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == version
+    assert chart["version"] == version

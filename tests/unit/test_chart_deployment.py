@@ -1,0 +1,139 @@
+"""The VGateDeployment the chart can create from values, and the ``helm test`` pod that checks it.
+
+The test pod's probe script is taken from the rendered manifest and run for real against
+a dry-run worker on loopback (it serves ``/v1/models`` like the gateway does), so what
+``helm test`` runs in the cluster is what is tested here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import pytest
+import yaml
+
+from tests.support.procs import vgate_process
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "vgate"
+CRD = ROOT / "crds" / "vgate.io_vgatedeployments.yaml"
+RELEASE, NAMESPACE = "rel", "vgate-system"
+
+
+def render(values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Rendered objects by kind."""
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for path, text in manifests.items():
+        if path.endswith(".yaml"):
+            for doc in yaml.safe_load_all(text):
+                if doc:
+                    out.setdefault(doc["kind"], []).append(doc)
+    return out
+
+
+def notes(values: dict[str, Any]) -> str:
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+
+
+def spec_schema() -> dict[str, Any]:
+    if not CRD.is_file():
+        pytest.fail(f"{CRD.relative_to(ROOT)} is missing")
+    crd = yaml.safe_load(CRD.read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["storage"]]
+    return version["schema"]["openAPIV3Schema"]
+
+
+def test_the_default_deployment_spec_is_valid_for_the_crd() -> None:
+    (vgd,) = render({"deployment": {"enabled": True}})["VGateDeployment"]
+    assert vgd["apiVersion"] == "vgate.io/v1alpha1"
+    assert vgd["metadata"]["namespace"] == NAMESPACE
+    # OpenAPI 3.0 (the CRD dialect) uses draft-4 keywords, e.g. boolean exclusiveMinimum.
+    jsonschema.Draft4Validator(spec_schema()).validate(vgd)
+    assert vgd["spec"]["worker"]["dryRun"] is True  # installs anywhere: no GPU, no download
+
+
+def test_deployment_goes_to_the_watched_namespace() -> None:
+    (vgd,) = render({"deployment": {"enabled": True}, "watchNamespace": "team-a"})["VGateDeployment"]
+    assert vgd["metadata"]["namespace"] == "team-a"
+    (pod,) = render({"deployment": {"enabled": True}, "watchNamespace": "team-a"})["Pod"]
+    assert pod["metadata"]["namespace"] == "team-a"
+
+
+def test_no_deployment_and_no_test_pod_unless_enabled() -> None:
+    kinds = render({})
+    assert "VGateDeployment" not in kinds
+    assert "Pod" not in kinds
+
+
+def test_notes_say_how_to_apply_a_deployment_and_reach_its_gateway() -> None:
+    text = notes({"deployment": {"enabled": True, "name": "chat"}})
+    assert "kubectl apply -n vgate-system -f examples/dry-run.yaml" in text
+    assert "port-forward svc/chat-gateway 8000:8000" in text
+    assert "helm test rel -n vgate-system" in text
+
+
+def probe_command(values: dict[str, Any], url: str) -> list[str]:
+    """The test pod's command line, run by this Python, with its gateway URL swapped for ``url``."""
+    (pod,) = render(values)["Pod"]
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "-c"]
+    script, in_cluster_url, models = container["args"]
+    assert in_cluster_url.endswith(".svc:8000/v1/models")
+    return [sys.executable, "-c", script, url, models]
+
+
+def test_helm_test_pod_targets_the_gateway_service_of_the_deployment() -> None:
+    (pod,) = render({"deployment": {"enabled": True, "name": "chat"}})["Pod"]
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[1] == "http://chat-gateway.vgate-system.svc:8000/v1/models"
+    assert yaml.safe_load(args[2]) == ["qwen"]
+
+
+@pytest.mark.timeout(60)
+def test_helm_test_probe_passes_when_every_model_is_served(tmp_path: Path) -> None:
+    values = {"deployment": {"enabled": True}}
+    with vgate_process(["worker", "--dry-run", "--served-model-name", "qwen"], tmp_path) as worker:
+        command = probe_command(values, f"{worker.url}/v1/models")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert "qwen" in done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_helm_test_probe_fails_naming_the_missing_model(tmp_path: Path) -> None:
+    spec = {"models": [{"name": "qwen"}, {"name": "absent"}], "worker": {"dryRun": True}}
+    values = {"deployment": {"enabled": True, "spec": spec}, "tests": {"timeoutSeconds": 2}}
+    with vgate_process(["worker", "--dry-run", "--served-model-name", "qwen"], tmp_path) as worker:
+        command = probe_command(values, f"{worker.url}/v1/models")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert "absent" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"watchNamespace": "team-a"}, {"operator": {"replicas": 1, "peering": {"enabled": False}}}],
+    ids=["all-namespaces", "one-namespace", "standalone"],
+)
+def test_the_operator_accepts_the_command_line_the_chart_gives_it(values: dict[str, Any]) -> None:
+    from vgate_operator.cli import _parser
+
+    (deployment,) = render(values)["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][0] == "operator"  # the image's entrypoint is `vgate`
+    args = _parser().parse_args(container["args"][1:])
+    assert args.namespace == ([values["watchNamespace"]] if "watchNamespace" in values else [])
+    assert bool(args.standalone) == (not args.peering)
+    port = container["ports"][0]["containerPort"]
+    assert args.liveness == f"http://0.0.0.0:{port}/healthz"

@@ -1,0 +1,142 @@
+"""The CRD: a structural schema with defaults, and the examples validate against it."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from vgate_gateway.routing import STRATEGIES
+from vgate_operator.spec import parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD = yaml.safe_load((ROOT / "crds" / "vgate.io_vgatedeployments.yaml").read_text())
+VERSION = CRD["spec"]["versions"][0]
+SCHEMA = VERSION["schema"]["openAPIV3Schema"]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+
+
+def walk(node: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    found = [(path, node)]
+    for key, child in (node.get("properties") or {}).items():
+        found += walk(child, f"{path}.{key}")
+    if isinstance(node.get("items"), dict):
+        found += walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        found += walk(node["additionalProperties"], f"{path}{{}}")
+    return found
+
+
+def validator() -> jsonschema.Validator:
+    # The CRD dialect is OpenAPI 3.0 (boolean exclusiveMinimum), closest to JSON Schema draft 4.
+    return jsonschema.Draft4Validator(SCHEMA)
+
+
+def test_identity() -> None:
+    assert CRD["metadata"]["name"] == "vgatedeployments.vgate.io"
+    spec = CRD["spec"]
+    assert spec["group"] == "vgate.io"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == "VGateDeployment"
+    assert spec["names"]["shortNames"] == ["vgd"]
+    assert [v["name"] for v in spec["versions"]] == ["v1alpha1"]
+    assert VERSION["served"]
+    assert VERSION["storage"]
+    assert VERSION["subresources"] == {"status": {}}
+
+
+def test_crd_is_a_valid_kubernetes_object() -> None:
+    kubernetes_validate.validate(CRD, "1.34", strict=True)
+
+
+def test_schema_is_structural() -> None:
+    """Every node has a type (or is int-or-string); only status.kopf keeps unknown fields."""
+    for path, node in walk(SCHEMA):
+        if path == ".metadata":
+            continue
+        assert "type" in node or node.get("x-kubernetes-int-or-string") is True, path
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+        if node.get("x-kubernetes-preserve-unknown-fields"):
+            assert path == ".status.kopf", path
+        if node.get("type") == "object" and path.startswith(".spec") and "properties" not in node:
+            assert "additionalProperties" in node, f"{path} is an untyped free-form object"
+
+
+def test_printer_columns() -> None:
+    columns = {c["name"]: c for c in VERSION["additionalPrinterColumns"]}
+    assert columns["Ready"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].status'
+    assert columns["Workers"]["jsonPath"] == ".status.readyWorkers"
+    assert columns["Gateway"]["jsonPath"] == ".status.readyGateways"
+    assert columns["Age"]["type"] == "date"
+
+
+def test_defaults_match_the_operator() -> None:
+    model = SCHEMA["properties"]["spec"]["properties"]["models"]["items"]["properties"]
+    parsed = parse_spec("x", {"models": [{"name": "m"}]})
+    assert model["model"]["default"] == parsed.models[0].model
+    assert model["quantization"]["default"] == parsed.models[0].quantization
+    assert model["replicas"]["default"] == parsed.models[0].replicas
+    assert model["maxModelLen"]["default"] == parsed.models[0].max_model_len
+    assert model["quantization"]["enum"] == ["awq", "awq_marlin", "gptq", "fp8", "none"]
+    gateway = SCHEMA["properties"]["spec"]["properties"]["gateway"]["properties"]
+    assert gateway["routing"]["default"] == parsed.gateway.routing
+    assert gateway["routing"]["enum"] == [
+        "round-robin",
+        "least-request",
+        "least-load",
+        "session",
+        "prefix-aware",
+    ]
+    assert gateway["replicas"]["default"] == parsed.gateway.replicas
+    # The GPU count has no schema default: a default would contradict worker.dryRun.
+    assert "default" not in model["resources"]["properties"]["gpus"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_examples_validate_against_the_schema(path: Path) -> None:
+    resource = yaml.safe_load(path.read_text())
+    assert resource["apiVersion"] == "vgate.io/v1alpha1"
+    assert resource["kind"] == "VGateDeployment"
+    validator().validate(resource)
+    parse_spec(resource["metadata"]["name"], resource["spec"])
+
+
+def test_examples_cover_gpu_and_dry_run() -> None:
+    assert {p.name for p in EXAMPLES} >= {"qwen-awq-gpu.yaml", "dry-run.yaml"}
+    dry = yaml.safe_load((ROOT / "examples" / "dry-run.yaml").read_text())["spec"]
+    assert dry["worker"]["dryRun"] is True
+    assert dry["models"][0]["replicas"] == 2
+    assert dry["ingress"]["enabled"] is True
+    assert dry["ingress"]["className"] == "nginx"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda s: s["models"][0].update(name="Not_A_Label"), "name"),
+        (lambda s: s["models"][0].update(quantization="int4"), "quantization"),
+        (lambda s: s["models"][0].update(gpuMemoryUtilization=0), "gpuMemoryUtilization"),
+        (lambda s: s["models"][0]["resources"].update(memory="lots"), "memory"),
+        (lambda s: s["gateway"].update(routing="random"), "routing"),
+        (lambda s: s.update(models=[]), "models"),
+    ],
+)
+def test_schema_rejects_bad_values(mutate: Any, field: str) -> None:
+    resource = copy.deepcopy(yaml.safe_load((ROOT / "examples" / "dry-run.yaml").read_text()))
+    mutate(resource["spec"])
+    errors = list(validator().iter_errors(resource))
+    assert errors
+    assert any(field in "/".join(map(str, e.absolute_path)) or field in e.message for e in errors)
+
+
+def test_every_routing_strategy_offered_exists_in_the_gateway() -> None:
+    gateway = SCHEMA["properties"]["spec"]["properties"]["gateway"]["properties"]
+    model = SCHEMA["properties"]["spec"]["properties"]["models"]["items"]["properties"]
+    assert set(gateway["routing"]["enum"]) <= set(STRATEGIES)
+    assert set(model["routing"]["enum"]) <= set(STRATEGIES)

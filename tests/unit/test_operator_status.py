@@ -1,0 +1,120 @@
+"""Status computation: conditions, replica counts, and writing only what changed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vgate_operator.builders import Owner
+from vgate_operator.reconcile import controller_of
+from vgate_operator.spec import parse_spec
+from vgate_operator.status import failed_status, healthy_status, status_patch
+
+OWNER = Owner(name="demo", namespace="llm", uid="u1")
+SPEC = parse_spec(
+    "demo",
+    {
+        "models": [{"name": "a", "replicas": 2}, {"name": "b", "replicas": 1}],
+        "gateway": {"replicas": 2},
+        "ingress": {"enabled": True, "host": "llm.example.com"},
+    },
+)
+
+
+def live(a: int, b: int, gateway: int) -> dict[tuple[str, str], dict[str, Any]]:
+    def dep(ready: int) -> dict[str, Any]:
+        return {"status": {"readyReplicas": ready} if ready else {}}
+
+    return {
+        ("Deployment", "demo-worker-a"): dep(a),
+        ("Deployment", "demo-worker-b"): dep(b),
+        ("Deployment", "demo-gateway"): dep(gateway),
+    }
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"]}
+
+
+def test_nothing_ready_yet() -> None:
+    status = healthy_status(OWNER, SPEC, 3, live(0, 0, 0))
+    cond = conditions(status)
+    assert cond["Ready"]["status"] == "False"
+    assert cond["Ready"]["reason"] == "NotReady"
+    assert cond["WorkersReady"]["status"] == "False"
+    assert "a 0/2" in cond["WorkersReady"]["message"]
+    assert cond["GatewayReady"]["status"] == "False"
+    assert cond["Degraded"]["status"] == "False"
+    assert all(c["observedGeneration"] == 3 for c in cond.values())
+    assert status["observedGeneration"] == 3
+    assert status["readyWorkers"] == "0/3"
+    assert status["readyGateways"] == "0/2"
+    assert status["gatewayURL"] == "http://demo-gateway.llm.svc:8000"
+    assert status["ingressHost"] == "llm.example.com"
+    assert status["models"] == [
+        {"name": "a", "replicas": 2, "readyReplicas": 0},
+        {"name": "b", "replicas": 1, "readyReplicas": 0},
+    ]
+
+
+def test_all_ready() -> None:
+    cond = conditions(healthy_status(OWNER, SPEC, 1, live(2, 1, 2)))
+    assert {k: c["status"] for k, c in cond.items()} == {
+        "Ready": "True",
+        "WorkersReady": "True",
+        "GatewayReady": "True",
+        "Degraded": "False",
+    }
+
+
+def test_serving_below_capacity_is_degraded() -> None:
+    cond = conditions(healthy_status(OWNER, SPEC, 1, live(1, 1, 2)))
+    assert cond["Ready"]["status"] == "False"
+    assert cond["Degraded"]["status"] == "True"
+    assert cond["Degraded"]["reason"] == "ReducedCapacity"
+    # A model with no ready worker is not serving at all: not ready, and not "degraded".
+    assert conditions(healthy_status(OWNER, SPEC, 1, live(2, 0, 2)))["Degraded"]["status"] == "False"
+
+
+def test_unchanged_status_needs_no_write_and_keeps_transition_times() -> None:
+    first = status_patch({}, healthy_status(OWNER, SPEC, 1, live(0, 0, 0)), "2026-01-01T00:00:00Z")
+    assert first["conditions"][0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    again = status_patch(first, healthy_status(OWNER, SPEC, 1, live(0, 0, 0)), "2026-01-01T00:05:00Z")
+    assert again == {}
+    later = status_patch(first, healthy_status(OWNER, SPEC, 1, live(2, 1, 2)), "2026-01-01T00:09:00Z")
+    cond = {c["type"]: c for c in later["conditions"]}
+    assert cond["Ready"]["lastTransitionTime"] == "2026-01-01T00:09:00Z"
+    assert cond["Degraded"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # still False
+    assert set(later) == {"conditions", "models", "readyWorkers", "readyGateways"}
+
+
+def test_invalid_spec_status_keeps_the_last_observed_generation() -> None:
+    previous = status_patch({}, healthy_status(OWNER, SPEC, 1, live(2, 1, 2)), "2026-01-01T00:00:00Z")
+    failed = failed_status(previous, "InvalidSpec", "models[0]: bad", 2)
+    changes = status_patch(previous, failed, "2026-01-01T00:01:00Z")
+    assert "observedGeneration" not in changes
+    ready = next(c for c in changes["conditions"] if c["type"] == "Ready")
+    assert ready == {
+        "type": "Ready",
+        "status": "False",
+        "reason": "InvalidSpec",
+        "message": "models[0]: bad",
+        "observedGeneration": 2,
+        "lastTransitionTime": "2026-01-01T00:01:00Z",
+    }
+    # Recording the same failure again writes nothing.
+    assert status_patch({**previous, **changes}, failed, "2026-01-01T00:02:00Z") == {}
+
+
+def test_first_visit_of_an_invalid_resource_sets_every_condition() -> None:
+    changes = status_patch({}, failed_status({}, "InvalidSpec", "bad", 1), "2026-01-01T00:00:00Z")
+    assert [c["type"] for c in changes["conditions"]] == ["Ready", "WorkersReady", "GatewayReady", "Degraded"]
+    assert {c["status"] for c in changes["conditions"][1:]} == {"Unknown"}
+
+
+def test_the_controlling_resource_of_a_child_is_found_by_its_owner_reference() -> None:
+    ours = {"apiVersion": "vgate.io/v1alpha1", "kind": "VGateDeployment", "name": "demo", "uid": "u1"}
+    assert controller_of({"metadata": {"ownerReferences": [{**ours, "controller": True}]}}) == "demo"
+    assert controller_of({"metadata": {"ownerReferences": [ours]}}) is None  # not the controller
+    other = {**ours, "apiVersion": "apps/v1", "kind": "ReplicaSet", "controller": True}
+    assert controller_of({"metadata": {"ownerReferences": [other]}}) is None
+    assert controller_of({"metadata": {}}) is None
