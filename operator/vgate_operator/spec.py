@@ -113,7 +113,7 @@ class GatewaySpec(_Model):
     batching: Batching = Field(default_factory=Batching)
     cache: Cache = Field(default_factory=Cache)
     dedup: bool = True
-    routing: Routing = "least-request"
+    routing: Routing = "prefix-aware"
     resources: ResourceRequirements = Field(
         default_factory=lambda: ResourceRequirements(
             requests={"cpu": "250m", "memory": "256Mi"}, limits={"memory": "1Gi"}

@@ -196,7 +196,7 @@ def test_gateway_config_loads_with_the_gateway_settings(tmp_path: Path) -> None:
     assert settings.discovery == "kubernetes"
     assert settings.namespace == "llm"
     assert settings.services == {"qwen": "demo-worker-qwen"}
-    assert settings.routing == "least-request"
+    assert settings.routing == "prefix-aware"
     assert settings.routing_per_model == {"qwen": "session"}
     assert (settings.batch_size, settings.batch_wait_ms) == (16, 2)
     assert settings.cache_maxsize == 10

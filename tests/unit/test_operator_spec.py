@@ -16,7 +16,7 @@ def test_defaults_fill_a_minimal_spec() -> None:
     assert model.quantization == "awq"
     assert model.replicas == 1
     assert gpus_for(model, spec.worker) == 1
-    assert spec.gateway.routing == "least-request"
+    assert spec.gateway.routing == "prefix-aware"
     assert spec.ingress.enabled is False
 
 
