@@ -115,7 +115,7 @@ class Pipeline:
         kind = KIND_NAMES[req.kind]
         if not is_cacheable(kind, req.payload, mode):
             return _tagged(await self._uncached(kind, req, headers), "miss")
-        key = request_key(kind, req.model, req.payload, tenant=None)
+        key = request_key(kind, req.model, req.payload, tenant=_tenant(headers))
         stored = self.cache.get(key, kind) if self.cache.enabled else None
         if stored is not None:
             return _replay(kind, req, stored)
@@ -131,7 +131,7 @@ class Pipeline:
         """A whole non-streaming answer, through the micro-batcher where it applies."""
         if kind in PROMPT_FIELD:
             # Requests with different credentials never share an upstream call.
-            partition = hashlib.sha256(headers.get("authorization", "").encode()).hexdigest()
+            partition = _tenant(headers) or ""
             return await self.batcher.submit(kind, req.payload, meta=(req, headers), partition=partition)
         return await self._send(kind, req.payload, (req, headers))
 
@@ -201,6 +201,16 @@ class Pipeline:
             return
         if isinstance(answer, dict) and response_cacheable(kind, answer):
             self.cache.put(key, body)
+
+
+def _tenant(headers: Mapping[str, str]) -> str | None:
+    """Who is asking, as far as the workers can tell: a digest of the credentials, never the key.
+
+    Answers are shared (cache, dedup, batches) only among requests with the same credentials,
+    so a client can never read an answer that a worker would have refused it.
+    """
+    credentials = headers.get("authorization")
+    return hashlib.sha256(credentials.encode()).hexdigest() if credentials else None
 
 
 def _with_usage(req: ParsedRequest) -> ParsedRequest:

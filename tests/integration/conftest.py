@@ -27,8 +27,8 @@ class Stack:
     def url(self) -> str:
         return self.gateway.url
 
-    def client(self, **kwargs: object) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **kwargs)  # type: ignore[arg-type]
+    def client(self, api_key: str = "unused", **kwargs: object) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, **kwargs)  # type: ignore[arg-type]
 
 
 def start_stack(

@@ -69,6 +69,18 @@ def test_repeated_deterministic_chat_is_a_cache_hit_with_the_same_body(eff: Stac
     assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
 
 
+def test_answers_are_never_shared_across_credentials(eff: Stack) -> None:
+    def ask(key: str) -> str | None:
+        raw = eff.client(api_key=key).chat.completions.with_raw_response.create(
+            model=MODEL, messages=_messages("per-tenant question"), max_tokens=5, temperature=0
+        )
+        return raw.headers.get("x-vgate-cache")
+
+    assert ask("sk-alice") == "miss"
+    assert ask("sk-bob") == "miss"  # Bob's worker call is his own, whatever Alice asked
+    assert ask("sk-alice") == "hit"
+
+
 def test_streams_fill_and_replay_the_cache_in_both_directions(eff: Stack) -> None:
     miss = _stream(eff, "cache me, streamed", include_usage=True)
     hit = _stream(eff, "cache me, streamed", include_usage=True)
@@ -254,7 +266,10 @@ async def test_a_follower_stream_survives_the_leader_leaving(eff: Stack) -> None
     body = _chat_body("the leader leaves early", 400)
     before = _gateway_metric(eff, "vgate_upstream_requests_total")
     shared_before = _gateway_metric(eff, "vgate_deduplicated_requests_total")
-    async with httpx.AsyncClient(base_url=eff.url, timeout=30) as http:
+    # The same credentials as the openai client's: answers are shared only within one tenant.
+    async with httpx.AsyncClient(
+        base_url=eff.url, timeout=30, headers={"authorization": "Bearer unused"}
+    ) as http:
 
         async def follow() -> str:
             fields = {k: v for k, v in body.items() if k != "ignore_eos"}
