@@ -30,10 +30,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
 
+from vgate_gateway.protocol import Kind
+
 log = logging.getLogger(__name__)
 
 #: The list-taking field of each batchable endpoint.
-PROMPT_FIELD = {"completions": "prompt", "embeddings": "input"}
+PROMPT_FIELD = {Kind.COMPLETIONS: "prompt", Kind.EMBEDDINGS: "input"}
 
 _JSON = {"content-type": "application/json"}
 
@@ -47,11 +49,11 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-#: Sends one request upstream: (endpoint kind, JSON body, the first client's ``meta``) -> reply.
-Send = Callable[[str, dict[str, Any], Any], Awaitable[Reply]]
+#: Sends one request upstream: (endpoint, JSON body, the first client's ``meta``) -> reply.
+Send = Callable[[Kind, dict[str, Any], Any], Awaitable[Reply]]
 
 
-def batch_key(kind: str, body: Mapping[str, Any], partition: str = "") -> str | None:
+def batch_key(kind: Kind, body: Mapping[str, Any], partition: str = "") -> str | None:
     """The group a request may be merged into, or None if it must go alone.
 
     ``partition`` keeps apart requests that must never share an upstream call, such as
@@ -61,7 +63,7 @@ def batch_key(kind: str, body: Mapping[str, Any], partition: str = "") -> str | 
     if name is None or body.get("stream") or not isinstance(body.get(name), str):
         return None
     # With n or best_of above 1 vLLM interleaves choices per prompt; keep those alone.
-    if kind == "completions" and any(body.get(p) not in (None, 1) for p in ("n", "best_of")):
+    if kind is Kind.COMPLETIONS and any(body.get(p) not in (None, 1) for p in ("n", "best_of")):
         return None
     rest = {k: v for k, v in body.items() if k != name}
     return json.dumps([kind, partition, rest], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -82,9 +84,9 @@ def apportion(total: int, weights: Sequence[int]) -> list[int]:
     return parts
 
 
-def split_response(kind: str, response: Mapping[str, Any], prompts: Sequence[str]) -> list[dict[str, Any]]:
+def split_response(kind: Kind, response: Mapping[str, Any], prompts: Sequence[str]) -> list[dict[str, Any]]:
     """One client response per prompt from a list-prompt response; ValueError if it does not fit."""
-    items = response.get("choices" if kind == "completions" else "data")
+    items = response.get("choices" if kind is Kind.COMPLETIONS else "data")
     if not isinstance(items, list) or len(items) != len(prompts):
         raise ValueError(f"expected {len(prompts)} items, got {type(items).__name__}")
     ordered = sorted(items, key=lambda item: int(item.get("index", 0)))
@@ -92,7 +94,7 @@ def split_response(kind: str, response: Mapping[str, Any], prompts: Sequence[str
         raise ValueError("item indices do not match the prompts")
     usage = response.get("usage") or {}
     prompt_tokens = apportion(int(usage.get("prompt_tokens") or 0), [len(p) for p in prompts])
-    if kind == "completions":
+    if kind is Kind.COMPLETIONS:
         outputs = [len(item.get("text") or "") for item in ordered]
         completion_tokens = apportion(int(usage.get("completion_tokens") or 0), outputs)
     else:
@@ -100,13 +102,13 @@ def split_response(kind: str, response: Mapping[str, Any], prompts: Sequence[str
     out = []
     for i, item in enumerate(ordered):
         share: dict[str, Any] = {"prompt_tokens": prompt_tokens[i], "total_tokens": 0}
-        if kind == "completions":
+        if kind is Kind.COMPLETIONS:
             share["completion_tokens"] = completion_tokens[i]
         share["total_tokens"] = prompt_tokens[i] + completion_tokens[i]
         one = {
             **response,
             "usage": share,
-            "choices" if kind == "completions" else "data": [{**item, "index": 0}],
+            "choices" if kind is Kind.COMPLETIONS else "data": [{**item, "index": 0}],
         }
         if isinstance(response.get("id"), str):
             one["id"] = f"{response['id']}-{i}"  # each client gets its own response id
@@ -142,7 +144,7 @@ class _Item:
 
 @dataclass
 class _Group:
-    kind: str
+    kind: Kind
     items: list[_Item] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
 
@@ -163,7 +165,7 @@ class MicroBatcher:
         self.merged_batches = 0
         self.merged_requests = 0
 
-    async def submit(self, kind: str, body: dict[str, Any], meta: Any = None, partition: str = "") -> Reply:
+    async def submit(self, kind: Kind, body: dict[str, Any], meta: Any = None, partition: str = "") -> Reply:
         """Answer one client's request, merged with others when possible.
 
         ``meta`` travels to ``send`` (a merged request carries its first client's).
@@ -202,7 +204,7 @@ class MicroBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, kind: str, items: list[_Item]) -> None:
+    async def _run(self, kind: Kind, items: list[_Item]) -> None:
         started = time.perf_counter()
         if self._metrics is not None:
             self._metrics.size.labels(kind).observe(len(items))
@@ -227,7 +229,7 @@ class MicroBatcher:
         if self._metrics is not None:
             self._metrics.seconds.labels(kind).observe(time.perf_counter() - started)
 
-    async def _send_merged(self, kind: str, items: list[_Item]) -> list[Reply | BaseException]:
+    async def _send_merged(self, kind: Kind, items: list[_Item]) -> list[Reply | BaseException]:
         name = PROMPT_FIELD[kind]
         prompts = [item.body[name] for item in items]
         self.merged_batches += 1

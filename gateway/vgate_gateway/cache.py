@@ -23,6 +23,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from vgate_gateway.protocol import Kind
+from vgate_gateway.sse import DONE, EventSplitter, event_data
+
 #: Request header a client sets to bypass or force the cache; the response carries hit/miss.
 CACHE_HEADER = "x-vgate-cache"
 
@@ -54,9 +57,9 @@ def parse_cache_mode(header: str | None) -> CacheMode:
     raise ValueError(f"invalid {CACHE_HEADER} header {header!r}: use 'bypass' or 'force'")
 
 
-def is_deterministic(kind: str, body: Mapping[str, Any]) -> bool:
+def is_deterministic(kind: Kind, body: Mapping[str, Any]) -> bool:
     """Whether the same request is expected to produce the same answer."""
-    if kind == "embeddings":
+    if kind is Kind.EMBEDDINGS:
         return True
     temperature = body.get("temperature")
     if body.get("seed") is not None:
@@ -65,14 +68,14 @@ def is_deterministic(kind: str, body: Mapping[str, Any]) -> bool:
     return isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature == 0
 
 
-def is_cacheable(kind: str, body: Mapping[str, Any], mode: CacheMode) -> bool:
+def is_cacheable(kind: Kind, body: Mapping[str, Any], mode: CacheMode) -> bool:
     """Whether the cache (and in-flight dedup) may answer this request."""
     if mode is CacheMode.BYPASS:
         return False
     return mode is CacheMode.FORCE or is_deterministic(kind, body)
 
 
-def request_key(kind: str, model: str, body: Mapping[str, Any], tenant: str | None = None) -> str:
+def request_key(kind: Kind, model: str, body: Mapping[str, Any], tenant: str | None = None) -> str:
     """SHA-256 over the endpoint kind, model, tenant and the canonical JSON of the request.
 
     Every generation parameter is part of the key (the whole body is); only transport
@@ -85,11 +88,11 @@ def request_key(kind: str, model: str, body: Mapping[str, Any], tenant: str | No
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def response_cacheable(kind: str, response: Mapping[str, Any]) -> bool:
+def response_cacheable(kind: Kind, response: Mapping[str, Any]) -> bool:
     """Whether an upstream answer is complete and successful enough to replay."""
     if "error" in response or response.get("object") == "error":
         return False
-    if kind == "embeddings":
+    if kind is Kind.EMBEDDINGS:
         return isinstance(response.get("data"), list) and bool(response["data"])
     choices = response.get("choices")
     if not isinstance(choices, list) or not choices:
@@ -284,11 +287,11 @@ class StreamAssembler:
     chunk, or more than ``max_bytes`` of stream: such a stream is forwarded, not cached.
     """
 
-    def __init__(self, kind: str, max_bytes: int) -> None:
+    def __init__(self, kind: Kind, max_bytes: int) -> None:
         self.kind = kind
         self._max_bytes = max_bytes
         self._seen = 0
-        self._buffer = b""
+        self._events = EventSplitter()
         self._head: dict[str, Any] = {}
         self._choices: dict[int, _Choice] = {}
         self._usage: dict[str, Any] | None = None
@@ -301,14 +304,11 @@ class StreamAssembler:
             return
         self._seen += len(data)
         if self._seen > self._max_bytes:
-            self._failed, self._buffer = True, b""
+            self._failed = True
             return
-        self._buffer += data.replace(b"\r\n", b"\n")
-        *events, self._buffer = self._buffer.split(b"\n\n")
-        for event in events:
-            for line in event.split(b"\n"):
-                if line.startswith(b"data:"):
-                    self._on_data(line[5:].strip())
+        for event in self._events.feed(data):
+            if payload := event_data(event):
+                self._on_data(payload)
 
     def _on_data(self, payload: bytes) -> None:
         if payload == b"[DONE]":
@@ -331,7 +331,7 @@ class StreamAssembler:
 
     def _on_choice(self, choice: dict[str, Any]) -> None:
         state = self._choices.setdefault(int(choice.get("index", 0)), _Choice())
-        if self.kind == "chat":
+        if self.kind is Kind.CHAT:
             delta = choice.get("delta") or {}
             state.role = delta.get("role") or state.role
             state.text += delta.get("content") or ""
@@ -349,11 +349,11 @@ class StreamAssembler:
         if self._failed or not self._done or self._usage is None or not self._choices:
             return None
         choices = [self._choice_out(i, c) for i, c in sorted(self._choices.items())]
-        obj = "chat.completion" if self.kind == "chat" else "text_completion"
+        obj = "chat.completion" if self.kind is Kind.CHAT else "text_completion"
         return {**self._head, "object": obj, "choices": choices, "usage": self._usage}
 
     def _choice_out(self, index: int, c: _Choice) -> dict[str, Any]:
-        if self.kind != "chat":
+        if self.kind is not Kind.CHAT:
             return {"index": index, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
         message: dict[str, Any] = {"role": c.role or "assistant", "content": c.text}
         if c.reasoning:
@@ -382,14 +382,14 @@ def _chat_deltas(choice: dict[str, Any]) -> list[tuple[dict[str, Any], Any, str 
     ]
 
 
-def synthesize_stream(kind: str, response: Mapping[str, Any], include_usage: bool) -> list[bytes]:
+def synthesize_stream(kind: Kind, response: Mapping[str, Any], include_usage: bool) -> list[bytes]:
     """The SSE events (``[DONE]`` included) a stream of this stored response would have sent."""
     head = {k: response.get(k) for k in ("id", "created", "model")}
     tail: dict[str, Any] = {"usage": None} if include_usage else {}
     events: list[bytes] = []
     for choice in response.get("choices") or []:
         index = choice.get("index", 0)
-        if kind == "chat":
+        if kind is Kind.CHAT:
             for delta, logprobs, finish in _chat_deltas(choice):
                 out = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
                 events.append(_sse({**head, "object": "chat.completion.chunk", "choices": [out], **tail}))
@@ -398,7 +398,7 @@ def synthesize_stream(kind: str, response: Mapping[str, Any], include_usage: boo
             out = {"index": index, **{k: choice.get(k) for k in ("text", "logprobs", "finish_reason")}}
             events.append(_sse({**head, "object": "text_completion", "choices": [out], **tail}))
     if include_usage:
-        obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+        obj = "chat.completion.chunk" if kind is Kind.CHAT else "text_completion"
         events.append(_sse({**head, "object": obj, "choices": [], "usage": response.get("usage")}))
-    events.append(b"data: [DONE]\n\n")
+    events.append(DONE)
     return events

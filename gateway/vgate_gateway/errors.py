@@ -73,6 +73,17 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     return OpenAIError(400, message, param=param, code=code)
 
 
+def unavailable(message: str, code: str, retry_after_s: int) -> OpenAIError:
+    """503: no worker can take the request now; ``Retry-After`` says when to try again."""
+    return OpenAIError(
+        503,
+        message,
+        code=code,
+        type_="service_unavailable_error",
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 def _http_exception(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code

@@ -36,14 +36,14 @@ from vgate_gateway.cache import (
 )
 from vgate_gateway.dedup import Deduplicator, DedupMetrics, FlightWriter, Head, Subscription
 from vgate_gateway.errors import OpenAIError, invalid_request
-from vgate_gateway.protocol import Kind, ParsedRequest, parse_request
+from vgate_gateway.protocol import Kind, ParsedRequest
 from vgate_gateway.proxy import RelayResponse
 from vgate_gateway.settings import GatewaySettings
+from vgate_gateway.sse import event_data
 from vgate_gateway.state import Handler
 
 log = logging.getLogger(__name__)
 
-KIND_NAMES = {Kind.CHAT: "chat", Kind.COMPLETIONS: "completions", Kind.EMBEDDINGS: "embeddings"}
 _JSON = "application/json"
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 #: Open flights tracked at once; beyond it identical requests each go upstream.
@@ -68,7 +68,7 @@ class PipelineMetrics:
 class _Call:
     """One upstream call a flight makes on behalf of its subscribers."""
 
-    kind: str
+    kind: Kind
     key: str
     req: ParsedRequest
     headers: Mapping[str, str]
@@ -112,7 +112,7 @@ class Pipeline:
         except ValueError as exc:
             raise invalid_request(str(exc), code="invalid_cache_header") from None
         headers = {k: v for k, v in headers.items() if k != CACHE_HEADER}
-        kind = KIND_NAMES[req.kind]
+        kind = req.kind
         if not is_cacheable(kind, req.payload, mode):
             return _tagged(await self._uncached(kind, req, headers), "miss")
         key = request_key(kind, req.model, req.payload, tenant=_tenant(headers))
@@ -121,13 +121,13 @@ class Pipeline:
             return _replay(kind, req, stored)
         return await self._shared(kind, key, req, headers)
 
-    async def _uncached(self, kind: str, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
+    async def _uncached(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
         if req.stream or kind not in PROMPT_FIELD:
             return await self._forward(req, headers)
         reply = await self._reply(kind, req, headers)
         return Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
 
-    async def _reply(self, kind: str, req: ParsedRequest, headers: Mapping[str, str]) -> Reply:
+    async def _reply(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Reply:
         """A whole non-streaming answer, through the micro-batcher where it applies."""
         if kind in PROMPT_FIELD:
             # Requests with different credentials never share an upstream call.
@@ -135,15 +135,16 @@ class Pipeline:
             return await self.batcher.submit(kind, req.payload, meta=(req, headers), partition=partition)
         return await self._send(kind, req.payload, (req, headers))
 
-    async def _send(self, kind: str, body: dict[str, Any], meta: Any) -> Reply:
+    async def _send(self, kind: Kind, body: dict[str, Any], meta: Any) -> Reply:
         req, headers = meta
         if body is not req.payload:  # a merged batch: a new body for the same endpoint
-            req = parse_request(req.kind, json.dumps(body, separators=(",", ":")).encode())
+            encoded = json.dumps(body, separators=(",", ":")).encode()
+            req = dataclasses.replace(req, body=encoded, payload=body)
         resp = await self._forward(req, headers)
         content_type = resp.headers.get("content-type", _JSON)
         return Reply(resp.status_code, bytes(resp.body), {"content-type": content_type})
 
-    async def _shared(self, kind: str, key: str, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
+    async def _shared(self, kind: Kind, key: str, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
         """Join (or start) the one upstream call for this request; the answer fills the cache."""
         strip_usage = req.stream and not req.include_usage
         upstream = _with_usage(req) if strip_usage else req
@@ -192,7 +193,7 @@ class Pipeline:
         if result is not None and self.cache.enabled and response_cacheable(call.kind, result):
             self.cache.put(call.key, json.dumps(result, separators=(",", ":")).encode())
 
-    def _store(self, kind: str, key: str, body: bytes) -> None:
+    def _store(self, kind: Kind, key: str, body: bytes) -> None:
         if not self.cache.enabled:
             return
         try:
@@ -225,11 +226,8 @@ def _usage_only(event: bytes) -> bool:
     """Whether an SSE event is the final usage chunk (``choices`` empty, ``usage`` set)."""
     if b'"usage"' not in event:
         return False
-    data = event.strip()
-    if not data.startswith(b"data:"):
-        return False
     try:
-        chunk = json.loads(data[5:])
+        chunk = json.loads(event_data(event))
     except ValueError:
         return False
     return isinstance(chunk, dict) and not chunk.get("choices") and bool(chunk.get("usage"))
@@ -254,7 +252,7 @@ async def _events(events: Iterable[bytes]) -> AsyncIterator[bytes]:
         yield event
 
 
-def _replay(kind: str, req: ParsedRequest, stored: bytes) -> Response:
+def _replay(kind: Kind, req: ParsedRequest, stored: bytes) -> Response:
     """A cache hit, as JSON or as a stream, whichever the client asked for."""
     if not req.stream:
         return Response(stored, media_type=_JSON, headers={CACHE_HEADER: "hit"})

@@ -20,12 +20,12 @@ import httpx
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from vgate_gateway.errors import OpenAIError
+from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.protocol import ParsedRequest
 from vgate_gateway.router import Router
 from vgate_gateway.routing import RouteRequest
-from vgate_gateway.sse import DONE, EventSplitter, inspect_event
+from vgate_gateway.sse import EventSplitter, inspect_event
 from vgate_gateway.upstreams import Upstream
 
 log = logging.getLogger(__name__)
@@ -150,12 +150,10 @@ class Proxy:
             except BaseException:
                 up.inflight -= 1
                 raise
-        raise OpenAIError(
-            503,
+        raise unavailable(
             f"Could not reach a worker for model '{req.model}', after trying another one. Retry shortly.",
             code="upstream_unreachable",
-            type_="service_unavailable_error",
-            headers={"Retry-After": str(self._retry_after)},
+            retry_after_s=self._retry_after,
         )
 
     async def _relay(
@@ -240,6 +238,3 @@ def _relay_error(status: int, body: bytes, content_type: str | None) -> Response
     message = obj.get("message") if isinstance(obj, dict) else None
     message = message or body.decode(errors="replace").strip() or f"The model worker answered HTTP {status}."
     return OpenAIError(status, str(message), code=f"upstream_{status}").response()
-
-
-__all__ = ["DONE", "Proxy", "RelayResponse", "upstream_headers"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from vgate_gateway.errors import OpenAIError
+from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.protocol import ParsedRequest
 from vgate_gateway.routing import RouteRequest, Strategy, build_strategy
 from vgate_gateway.upstreams import Upstream, UpstreamPool
@@ -41,12 +41,10 @@ class Router:
         if candidates:
             return self.strategy_for(req.model).choose(candidates, route)
         if self._pool.known_model(req.model) or self._models_unknown():
-            raise OpenAIError(
-                503,
+            raise unavailable(
                 f"No healthy worker is serving model '{req.model}' right now. Retry shortly.",
                 code="no_healthy_upstream",
-                type_="service_unavailable_error",
-                headers={"Retry-After": str(self._retry_after)},
+                retry_after_s=self._retry_after,
             )
         raise OpenAIError(
             404,

@@ -47,9 +47,14 @@ class EventInfo:
     error: bool = False
 
 
+def event_data(event: bytes) -> bytes:
+    """The ``data:`` payload of one complete event (empty for a comment or keep-alive)."""
+    return b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+
+
 def inspect_event(event: bytes) -> EventInfo:
     """What one SSE event says, for accounting only."""
-    data = b"".join(line[5:].strip() for line in event.split(b"\n") if line.startswith(b"data:"))
+    data = event_data(event)
     if not data:
         return EventInfo()
     if data == b"[DONE]":

@@ -17,6 +17,7 @@ from vgate_gateway.batching import (
     batch_key,
     split_response,
 )
+from vgate_gateway.protocol import Kind
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -34,20 +35,20 @@ class FakeWorker:
         self.status = status
         self.raises = raises
 
-    async def __call__(self, kind: str, body: dict[str, Any], meta: Any) -> Reply:
+    async def __call__(self, kind: Kind, body: dict[str, Any], meta: Any) -> Reply:
         self.calls.append(body)
         self.metas.append(meta)
         await asyncio.sleep(0)
         if self.raises is not None:
             raise self.raises
-        field = "prompt" if kind == "completions" else "input"
+        field = "prompt" if kind is Kind.COMPLETIONS else "input"
         prompts = body[field] if isinstance(body[field], list) else [body[field]]
         if self.status is not None:
             return Reply(self.status, b'{"error": {"message": "unavailable"}}')
         if any("BAD" in p for p in prompts):
             return Reply(400, b'{"error": {"message": "prompt too long", "code": 400}}')
         usage = {"prompt_tokens": sum(len(p) for p in prompts)}
-        if kind == "completions":
+        if kind is Kind.COMPLETIONS:
             items = [{"index": i, "text": p.upper(), "finish_reason": "stop"} for i, p in enumerate(prompts)]
             usage["completion_tokens"] = sum(len(p) for p in prompts)
             usage["total_tokens"] = 2 * usage["prompt_tokens"]
@@ -68,24 +69,26 @@ def _body(prompt: str, **extra: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("kind", "body"),
     [
-        ("chat", {"model": "m", "messages": []}),
-        ("completions", _body("x", stream=True)),
-        ("completions", {"model": "m", "prompt": ["a", "b"]}),
-        ("completions", _body("x", n=2)),
-        ("completions", _body("x", best_of=3)),
-        ("embeddings", {"model": "m", "input": ["a"]}),
+        (Kind.CHAT, {"model": "m", "messages": []}),
+        (Kind.COMPLETIONS, _body("x", stream=True)),
+        (Kind.COMPLETIONS, {"model": "m", "prompt": ["a", "b"]}),
+        (Kind.COMPLETIONS, _body("x", n=2)),
+        (Kind.COMPLETIONS, _body("x", best_of=3)),
+        (Kind.EMBEDDINGS, {"model": "m", "input": ["a"]}),
     ],
 )
-def test_requests_that_are_never_merged(kind: str, body: dict[str, Any]) -> None:
+def test_requests_that_are_never_merged(kind: Kind, body: dict[str, Any]) -> None:
     assert batch_key(kind, body) is None
 
 
 def test_only_identical_non_prompt_parameters_share_a_group() -> None:
-    assert batch_key("completions", _body("a")) == batch_key("completions", _body("b"))
-    assert batch_key("completions", _body("a")) != batch_key("completions", _body("a", max_tokens=9))
-    assert batch_key("completions", _body("a")) != batch_key("completions", {**_body("a"), "model": "n"})
+    assert batch_key(Kind.COMPLETIONS, _body("a")) == batch_key(Kind.COMPLETIONS, _body("b"))
+    assert batch_key(Kind.COMPLETIONS, _body("a")) != batch_key(Kind.COMPLETIONS, _body("a", max_tokens=9))
+    assert batch_key(Kind.COMPLETIONS, _body("a")) != batch_key(
+        Kind.COMPLETIONS, {**_body("a"), "model": "n"}
+    )
     embeddings = {"model": "m", "input": "a"}
-    assert batch_key("embeddings", embeddings) == batch_key("embeddings", {**embeddings, "input": "zz"})
+    assert batch_key(Kind.EMBEDDINGS, embeddings) == batch_key(Kind.EMBEDDINGS, {**embeddings, "input": "zz"})
 
 
 @pytest.mark.parametrize(
@@ -112,7 +115,7 @@ def test_split_gives_each_prompt_its_own_choice_at_index_zero() -> None:
         ],
         "usage": {"prompt_tokens": 9, "completion_tokens": 6, "total_tokens": 15},
     }
-    first, second = split_response("completions", response, ["aa", "b"])
+    first, second = split_response(Kind.COMPLETIONS, response, ["aa", "b"])
     assert first["choices"] == [{"index": 0, "text": "AA", "finish_reason": "stop"}]
     assert second["choices"][0]["text"] == "B"
     assert first["id"] != second["id"]
@@ -122,9 +125,9 @@ def test_split_gives_each_prompt_its_own_choice_at_index_zero() -> None:
 
 def test_split_refuses_a_response_that_does_not_match() -> None:
     with pytest.raises(ValueError, match="expected 2"):
-        split_response("completions", {"choices": [{"index": 0}]}, ["a", "b"])
+        split_response(Kind.COMPLETIONS, {"choices": [{"index": 0}]}, ["a", "b"])
     with pytest.raises(ValueError, match="indices"):
-        split_response("embeddings", {"data": [{"index": 0}, {"index": 0}]}, ["a", "b"])
+        split_response(Kind.EMBEDDINGS, {"data": [{"index": 0}, {"index": 0}]}, ["a", "b"])
 
 
 async def test_concurrent_requests_go_upstream_as_one() -> None:
@@ -132,7 +135,7 @@ async def test_concurrent_requests_go_upstream_as_one() -> None:
     worker = FakeWorker()
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.05, metrics=BatchMetrics(registry))
     prompts = ["one", "two", "three", "four"]
-    replies = await asyncio.gather(*(batcher.submit("completions", _body(p)) for p in prompts))
+    replies = await asyncio.gather(*(batcher.submit(Kind.COMPLETIONS, _body(p)) for p in prompts))
     assert len(worker.calls) == 1
     assert worker.calls[0]["prompt"] == prompts
     for prompt, reply in zip(prompts, replies, strict=True):
@@ -141,8 +144,10 @@ async def test_concurrent_requests_go_upstream_as_one() -> None:
         assert answer["choices"] == [{"index": 0, "text": prompt.upper(), "finish_reason": "stop"}]
     total = sum(json.loads(r.body)["usage"]["prompt_tokens"] for r in replies)
     assert total == sum(map(len, prompts))
-    assert registry.get_sample_value("vgate_batch_size_sum", {"endpoint": "completions"}) == 4
-    assert registry.get_sample_value("vgate_batch_processing_seconds_count", {"endpoint": "completions"}) == 1
+    assert registry.get_sample_value("vgate_batch_size_sum", {"endpoint": Kind.COMPLETIONS}) == 4
+    assert (
+        registry.get_sample_value("vgate_batch_processing_seconds_count", {"endpoint": Kind.COMPLETIONS}) == 1
+    )
 
 
 async def test_embeddings_are_merged_too() -> None:
@@ -150,7 +155,7 @@ async def test_embeddings_are_merged_too() -> None:
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.05)
     inputs = ["a", "bbb"]
     replies = await asyncio.gather(
-        *(batcher.submit("embeddings", {"model": "m", "input": i}) for i in inputs)
+        *(batcher.submit(Kind.EMBEDDINGS, {"model": "m", "input": i}) for i in inputs)
     )
     assert len(worker.calls) == 1
     assert [json.loads(r.body)["data"][0]["embedding"] for r in replies] == [[1], [3]]
@@ -160,14 +165,14 @@ async def test_embeddings_are_merged_too() -> None:
 async def test_batch_size_bounds_each_upstream_request() -> None:
     worker = FakeWorker()
     batcher = MicroBatcher(worker, max_batch=2, wait_s=0.05)
-    await asyncio.gather(*(batcher.submit("completions", _body(f"p{i}")) for i in range(5)))
+    await asyncio.gather(*(batcher.submit(Kind.COMPLETIONS, _body(f"p{i}")) for i in range(5)))
     assert sorted(len(c["prompt"]) if isinstance(c["prompt"], list) else 1 for c in worker.calls) == [1, 2, 2]
 
 
 async def test_a_lone_request_goes_as_sent_after_the_window() -> None:
     worker = FakeWorker()
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.001)
-    reply = await batcher.submit("completions", _body("solo"))
+    reply = await batcher.submit(Kind.COMPLETIONS, _body("solo"))
     assert worker.calls == [_body("solo")]
     assert json.loads(reply.body)["choices"][0]["text"] == "SOLO"
 
@@ -176,7 +181,8 @@ async def test_different_parameters_are_not_merged() -> None:
     worker = FakeWorker()
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.02)
     await asyncio.gather(
-        batcher.submit("completions", _body("a")), batcher.submit("completions", _body("b", max_tokens=3))
+        batcher.submit(Kind.COMPLETIONS, _body("a")),
+        batcher.submit(Kind.COMPLETIONS, _body("b", max_tokens=3)),
     )
     assert len(worker.calls) == 2
 
@@ -185,7 +191,7 @@ async def test_one_bad_prompt_fails_only_its_own_request() -> None:
     worker = FakeWorker()
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.05)
     prompts = ["fine", "BAD one", "also fine"]
-    replies = await asyncio.gather(*(batcher.submit("completions", _body(p)) for p in prompts))
+    replies = await asyncio.gather(*(batcher.submit(Kind.COMPLETIONS, _body(p)) for p in prompts))
     assert [r.status for r in replies] == [200, 400, 200]
     assert json.loads(replies[2].body)["choices"][0]["text"] == "ALSO FINE"
     assert len(worker.calls) == 4  # the batch, then each prompt alone
@@ -194,7 +200,7 @@ async def test_one_bad_prompt_fails_only_its_own_request() -> None:
 async def test_a_batch_wide_server_error_reaches_everyone() -> None:
     worker = FakeWorker(status=503)
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.05)
-    replies = await asyncio.gather(*(batcher.submit("completions", _body(p)) for p in "abc"))
+    replies = await asyncio.gather(*(batcher.submit(Kind.COMPLETIONS, _body(p)) for p in "abc"))
     assert [r.status for r in replies] == [503, 503, 503]
     assert len(worker.calls) == 1
 
@@ -203,7 +209,7 @@ async def test_a_transport_failure_reaches_everyone() -> None:
     worker = FakeWorker(raises=ConnectionError("down"))
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.05)
     results = await asyncio.gather(
-        *(batcher.submit("completions", _body(p)) for p in "ab"), return_exceptions=True
+        *(batcher.submit(Kind.COMPLETIONS, _body(p)) for p in "ab"), return_exceptions=True
     )
     assert all(isinstance(r, ConnectionError) for r in results)
 
@@ -211,8 +217,8 @@ async def test_a_transport_failure_reaches_everyone() -> None:
 async def test_a_client_leaving_before_the_flush_leaves_the_batch() -> None:
     worker = FakeWorker()
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.05)
-    staying = asyncio.create_task(batcher.submit("completions", _body("stay")))
-    leaving = asyncio.create_task(batcher.submit("completions", _body("leave")))
+    staying = asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body("stay")))
+    leaving = asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body("leave")))
     await asyncio.sleep(0)
     leaving.cancel()
     reply = await staying
@@ -223,7 +229,7 @@ async def test_a_client_leaving_before_the_flush_leaves_the_batch() -> None:
 async def test_batching_off_sends_every_request_alone() -> None:
     worker = FakeWorker()
     batcher = MicroBatcher(worker, max_batch=1, wait_s=0.05)
-    await asyncio.gather(*(batcher.submit("completions", _body(p)) for p in "abc"))
+    await asyncio.gather(*(batcher.submit(Kind.COMPLETIONS, _body(p)) for p in "abc"))
     assert [c["prompt"] for c in worker.calls] == ["a", "b", "c"]
 
 
@@ -231,9 +237,9 @@ async def test_partitions_are_never_merged_and_meta_travels() -> None:
     worker = FakeWorker()
     batcher = MicroBatcher(worker, max_batch=8, wait_s=0.02)
     await asyncio.gather(
-        batcher.submit("completions", _body("a"), meta="key-1", partition="tenant-1"),
-        batcher.submit("completions", _body("b"), meta="key-2", partition="tenant-2"),
-        batcher.submit("completions", _body("c"), meta="key-3", partition="tenant-1"),
+        batcher.submit(Kind.COMPLETIONS, _body("a"), meta="key-1", partition="tenant-1"),
+        batcher.submit(Kind.COMPLETIONS, _body("b"), meta="key-2", partition="tenant-2"),
+        batcher.submit(Kind.COMPLETIONS, _body("c"), meta="key-3", partition="tenant-1"),
     )
     assert sorted(map(str, worker.metas)) == ["key-1", "key-2"]
     assert sorted(

@@ -14,6 +14,7 @@ from vgate_gateway.cache import (
     request_key,
     response_cacheable,
 )
+from vgate_gateway.protocol import Kind
 
 BODY = {
     "model": "m",
@@ -32,11 +33,11 @@ class Clock:
 
 
 def test_key_ignores_transport_fields_and_key_order() -> None:
-    base = request_key("chat", "m", BODY)
+    base = request_key(Kind.CHAT, "m", BODY)
     streamed = {**BODY, "stream": True, "stream_options": {"include_usage": True}, "user": "u1"}
     reordered = dict(reversed(list(BODY.items())))
-    assert request_key("chat", "m", streamed) == base
-    assert request_key("chat", "m", reordered) == base
+    assert request_key(Kind.CHAT, "m", streamed) == base
+    assert request_key(Kind.CHAT, "m", reordered) == base
     assert len(base) == 64
 
 
@@ -58,16 +59,16 @@ def test_key_ignores_transport_fields_and_key_order() -> None:
     ],
 )
 def test_every_generation_parameter_changes_the_key(name: str, value: object) -> None:
-    assert request_key("chat", "m", {**BODY, name: value}) != request_key("chat", "m", BODY)
+    assert request_key(Kind.CHAT, "m", {**BODY, name: value}) != request_key(Kind.CHAT, "m", BODY)
 
 
 def test_kind_model_and_tenant_separate_keys() -> None:
     keys = {
-        request_key("chat", "m", BODY),
-        request_key("completions", "m", BODY),
-        request_key("chat", "other", BODY),
-        request_key("chat", "m", BODY, tenant="team-a"),
-        request_key("chat", "m", BODY, tenant="team-b"),
+        request_key(Kind.CHAT, "m", BODY),
+        request_key(Kind.COMPLETIONS, "m", BODY),
+        request_key(Kind.CHAT, "other", BODY),
+        request_key(Kind.CHAT, "m", BODY, tenant="team-a"),
+        request_key(Kind.CHAT, "m", BODY, tenant="team-b"),
     }
     assert len(keys) == 5
 
@@ -93,20 +94,20 @@ def test_unknown_cache_mode_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("kind", "body", "mode", "expected"),
     [
-        ("chat", {"temperature": 0}, CacheMode.DEFAULT, True),
-        ("chat", {"temperature": 0.0}, CacheMode.DEFAULT, True),
-        ("chat", {"temperature": 0.7, "seed": 3}, CacheMode.DEFAULT, True),
-        ("chat", {"temperature": 0.7}, CacheMode.DEFAULT, False),
-        ("chat", {}, CacheMode.DEFAULT, False),
-        ("completions", {"temperature": False}, CacheMode.DEFAULT, False),
-        ("chat", {"temperature": 0.7}, CacheMode.FORCE, True),
-        ("chat", {"temperature": 0}, CacheMode.BYPASS, False),
-        ("embeddings", {}, CacheMode.DEFAULT, True),
-        ("embeddings", {}, CacheMode.BYPASS, False),
+        (Kind.CHAT, {"temperature": 0}, CacheMode.DEFAULT, True),
+        (Kind.CHAT, {"temperature": 0.0}, CacheMode.DEFAULT, True),
+        (Kind.CHAT, {"temperature": 0.7, "seed": 3}, CacheMode.DEFAULT, True),
+        (Kind.CHAT, {"temperature": 0.7}, CacheMode.DEFAULT, False),
+        (Kind.CHAT, {}, CacheMode.DEFAULT, False),
+        (Kind.COMPLETIONS, {"temperature": False}, CacheMode.DEFAULT, False),
+        (Kind.CHAT, {"temperature": 0.7}, CacheMode.FORCE, True),
+        (Kind.CHAT, {"temperature": 0}, CacheMode.BYPASS, False),
+        (Kind.EMBEDDINGS, {}, CacheMode.DEFAULT, True),
+        (Kind.EMBEDDINGS, {}, CacheMode.BYPASS, False),
     ],
 )
 def test_only_deterministic_requests_are_cacheable_by_default(
-    kind: str, body: dict[str, object], mode: CacheMode, expected: bool
+    kind: Kind, body: dict[str, object], mode: CacheMode, expected: bool
 ) -> None:
     assert is_cacheable(kind, body, mode) is expected
 
@@ -114,19 +115,19 @@ def test_only_deterministic_requests_are_cacheable_by_default(
 @pytest.mark.parametrize(
     ("kind", "response", "expected"),
     [
-        ("chat", {"choices": [{"finish_reason": "stop"}, {"finish_reason": "length"}]}, True),
-        ("chat", {"choices": [{"finish_reason": "stop"}, {"finish_reason": "tool_calls"}]}, False),
-        ("completions", {"choices": [{"finish_reason": "abort"}]}, False),
-        ("completions", {"choices": [{"finish_reason": None}]}, False),
-        ("chat", {"choices": []}, False),
-        ("chat", {"error": {"message": "boom"}}, False),
-        ("chat", {"object": "error", "message": "boom"}, False),
-        ("embeddings", {"data": [{"embedding": [0.1]}]}, True),
-        ("embeddings", {"data": []}, False),
+        (Kind.CHAT, {"choices": [{"finish_reason": "stop"}, {"finish_reason": "length"}]}, True),
+        (Kind.CHAT, {"choices": [{"finish_reason": "stop"}, {"finish_reason": "tool_calls"}]}, False),
+        (Kind.COMPLETIONS, {"choices": [{"finish_reason": "abort"}]}, False),
+        (Kind.COMPLETIONS, {"choices": [{"finish_reason": None}]}, False),
+        (Kind.CHAT, {"choices": []}, False),
+        (Kind.CHAT, {"error": {"message": "boom"}}, False),
+        (Kind.CHAT, {"object": "error", "message": "boom"}, False),
+        (Kind.EMBEDDINGS, {"data": [{"embedding": [0.1]}]}, True),
+        (Kind.EMBEDDINGS, {"data": []}, False),
     ],
 )
 def test_only_complete_successful_answers_are_stored(
-    kind: str, response: dict[str, object], expected: bool
+    kind: Kind, response: dict[str, object], expected: bool
 ) -> None:
     assert response_cacheable(kind, response) is expected
 
@@ -194,14 +195,14 @@ def test_stats_and_metrics_count_hits_and_misses() -> None:
     registry = CollectorRegistry()
     cache = ResponseCache(maxsize=10, max_bytes=10**6, ttl_s=30, metrics=CacheMetrics(registry))
     cache.put("k", b"value")
-    cache.get("k", "chat")
-    cache.get("k", "chat")
-    cache.get("nope", "chat")
+    cache.get("k", Kind.CHAT)
+    cache.get("k", Kind.CHAT)
+    cache.get("nope", Kind.CHAT)
     stats = cache.stats()
     assert (stats.hits, stats.misses) == (2, 1)
     assert stats.as_dict()["hit_rate"] == pytest.approx(2 / 3, abs=1e-3)
-    assert registry.get_sample_value("vgate_cache_hits_total", {"endpoint": "chat"}) == 2
-    assert registry.get_sample_value("vgate_cache_misses_total", {"endpoint": "chat"}) == 1
+    assert registry.get_sample_value("vgate_cache_hits_total", {"endpoint": Kind.CHAT}) == 2
+    assert registry.get_sample_value("vgate_cache_misses_total", {"endpoint": Kind.CHAT}) == 1
     assert registry.get_sample_value("vgate_cache_entries") == 1
     cache.clear()
     assert registry.get_sample_value("vgate_cache_entries") == 0

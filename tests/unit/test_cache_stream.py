@@ -10,6 +10,7 @@ from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from vgate_gateway.cache import StreamAssembler, synthesize_stream
+from vgate_gateway.protocol import Kind
 
 CHAT = {
     "id": "chatcmpl-1",
@@ -65,7 +66,7 @@ def _payloads(events: list[bytes]) -> list[Any]:
     return out
 
 
-def _assemble(kind: str, events: list[bytes], step: int | None = None) -> dict[str, Any] | None:
+def _assemble(kind: Kind, events: list[bytes], step: int | None = None) -> dict[str, Any] | None:
     assembler = StreamAssembler(kind, max_bytes=10**6)
     raw = b"".join(events)
     step = step or len(raw)
@@ -75,7 +76,7 @@ def _assemble(kind: str, events: list[bytes], step: int | None = None) -> dict[s
 
 
 def test_chat_replay_is_a_valid_openai_stream_with_usage_last() -> None:
-    payloads = _payloads(synthesize_stream("chat", CHAT, include_usage=True))
+    payloads = _payloads(synthesize_stream(Kind.CHAT, CHAT, include_usage=True))
     assert payloads[-1] == "[DONE]"
     chunks = [ChatCompletionChunk.model_validate(p) for p in payloads[:-1]]
     assert chunks[0].choices[0].delta.role == "assistant"
@@ -96,23 +97,23 @@ def test_chat_replay_is_a_valid_openai_stream_with_usage_last() -> None:
 
 
 def test_replay_without_include_usage_has_no_usage_chunk() -> None:
-    payloads = _payloads(synthesize_stream("chat", CHAT, include_usage=False))
+    payloads = _payloads(synthesize_stream(Kind.CHAT, CHAT, include_usage=False))
     assert all("usage" not in p for p in payloads[:-1])
     assert all(p["choices"] for p in payloads[:-1])
 
 
 @pytest.mark.parametrize("step", [None, 1, 7])
 def test_chat_stream_assembles_back_to_the_stored_answer(step: int | None) -> None:
-    result = _assemble("chat", synthesize_stream("chat", CHAT, include_usage=True), step)
+    result = _assemble(Kind.CHAT, synthesize_stream(Kind.CHAT, CHAT, include_usage=True), step)
     assert result == CHAT
     ChatCompletion.model_validate(result)
 
 
 def test_completion_round_trip_keeps_text_and_logprobs() -> None:
-    events = synthesize_stream("completions", COMPLETION, include_usage=True)
+    events = synthesize_stream(Kind.COMPLETIONS, COMPLETION, include_usage=True)
     for payload in _payloads(events)[:-1]:
         Completion.model_validate(payload)
-    result = _assemble("completions", events)
+    result = _assemble(Kind.COMPLETIONS, events)
     assert result == COMPLETION
 
 
@@ -134,7 +135,7 @@ def test_assembler_concatenates_token_deltas_and_tool_calls() -> None:
         b'data: {"id":"c","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}\n\n',
         b"data: [DONE]\n\n",
     ]
-    result = _assemble("chat", events)
+    result = _assemble(Kind.CHAT, events)
     assert result is not None
     choice = result["choices"][0]
     assert choice["message"]["content"] == "Hello"
@@ -144,17 +145,17 @@ def test_assembler_concatenates_token_deltas_and_tool_calls() -> None:
 
 
 def test_incomplete_or_failed_streams_are_not_assembled() -> None:
-    events = synthesize_stream("chat", CHAT, include_usage=True)
-    assert _assemble("chat", events[:-1]) is None  # no [DONE]
-    no_usage = synthesize_stream("chat", CHAT, include_usage=False)
-    assert _assemble("chat", no_usage) is None  # a non-stream answer needs usage
+    events = synthesize_stream(Kind.CHAT, CHAT, include_usage=True)
+    assert _assemble(Kind.CHAT, events[:-1]) is None  # no [DONE]
+    no_usage = synthesize_stream(Kind.CHAT, CHAT, include_usage=False)
+    assert _assemble(Kind.CHAT, no_usage) is None  # a non-stream answer needs usage
     error = b'data: {"error": {"message": "boom", "type": "InternalServerError", "code": 500}}\n\n'
-    assert _assemble("chat", [*events[:2], error, *events[2:]]) is None
-    assert _assemble("chat", [b"data: {not json\n\n", *events]) is None
+    assert _assemble(Kind.CHAT, [*events[:2], error, *events[2:]]) is None
+    assert _assemble(Kind.CHAT, [b"data: {not json\n\n", *events]) is None
 
 
 def test_assembler_gives_up_beyond_its_byte_bound() -> None:
-    assembler = StreamAssembler("chat", max_bytes=100)
-    for event in synthesize_stream("chat", CHAT, include_usage=True):
+    assembler = StreamAssembler(Kind.CHAT, max_bytes=100)
+    for event in synthesize_stream(Kind.CHAT, CHAT, include_usage=True):
         assembler.feed(event)
     assert assembler.result() is None
