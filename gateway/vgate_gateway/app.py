@@ -15,7 +15,6 @@ from vgate_gateway import __version__
 from vgate_gateway.discovery import DiscoverySource
 from vgate_gateway.errors import install_error_handlers
 from vgate_gateway.health import HealthChecker
-from vgate_gateway.loadstats import LoadScraper
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.middleware import RequestContextMiddleware
 from vgate_gateway.pipeline import Pipeline, PipelineMetrics
@@ -71,7 +70,13 @@ def build_app(
     efficiency_metrics = PipelineMetrics.register(metrics.registry)
     pool = UpstreamPool()
     # Built here, not in the lifespan, so an unknown strategy name fails before serving.
-    router = Router(pool, settings.routing, settings.routing_per_model, retry_after_s=settings.retry_after_s)
+    router = Router(
+        pool,
+        settings.routing,
+        settings.routing_per_model,
+        declared_models=settings.services,
+        retry_after_s=settings.retry_after_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -99,9 +104,6 @@ def build_app(
             )
             # cache -> dedup -> micro-batching -> proxy
             pipeline = Pipeline(settings, proxy.forward, efficiency_metrics)
-            scraper = LoadScraper(
-                pool, client, interval_s=settings.load_scrape_interval_s, timeout_s=settings.health_timeout_s
-            )
             app.state.gateway = GatewayState(
                 settings=settings,
                 metrics=metrics,
@@ -116,7 +118,6 @@ def build_app(
             tasks = [
                 _background(source.run(publish), "discovery"),
                 _background(health.run(), "health checks"),
-                _background(scraper.run(), "load scraping"),
             ]
             log.info("gateway %s ready to serve (discovery: %s)", __version__, settings.discovery)
             try:

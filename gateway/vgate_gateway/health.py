@@ -1,8 +1,10 @@
 """Active health checks of every known worker.
 
 Each round asks each worker for ``/health`` and ``/v1/models`` (which also tells the
-gateway what it serves). A worker that fails is taken out of rotation at once and
-comes back the first time it passes again. New workers are checked as soon as
+gateway what it serves), then reads its vLLM ``/metrics`` into :attr:`Upstream.load`
+for the load-aware strategies. A worker that fails is taken out of rotation at once
+and comes back the first time it passes again; a worker whose metrics can't be read
+stays healthy and keeps its last figures. New workers are checked as soon as
 discovery reports them, not at the next tick.
 """
 
@@ -12,10 +14,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 
+from vgate_gateway.loadstats import parse_load
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.upstreams import Upstream, UpstreamPool
 
@@ -31,12 +35,14 @@ class HealthChecker:
         *,
         interval_s: float,
         timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self._client = client
         self._metrics = metrics
         self._interval = interval_s
         self._timeout = timeout_s
+        self._clock = clock
         self._wake = asyncio.Event()
         #: Model cards by id, as the workers describe them in /v1/models.
         self.model_cards: dict[str, dict[str, Any]] = {}
@@ -82,8 +88,20 @@ class HealthChecker:
             up.consecutive_failures = 0
             if not was_healthy:
                 log.info("worker %s is healthy, serving %s", up.url, sorted(up.served_models))
-        up.last_checked = time.monotonic()
+            await self._read_load(up)
+        up.last_checked = self._clock()
         self._metrics.upstream_healthy.labels(up.url).set(1 if up.healthy else 0)
+
+    async def _read_load(self, up: Upstream) -> None:
+        try:
+            r = await self._client.get(f"{up.url}/metrics", timeout=self._timeout)
+            r.raise_for_status()
+        except httpx.HTTPError as exc:
+            log.debug("cannot read the load of %s: %s", up.url, _describe(exc))
+            return
+        load = parse_load(r.text, self._clock())
+        if load is not None:
+            up.load = load
 
 
 def _describe(exc: Exception) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.protocol import ParsedRequest
@@ -17,9 +17,12 @@ class Router:
         default: str,
         per_model: Mapping[str, str] | None = None,
         *,
+        declared_models: Collection[str] = (),
         retry_after_s: int = 1,
     ) -> None:
         self._pool = pool
+        #: Models configured to exist (Kubernetes discovery's Services), even with no endpoint yet.
+        self._declared = frozenset(declared_models)
         self._default_name = default
         self._per_model_names = dict(per_model or {})
         # Validate every configured name now: a typo fails at start-up, not on traffic.
@@ -40,7 +43,8 @@ class Router:
         candidates = self._pool.routable(req.model, exclude=exclude)
         if candidates:
             return self.strategy_for(req.model).choose(candidates, route)
-        if self._pool.known_model(req.model) or self._models_unknown():
+        known = req.model in self._declared or self._pool.known_model(req.model)
+        if known or self._models_unknown():
             raise unavailable(
                 f"No healthy worker is serving model '{req.model}' right now. Retry shortly.",
                 code="no_healthy_upstream",

@@ -50,8 +50,6 @@ class GatewaySettings(BaseSettings):
     resync_interval_s: float = Field(30.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
-    #: How often each worker's own vLLM /metrics are read for load-aware routing.
-    load_scrape_interval_s: float = Field(1.0, gt=0)
 
     # -- routing
     routing: str = "prefix-aware"

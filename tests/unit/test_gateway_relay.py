@@ -62,7 +62,7 @@ class Workers:
         host = request.url.host
         if host in self.down:
             raise httpx.ConnectError("connection refused", request=request)
-        if request.url.path == "/health":
+        if request.url.path in ("/health", "/metrics"):
             return httpx.Response(200)
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "max_model_len": 4096}]})

@@ -88,3 +88,14 @@ def test_per_model_strategy_and_unknown_names() -> None:
     assert router.strategy_name("small") == "least-request"
     with pytest.raises(ValueError, match="unknown routing strategy"):
         Router(UpstreamPool(), "no-such-thing")
+
+
+def test_a_declared_model_without_endpoints_is_503_not_404() -> None:
+    """Mid-rollout, a model the deployment serves has no worker yet: retry, don't give up."""
+    router = Router(UpstreamPool(), "least-request", declared_models={"m"})
+    with pytest.raises(OpenAIError) as info:
+        router.pick(_req(), RouteRequest(model="m"))
+    assert (info.value.status, info.value.code) == (503, "no_healthy_upstream")
+    with pytest.raises(OpenAIError) as info:
+        router.pick(_req("other"), RouteRequest(model="other"))
+    assert info.value.status == 404

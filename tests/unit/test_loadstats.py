@@ -1,11 +1,13 @@
-"""Reading vLLM's /metrics into the upstreams' load figures."""
+"""Reading vLLM's /metrics into the upstreams' load figures, on every health check."""
 
 from __future__ import annotations
 
 import httpx
 import pytest
 
-from vgate_gateway.loadstats import LoadScraper, metric_sums, parse_load
+from vgate_gateway.health import HealthChecker
+from vgate_gateway.loadstats import metric_sums, parse_load
+from vgate_gateway.metrics import Metrics
 from vgate_gateway.upstreams import DiscoveredEndpoint, LoadStats, UpstreamPool
 
 pytestmark = pytest.mark.timeout(10)
@@ -58,37 +60,59 @@ def test_metric_sums_skips_malformed_and_non_finite_values() -> None:
 def _pool(*urls: str) -> UpstreamPool:
     pool = UpstreamPool()
     pool.replace([DiscoveredEndpoint(url=u) for u in urls])
-    for up in pool.all():
-        up.healthy = True
     return pool
 
 
-async def test_scraper_updates_healthy_workers_and_keeps_figures_on_failure() -> None:
-    seen: list[str] = []
+def _worker(metrics: httpx.Response | None) -> httpx.MockTransport:
+    """A worker that passes health checks; ``/metrics`` answers ``metrics`` (None: refused)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request.url.host)
-        if request.url.host == "down":
-            return httpx.Response(500)
-        return httpx.Response(200, text=VLLM_METRICS)
+        if request.url.host == "gone":
+            raise httpx.ConnectError("refused", request=request)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "qwen"}]})
+        if request.url.path == "/metrics":
+            if metrics is None:
+                raise httpx.ConnectError("refused", request=request)
+            return metrics
+        return httpx.Response(200)
 
-    pool = _pool("http://ok:8000", "http://down:8000", "http://sick:8000")
-    pool.get("http://sick:8000").healthy = False  # type: ignore[union-attr]
+    return httpx.MockTransport(handler)
+
+
+async def _check(pool: UpstreamPool, transport: httpx.MockTransport) -> None:
+    async with httpx.AsyncClient(transport=transport) as client:
+        checker = HealthChecker(pool, client, Metrics("test"), interval_s=60, timeout_s=1, clock=lambda: 50.0)
+        await checker.check_all()
+
+
+async def test_health_checks_read_each_workers_load() -> None:
+    pool = _pool("http://ok:8000")
+    await _check(pool, _worker(httpx.Response(200, text=VLLM_METRICS)))
+    up = pool.get("http://ok:8000")
+    assert up is not None
+    assert up.healthy
+    assert up.load == LoadStats(num_running=4.0, num_waiting=7.0, kv_cache_usage=0.42, scraped_at=50.0)
+
+
+@pytest.mark.parametrize("metrics", [httpx.Response(500), None, httpx.Response(200, text="# nothing\n")])
+async def test_unreadable_metrics_keep_the_last_figures_and_the_worker_healthy(
+    metrics: httpx.Response | None,
+) -> None:
+    pool = _pool("http://ok:8000")
     stale = LoadStats(num_waiting=1.0, scraped_at=1.0)
-    pool.get("http://down:8000").load = stale  # type: ignore[union-attr]
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        scraper = LoadScraper(pool, client, clock=lambda: 50.0)
-        assert await scraper.scrape_all() == 1
-    assert sorted(seen) == ["down", "ok"]
-    assert pool.get("http://ok:8000").load.num_waiting == 7.0  # type: ignore[union-attr]
-    assert pool.get("http://ok:8000").load.scraped_at == 50.0  # type: ignore[union-attr]
-    assert pool.get("http://down:8000").load is stale  # type: ignore[union-attr]
+    pool.get("http://ok:8000").load = stale  # type: ignore[union-attr]
+    await _check(pool, _worker(metrics))
+    up = pool.get("http://ok:8000")
+    assert up is not None
+    assert up.healthy
+    assert up.load is stale
 
 
-async def test_unreachable_worker_is_not_an_error() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused", request=request)
-
+async def test_unreachable_worker_is_unhealthy_and_its_load_untouched() -> None:
     pool = _pool("http://gone:8000")
-    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
-        assert await LoadScraper(pool, client).scrape_all() == 0
+    await _check(pool, _worker(httpx.Response(200, text=VLLM_METRICS)))
+    up = pool.get("http://gone:8000")
+    assert up is not None
+    assert not up.healthy
+    assert up.load == LoadStats()
