@@ -15,8 +15,6 @@ import asyncio
 import json
 import os
 import random
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,8 +28,12 @@ from typing import Any
 
 import httpx
 
-MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
-STRATEGIES = ("round-robin", "least-request", "least-load", "session", "prefix-aware")
+from vgate.procs import free_port, stop_all, wait_http
+from vgate_gateway.loadstats import metric_sums
+from vgate_gateway.routing import STRATEGIES as _ROUTING
+from vgate_worker.settings import DEFAULT_MODEL
+
+STRATEGIES = tuple(_ROUTING)
 _WORDS = [
     "account",
     "balance",
@@ -92,16 +94,10 @@ class BenchConfig:
 # -- processes ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def _process(args: Sequence[str], ready: str, env: dict[str, str], log: Path) -> Iterator[str]:
     """Run ``vgate ARGS --port P`` in its own process group until the block ends; yields its URL."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("ab") as out:
         proc = subprocess.Popen(
@@ -112,37 +108,17 @@ def _process(args: Sequence[str], ready: str, env: dict[str, str], log: Path) ->
             start_new_session=True,
         )
         try:
-            _wait(url + ready, proc, log)
+            wait_http(url + ready, 60.0, alive=lambda: proc.poll() is None, detail=lambda: f"see {log}")
             yield url
         finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-
-def _wait(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited {proc.returncode}; see {log}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} not ready within {timeout:.0f}s; see {log}")
+            stop_all([proc], group=True)
 
 
 @contextmanager
 def stack(cfg: BenchConfig, workers: int, env: dict[str, str], logs: Path) -> Iterator[tuple[str, list[str]]]:
     """Fresh workers and a gateway in front of them; yields (gateway URL, worker URLs)."""
     worker_args = [
-        "worker", "--dry-run", "--served-model-name", MODEL, "--speed", str(cfg.speed),
+        "worker", "--dry-run", "--served-model-name", DEFAULT_MODEL, "--speed", str(cfg.speed),
         "--kv-cache-tokens", str(cfg.kv_cache_tokens), "--log-level", "warning",
     ]  # fmt: skip
     with ExitStack() as es:
@@ -208,7 +184,7 @@ def workload(cfg: BenchConfig) -> list[Turn]:
 
 def _chat(system: str, question: str, max_tokens: int, **extra: Any) -> dict[str, Any]:
     messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
-    return {"model": MODEL, "messages": messages, "max_tokens": max_tokens, **extra}
+    return {"model": DEFAULT_MODEL, "messages": messages, "max_tokens": max_tokens, **extra}
 
 
 async def _ttft(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str]) -> float:
@@ -236,18 +212,10 @@ def _p99(values: Sequence[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-def _scrape(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name) and line[len(name) : len(name) + 1] in ("{", " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 async def _worker_totals(workers: Sequence[str], name: str) -> float:
     async with httpx.AsyncClient(timeout=5.0) as client:
         texts = await asyncio.gather(*(client.get(w + "/metrics") for w in workers))
-    return sum(_scrape(r.text, name) for r in texts)
+    return sum(metric_sums(r.text, [name]).get(name, 0.0) for r in texts)
 
 
 async def run_routing(cfg: BenchConfig, gateway: str, workers: Sequence[str]) -> dict[str, Any]:
@@ -284,7 +252,8 @@ async def run_routing(cfg: BenchConfig, gateway: str, workers: Sequence[str]) ->
 
 async def _gateway_total(gateway: str, name: str) -> float:
     async with httpx.AsyncClient(timeout=5.0) as client:
-        return _scrape((await client.get(gateway + "/metrics")).text, name)
+        text = (await client.get(gateway + "/metrics")).text
+    return metric_sums(text, [name]).get(name, 0.0)
 
 
 async def run_dedup(cfg: BenchConfig, gateway: str, workers: Sequence[str]) -> dict[str, Any]:
@@ -341,7 +310,12 @@ async def run_batching(cfg: BenchConfig, gateway: str, clients: int = 32) -> dic
             *(
                 client.post(
                     "/v1/completions",
-                    json={"model": MODEL, "prompt": _text(rng, 30), "max_tokens": 8, "temperature": 0.7},
+                    json={
+                        "model": DEFAULT_MODEL,
+                        "prompt": _text(rng, 30),
+                        "max_tokens": 8,
+                        "temperature": 0.7,
+                    },
                 )
                 for _ in range(clients)
             )

@@ -15,9 +15,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-import httpx
-
-DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+from vgate.procs import ProcessExited, stop_all, wait_http
+from vgate_worker.settings import DEFAULT_MODEL
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,8 +61,15 @@ def main(argv: Sequence[str]) -> int:
         if args.routing:
             gateway_cmd += ["--routing", args.routing]
         procs.append(subprocess.Popen(gateway_cmd, env=env))
-        if _wait_ready(f"http://127.0.0.1:{args.port}/ready", procs, lambda: stopping):
+        try:
+            wait_http(
+                f"http://127.0.0.1:{args.port}/ready",
+                60.0,
+                alive=lambda: not stopping and all(p.poll() is None for p in procs),
+            )
             _banner(args.port, args.model, worker_ports)
+        except (ProcessExited, TimeoutError):
+            pass  # the loop below reports a dead component; a slow one may still come up
         while not stopping and all(p.poll() is None for p in procs):
             time.sleep(0.2)
         failed = [p for p in procs if p.poll() not in (None, 0)]
@@ -72,36 +78,7 @@ def main(argv: Sequence[str]) -> int:
             return 1
         return 0
     finally:
-        _stop_all(procs)
-
-
-def _wait_ready(
-    url: str, procs: Sequence[subprocess.Popen[bytes]], stopping: object, timeout: float = 60
-) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not stopping():  # type: ignore[operator]
-        if any(p.poll() is not None for p in procs):
-            return False
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return True
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    return False
-
-
-def _stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    for p in procs:
-        try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_all(procs)
 
 
 def _banner(port: int, model: str, worker_ports: Sequence[int]) -> None:

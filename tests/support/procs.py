@@ -8,22 +8,15 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from vgate import procs
+from vgate.procs import free_port
 
 
 @dataclass
@@ -85,21 +78,9 @@ class Proc:
 
 def wait_http(url: str, timeout: float = 30.0, proc: Proc | None = None, status: int = 200) -> None:
     """Poll ``url`` until it answers ``status``; fail with the process log if it died."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        if proc is not None and proc.popen is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.popen.returncode}:\n{proc.log()[-4000:]}")
-        try:
-            r = httpx.get(url, timeout=2.0)
-            if r.status_code == status:
-                return
-            last = r.status_code
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.1)
-    tail = proc.log()[-4000:] if proc else ""
-    raise TimeoutError(f"{url} did not answer {status} within {timeout}s (last: {last!r})\n{tail}")
+    alive = proc.alive if proc is not None and proc.popen is not None else None
+    detail = (lambda: proc.log()[-4000:]) if proc is not None else None
+    procs.wait_http(url, timeout, status=status, alive=alive, detail=detail)
 
 
 def make_proc(

@@ -33,6 +33,7 @@ READY = Probes(
     model_cached=False,
     model_quant_method=None,
     model_config_found=False,
+    hub_cache="/root/.cache/huggingface/hub",
 )
 
 
@@ -149,7 +150,8 @@ def test_quantization_must_fit_the_checkpoint(
 
 
 def test_offline_hub_model_must_be_cached(capsys: pytest.CaptureFixture[str]) -> None:
-    probes = dataclasses.replace(READY, offline=True, model_cached=False)
+    # probe() looks in the --download-dir when one is given.
+    probes = dataclasses.replace(READY, offline=True, model_cached=False, hub_cache="/cache")
     result = launch(capsys, ["--download-dir", "/cache"], probes)
     assert result.code == 2
     assert "HF_HUB_OFFLINE is set" in result.err

@@ -138,3 +138,13 @@ async def test_a_crashed_scheduler_releases_every_waiter(
     assert not engine.alive
     with pytest.raises(RuntimeError):
         engine.submit(1, list(range(20)), output_len=5, sink=sink)
+
+
+async def test_a_stalled_scheduler_fails_instead_of_hanging(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "_plan_step", lambda: (0.0, []))
+    sink: asyncio.Queue[TokenEvent] = asyncio.Queue()
+    engine.submit(0, list(range(20)), output_len=5, sink=sink)
+    assert await sink.get() == (0, None)
+    assert not engine.alive

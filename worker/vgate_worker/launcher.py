@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from vgate_worker.settings import QUANTIZATIONS, WorkerSettings
+from vgate_worker.settings import DEVICES, QUANTIZATIONS, WorkerSettings
 
 log = logging.getLogger("vgate.worker")
 
@@ -102,7 +102,7 @@ class Probes:
     model_quant_method: str | None
     model_config_found: bool
     # Where a hub model was looked for (download dir or Hugging Face cache).
-    hub_cache: str = ""
+    hub_cache: str
 
 
 def looks_like_local_path(model: str) -> bool:
@@ -223,9 +223,8 @@ def check_model(settings: WorkerSettings, probes: Probes) -> None:
         if not probes.model_config_found:
             raise LaunchError(f"model directory {settings.model} has no config.json")
     elif probes.offline and not probes.model_cached:
-        where = probes.hub_cache or settings.download_dir or "the Hugging Face cache"
         raise LaunchError(
-            f"HF_HUB_OFFLINE is set and model {settings.model} is not in {where}; "
+            f"HF_HUB_OFFLINE is set and model {settings.model} is not in {probes.hub_cache}; "
             "download it first, point --download-dir at a filled cache, or pass a local directory"
         )
 
@@ -259,7 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     ):  # fmt: skip
         p.add_argument(f"--{flag}", default=None)
     p.add_argument("--quantization", default=None, choices=QUANTIZATIONS)
-    p.add_argument("--device", default=None, choices=("auto", "cuda", "cpu"))
+    p.add_argument("--device", default=None, choices=DEVICES)
     p.add_argument("--enable-prefix-caching", default=None, action=argparse.BooleanOptionalAction)
     p.add_argument("--print-command", action="store_true", help="print the vLLM command line and exit")
     return p

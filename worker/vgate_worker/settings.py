@@ -6,7 +6,7 @@ usually passes the equivalent ``vgate worker --flag`` instead. Flags win over th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -15,8 +15,9 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
 
 # "none" omits --quantization so vLLM reads the method from the model's config.json.
 Quantization = Literal["awq", "awq_marlin", "gptq", "fp8", "none"]
-QUANTIZATIONS: tuple[str, ...] = ("awq", "awq_marlin", "gptq", "fp8", "none")
+QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 Device = Literal["auto", "cuda", "cpu"]
+DEVICES: tuple[str, ...] = get_args(Device)
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
 
 

@@ -46,7 +46,6 @@ def build_app(settings: SimSettings) -> FastAPI:
 
     app = FastAPI(title="vgate dry-run worker", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.sim = SimState(settings, engine)
-    app.state.metrics = metrics
     app.state.created = time.time()
     _install_error_handlers(app)
     app.include_router(inference_router)

@@ -59,7 +59,6 @@ class SimSequence:
     cached_tokens: int = 0
     prefill_left: int = 0
     generated: int = 0
-    first_token_at: float | None = None
     done: bool = False
 
 
@@ -85,10 +84,7 @@ class Engine:
         if task.cancelled():
             return
         log.error("scheduler loop stopped", exc_info=task.exception())
-        for seq in [*self.waiting, *self.running]:
-            self._finish(seq)
-        self.waiting.clear()
-        self.running.clear()
+        self._end_all()
 
     async def stop(self) -> None:
         """Stop the loop and end every pending sequence so no handler waits forever."""
@@ -97,6 +93,9 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._task = None  # a crashed loop was already reported by _loop_exited
+        self._end_all()
+
+    def _end_all(self) -> None:
         for seq in [*self.waiting, *self.running]:
             self._finish(seq)
         self.waiting.clear()
@@ -156,10 +155,9 @@ class Engine:
             self._admit()
             duration, emitting = self._plan_step()
             if not emitting and duration == 0:
-                # Nothing can run (should not happen: an idle pool fits any valid request).
-                self._wake.clear()
-                await self._wake.wait()
-                continue
+                # An idle pool fits any valid request, so this is a bug: fail loudly (the
+                # done-callback ends every sequence and /health turns 503) rather than hang.
+                raise RuntimeError(f"the scheduler cannot run any of {len(self.waiting)} waiting sequences")
             clock = max(clock + duration / self.settings.speed, loop.time() - _MAX_LAG_S)
             await asyncio.sleep(max(0.0, clock - loop.time()))
             self._emit(emitting)
@@ -206,8 +204,7 @@ class Engine:
         for seq in emitting:
             if seq.done:
                 continue  # cancelled while the step ran
-            if seq.first_token_at is None:
-                seq.first_token_at = now
+            if seq.generated == 0:
                 if seq.allocation is not None:
                     self.cache.mark_computed(seq.allocation)
                 self.metrics.time_to_first_token.observe(now - seq.arrival)

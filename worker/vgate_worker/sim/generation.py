@@ -76,6 +76,11 @@ class Generation:
     created: int = field(default_factory=lambda: int(time.time()))
     sink: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
     seqs: list[SimSequence] = field(default_factory=list)
+    prompt_tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        # Each prompt counted once, however many choices continue it.
+        self.prompt_tokens = sum(len(p) for p in self.prompts)
 
     def start(self) -> None:
         """Submit every choice to the engine."""
@@ -89,10 +94,11 @@ class Generation:
         for seq in self.seqs:
             self.engine.cancel(seq)
 
-    def usage(self) -> dict[str, Any]:
-        """OpenAI usage: each prompt counted once, every choice's output counted."""
-        prompt = sum(len(p) for p in self.prompts)
-        completion = sum(c.reply.tokens for c in self.choices)
+    def usage(self, completion: int | None = None) -> dict[str, Any]:
+        """OpenAI usage: every choice's output counted, or ``completion`` tokens so far."""
+        if completion is None:
+            completion = sum(c.reply.tokens for c in self.choices)
+        prompt = self.prompt_tokens
         usage: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + completion}
         usage["completion_tokens"] = completion
         if self.details:
@@ -180,11 +186,8 @@ async def stream(
             finish = choice.reply.finish_reason if last else None
             stop = choice.reply.stop_reason if last else None
             emitted += 1
-            usage = gen.usage() if continuous else None
-            if usage is not None:
-                # Usage so far, as vLLM's continuous_usage_stats reports it.
-                usage["completion_tokens"] = emitted
-                usage["total_tokens"] = usage["prompt_tokens"] + emitted
+            # Usage so far, as vLLM's continuous_usage_stats reports it.
+            usage = gen.usage(completion=emitted) if continuous else None
             yield chunk([dialect.delta(key, text, finish, stop)], usage)
         if include_usage:
             yield chunk([], gen.usage())

@@ -133,7 +133,6 @@ class ChatRequest(SamplingRequest):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
 
     def max_tokens_or_default(self) -> int:
         """Text completions default to 16 tokens, as in OpenAI's API and vLLM."""

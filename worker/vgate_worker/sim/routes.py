@@ -195,9 +195,10 @@ def _prompts(
         text, ids = (item, tokenizer.encode(item)) if isinstance(item, str) else (f"{len(item)} tokens", item)
         if not ids:
             raise ApiError(f"{field} must not be empty.", param=field)
-        bad = next((t for t in ids if not 0 <= t < VOCAB_SIZE), None)
-        if bad is not None and not isinstance(item, str):
-            raise ApiError(f"Token id {bad} is out of vocabulary.", param=field)
+        if not isinstance(item, str):  # the tokenizer only makes ids inside the vocabulary
+            bad = next((t for t in ids if not 0 <= t < VOCAB_SIZE), None)
+            if bad is not None:
+                raise ApiError(f"Token id {bad} is out of vocabulary.", param=field)
         out.append((text, ids))
     return out
 

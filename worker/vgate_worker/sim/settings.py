@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+from vgate_worker.settings import DEFAULT_MODEL
 
 
 class SimSettings(BaseSettings):
