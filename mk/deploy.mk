@@ -53,7 +53,6 @@ kind-up: ## create the kind cluster (ingress ports 80/443 on the host), unless i
 	else \
 		$(KIND) create cluster --name $(KIND_CLUSTER) --config $(KIND_CONFIG) --wait 120s; \
 	fi
-	$(KUBECTL) config use-context kind-$(KIND_CLUSTER)
 
 kind-load: ## load the gateway and dry-run worker images into the kind cluster
 	$(KIND) load docker-image --name $(KIND_CLUSTER) $(KIND_IMAGES)
@@ -66,8 +65,6 @@ deploy: crds ## install ingress-nginx and the chart (local images), wait for the
 		--namespace $(HELM_NAMESPACE) --create-namespace \
 		--set image.tag=$(VERSION) --set image.pullPolicy=IfNotPresent \
 		--wait --timeout $(E2E_TIMEOUT) $(HELM_ARGS)
-	$(KUBECTL) --context kind-$(KIND_CLUSTER) -n $(HELM_NAMESPACE) wait --for=condition=Available deployment \
-		-l app.kubernetes.io/instance=$(HELM_RELEASE),app.kubernetes.io/component=operator --timeout=$(E2E_TIMEOUT)
 
 undeploy: ## uninstall the chart and ingress-nginx, delete the e2e namespace (CRDs stay)
 	-$(HELM) --kube-context kind-$(KIND_CLUSTER) uninstall $(HELM_RELEASE) --namespace $(HELM_NAMESPACE) --wait
@@ -82,8 +79,6 @@ e2e-kind: venv kind-up image-gateway image-worker-dry-run kind-load deploy ## th
 	$(KUBECTL) --context kind-$(KIND_CLUSTER) create namespace $(E2E_NAMESPACE) --dry-run=client -o yaml \
 		| $(KUBECTL) --context kind-$(KIND_CLUSTER) apply -f -
 	$(KUBECTL) --context kind-$(KIND_CLUSTER) -n $(E2E_NAMESPACE) apply -f $(E2E_EXAMPLE)
-	$(KUBECTL) --context kind-$(KIND_CLUSTER) -n $(E2E_NAMESPACE) wait --for=condition=Ready \
-		-f $(E2E_EXAMPLE) --timeout=$(E2E_TIMEOUT)
 	VGATE_E2E=1 VGATE_E2E_CONTEXT=kind-$(KIND_CLUSTER) VGATE_E2E_NAMESPACE=$(E2E_NAMESPACE) \
 		VGATE_E2E_EXAMPLE=$(E2E_EXAMPLE) $(BIN)/pytest tests/e2e -p no:cacheprovider $(E2E_PYTEST_ARGS)
 

@@ -209,9 +209,5 @@ class KubeApi:
 
 
 def _controlled_by(obj: Manifest, owner: Owner) -> bool:
-    meta = obj.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    if labels.get("app.kubernetes.io/instance") != owner.name:
-        return False  # label selectors are advisory for some API servers: check again
-    refs = meta.get("ownerReferences") or []
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == owner.uid and ref.get("controller") for ref in refs)

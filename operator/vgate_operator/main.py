@@ -8,7 +8,6 @@ from typing import Any
 import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
-from kubernetes_asyncio.config import ConfigException
 
 from vgate_operator.builders.common import GROUP, MANAGED_BY, PLURAL, VERSION
 from vgate_operator.k8s import KubeApi, connect
@@ -29,13 +28,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         # A deletion that arrives during a resync pass waits for the pass to end; kopf checks
         # again only after this many seconds (default 60), which would hold the finalizer.
         settings.background.cancellation_polling = 1.0
-        try:
-            memo.kube = KubeApi(await connect())
-        except ConfigException as exc:
-            # Without credentials there is nothing to retry: stop with the reason.
-            raise kopf.PermanentError(
-                f"no Kubernetes credentials (in-cluster or KUBECONFIG): {exc}"
-            ) from None
+        memo.kube = KubeApi(await connect())  # cli.main has checked the credentials
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(memo: kopf.Memo, **_: Any) -> None:
@@ -55,10 +48,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         parent = controller_of(body)
         if parent is None or memo.kube.closed:
             return
+        name, uid = parent
         try:
-            await refresh_status(memo.kube, body.metadata.namespace or "", parent)
+            await refresh_status(memo.kube, body.metadata.namespace or "", name, uid)
         except (ApiException, aiohttp.ClientError) as exc:
-            logger.warning("status refresh of %s failed, the resync will retry: %s", parent, exc)
+            logger.warning("status refresh of %s failed, the resync will retry: %s", name, exc)
 
     @kopf.timer(
         *RESOURCE,

@@ -75,21 +75,20 @@ async def _reconcile(
     return result.writes
 
 
-async def refresh_status(api: KubeApi, namespace: str, name: str) -> bool:
+async def refresh_status(api: KubeApi, namespace: str, name: str, uid: str) -> bool:
     """Recompute replica counts and conditions after a child Deployment changed.
 
+    ``name`` and ``uid`` identify the controlling VGateDeployment (see :func:`controller_of`).
     Only for a resource whose current generation has been applied (otherwise the
     reconcile in progress reports it); writes only what changed. Returns whether it wrote.
     """
-    body = await api.get("VGateDeployment", namespace, name)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return False
-    owner = owner_of(body)
-    async with api.exclusive(owner.uid):
-        body = await api.get("VGateDeployment", namespace, name)  # fresh, now that no pass runs
-        if body is None:
-            return False
-        generation = int(body["metadata"].get("generation") or 0)
+    async with api.exclusive(uid):
+        body = await api.get("VGateDeployment", namespace, name)  # read once no pass runs
+        meta = (body or {}).get("metadata") or {}
+        if body is None or meta.get("uid") != uid or meta.get("deletionTimestamp"):
+            return False  # gone, being deleted, or re-created under the same name
+        owner = owner_of(body)
+        generation = int(meta.get("generation") or 0)
         previous = dict(body.get("status") or {})
         if previous.get("observedGeneration") != generation:
             return False
@@ -106,15 +105,15 @@ async def refresh_status(api: KubeApi, namespace: str, name: str) -> bool:
         return bool(changes) and await api.patch_status(namespace, name, changes)
 
 
-def controller_of(child: Mapping[str, Any]) -> str | None:
-    """Name of the VGateDeployment controlling ``child``, if any."""
+def controller_of(child: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(name, uid) of the VGateDeployment controlling ``child``, if any."""
     for ref in child.get("metadata", {}).get("ownerReferences") or []:
         if (
             ref.get("kind") == KIND
             and ref.get("apiVersion", "").startswith(f"{GROUP}/")
             and ref.get("controller")
         ):
-            return str(ref["name"])
+            return str(ref["name"]), str(ref["uid"])
     return None
 
 

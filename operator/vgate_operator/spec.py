@@ -95,7 +95,7 @@ class Cache(_Model):
 
 
 class RateLimit(_Model):
-    """Reserved: carried to the gateway once it enforces limits."""
+    """Reserved for per-client rate limits: validated, not enforced yet."""
 
     requests_per_minute: int | None = Field(None, ge=1)
     burst: int | None = Field(None, ge=1)
@@ -121,9 +121,9 @@ class GatewaySpec(_Model):
     )
     #: Seconds a terminating gateway pod has to finish in-flight streams.
     termination_grace_period_seconds: int = Field(120, ge=1, le=3600)
-    #: Reserved: a Secret of API keys, carried but not yet enforced.
+    #: Reserved for API-key authentication: validated, not passed to the gateway, not enforced yet.
     api_keys_secret_ref: SecretKeyRef | None = None
-    #: Reserved: per-client rate limits, carried but not yet enforced.
+    #: Reserved for per-client rate limits: validated, not passed to the gateway, not enforced yet.
     rate_limit: RateLimit | None = None
 
 

@@ -37,9 +37,8 @@ class Replicas:
         return f"{self.ready}/{self.desired}"
 
 
-def now_iso(now: datetime.datetime | None = None) -> str:
-    moment = now or datetime.datetime.now(datetime.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def replicas_of(deployment: Manifest | None, desired: int) -> Replicas:

@@ -234,18 +234,6 @@ async def test_create_builds_owned_children_and_reports_status(
     assert status["gatewayURL"] == "http://vgate-dry-run-gateway.team-a.svc:8000"
     assert status["ingressHost"] == "vgate.localtest.me"
 
-    await play_deployment_controller(cluster, "team-a")
-    status = await eventually(
-        lambda: (
-            condition(s := cr_status(cluster, "team-a", "vgate-dry-run"), "Ready").get("status") == "True"
-            and s
-        ),
-        what="Ready=True",
-    )
-    assert status["readyWorkers"] == "2/2"
-    assert status["readyGateways"] == "1/1"
-    assert condition(status, "Degraded")["status"] == "False"
-
 
 async def play_deployment_controller(cluster: KubeCluster, ns: str) -> None:
     """Report every Deployment's pods as ready, as the Deployment controller would."""
@@ -445,6 +433,8 @@ async def test_ready_pods_are_reported_without_waiting_for_a_resync(tmp_path: Pa
                 what="Ready=True from the Deployment events",
             )
             assert status["readyWorkers"] == "2/2"
+            assert status["readyGateways"] == "1/1"
+            assert condition(status, "Degraded")["status"] == "False"
             assert "Timer 'resync'" not in op.log()
         finally:
             await op.stop()

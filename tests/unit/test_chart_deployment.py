@@ -12,36 +12,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import helm_python as helm
 import jsonschema
 import pytest
 import yaml
 
 from tests.support.procs import vgate_process
+from tests.unit.chart_support import NAMESPACE, ROOT, by_kind, manifests, render
 
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "charts" / "vgate"
 CRD = ROOT / "crds" / "vgate.io_vgatedeployments.yaml"
-RELEASE, NAMESPACE = "rel", "vgate-system"
-
-
-def render(values: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Rendered objects by kind."""
-    with helm.Chart.load(str(CHART)) as chart:
-        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    out: dict[str, list[dict[str, Any]]] = {}
-    for path, text in manifests.items():
-        if path.endswith(".yaml"):
-            for doc in yaml.safe_load_all(text):
-                if doc:
-                    out.setdefault(doc["kind"], []).append(doc)
-    return out
 
 
 def notes(values: dict[str, Any]) -> str:
-    with helm.Chart.load(str(CHART)) as chart:
-        manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
-    return next(text for path, text in manifests.items() if path.endswith("NOTES.txt"))
+    return next(text for path, text in manifests(values).items() if path.endswith("NOTES.txt"))
 
 
 def spec_schema() -> dict[str, Any]:
@@ -53,7 +35,7 @@ def spec_schema() -> dict[str, Any]:
 
 
 def test_the_default_deployment_spec_is_valid_for_the_crd() -> None:
-    (vgd,) = render({"deployment": {"enabled": True}})["VGateDeployment"]
+    (vgd,) = by_kind(render({"deployment": {"enabled": True}}), "VGateDeployment")
     assert vgd["apiVersion"] == "vgate.io/v1alpha1"
     assert vgd["metadata"]["namespace"] == NAMESPACE
     # OpenAPI 3.0 (the CRD dialect) uses draft-4 keywords, e.g. boolean exclusiveMinimum.
@@ -62,16 +44,16 @@ def test_the_default_deployment_spec_is_valid_for_the_crd() -> None:
 
 
 def test_deployment_goes_to_the_watched_namespace() -> None:
-    (vgd,) = render({"deployment": {"enabled": True}, "watchNamespace": "team-a"})["VGateDeployment"]
+    (vgd,) = by_kind(render({"deployment": {"enabled": True}, "watchNamespace": "team-a"}), "VGateDeployment")
     assert vgd["metadata"]["namespace"] == "team-a"
-    (pod,) = render({"deployment": {"enabled": True}, "watchNamespace": "team-a"})["Pod"]
+    (pod,) = by_kind(render({"deployment": {"enabled": True}, "watchNamespace": "team-a"}), "Pod")
     assert pod["metadata"]["namespace"] == "team-a"
 
 
 def test_no_deployment_and_no_test_pod_unless_enabled() -> None:
-    kinds = render({})
-    assert "VGateDeployment" not in kinds
-    assert "Pod" not in kinds
+    docs = render({})
+    assert not by_kind(docs, "VGateDeployment")
+    assert not by_kind(docs, "Pod")
 
 
 def test_notes_say_how_to_apply_a_deployment_and_reach_its_gateway() -> None:
@@ -83,7 +65,7 @@ def test_notes_say_how_to_apply_a_deployment_and_reach_its_gateway() -> None:
 
 def probe_command(values: dict[str, Any], url: str) -> list[str]:
     """The test pod's command line, run by this Python, with its gateway URL swapped for ``url``."""
-    (pod,) = render(values)["Pod"]
+    (pod,) = by_kind(render(values), "Pod")
     container = pod["spec"]["containers"][0]
     assert container["command"] == ["python", "-c"]
     script, in_cluster_url, models = container["args"]
@@ -92,7 +74,7 @@ def probe_command(values: dict[str, Any], url: str) -> list[str]:
 
 
 def test_helm_test_pod_targets_the_gateway_service_of_the_deployment() -> None:
-    (pod,) = render({"deployment": {"enabled": True, "name": "chat"}})["Pod"]
+    (pod,) = by_kind(render({"deployment": {"enabled": True, "name": "chat"}}), "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
     assert pod["spec"]["restartPolicy"] == "Never"
     args = pod["spec"]["containers"][0]["args"]
@@ -129,7 +111,7 @@ def test_helm_test_probe_fails_naming_the_missing_model(tmp_path: Path) -> None:
 def test_the_operator_accepts_the_command_line_the_chart_gives_it(values: dict[str, Any]) -> None:
     from vgate_operator.cli import _parser
 
-    (deployment,) = render(values)["Deployment"]
+    (deployment,) = by_kind(render(values), "Deployment")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "operator"  # the image's entrypoint is `vgate`
     args = _parser().parse_args(container["args"][1:])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +12,12 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
 
 from vgate_gateway.routing import STRATEGIES
-from vgate_operator.spec import parse_spec
+from vgate_operator.spec import VGateDeploymentSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "vgate.io_vgatedeployments.yaml").read_text())
@@ -76,26 +81,97 @@ def test_printer_columns() -> None:
     assert columns["Age"]["type"] == "date"
 
 
-def test_defaults_match_the_operator() -> None:
-    model = SCHEMA["properties"]["spec"]["properties"]["models"]["items"]["properties"]
-    parsed = parse_spec("x", {"models": [{"name": "m"}]})
-    assert model["model"]["default"] == parsed.models[0].model
-    assert model["quantization"]["default"] == parsed.models[0].quantization
-    assert model["replicas"]["default"] == parsed.models[0].replicas
-    assert model["maxModelLen"]["default"] == parsed.models[0].max_model_len
-    assert model["quantization"]["enum"] == ["awq", "awq_marlin", "gptq", "fp8", "none"]
-    gateway = SCHEMA["properties"]["spec"]["properties"]["gateway"]["properties"]
-    assert gateway["routing"]["default"] == parsed.gateway.routing
-    assert gateway["routing"]["enum"] == [
-        "round-robin",
-        "least-request",
-        "least-load",
-        "session",
-        "prefix-aware",
-    ]
-    assert gateway["replicas"]["default"] == parsed.gateway.replicas
+def _scalar_equal(a: Any, b: Any) -> bool:
+    return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)  # True == 1 in Python
+
+
+def _default_drift(field: FieldInfo, node: dict[str, Any], path: str) -> list[str]:
+    default = field.get_default(call_default_factory=True)
+    if default is None or default is PydanticUndefined:
+        return [f"{path}: CRD default {node['default']!r}, spec has none"] if "default" in node else []
+    if isinstance(default, BaseModel):
+        # `{}` is filled in by the nested defaults, so it stands only for an all-default object.
+        if "default" in node and (node["default"] != {} or default != type(default)()):
+            return [f"{path}: CRD default {node['default']!r}, spec {default!r}"]
+        return []
+    if isinstance(default, list | dict):
+        if "default" in node and node["default"] != default:
+            return [f"{path}: CRD default {node['default']!r}, spec {default!r}"]
+        return []
+    if "default" not in node or not _scalar_equal(node["default"], default):
+        return [f"{path}: CRD default {node.get('default')!r}, spec {default!r}"]
+    return []
+
+
+def _type_drift(annotation: Any, node: dict[str, Any], path: str) -> list[str]:
+    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
+    args = [a for a in (typing.get_args(annotation) if union else (annotation,)) if a is not type(None)]
+    if set(args) == {int, str}:  # a Quantity
+        ok = node.get("x-kubernetes-int-or-string") is True
+        return [] if ok else [f"{path}: spec int | str, CRD {node.get('type')}"]
+    (kind,) = args
+    origin = typing.get_origin(kind)
+    if origin is typing.Literal:
+        if node.get("type") != "string" or node.get("enum") != list(typing.get_args(kind)):
+            return [f"{path}: CRD enum {node.get('enum')}, spec {list(typing.get_args(kind))}"]
+        return []
+    if "enum" in node:
+        return [f"{path}: CRD enum {node['enum']}, spec {kind}"]
+    if isinstance(kind, type) and issubclass(kind, BaseModel):
+        return [f"{path}: not an object"] if node.get("type") != "object" else drift(kind, node, path)
+    if origin is list:
+        if node.get("type") != "array":
+            return [f"{path}: not an array"]
+        return _type_drift(typing.get_args(kind)[0], node["items"], f"{path}[]")
+    if origin is dict:
+        if node.get("type") != "object" or "additionalProperties" not in node:
+            return [f"{path}: not a map"]
+        return _type_drift(typing.get_args(kind)[1], node["additionalProperties"], f"{path}{{}}")
+    want = {bool: "boolean", int: "integer", float: "number", str: "string"}[kind]
+    return [] if node.get("type") == want else [f"{path}: CRD {node.get('type')}, spec {want}"]
+
+
+def drift(model: type[BaseModel], node: dict[str, Any], path: str) -> list[str]:
+    """Every difference between ``model`` and the schema ``node`` of the object it parses."""
+    fields = {field.alias or name: field for name, field in model.model_fields.items()}
+    properties = node.get("properties") or {}
+    problems = []
+    if set(properties) != set(fields):
+        problems.append(f"{path}: CRD properties {sorted(properties)}, spec fields {sorted(fields)}")
+    required = sorted(alias for alias, field in fields.items() if field.is_required())
+    if sorted(node.get("required") or []) != required:
+        problems.append(f"{path}: CRD requires {node.get('required')}, spec {required}")
+    for alias in sorted(set(properties) & set(fields)):
+        problems += _default_drift(fields[alias], properties[alias], f"{path}.{alias}")
+        problems += _type_drift(fields[alias].annotation, properties[alias], f"{path}.{alias}")
+    return problems
+
+
+def test_every_crd_property_type_enum_and_default_matches_the_spec_models() -> None:
+    spec = SCHEMA["properties"]["spec"]
+    assert drift(VGateDeploymentSpec, spec, ".spec") == []
     # The GPU count has no schema default: a default would contradict worker.dryRun.
-    assert "default" not in model["resources"]["properties"]["gpus"]
+    assert (
+        "default"
+        not in spec["properties"]["models"]["items"]["properties"]["resources"]["properties"]["gpus"]
+    )
+
+
+def test_the_drift_check_sees_a_changed_default_and_a_missing_enum_value() -> None:
+    spec = copy.deepcopy(SCHEMA["properties"]["spec"])
+    model = spec["properties"]["models"]["items"]["properties"]
+    model["replicas"]["default"] = 2
+    model["quantization"]["enum"].pop()
+    del spec["properties"]["gateway"]["properties"]["dedup"]
+    assert drift(VGateDeploymentSpec, spec, ".spec") == [
+        ".spec.gateway: CRD properties "
+        + str(sorted(set(spec["properties"]["gateway"]["properties"])))
+        + ", spec fields "
+        + str(sorted({*spec["properties"]["gateway"]["properties"], "dedup"})),
+        ".spec.models[].quantization: CRD enum ['awq', 'awq_marlin', 'gptq', 'fp8'], "
+        "spec ['awq', 'awq_marlin', 'gptq', 'fp8', 'none']",
+        ".spec.models[].replicas: CRD default 2, spec 1",
+    ]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from tests.support.procs import vgate_process
+from vgate_operator.builders.common import RUN_AS
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY, WORKER = ROOT / "Dockerfile.gateway", ROOT / "Dockerfile.worker"
-NON_ROOT_UID = "10001"
 
 
 @dataclass
@@ -92,7 +92,10 @@ def test_image_runs_vgate_as_pid_1_and_not_as_root(path: Path, name: str) -> Non
     exec_form(target.last("CMD"))
     user = target.last("USER")
     assert user is not None
-    assert user.split(":")[0] not in {"root", "0"}
+    uid = user.split(":")[0]
+    assert uid not in {"root", "0"}
+    # The uid the operator's pods run as (runAsUser), so files the image owns stay writable.
+    assert uid == str(RUN_AS)
 
 
 def test_python_images_are_multi_stage_on_slim_python_3_11() -> None:

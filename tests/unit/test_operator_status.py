@@ -113,7 +113,7 @@ def test_first_visit_of_an_invalid_resource_sets_every_condition() -> None:
 
 def test_the_controlling_resource_of_a_child_is_found_by_its_owner_reference() -> None:
     ours = {"apiVersion": "vgate.io/v1alpha1", "kind": "VGateDeployment", "name": "demo", "uid": "u1"}
-    assert controller_of({"metadata": {"ownerReferences": [{**ours, "controller": True}]}}) == "demo"
+    assert controller_of({"metadata": {"ownerReferences": [{**ours, "controller": True}]}}) == ("demo", "u1")
     assert controller_of({"metadata": {"ownerReferences": [ours]}}) is None  # not the controller
     other = {**ours, "apiVersion": "apps/v1", "kind": "ReplicaSet", "controller": True}
     assert controller_of({"metadata": {"ownerReferences": [other]}}) is None

@@ -116,16 +116,13 @@ def container_security_context(read_only_root: bool) -> Manifest:
     }
 
 
-def http_probe(path: str, period: int, failures: int, timeout: int = 2, initial: int = 0) -> Manifest:
-    probe: Manifest = {
+def http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Manifest:
+    return {
         "httpGet": {"path": path, "port": "http"},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": timeout,
     }
-    if initial:
-        probe["initialDelaySeconds"] = initial
-    return probe
 
 
 def quantity_map(values: dict[str, int | str | None]) -> dict[str, int | str]:
