@@ -10,7 +10,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.support.procs import Proc, free_port, make_proc, running, vgate_process
+from tests.support.procs import Proc, make_proc, running, vgate_process
 
 MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
 # Real timing, a little slower than a GPU (about 8 ms a token), so streams visibly stream.
@@ -45,7 +45,7 @@ def start_stack(
         **(gateway_env or {}),
     }
     gateway = stack.enter_context(
-        vgate_process(["gateway"], tmp_path, env=env, ready_path="/ready", name="gateway", port=free_port())
+        vgate_process(["gateway"], tmp_path, env=env, ready_path="/ready", name="gateway")
     )
     return Stack(gateway=gateway, workers=procs, tmp_path=tmp_path)
 

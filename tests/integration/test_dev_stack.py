@@ -6,14 +6,12 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import openai
 
-from tests.support.procs import wait_http
-
-MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+from tests.integration.conftest import MODEL
+from tests.support.procs import make_proc, wait_http
 
 
 def _free_port_run(length: int) -> int:
@@ -56,18 +54,13 @@ def _alive(pid: int) -> bool:
 
 def test_dev_serves_chat_through_two_workers_and_stops_cleanly(tmp_path: Path) -> None:
     port = _free_port_run(3)
-    log = (tmp_path / "dev.log").open("wb")
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "vgate", "dev", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    dev = make_proc(["dev"], tmp_path, port=port).spawn()
+    assert dev.popen is not None
     try:
-        wait_http(f"http://127.0.0.1:{port}/ready", timeout=60)
-        children = _children(dev.pid)
+        wait_http(f"{dev.url}/ready", timeout=60, proc=dev)
+        children = _children(dev.popen.pid)
         assert len(children) == 3  # the gateway and two workers
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        client = openai.OpenAI(base_url=f"{dev.url}/v1", api_key="unused", max_retries=0)
         answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello!"}])
         assert answer.choices[0].message.content
         streamed = client.chat.completions.create(
@@ -75,14 +68,11 @@ def test_dev_serves_chat_through_two_workers_and_stops_cleanly(tmp_path: Path) -
         )
         assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
 
-        dev.send_signal(signal.SIGTERM)
-        assert dev.wait(timeout=20) == 0
+        dev.popen.send_signal(signal.SIGTERM)
+        assert dev.popen.wait(timeout=20) == 0
         assert not [pid for pid in children if _alive(pid)]  # no orphans
-        banner = (tmp_path / "dev.log").read_text()
+        banner = dev.log()
         assert f"http://127.0.0.1:{port}/v1" in banner
         assert "curl" in banner
     finally:
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait()
-        log.close()
+        dev.stop(sig=signal.SIGKILL)

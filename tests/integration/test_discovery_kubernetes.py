@@ -19,149 +19,16 @@ from typing import Any
 
 import kmock
 import pytest
-import yaml
 from kubernetes_asyncio.config import ConfigException
 
+from tests.support.kmock_cluster import SLICES_NAMESPACE as NAMESPACE
+from tests.support.kmock_cluster import SliceAPI, endpoint, endpoint_slice, write_kubeconfig
 from tests.support.procs import free_port
+from tests.support.waiting import eventually
 from vgate_gateway.discovery.kubernetes import KubernetesDiscovery
 from vgate_gateway.upstreams import DiscoveredEndpoint
 
 pytestmark = pytest.mark.timeout(60)
-
-NAMESPACE = "ai"
-SLICES = "discovery.k8s.io/v1/endpointslices"
-SLICES_PATH = f"/apis/discovery.k8s.io/v1/namespaces/{NAMESPACE}/endpointslices"
-
-
-class SliceAPI(kmock.KubernetesEmulator):
-    """KMock with the failure modes of a real API server, switched on by the test."""
-
-    #: Answer lists and new watches with 503, as an unreachable control plane would.
-    down: bool = False
-    #: Keep open watches open but deliver none of their events (a stuck or lagging watch).
-    deaf: bool = False
-
-    async def _handle(self, request: kmock.Request) -> Any:
-        # The API server parses query booleans like Go's ParseBool ("True" included, as the Python
-        # client sends it); KMock recognises a watch only by "watch=true".
-        if request.action == kmock.action.LIST and request.params.get("watch", "").lower() in ("true", "1"):
-            object.__setattr__(request, "action", kmock.action.WATCH)
-        return await super()._handle(request)
-
-    async def _serve_list(self, request: kmock.Request) -> Any:
-        if self.down:
-            raise kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="API down")
-        return await super()._serve_list(request)
-
-    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
-        if self.down:
-            raise kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="API down")
-        # aclosing: a stream this ends unsubscribes at once, so watching() sees only live watches.
-        async with contextlib.aclosing(super()._serve_watch(request)) as events:
-            async for event in events:
-                kind = event.get("type") if isinstance(event, dict) else None
-                if kind == "test:drop":
-                    return  # the server closes the stream
-                if kind == "test:expire":
-                    yield {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")}
-                    return
-                if not (self.deaf and kind):
-                    yield event
-
-    async def watching(self) -> None:
-        """Wait until a watch is subscribed to changes.
-
-        KMock ignores resourceVersion: a change made between a list and the watch that
-        follows it is never delivered (a real API server replays it). Tests that change
-        slices under a running source wait for this first.
-        """
-        await until(lambda: self._buses[kmock.resource(SLICES)].consumer_count > 0)
-
-    async def drop_watches(self) -> None:
-        await self._signal_watches("test:drop")
-
-    async def expire_watches(self) -> None:
-        await self._signal_watches("test:expire")
-
-    async def _signal_watches(self, kind: str) -> None:
-        # Open watches filter bus events by namespace, so the signal carries one.
-        event = {"type": kind, "object": {"metadata": {"namespace": NAMESPACE}}}
-        await self._buses[kmock.resource(SLICES)].put(event)
-
-    def count(self, action: kmock.action) -> int:
-        return sum(1 for r in self if r.action == action and r.resource == kmock.resource(SLICES))
-
-    # -- what the EndpointSlice controller does, through the API
-    async def create(self, obj: Mapping[str, Any]) -> None:
-        async with self.post(SLICES_PATH, json=obj) as resp:
-            assert resp.status == 200, await resp.text()
-
-    async def patch_slice(self, name: str, patch: Mapping[str, Any]) -> None:
-        async with self.patch(f"{SLICES_PATH}/{name}", json=patch) as resp:
-            assert resp.status == 200, await resp.text()
-
-    async def remove(self, name: str) -> None:
-        async with self.delete(f"{SLICES_PATH}/{name}") as resp:
-            assert resp.status == 200, await resp.text()
-
-
-async def until(condition: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll state that nothing signals (KMock's subscribers, request log, captured logs)."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - there is no event to wait on
-            await asyncio.sleep(0.01)
-
-
-def _status(code: int, reason: str, message: str) -> dict[str, Any]:
-    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
-            "message": message}  # fmt: skip
-
-
-def endpoint(address: str, *, ready: bool = True, terminating: bool = False) -> dict[str, Any]:
-    serving = ready or terminating
-    conditions = {"ready": ready, "serving": serving, "terminating": terminating}
-    return {"addresses": [address], "conditions": conditions}
-
-
-def endpoint_slice(name: str, service: str, *endpoints: dict[str, Any], port: int = 8000) -> dict[str, Any]:
-    """An EndpointSlice as the EndpointSlice controller writes it."""
-    return {
-        "apiVersion": "discovery.k8s.io/v1",
-        "kind": "EndpointSlice",
-        "metadata": {
-            "name": name,
-            "namespace": NAMESPACE,
-            "labels": {
-                "kubernetes.io/service-name": service,
-                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
-            },
-        },
-        "addressType": "IPv4",
-        "endpoints": list(endpoints),
-        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
-    }
-
-
-def write_kubeconfig(path: Path, server: str) -> Path:
-    """A kubeconfig for an API server at ``server``, as ``kubectl config`` writes one."""
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "kmock", "cluster": {"server": server}}],
-                "users": [{"name": "kmock", "user": {"token": "not-a-secret"}}],
-                "contexts": [
-                    {
-                        "name": "kmock",
-                        "context": {"cluster": "kmock", "user": "kmock", "namespace": NAMESPACE},
-                    }
-                ],
-                "current-context": "kmock",
-            }
-        )
-    )
-    return path
 
 
 class Snapshots:
@@ -192,15 +59,12 @@ class Snapshots:
 @pytest.fixture
 async def api() -> AsyncIterator[SliceAPI]:
     async with SliceAPI() as handler, kmock.Server(handler):
-        handler.resources[SLICES] = kmock.ResourceInfo(
-            kind="EndpointSlice", namespaced=True, verbs={"list", "watch", "get", "create", "patch", "delete"}
-        )
         yield handler
 
 
 @pytest.fixture
 def kubeconfig(api: SliceAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = write_kubeconfig(tmp_path / "kubeconfig", str(api.url).rstrip("/"))
+    path = api.write_kubeconfig(tmp_path / "kubeconfig")
     monkeypatch.setenv("KUBECONFIG", str(path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # never the in-cluster account
     return path
@@ -336,7 +200,7 @@ async def test_api_outage_keeps_the_last_good_view(api: SliceAPI, caplog: pytest
         api.down = True
         await api.drop_watches()
         lists = api.count(kmock.action.LIST)
-        await until(lambda: api.count(kmock.action.LIST) >= lists + 3)  # three failed re-lists
+        await eventually(lambda: api.count(kmock.action.LIST) >= lists + 3)  # three failed re-lists
         assert all(len(view) == 2 for view in snapshots.history[published:])
         assert "keeping the last 2 endpoints" in caplog.text
 
@@ -353,7 +217,7 @@ async def test_unreachable_api_publishes_nothing(
     monkeypatch.setenv("KUBECONFIG", str(path))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     async with discovery({"qwen": "workers"}) as snapshots:
-        await until(lambda: caplog.text.count("listing EndpointSlices failed") >= 2)
+        await eventually(lambda: caplog.text.count("listing EndpointSlices failed") >= 2)
         assert snapshots.history == []  # never an empty view because of an API error
 
 

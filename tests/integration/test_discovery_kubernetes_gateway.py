@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,22 +22,15 @@ import kmock
 import openai
 import pytest
 
-from tests.integration.test_discovery_kubernetes import (
-    NAMESPACE,
-    SLICES,
-    SliceAPI,
-    endpoint,
-    endpoint_slice,
-    write_kubeconfig,
-)
+from tests.integration.conftest import MODEL, WORKER_ARGS
+from tests.support.kmock_cluster import SLICES_NAMESPACE, SliceAPI, endpoint, endpoint_slice
+from tests.support.metrics import ametric
 from tests.support.procs import Proc, make_proc, running
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
 
-MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
 SERVICE = "qwen-workers"
-# About 8 ms a token: a 150-token stream is still running when the test changes the slices.
-WORKER_ARGS = ["worker", "--dry-run", "--host", "127.0.0.1", "--served-model-name", MODEL, "--speed", "0.2"]
 
 
 @dataclass
@@ -59,19 +52,14 @@ class Stack:
             endpoint("127.0.0.1", ready=ready, terminating=terminating),
             port=worker.port,
         )
-        if (kmock.resource(SLICES), NAMESPACE, self.slice_name(worker)) in self.api.objects:
+        if self.api.has_slice(self.slice_name(worker)):
             await self.api.patch_slice(self.slice_name(worker), {"endpoints": obj["endpoints"]})
         else:
             await self.api.create(obj)
 
     async def served(self, worker: Proc) -> int:
         """Requests the worker has finished, from its vLLM-style metrics."""
-        text = (await self.http.get(f"{worker.url}/metrics")).text
-        return sum(
-            int(float(line.rsplit(" ", 1)[1]))
-            for line in text.splitlines()
-            if line.startswith("vllm:e2e_request_latency_seconds_count{")
-        )
+        return int(await ametric(self.http, worker.url, "vllm:e2e_request_latency_seconds_count"))
 
     async def complete(self) -> None:
         await self.client.completions.create(model=MODEL, prompt=f"hello {uuid.uuid4()}", max_tokens=2)
@@ -92,13 +80,12 @@ class Stack:
 async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     async with SliceAPI() as api, kmock.Server(api):
-        api.resources[SLICES] = kmock.ResourceInfo(kind="EndpointSlice", namespaced=True)
-        kubeconfig = write_kubeconfig(tmp_path / "kubeconfig", str(api.url).rstrip("/"))
+        kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
         workers = [make_proc(WORKER_ARGS, tmp_path, name=f"worker{i}") for i in range(2)]
         env = {
             "VGATE_DISCOVERY": "kubernetes",
             "VGATE_SERVICES": json.dumps({MODEL: SERVICE}),
-            "VGATE_NAMESPACE": NAMESPACE,
+            "VGATE_NAMESPACE": SLICES_NAMESPACE,
             "KUBECONFIG": str(kubeconfig),
             "VGATE_HEALTH_INTERVAL_S": "0.2",
             "VGATE_ROUTING": "round-robin",
@@ -134,13 +121,6 @@ async def not_(check: Awaitable[bool]) -> bool:
     return not await check
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 5.0) -> None:
-    """Poll the gateway until ``check`` holds (it offers no change notification)."""
-    async with asyncio.timeout(within):
-        while not await check():  # noqa: ASYNC110 - nothing to wait on but the next poll
-            await asyncio.sleep(0.02)
-
-
 async def test_gateway_follows_endpoint_slices(stack: Stack) -> None:
     w1, w2 = stack.workers
     await stack.api.watching()
@@ -171,7 +151,7 @@ async def test_gateway_follows_endpoint_slices(stack: Stack) -> None:
     chunks = [await anext(stream)]
     victim, other = await busy_worker(stack)
     await stack.publish_worker(victim, ready=False, terminating=True)
-    await eventually(lambda: not_(routable(stack, victim)))
+    await eventually(lambda: not_(routable(stack, victim)), within=5)
     victim_before, other_before = await stack.served(victim), await stack.served(other)
     for _ in range(6):
         await stack.complete()
@@ -186,25 +166,22 @@ async def test_gateway_follows_endpoint_slices(stack: Stack) -> None:
 
     # Removed: gone from the gateway.
     await stack.api.remove(stack.slice_name(victim))
-    await eventually(lambda: absent(stack, victim))
+    await eventually(lambda: absent(stack, victim), within=5)
     counts = await stack.route(4)
     assert counts[stack.workers.index(other)] == 4
 
     # The last one removed: the model has no endpoint left.
     await stack.api.remove(stack.slice_name(other))
-    await eventually(lambda: absent(stack, other))
+    await eventually(lambda: absent(stack, other), within=5)
     with pytest.raises(openai.APIStatusError) as err:
         await stack.complete()
-    assert err.value.status_code in (404, 503)
+    assert err.value.status_code == 503  # the model is declared, it just has no endpoint now
+    assert err.value.response.headers.get("retry-after")
 
 
 async def busy_worker(stack: Stack) -> tuple[Proc, Proc]:
     """(the worker running a request now, the other one)."""
-    running_now = []
-    for w in stack.workers:
-        text = (await stack.http.get(f"{w.url}/metrics")).text
-        line = next(x for x in text.splitlines() if x.startswith("vllm:num_requests_running{"))
-        running_now.append(float(line.rsplit(" ", 1)[1]))
+    running_now = [await ametric(stack.http, w.url, "vllm:num_requests_running") for w in stack.workers]
     busy = running_now.index(max(running_now))
     assert sorted(running_now) == [0, 1], running_now
     return stack.workers[busy], stack.workers[1 - busy]
@@ -221,7 +198,7 @@ async def test_watch_failures_recover_by_relisting(stack: Stack) -> None:
     await stack.publish_worker(w2)
     stack.api.deaf = False
     await stack.api.drop_watches()
-    await eventually(lambda: routable(stack, w2))
+    await eventually(lambda: routable(stack, w2), within=5)
     assert await stack.route(4) == [2, 2]
 
     # Its deletion is never delivered either; the watch expires (410 Gone) and the re-list catches up.
@@ -230,6 +207,6 @@ async def test_watch_failures_recover_by_relisting(stack: Stack) -> None:
     await stack.api.remove(stack.slice_name(w2))
     stack.api.deaf = False
     await stack.api.expire_watches()
-    await eventually(lambda: absent(stack, w2))
+    await eventually(lambda: absent(stack, w2), within=5)
     assert await stack.route(4) == [4, 0]
     assert "re-listing" in stack.gateway.log()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -12,6 +11,8 @@ import httpx
 import pytest
 
 from tests.integration.conftest import MODEL, Stack, start_stack
+from tests.support.metrics import metric
+from tests.support.waiting import wait_workers_idle
 
 
 @pytest.fixture(scope="module")
@@ -22,18 +23,7 @@ def json_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _running(stack: Stack) -> float:
     """Requests the workers are generating for right now, from their own vLLM metrics."""
-    total = 0.0
-    for worker in stack.workers:
-        text = httpx.get(f"{worker.url}/metrics").text
-        total += sum(float(v) for v in re.findall(r"^vllm:num_requests_running\{[^}]*\} (\S+)$", text, re.M))
-    return total
-
-
-def _wait_until_idle(stack: Stack, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while _running(stack) > 0:
-        assert time.monotonic() < deadline, "the worker kept generating for a client that left"
-        time.sleep(0.05)
+    return sum(metric(w.url, "vllm:num_requests_running") for w in stack.workers)
 
 
 LONG = {
@@ -50,13 +40,13 @@ def test_leaving_a_stream_stops_generation_upstream(json_stack: Stack) -> None:
         for _ in range(5):
             next(lines)
         assert _running(json_stack) == 1
-    _wait_until_idle(json_stack)
+    wait_workers_idle(json_stack.workers)
 
 
 def test_leaving_a_non_streamed_request_stops_generation_upstream(json_stack: Stack) -> None:
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{json_stack.url}/v1/chat/completions", json=LONG, timeout=httpx.Timeout(5, read=0.5))
-    _wait_until_idle(json_stack)
+    wait_workers_idle(json_stack.workers)
 
 
 def test_json_logs_carry_request_ids_but_no_prompt_or_key(json_stack: Stack) -> None:

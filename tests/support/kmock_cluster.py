@@ -10,7 +10,13 @@ clients such as kopf and ``kubernetes_asyncio`` rely on:
 * HTTP 422 rather than 500 when a JSON patch's ``test`` operation fails, so clients
   that patch with optimistic concurrency (kopf) re-read instead of retrying blindly;
 * ``GET /api/v1/namespaces[/NAME]`` (list, fetch and watch), which KMock parses as a
-  namespaced path and answers with HTTP 500.
+  namespaced path and answers with HTTP 500;
+* ``watch=True`` read as a watch: the API server parses query booleans like Go's
+  ``ParseBool``, and the Python client sends ``True``, while KMock only knows ``true``.
+
+:class:`SliceAPI` adds EndpointSlices written as the EndpointSlice controller writes them,
+and the failures a real API server shows: watches that expire (410 Gone) or drop,
+events that never arrive, and an API that answers 503 for a while.
 
 Label selectors, garbage collection, defaulting and schema validation are still
 absent: test those against pure builders, not through the emulator.
@@ -19,12 +25,13 @@ absent: test those against pure builders, not through the emulator.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import itertools
 import json
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,8 @@ import attrs
 import jsonpatch
 import kmock
 from kmock._internal.dicts import patch_dict
+
+from tests.support.waiting import eventually
 
 _NAMESPACE_PATH = re.compile(r"^/api/v1/namespaces(?:/(?P<name>[^/]+))?/?$")
 
@@ -54,6 +63,20 @@ BUILTIN_RESOURCES: tuple[tuple[str, str, str, bool], ...] = (
     ("apiextensions.k8s.io/v1", "customresourcedefinitions", "CustomResourceDefinition", False),
 )
 ALL_VERBS = ("get", "list", "watch", "create", "patch", "update", "delete")
+
+
+def write_kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig for an API server at ``server`` (plain HTTP, no credentials)."""
+    cfg = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "kmock", "cluster": {"server": server}}],
+        "users": [{"name": "kmock", "user": {}}],
+        "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
+        "current-context": "kmock",
+    }
+    path.write_text(json.dumps(cfg))
+    return path
 
 
 def _strip(obj: Any) -> Any:
@@ -90,16 +113,7 @@ class KubeCluster(kmock.KubernetesEmulator):
 
     def write_kubeconfig(self, path: Path) -> Path:
         """A kubeconfig pointing at this emulator (plain HTTP on loopback, no credentials)."""
-        cfg = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "kmock", "cluster": {"server": str(self.url).rstrip("/")}}],
-            "users": [{"name": "kmock", "user": {}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock"}}],
-            "current-context": "kmock",
-        }
-        path.write_text(json.dumps(cfg))
-        return path
+        return write_kubeconfig(path, str(self.url).rstrip("/"))
 
     def writes(self, *plurals: str, namespace: str | None = None) -> list[kmock.Request]:
         """Create/update/delete requests served so far, optionally for some plurals or a namespace."""
@@ -154,6 +168,8 @@ class KubeCluster(kmock.KubernetesEmulator):
         return response  # pragma: no cover
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        if request.action == kmock.action.LIST and request.params.get("watch", "").lower() in ("true", "1"):
+            object.__setattr__(request, "action", kmock.action.WATCH)
         if request.resource is not None and isinstance(request.data, dict | list):
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
                 self._stamp_create(request.data)
@@ -204,3 +220,114 @@ class KubeCluster(kmock.KubernetesEmulator):
                 {"op": "add", "path": f"/metadata/{field}", "value": value}
                 for field, value in changes.items()
             )
+
+
+# -- EndpointSlices ----------------------------------------------------------------------------
+
+SLICES_NAMESPACE = "ai"
+SLICES = "discovery.k8s.io/v1/endpointslices"
+_SLICES_PATH = f"/apis/discovery.k8s.io/v1/namespaces/{SLICES_NAMESPACE}/endpointslices"
+
+
+def endpoint(address: str, *, ready: bool = True, terminating: bool = False) -> dict[str, Any]:
+    """One endpoint of an EndpointSlice, with the conditions the controller sets."""
+    conditions = {"ready": ready, "serving": ready or terminating, "terminating": terminating}
+    return {"addresses": [address], "conditions": conditions}
+
+
+def endpoint_slice(name: str, service: str, *endpoints: dict[str, Any], port: int = 8000) -> dict[str, Any]:
+    """An EndpointSlice of ``service`` as the EndpointSlice controller writes it."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": SLICES_NAMESPACE,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+        },
+        "addressType": "IPv4",
+        "endpoints": list(endpoints),
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+    }
+
+
+def _status(code: int, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code, "reason": reason,
+            "message": message}  # fmt: skip
+
+
+@attrs.define(kw_only=True)
+class SliceAPI(KubeCluster):
+    """EndpointSlices in ``SLICES_NAMESPACE``, with the failure modes a test switches on."""
+
+    #: Answer lists and new watches with 503, as an unreachable control plane would.
+    down: bool = False
+    #: Keep open watches open but deliver none of their events (a stuck or lagging watch).
+    deaf: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        super().__attrs_post_init__()
+        self.declare_builtins(only=["endpointslices"])
+
+    async def _serve_list(self, request: kmock.Request) -> Any:
+        if self.down:
+            raise kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="API down")
+        return await super()._serve_list(request)
+
+    async def _serve_watch(self, request: kmock.Request) -> AsyncIterator[Any]:
+        if self.down:
+            raise kmock.KubernetesError(status=503, reason="ServiceUnavailable", message="API down")
+        # aclosing: a stream this ends unsubscribes at once, so watching() sees only live watches.
+        async with contextlib.aclosing(super()._serve_watch(request)) as events:
+            async for event in events:
+                kind = event.get("type") if isinstance(event, dict) else None
+                if kind == "test:drop":
+                    return  # the server closes the stream
+                if kind == "test:expire":
+                    yield {"type": "ERROR", "object": _status(410, "Expired", "too old resource version")}
+                    return
+                if not (self.deaf and kind):
+                    yield event
+
+    async def watching(self) -> None:
+        """Wait until a watch is subscribed to changes.
+
+        KMock ignores resourceVersion: a change made between a list and the watch that
+        follows it is never delivered (a real API server replays it). Tests that change
+        slices under a running source wait for this first.
+        """
+        await eventually(lambda: self._buses[kmock.resource(SLICES)].consumer_count > 0, interval=0.01)
+
+    async def drop_watches(self) -> None:
+        await self._signal_watches("test:drop")
+
+    async def expire_watches(self) -> None:
+        await self._signal_watches("test:expire")
+
+    async def _signal_watches(self, kind: str) -> None:
+        # Open watches filter bus events by namespace, so the signal carries one.
+        event = {"type": kind, "object": {"metadata": {"namespace": SLICES_NAMESPACE}}}
+        await self._buses[kmock.resource(SLICES)].put(event)
+
+    def count(self, action: kmock.action) -> int:
+        """Requests for EndpointSlices with ``action`` served so far."""
+        return sum(1 for r in self if r.action == action and r.resource == kmock.resource(SLICES))
+
+    def has_slice(self, name: str) -> bool:
+        return (kmock.resource(SLICES), SLICES_NAMESPACE, name) in self.objects
+
+    # -- what the EndpointSlice controller does, through the API
+    async def create(self, obj: Mapping[str, Any]) -> None:
+        async with self.post(_SLICES_PATH, json=obj) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def patch_slice(self, name: str, patch: Mapping[str, Any]) -> None:
+        async with self.patch(f"{_SLICES_PATH}/{name}", json=patch) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def remove(self, name: str) -> None:
+        async with self.delete(f"{_SLICES_PATH}/{name}") as resp:
+            assert resp.status == 200, await resp.text()

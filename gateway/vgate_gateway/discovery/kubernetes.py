@@ -161,16 +161,9 @@ def resolve_namespace(configured: str | None, sa_file: Path = SERVICE_ACCOUNT_NA
 # -- the watching source -----------------------------------------------------------------------
 
 
-class _ApiStatusError(Exception):
-    """A non-2xx answer or an ERROR watch event from the API server."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"HTTP {status}: {message}")
-        self.status = status
-
-
 #: What a failed list or watch can raise; anything else is a bug and propagates.
-_API_ERRORS = (aiohttp.ClientError, ApiException, _ApiStatusError, TimeoutError, ValueError, OSError)
+#: A non-2xx answer or an ERROR watch event is an ApiException with the HTTP status.
+_API_ERRORS = (aiohttp.ClientError, ApiException, TimeoutError, ValueError, OSError)
 
 
 @dataclass
@@ -306,7 +299,7 @@ class KubernetesDiscovery:
                 return "failed"
             log.debug("kubernetes discovery: periodic resync")
             return "resync"
-        except _ApiStatusError as exc:
+        except ApiException as exc:
             if exc.status == 410:
                 log.info("kubernetes discovery: watch expired (410 Gone); re-listing")
                 return "ended"
@@ -320,6 +313,11 @@ class KubernetesDiscovery:
     async def _watch(
         self, api: client.DiscoveryV1Api, resource_version: str | None, publish: Publish
     ) -> None:
+        # Read by hand rather than with kubernetes_asyncio.watch.Watch: with a raw response
+        # Watch does not check the HTTP status, returns lines that are not JSON as events,
+        # and raises bare Exception or KeyError for a malformed event or a Status without a
+        # reason; caught narrowly here, every one of them leads to a fresh list instead of
+        # ending discovery with the pool frozen.
         resp = await api.list_namespaced_endpoint_slice(
             self.namespace,
             label_selector=self._selector,
@@ -331,7 +329,7 @@ class KubernetesDiscovery:
         )
         try:
             if resp.status != 200:
-                raise _ApiStatusError(resp.status, _status_message(await resp.read()))
+                raise ApiException(status=resp.status, reason=_status_message(await resp.read()))
             async for line in resp.content:
                 if line.strip() and self._apply(json.loads(line)):
                     self._publish(publish)
@@ -345,7 +343,7 @@ class KubernetesDiscovery:
         if not isinstance(kind, str) or not isinstance(obj, Mapping):
             raise ValueError("the watch answered something that is not a watch event")
         if kind == "ERROR":
-            raise _ApiStatusError(int(obj.get("code") or 500), str(obj.get("message") or obj))
+            raise ApiException(status=int(obj.get("code") or 500), reason=str(obj.get("message") or obj))
         name = (obj.get("metadata") or {}).get("name")
         if kind not in ("ADDED", "MODIFIED", "DELETED") or not name:
             return False  # BOOKMARK, or nothing we can key
@@ -374,7 +372,7 @@ class KubernetesDiscovery:
 async def _read_json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
     raw = await resp.read()
     if resp.status != 200:
-        raise _ApiStatusError(resp.status, _status_message(raw))
+        raise ApiException(status=resp.status, reason=_status_message(raw))
     body = json.loads(raw)
     if not isinstance(body, dict):
         raise ValueError("the EndpointSlice list is not a JSON object")
@@ -390,6 +388,8 @@ def _status_message(raw: bytes) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ApiException):  # its own str() is a multi-line dump
+        return f"HTTP {exc.status}: {exc.reason}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
