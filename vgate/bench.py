@@ -128,7 +128,6 @@ def stack(cfg: BenchConfig, workers: int, env: dict[str, str], logs: Path) -> It
         ]
         gateway_env = {
             "VGATE_ENDPOINTS": ",".join(urls),
-            "VGATE_HEALTH_INTERVAL_S": "0.2",
             "VGATE_LOG_LEVEL": "warning",
         }
         gateway = es.enter_context(
