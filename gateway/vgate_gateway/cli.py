@@ -18,6 +18,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8000)")
     p.add_argument(
+        "--internal-port", type=int, help="port of /metrics, /stats, /docs, /openapi.json (default 8081)"
+    )
+    p.add_argument("--api-keys-file", help="API keys, one a line (default: none, the gateway is open)")
+    p.add_argument(
         "--endpoint",
         dest="endpoints",
         action="append",
@@ -49,20 +53,33 @@ def main(argv: Sequence[str]) -> int:
     from vgate_gateway.app import build_app
     from vgate_gateway.logs import setup_logging
 
+    from vgate_gateway.auth import KeyFileError
+    from vgate_gateway.internal import PortDispatch, bind
+
     try:
         app = build_app(settings)
-    except ValueError as exc:
+    except (ValueError, KeyFileError, OSError) as exc:
         print(f"vgate gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
+    try:
+        sockets = [
+            bind(settings.host, settings.port),
+            bind(settings.internal_host or settings.host, settings.internal_port),
+        ]
+    except OSError as exc:
+        print(f"vgate gateway: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    config = uvicorn.Config(
+        PortDispatch(app, app.state.internal_app, settings.internal_port),
         log_config=None,
         access_log=False,
+        # The guard reads the real peer; forwarding headers are its business (trusted_proxies).
+        proxy_headers=False,
+        server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
+    uvicorn.Server(config).run(sockets=sockets)
     return 0
 
 

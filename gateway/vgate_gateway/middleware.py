@@ -12,7 +12,7 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vgate_gateway.logs import request_id_var
+from vgate_gateway.logs import key_id_var, request_id_var
 from vgate_gateway.metrics import Metrics
 
 log = logging.getLogger("vgate.access")
@@ -46,6 +46,7 @@ class RequestContextMiddleware:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        key_token = key_id_var.set("-")
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
         method = scope["method"]
@@ -71,5 +72,8 @@ class RequestContextMiddleware:
             self.metrics.requests.labels(path, method, str(status)).inc()
             self.metrics.latency.labels(path).observe(elapsed)
             level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
-            log.log(level, "%s %s %d %.1fms", method, scope["path"], status, elapsed * 1000)
+            log.log(
+                level, "%s %s %d %.1fms key=%s", method, scope["path"], status, elapsed * 1000, key_id_var.get()
+            )
+            key_id_var.reset(key_token)
             request_id_var.reset(token)

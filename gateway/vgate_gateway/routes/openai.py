@@ -10,7 +10,8 @@ import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
 
-from vgate_gateway.protocol import Kind, parse_request
+from vgate_gateway.guard import PAYLOAD_STATE
+from vgate_gateway.protocol import NOT_PARSED, Kind, parse_request
 from vgate_gateway.proxy import upstream_headers
 from vgate_gateway.state import GatewayState
 
@@ -23,7 +24,8 @@ CLIENT_CLOSED = 499
 
 async def _answer(request: Request, kind: Kind) -> Response:
     state: GatewayState = request.app.state.gateway
-    parsed = parse_request(kind, await request.body())
+    body = await request.body()
+    parsed = parse_request(kind, body, getattr(request.state, PAYLOAD_STATE, NOT_PARSED))
     headers = upstream_headers(request.headers, request.state.request_id)
     result = await _unless_disconnected(request, state.handle(parsed, headers))
     return result if result is not None else Response(status_code=CLIENT_CLOSED)
