@@ -25,8 +25,8 @@ from vgate_gateway.pipeline import Pipeline, PipelineMetrics
 from vgate_gateway.openapi_doc import public_openapi
 from vgate_gateway.proxy import Proxy
 from vgate_gateway.ratelimit import Limiter, Limits, LocalLimiter, RateLimitMetrics, RedisLimiter
-from vgate_gateway.router import Router
 from vgate_gateway.routes import openai, ops
+from vgate_gateway.routing import Router
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.state import GatewayState
 from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
@@ -107,6 +107,7 @@ def build_app(
         settings.routing,
         settings.routing_per_model,
         declared_models=settings.services,
+        session_header=settings.session_header,
         retry_after_s=settings.retry_after_s,
     )
 
@@ -131,7 +132,6 @@ def build_app(
                 router,
                 metrics,
                 stream_idle_timeout_s=settings.stream_idle_timeout_s,
-                session_header=settings.session_header,
                 retry_after_s=settings.retry_after_s,
             )
             # cache -> dedup -> micro-batching -> proxy
