@@ -21,8 +21,8 @@ from vgate_gateway.hygiene import TrustedProxies
 from vgate_gateway.internal import build_internal_app
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.middleware import RequestContextMiddleware
-from vgate_gateway.pipeline import Pipeline, PipelineMetrics
 from vgate_gateway.openapi_doc import public_openapi
+from vgate_gateway.pipeline import Pipeline, PipelineMetrics
 from vgate_gateway.proxy import Proxy
 from vgate_gateway.ratelimit import Limiter, Limits, LocalLimiter, RateLimitMetrics, RedisLimiter
 from vgate_gateway.routes import openai, ops
@@ -155,7 +155,9 @@ def build_app(
                 tasks.append(_background(keys.watch(), "API key reloads"))
                 log.info("API keys: %d loaded from %s", len(keys), settings.api_keys_file)
             else:
-                log.warning("no API keys configured (api_keys_file): the gateway serves anyone who reaches it")
+                log.warning(
+                    "no API keys configured (api_keys_file): the gateway serves anyone who reaches it"
+                )
             if limiter is not None:
                 tasks.append(_background(limiter.run(), "rate limiter"))
             log.info("gateway %s ready to serve (discovery: %s)", __version__, settings.discovery)
@@ -170,7 +172,12 @@ def build_app(
 
     # /docs and /openapi.json are served on the internal port only (vgate_gateway.internal).
     app = FastAPI(
-        title="V-Gate", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+        title="V-Gate",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.openapi = lambda: public_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)

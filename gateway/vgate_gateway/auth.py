@@ -114,7 +114,9 @@ def _with_options(digest: bytes, options: Iterable[str], where: str) -> ApiKey:
                 raise KeyFileError(f"{where}: {name} must be a positive integer")
             fields[name] = int(value)
         else:
-            raise KeyFileError(f"{where}: unknown option {name!r} (id, models, rpm, tpm, rpm_burst, tpm_burst)")
+            raise KeyFileError(
+                f"{where}: unknown option {name!r} (id, models, rpm, tpm, rpm_burst, tpm_burst)"
+            )
     return ApiKey(digest=digest, **fields)  # type: ignore[arg-type]
 
 

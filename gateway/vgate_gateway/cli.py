@@ -51,10 +51,9 @@ def main(argv: Sequence[str]) -> int:
     import uvicorn
 
     from vgate_gateway.app import build_app
-    from vgate_gateway.logs import setup_logging
-
     from vgate_gateway.auth import KeyFileError
     from vgate_gateway.internal import PortDispatch, bind
+    from vgate_gateway.logs import setup_logging
 
     try:
         app = build_app(settings)

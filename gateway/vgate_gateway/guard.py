@@ -47,9 +47,7 @@ class GuardConfig:
 
 
 class Guard:
-    def __init__(
-        self, app: ASGIApp, *, keys: KeyStore, limiter: Limiter | None, config: GuardConfig
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, keys: KeyStore, limiter: Limiter | None, config: GuardConfig) -> None:
         self.app = app
         self.keys = keys
         self.limiter = limiter
@@ -60,7 +58,9 @@ class Guard:
             await self.app(scope, receive, send)
             return
         client = scope.get("client")
-        scope["headers"] = clean_headers(scope["headers"], client[0] if client else None, self.config.trusted_proxies)
+        scope["headers"] = clean_headers(
+            scope["headers"], client[0] if client else None, self.config.trusted_proxies
+        )
         started: list[bool] = [False]
 
         async def tracked(message: Message) -> None:

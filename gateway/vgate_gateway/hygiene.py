@@ -52,7 +52,9 @@ class TrustedProxies:
         return any(address in net for net in self._networks)
 
 
-def clean_headers(headers: Sequence[tuple[bytes, bytes]], peer: str | None, trusted: TrustedProxies) -> Headers:
+def clean_headers(
+    headers: Sequence[tuple[bytes, bytes]], peer: str | None, trusted: TrustedProxies
+) -> Headers:
     """The request headers the gateway acts on and forwards (see the module docstring)."""
     named: set[bytes] = set()
     for name, value in headers:

@@ -73,7 +73,13 @@ class RequestContextMiddleware:
             self.metrics.latency.labels(path).observe(elapsed)
             level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
             log.log(
-                level, "%s %s %d %.1fms key=%s", method, scope["path"], status, elapsed * 1000, key_id_var.get()
+                level,
+                "%s %s %d %.1fms key=%s",
+                method,
+                scope["path"],
+                status,
+                elapsed * 1000,
+                key_id_var.get(),
             )
             key_id_var.reset(key_token)
             request_id_var.reset(token)

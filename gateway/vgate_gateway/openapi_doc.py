@@ -57,14 +57,18 @@ _BODIES: dict[str, dict[str, Any]] = {
         "properties": {
             **_COMMON,
             **_STREAM,
-            "prompt": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]},
+            "prompt": {
+                "oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]
+            },
         },
     },
     "/v1/embeddings": {
         "required": ["model", "input"],
         "properties": {
             "model": _COMMON["model"],
-            "input": {"oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]},
+            "input": {
+                "oneOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]
+            },
         },
     },
 }
@@ -105,6 +109,9 @@ def public_openapi(app: FastAPI) -> dict[str, Any]:
             content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
             if "stream" in schema["properties"]:
                 content["text/event-stream"] = {"schema": {"type": "string"}}
-            op["responses"]["200"] = {"description": "The answer (an SSE stream when stream is true)", "content": content}
+            op["responses"]["200"] = {
+                "description": "The answer (an SSE stream when stream is true)",
+                "content": content,
+            }
     app.openapi_schema = doc
     return doc

@@ -112,7 +112,10 @@ class Decision:
             f"Try again in {duration(wait)}.",
             code="rate_limit_exceeded",
             type_=which,
-            headers={"retry-after": str(max(1, math.ceil(wait))), "retry-after-ms": str(math.ceil(wait * 1000))},
+            headers={
+                "retry-after": str(max(1, math.ceil(wait))),
+                "retry-after-ms": str(math.ceil(wait * 1000)),
+            },
         )
 
 
@@ -166,7 +169,10 @@ class RateLimitMetrics:
             registry=registry,
         )
         self.limited = Counter(
-            "vgate_ratelimit_limited", "Requests refused with 429, by API key id", ["key_id"], registry=registry
+            "vgate_ratelimit_limited",
+            "Requests refused with 429, by API key id",
+            ["key_id"],
+            registry=registry,
         )
         self.redis_up = Gauge(
             "vgate_ratelimit_redis_up",

@@ -167,7 +167,9 @@ class GatewaySettings(BaseSettings):
         if self.discovery == "kubernetes" and not self.services:
             raise ValueError("discovery 'kubernetes' needs 'services' (model name -> worker Service)")
         if self.internal_port == self.port:
-            raise ValueError("internal_port must differ from port (internal endpoints stay off the public one)")
+            raise ValueError(
+                "internal_port must differ from port (internal endpoints stay off the public one)"
+            )
         return self
 
     @classmethod

@@ -53,7 +53,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_dev_serves_chat_through_two_workers_and_stops_cleanly(tmp_path: Path) -> None:
-    port = _free_port_run(3)
+    port = _free_port_run(4)  # gateway, two workers, the gateway's internal port
     dev = make_proc(["dev"], tmp_path, port=port).spawn()
     assert dev.popen is not None
     try:

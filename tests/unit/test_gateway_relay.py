@@ -91,6 +91,11 @@ def client(workers: Workers) -> Iterator[TestClient]:
         yield c
 
 
+def _internal(client: TestClient) -> TestClient:
+    """The same gateway's internal port (metrics, stats), sharing the running app's state."""
+    return TestClient(client.app.state.internal_app)  # type: ignore[attr-defined]
+
+
 def test_non_stream_body_is_relayed_and_request_id_forwarded(client: TestClient, workers: Workers) -> None:
     seen: list[httpx.Request] = []
 
@@ -156,7 +161,7 @@ def test_unreachable_worker_is_retried_once_elsewhere(client: TestClient, worker
     statuses = [client.post("/v1/chat/completions", json=CHAT).status_code for _ in range(4)]
     assert statuses == [200] * 4
     assert set(workers.calls) == {"w2"}
-    stats = client.get("/stats").json()
+    stats = _internal(client).get("/stats").json()
     w1 = next(u for u in stats["upstreams"] if u["url"] == "http://w1:8000")
     assert w1["healthy"] is False
 
@@ -186,7 +191,7 @@ def test_metrics_count_requests_tokens_and_upstreams(client: TestClient) -> None
     client.post("/v1/chat/completions", json=CHAT)
     with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
         r.read()
-    text = client.get("/metrics").text
+    text = _internal(client).get("/metrics").text
     assert 'vgate_requests_total{endpoint="/v1/chat/completions",method="POST",status="200"} 2.0' in text
     assert 'vgate_tokens_generated_total{model="m"} 4.0' in text
     assert 'vgate_upstream_healthy{upstream="http://w1:8000"} 1.0' in text
