@@ -183,6 +183,11 @@ class RateLimitMetrics:
             "vgate_ratelimit_tokens_charged", "Tokens charged to API keys' buckets", registry=registry
         )
 
+    def count(self, key_id: str, allowed: bool) -> None:
+        self.decisions.labels("allowed" if allowed else "limited").inc()
+        if not allowed:
+            self.limited.labels(key_id).inc()
+
 
 class LocalLimiter:
     """Buckets in this process; with several replicas each enforces the limit on its own."""
@@ -211,7 +216,7 @@ class LocalLimiter:
         )
         if requests is not None:
             state[0] = requests
-        self._metrics.decisions.labels("allowed" if allowed else "limited").inc()
+        self._metrics.count(key_id, allowed)
         return Decision(allowed, limits, requests, tokens)
 
     def charge(self, key_id: str, limits: Limits, tokens: int) -> None:
@@ -321,7 +326,7 @@ class RedisLimiter:
             return self._degraded(limits)
         self._up()
         decision = Decision(bool(int(allowed)), limits, _level(requests), _level(tokens))
-        self._metrics.decisions.labels("allowed" if decision.allowed else "limited").inc()
+        self._metrics.count(key_id, decision.allowed)
         return decision
 
     def charge(self, key_id: str, limits: Limits, tokens: int) -> None:
