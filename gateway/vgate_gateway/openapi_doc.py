@@ -23,7 +23,8 @@ _ERROR = {
                 "message": {"type": "string"},
                 "type": {"type": "string"},
                 "param": {"type": ["string", "null"]},
-                "code": {"type": ["string", "null"]},
+                # A worker's own errors are relayed as vLLM writes them: a numeric code.
+                "code": {"type": ["string", "integer", "null"]},
             },
         }
     },
@@ -108,7 +109,10 @@ def public_openapi(app: FastAPI) -> dict[str, Any]:
             }
             content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
             if "stream" in schema["properties"]:
-                content["text/event-stream"] = {"schema": {"type": "string"}}
+                # One schema per SSE event: a data line (JSON chunks, then [DONE]).
+                content["text/event-stream"] = {
+                    "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+                }
             op["responses"]["200"] = {
                 "description": "The answer (an SSE stream when stream is true)",
                 "content": content,
