@@ -111,7 +111,11 @@ def public_openapi(app: FastAPI) -> dict[str, Any]:
             if "stream" in schema["properties"]:
                 # One schema per SSE event: a data line (JSON chunks, then [DONE]).
                 content["text/event-stream"] = {
-                    "schema": {"type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}
+                    "schema": {
+                        "type": "object",
+                        "required": ["data"],
+                        "properties": {"data": {"type": "string"}},
+                    }
                 }
             op["responses"]["200"] = {
                 "description": "The answer (an SSE stream when stream is true)",

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from vgate_gateway.auth import ApiKey
 from vgate_gateway.errors import OpenAIError
@@ -183,6 +183,13 @@ class RateLimitMetrics:
             "vgate_ratelimit_tokens_charged", "Tokens charged to API keys' buckets", registry=registry
         )
 
+        self.admit_seconds = Histogram(
+            "vgate_ratelimit_admit_seconds",
+            "Time one rate-limit decision takes (for Redis: the round trip and the script)",
+            buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
+            registry=registry,
+        )
+
     def count(self, key_id: str, allowed: bool) -> None:
         self.decisions.labels("allowed" if allowed else "limited").inc()
         if not allowed:
@@ -210,6 +217,10 @@ class LocalLimiter:
         return state
 
     async def admit(self, key_id: str, limits: Limits) -> Decision:
+        with self._metrics.admit_seconds.time():
+            return self._admit(key_id, limits)
+
+    def _admit(self, key_id: str, limits: Limits) -> Decision:
         state = self._levels(key_id, limits)
         allowed, requests, tokens = decide(
             limits, state[0] if limits.rpm else None, state[1] if limits.tpm else None
@@ -313,6 +324,10 @@ class RedisLimiter:
         ]
 
     async def admit(self, key_id: str, limits: Limits) -> Decision:
+        with self._metrics.admit_seconds.time():
+            return await self._admit(key_id, limits)
+
+    async def _admit(self, key_id: str, limits: Limits) -> Decision:
         if time.monotonic() < self._down_until:
             return self._degraded(limits)
         _, charge = self._pending.pop(key_id, (limits, 0))
