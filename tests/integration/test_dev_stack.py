@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.integration.conftest import MODEL
 from tests.support.procs import make_proc, wait_http
@@ -76,3 +77,20 @@ def test_dev_serves_chat_through_two_workers_and_stops_cleanly(tmp_path: Path) -
         assert "curl" in banner
     finally:
         dev.stop(sig=signal.SIGKILL)
+
+
+def test_dev_with_an_api_key_refuses_everyone_else(tmp_path: Path) -> None:
+    port = _free_port_run(4)
+    dev = make_proc(["dev", "--workers", "1", "--api-key", "sk-dev-key-1"], tmp_path, port=port).spawn()
+    try:
+        wait_http(f"{dev.url}/ready", timeout=60, proc=dev)
+        hello = [{"role": "user", "content": "Hello!"}]
+        keyed = openai.OpenAI(base_url=f"{dev.url}/v1", api_key="sk-dev-key-1", max_retries=0)
+        assert keyed.chat.completions.create(model=MODEL, messages=hello, max_tokens=2).choices
+        stranger = openai.OpenAI(base_url=f"{dev.url}/v1", api_key="sk-other", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            stranger.chat.completions.create(model=MODEL, messages=hello, max_tokens=2)
+        assert "API keys: required" in dev.log()
+        assert "sk-dev-key-1" not in dev.log()
+    finally:
+        dev.stop()
