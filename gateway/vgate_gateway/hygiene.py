@@ -1,6 +1,9 @@
 """Request hygiene: headers a client must not control, and log text a client must not shape.
 
 * Hop-by-hop headers, and every header the client names in ``Connection``, end at the gateway.
+  The standard hop-by-hop ones stay in the ASGI scope (the server and framework frame the
+  connection with them) and are dropped when the request is forwarded; the ones a client
+  names in ``Connection`` are removed here, before anything reads them.
 * ``X-Forwarded-For`` keeps what the client sent and gets the real peer appended, so the last
   entry is always an address the gateway saw.
 * ``Forwarded``, ``X-Forwarded-Host``/``-Proto``/``-Port`` and ``X-Real-IP`` pass only from
@@ -60,12 +63,12 @@ def clean_headers(
     for name, value in headers:
         if name == b"connection":
             named.update(t.strip().lower() for t in value.split(b","))
-    named -= _FRAMING
+    named -= _FRAMING | HOP_BY_HOP
     from_proxy = peer in trusted
     out: Headers = []
     forwarded_for: list[bytes] = []
     for name, value in headers:
-        if name in HOP_BY_HOP or name in named:
+        if name in named:
             continue
         if name == b"x-forwarded-for":
             forwarded_for.append(value.strip())
