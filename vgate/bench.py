@@ -93,6 +93,8 @@ class BenchConfig:
     out: str = "bench-results"
     #: Requests per rate-limiter variant (none / in-process / Redis); 0 skips that section.
     limiter_requests: int = 400
+    #: Interleaved rounds of the three variants; each figure is the median over them.
+    limiter_rounds: int = 3
 
 
 # -- processes ---------------------------------------------------------------------------
@@ -443,9 +445,6 @@ async def _warm_up(client: httpx.AsyncClient, body: dict[str, Any], headers: dic
         (await client.post("/v1/completions", json=body, headers=headers)).raise_for_status()
 
 
-LIMITER_ROUNDS = 3
-
-
 async def _limiter_round(cfg: BenchConfig, gateway: Gateway) -> dict[str, Any]:
     """Serial requests, the limiter's own decision time over them, then concurrent requests."""
     serial = await _limiter_load(gateway, cfg.limiter_requests // 2, 1)
@@ -512,7 +511,7 @@ def run_limiter(cfg: BenchConfig, logs: Path) -> dict[str, Any]:
         }
         # Interleaved rounds (none, in-process, redis, none, ...): drift on a shared machine hits
         # every variant alike; each figure is the median over the rounds.
-        for round_ in range(LIMITER_ROUNDS):
+        for round_ in range(cfg.limiter_rounds):
             for name, env in envs.items():
                 print(f"rate limiter: {name}, round {round_ + 1} ...", file=sys.stderr, flush=True)
                 with stack(cfg, 1, env, logs, speed=100.0, pin=True) as (gateway, _):
@@ -632,6 +631,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="directory for the JSON results (default bench-results)")
     p.add_argument("--only-limiter", action="store_true", help="run only the rate-limiter comparison")
+    p.add_argument("--limiter-rounds", type=int, default=d.limiter_rounds, help="interleaved limiter rounds")
     p.add_argument(
         "--limiter-requests",
         type=int,
@@ -658,7 +658,7 @@ def main(argv: Sequence[str]) -> int:
         workers=workers, strategies=strategies, requests=args.requests, concurrency=args.concurrency,
         apps=args.apps, system_tokens=args.system_tokens, kv_cache_tokens=args.kv_cache_tokens,
         speed=args.speed, identical=args.identical, seed=args.seed, out=args.out,
-        limiter_requests=args.limiter_requests,
+        limiter_requests=args.limiter_requests, limiter_rounds=max(1, args.limiter_rounds),
     )  # fmt: skip
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vgate-bench-") as logs:
