@@ -36,16 +36,15 @@ from vgate_gateway.cache import (
 )
 from vgate_gateway.dedup import Deduplicator, DedupMetrics, FlightWriter, Head, Subscription
 from vgate_gateway.errors import OpenAIError, invalid_request
-from vgate_gateway.protocol import Kind, ParsedRequest
-from vgate_gateway.proxy import RelayResponse
+from vgate_gateway.protocol import Handler, Kind, ParsedRequest
 from vgate_gateway.settings import GatewaySettings
-from vgate_gateway.sse import event_data
-from vgate_gateway.state import Handler
+from vgate_gateway.sse import HEADERS as SSE_HEADERS
+from vgate_gateway.sse import MEDIA_TYPE as SSE
+from vgate_gateway.sse import event_data, event_stream
 
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 #: Open flights tracked at once; beyond it identical requests each go upstream.
 MAX_FLIGHTS = 1024
 
@@ -106,7 +105,7 @@ class Pipeline:
         }
 
     async def handle(self, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
-        """Answer one OpenAI request (a :data:`~vgate_gateway.state.Handler`)."""
+        """Answer one OpenAI request (a :data:`~vgate_gateway.protocol.Handler`)."""
         try:
             mode = parse_cache_mode(headers.get(CACHE_HEADER))
         except ValueError as exc:
@@ -161,9 +160,7 @@ class Pipeline:
         except BaseException:
             sub.close()
             raise
-        return RelayResponse(
-            _follow(sub), media_type="text/event-stream", headers={**_SSE_HEADERS, CACHE_HEADER: "miss"}
-        )
+        return event_stream(_follow(sub), {CACHE_HEADER: "miss"})
 
     async def _produce(self, call: _Call, writer: FlightWriter) -> None:
         """The upstream call of one flight: publish its answer, then store it if complete."""
@@ -179,7 +176,7 @@ class Pipeline:
             writer.start(Head(resp.status_code, {"content-type": resp.headers.get("content-type", _JSON)}))
             writer.push(bytes(resp.body))
             return
-        writer.start(Head(200, {"content-type": "text/event-stream", **_SSE_HEADERS}))
+        writer.start(Head(200, {"content-type": SSE, **SSE_HEADERS}))
         assembler = StreamAssembler(call.kind, self.cache.max_bytes)
         events: AsyncIterator[bytes] = resp.body_iterator  # type: ignore[assignment]
         try:
@@ -257,9 +254,7 @@ def _replay(kind: Kind, req: ParsedRequest, stored: bytes) -> Response:
     if not req.stream:
         return Response(stored, media_type=_JSON, headers={CACHE_HEADER: "hit"})
     events = synthesize_stream(kind, json.loads(stored), req.include_usage)
-    return StreamingResponse(
-        _events(events), media_type="text/event-stream", headers={**_SSE_HEADERS, CACHE_HEADER: "hit"}
-    )
+    return event_stream(_events(events), {CACHE_HEADER: "hit"})
 
 
 def _tagged(resp: Response, value: str) -> Response:
