@@ -245,6 +245,7 @@ def test_two_quiet_resyncs_issue_zero_writes(release: Cluster, logs_dir: Path) -
     ]
     print(f"writes by the operator across two quiet resyncs: {len(writes)} {writes}")
     assert writes == []
+    assert release.writes(OPERATOR_USER), "the audit log shows none of the operator's earlier writes"
 
 
 def test_kubectl_rollout_restart_survives_the_resync(release: Cluster, logs_dir: Path) -> None:

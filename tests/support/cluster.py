@@ -123,16 +123,32 @@ class Cluster:
                 "kubeAuditPolicy": str(policy),
                 "disableQPSLimits": True,
             },
+            # The namespace has no default route to pick an address from, and loopback is no valid
+            # endpoint of the kubernetes Service: 10.244.0.1 is local here and in no node's range.
+            "componentsPatches": [
+                {
+                    "name": "kube-apiserver",
+                    "extraArgs": [
+                        {"key": "advertise-address", "value": "10.244.0.1"},
+                        {"key": "service-cluster-ip-range", "value": "10.96.0.0/16"},
+                    ],
+                },
+                {
+                    # V-Gate's pods are run by tests.support.kubelet; kwok plays the rest (none here).
+                    "name": "kwok-controller",
+                    "extraArgs": [
+                        {
+                            "key": "disregard-status-with-label-selector",
+                            "value": "app.kubernetes.io/part-of=vgate",
+                        }
+                    ],
+                },
+            ],
         }
-        kwok = {
-            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
-            "kind": "KwokConfiguration",
-            # V-Gate's pods are run by tests.support.kubelet; kwok plays the rest (none here).
-            "options": {"disregardStatusWithLabelSelector": "app.kubernetes.io/part-of=vgate"},
-        }
-        config.write_text(yaml.safe_dump_all([kwokctl, kwok]))
+        config.write_text(yaml.safe_dump(kwokctl))
         started = time.monotonic()
-        self.kwokctl("create", "cluster", "--config", str(config), "--wait", "3m", timeout=600)
+        self.kwokctl("create", "cluster", "--config", str(config), "--wait", "5m", timeout=600)
+        self.kubectl("wait", "--for=condition=Available", "apiservice/v1.", "--timeout=120s", timeout=150)
         for name, cidr in NODES.items():
             self.apply(node(name, cidr))
         self.started_s = time.monotonic() - started

@@ -32,6 +32,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -172,9 +173,9 @@ class Kubelet:
 
         def fix(arg: str) -> str:
             arg = arg.replace("0.0.0.0", pod.ip)
-            for mount, path in rewrite.items():
-                if arg.startswith(mount):
-                    arg = path + arg[len(mount) :]
+            for mount in sorted(rewrite, key=len, reverse=True):  # the innermost mount, once
+                if arg == mount or arg.startswith(mount.rstrip("/") + "/"):
+                    return rewrite[mount] + arg[len(mount) :]
             return arg
 
         command = c.get("command") or []
@@ -354,6 +355,7 @@ class Kubelet:
     async def run(self) -> None:
         while True:
             resp = await self.api.get("/api/v1/pods", params={"labelSelector": SELECTOR})
+            resp.raise_for_status()
             body = resp.json()
             for item in body.get("items") or []:
                 await self._event("ADDED", item)
@@ -407,9 +409,10 @@ def client_from_kubeconfig(path: Path) -> tuple[httpx.AsyncClient, str, str]:
     cluster = cfg["clusters"][0]["cluster"]
     user = cfg["users"][0]["user"]
     base = Path(path).parent
-    ca = str(base / cluster["certificate-authority"]) if "certificate-authority" in cluster else ""
-    cert = (str(base / user["client-certificate"]), str(base / user["client-key"]))
-    client = httpx.AsyncClient(base_url=cluster["server"], cert=cert, verify=ca or False, timeout=15.0)
+    ca = str(base / cluster["certificate-authority"])
+    context = ssl.create_default_context(cafile=ca)
+    context.load_cert_chain(str(base / user["client-certificate"]), str(base / user["client-key"]))
+    client = httpx.AsyncClient(base_url=cluster["server"], verify=context, timeout=15.0)
     return client, cluster["server"], ca
 
 
