@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +142,18 @@ def test_helm_installs_the_chart_and_the_operator_runs_under_its_service_account
         "auth", "can-i", "create", "secrets", "-n", NS, f"--as={OPERATOR_USER}", check=False
     )
     assert can.strip() == "no", "the chart grants more than the operator uses"
+
+
+def test_the_operator_watches_only_its_own_deployments(release: Cluster) -> None:
+    # The label filter is the API server's: it never streams other Deployments to the operator.
+    reads = wait_for(
+        lambda: release.requests(OPERATOR_USER, {"list", "watch"}), "the operator to watch Deployments"
+    )
+    selectors = {
+        urllib.parse.parse_qs(urllib.parse.urlsplit(r["requestURI"]).query).get("labelSelector", [""])[0]
+        for r in reads
+    }
+    assert selectors == {"app.kubernetes.io/managed-by=vgate-operator,app.kubernetes.io/name=vgate"}
 
 
 def test_kubectl_apply_of_the_dry_run_example_builds_every_child(release: Cluster) -> None:

@@ -27,13 +27,19 @@ ROOT = Path(__file__).resolve().parents[2]
 POD_CIDR = "10.244.0.0/16"
 NODES = {"node-a": "10.244.1.0/24", "node-b": "10.244.2.0/24"}
 CLUSTER = "vgate"
-#: Audit only writes, with who made them: the operator's write count comes from here.
+#: Audit writes, and reads of Deployments, with who made them: the operator's write count and
+#: the selectors of its Deployment watches come from here.
 AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
     "rules": [
         {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {
+            "level": "Metadata",
+            "verbs": ["list", "watch"],
+            "resources": [{"group": "apps", "resources": ["deployments"]}],
+        },
         {"level": "None"},
     ],
 }
@@ -193,17 +199,17 @@ class Cluster:
         return self.kubectl("create", "token", account, "-n", namespace, "--duration", "2h").strip()
 
     # -- the audit log: who wrote what
-    def writes(self, user: str, since: int = 0) -> list[dict[str, Any]]:
-        """Write requests by ``user`` in the audit log from line ``since`` on."""
+    def requests(self, user: str, verbs: set[str], since: int = 0) -> list[dict[str, Any]]:
+        """Audited requests by ``user`` with one of ``verbs``, from line ``since`` of the log on."""
         if not self.audit_log.exists():
             return []
         lines = self.audit_log.read_text().splitlines()[since:]
         events = [json.loads(line) for line in lines if line.strip()]
-        return [
-            e
-            for e in events
-            if e.get("verb") in WRITE_VERBS and (e.get("user") or {}).get("username") == user
-        ]
+        return [e for e in events if e.get("verb") in verbs and (e.get("user") or {}).get("username") == user]
+
+    def writes(self, user: str, since: int = 0) -> list[dict[str, Any]]:
+        """Write requests by ``user`` in the audit log from line ``since`` on."""
+        return self.requests(user, WRITE_VERBS, since)
 
     def audit_mark(self) -> int:
         return len(self.audit_log.read_text().splitlines()) if self.audit_log.exists() else 0
