@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from vgate_operator.builders import Owner
@@ -177,3 +178,20 @@ def test_the_controlling_resource_of_a_child_is_found_by_its_owner_reference() -
     other = {**ours, "apiVersion": "apps/v1", "kind": "ReplicaSet", "controller": True}
     assert controller_of({"metadata": {"ownerReferences": [other]}}) is None
     assert controller_of({"metadata": {}}) is None
+
+
+def test_an_api_refusal_is_reported_in_the_servers_words_and_backed_off() -> None:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from vgate_operator.reconcile import _describe, _refused
+
+    exc = ApiException(status=422, reason="Unprocessable Entity")
+    exc.body = json.dumps(
+        {"kind": "Status", "message": 'Deployment.apps "x" is invalid: spec.replicas: Invalid'}
+    )
+    assert _describe(exc) == (
+        'Kubernetes API error 422 Unprocessable Entity: Deployment.apps "x" is invalid: spec.replicas: Invalid'
+    )
+    assert _refused(exc)
+    # Conflicts, throttling and server failures are retried at the short delay.
+    assert not any(_refused(ApiException(status=code)) for code in (409, 429, 500, 503))
