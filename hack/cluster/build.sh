@@ -8,6 +8,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.sh
 source "$here/versions.sh"
 
+# The official Go installation's place, for shells whose PATH does not have it.
+command -v go >/dev/null || PATH=$PATH:/usr/local/go/bin
 command -v go >/dev/null || { echo "build.sh: the Go toolchain (1.26+) is needed to build the cluster tier" >&2; exit 1; }
 export GOCACHE=$CLUSTER_CACHE_ROOT/go-build GOMODCACHE=$CLUSTER_CACHE_ROOT/go-mod
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod GOWORK=off
