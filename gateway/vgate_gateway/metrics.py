@@ -58,6 +58,14 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge("vgate_inflight_requests", "Requests being handled", registry=r)
+        self.rejected = Counter(
+            "vgate_rejected_requests",
+            "Requests refused by admission control (gateway at capacity)",
+            registry=r,
+        )
+        self.ejections = Counter(
+            "vgate_upstream_ejections", "Workers taken out of rotation after failures in a row", registry=r
+        )
         self.upstream_healthy = Gauge(
             "vgate_upstream_healthy", "1 when the worker passes health checks", ["upstream"], registry=r
         )

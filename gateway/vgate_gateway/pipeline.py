@@ -40,7 +40,7 @@ from vgate_gateway.protocol import Handler, Kind, ParsedRequest
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.sse import HEADERS as SSE_HEADERS
 from vgate_gateway.sse import MEDIA_TYPE as SSE
-from vgate_gateway.sse import event_data, event_stream
+from vgate_gateway.sse import EventSplitter, event_data, event_stream
 
 log = logging.getLogger(__name__)
 
@@ -180,10 +180,12 @@ class Pipeline:
         assembler = StreamAssembler(call.kind, self.cache.max_bytes)
         events: AsyncIterator[bytes] = resp.body_iterator  # type: ignore[assignment]
         try:
-            async for event in events:
-                assembler.feed(event)
-                if not (call.strip_usage and _usage_only(event)):
-                    writer.push(event)
+            async for events_run in events:  # whole events, one or several at a time
+                assembler.feed(events_run)
+                if call.strip_usage and b'"usage"' in events_run:
+                    events_run = b"".join(e for e in EventSplitter().feed(events_run) if not _usage_only(e))
+                if events_run:
+                    writer.push(events_run)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         result = assembler.result()
