@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ def main(argv: Sequence[str]) -> int:
 
     from vgate_gateway.app import SETTINGS_ENV, build_app
     from vgate_gateway.logs import setup_logging
+    from vgate_gateway.metrics import MULTIPROCESS_ENV
 
     try:
         app = build_app(settings)
@@ -69,13 +71,19 @@ def main(argv: Sequence[str]) -> int:
         "http": "httptools",
         # Below the idle timeout of load balancers in front (60 s for most cloud ones).
         "timeout_keep_alive": 75,
+        # Nothing reads the client address; skip the X-Forwarded-For layer on every request.
+        "proxy_headers": False,
     }
     if settings.workers == 1:
         uvicorn.run(app, **common)
         return 0
-    # N processes share the listening socket; each builds its app from the same settings.
+    # N processes share the listening socket; each builds its app from the same settings,
+    # and writes its metrics where a scrape of any of them finds all (prometheus_client's
+    # multiprocess mode).
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    uvicorn.run("vgate_gateway.app:app_from_env", factory=True, workers=settings.workers, **common)
+    with tempfile.TemporaryDirectory(prefix="vgate-metrics-") as metrics_dir:
+        os.environ.setdefault(MULTIPROCESS_ENV, metrics_dir)
+        uvicorn.run("vgate_gateway.app:app_from_env", factory=True, workers=settings.workers, **common)
     return 0
 
 

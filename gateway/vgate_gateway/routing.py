@@ -255,8 +255,11 @@ class PrefixAware:
 
     def _least_loaded(self, candidates: Sequence[Upstream]) -> Upstream:
         # A full scan, not two samples: a spilled or short request should queue least.
-        low = min(self._load.score(u) for u in candidates)
-        return self._rng.choice([u for u in candidates if self._load.score(u) == low])
+        if len(candidates) == 1:
+            return candidates[0]
+        scores = [self._load.score(u) for u in candidates]
+        low = min(scores)
+        return self._rng.choice([u for u, s in zip(candidates, scores, strict=True) if s == low])
 
     def _place(self, candidates: Sequence[Upstream]) -> Upstream:
         """A new prefix goes where the fewest prefix blocks live, among workers within the guard.
