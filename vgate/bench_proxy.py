@@ -280,7 +280,13 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
             )
         )
         argv = [str(peers / "litellm"), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port)]
-        env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False"}
+        # The cost map ships with the package: no download from the internet at start-up.
+        env = {
+            **os.environ,
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        }
         ready = f"http://127.0.0.1:{port}/health/liveliness"
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
@@ -457,7 +463,7 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
                     for name, case_shape, conns in CASES:
                         if case_shape != shape or name not in cfg.cases:
                             continue
-                        profile = system == "vgate" and name in {"json-c16", "long-c16"}
+                        profile = system == "vgate" and name in {"json-c16", "sse-c16", "long-c16"}
                         with _profiled(cfg, sid if profile else None, root, name):
                             by_case[name] = measure(cfg, port, sid, shape, conns, root)
                         print(f"  {system:<12} {name:<9} {_short(by_case[name])}", flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -82,6 +83,16 @@ class Metrics:
             multiprocess_mode="liveall",  # each process checks on its own: one series per process
         )
         self._upstream_statuses: dict[str, set[str]] = {}
+        self._upstream_series: dict[tuple[str, str], Any] = {}
+        self._model_series: dict[str, tuple[Any, Any, Any]] = {}
+
+    def per_model(self, model: str) -> tuple[Any, Any, Any]:
+        """(ttft, tpot, tokens_generated) of ``model``, resolved once: labels() takes a lock."""
+        series = self._model_series.get(model)
+        if series is None:
+            series = (self.ttft.labels(model), self.tpot.labels(model), self.tokens_generated.labels(model))
+            self._model_series[model] = series
+        return series
 
     def exposition(self) -> bytes:
         """The Prometheus text of this process, or of every serving process when there are several."""
@@ -95,13 +106,20 @@ class Metrics:
         return generate_latest(merged) + generate_latest(info)
 
     def count_upstream(self, url: str, status: str | int) -> None:
-        self._upstream_statuses.setdefault(url, set()).add(str(status))
-        self.upstream_requests.labels(url, str(status)).inc()
+        key = (url, str(status))
+        counter = self._upstream_series.get(key)
+        if counter is None:
+            self._upstream_statuses.setdefault(url, set()).add(key[1])
+            counter = self._upstream_series[key] = self.upstream_requests.labels(*key)
+        counter.inc()
 
     def forget_upstream(self, url: str) -> None:
         """Drop the series of a worker that is gone, so label sets stay bounded."""
         series = [(self.upstream_healthy, (url,))]
-        series += [(self.upstream_requests, (url, s)) for s in self._upstream_statuses.pop(url, ())]
+        statuses = self._upstream_statuses.pop(url, ())
+        series += [(self.upstream_requests, (url, s)) for s in statuses]
+        for status in statuses:
+            self._upstream_series.pop((url, status), None)
         for metric, labels in series:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)

@@ -211,15 +211,16 @@ class Proxy:
     ) -> None:
         if first_at is None:
             return
-        self._metrics.ttft.labels(model).observe(first_at - started)
+        ttft, tpot, generated = self._metrics.per_model(model)
+        ttft.observe(first_at - started)
         if tokens > 1:
-            self._metrics.tpot.labels(model).observe((last_at - first_at) / (tokens - 1))
-        self._metrics.tokens_generated.labels(model).inc(tokens)
+            tpot.observe((last_at - first_at) / (tokens - 1))
+        generated.inc(tokens)
 
     def _count_usage(self, model: str, body: bytes) -> None:
         completion = usage_completion_tokens(body)
         if completion:
-            self._metrics.tokens_generated.labels(model).inc(completion)
+            self._metrics.per_model(model)[2].inc(completion)
 
 
 def _tokens_in(events: bytes) -> int:

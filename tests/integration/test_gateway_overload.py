@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,8 +34,18 @@ STREAM = {
 }
 
 
-@pytest.fixture
-def small_gateway(tmp_path: Path) -> Iterator[Stack]:
+@dataclass
+class Overload:
+    stack: Stack
+    served: list[Outcome]
+    refused: list[Outcome]
+    #: (/ready status, /stats) polled while the load ran.
+    seen: list[tuple[int, dict[str, Any]]]
+
+
+@pytest.fixture(scope="module")
+def overload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overload]:
+    """One gateway admitting 4 (queueing 2), hit once by 40 concurrent streams."""
     env = {
         "VGATE_MAX_INFLIGHT": str(CAPACITY),
         "VGATE_MAX_CONNECTIONS": str(CAPACITY),  # the pool is exactly as large: saturating it is local
@@ -43,7 +53,11 @@ def small_gateway(tmp_path: Path) -> Iterator[Stack]:
         "VGATE_DEDUP": "false",
     }
     with ExitStack() as es:
-        yield start_stack(es, tmp_path, gateway_env=env)
+        stack = start_stack(es, tmp_path_factory.mktemp("overload"), gateway_env=env)
+        outcomes, seen = asyncio.run(_overload(stack.url))
+        served = [o for o in outcomes if o.status == 200]
+        refused = [o for o in outcomes if o.status != 200]
+        yield Overload(stack, served, refused, seen)
 
 
 @dataclass
@@ -60,7 +74,9 @@ async def _one(client: httpx.AsyncClient, url: str) -> Outcome:
     return Outcome(r.status_code, time.monotonic(), body, r.headers.get("retry-after"))
 
 
-async def _watch(client: httpx.AsyncClient, url: str, stop: asyncio.Event) -> list[tuple[int, dict]]:
+async def _watch(
+    client: httpx.AsyncClient, url: str, stop: asyncio.Event
+) -> list[tuple[int, dict[str, Any]]]:
     """/ready and /stats, polled while the load runs."""
     seen = []
     while not stop.is_set():
@@ -71,7 +87,7 @@ async def _watch(client: httpx.AsyncClient, url: str, stop: asyncio.Event) -> li
     return seen
 
 
-async def _overload(url: str) -> tuple[list[Outcome], list[tuple[int, dict]]]:
+async def _overload(url: str) -> tuple[list[Outcome], list[tuple[int, dict[str, Any]]]]:
     limits = httpx.Limits(max_connections=LOAD + 4)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         stop = asyncio.Event()
@@ -81,38 +97,47 @@ async def _overload(url: str) -> tuple[list[Outcome], list[tuple[int, dict]]]:
         return list(outcomes), await watcher
 
 
-def test_ten_times_capacity_is_refused_fast_and_the_gateway_stays_whole(small_gateway: Stack) -> None:
-    stack = small_gateway
-    outcomes, seen = asyncio.run(_overload(stack.url))
-
-    served = [o for o in outcomes if o.status == 200]
-    refused = [o for o in outcomes if o.status != 200]
-    assert len(served) >= CAPACITY
-    assert len(refused) >= LOAD - CAPACITY - QUEUE - CAPACITY  # a few may get slots freed meanwhile
-    for o in refused:
+def test_the_excess_is_refused_at_once_in_openai_shape(overload: Overload) -> None:
+    assert len(overload.served) >= CAPACITY
+    assert len(overload.refused) >= LOAD - CAPACITY - QUEUE - CAPACITY  # a few may get slots freed meanwhile
+    for o in overload.refused:
         assert o.status == 503
         assert o.retry_after == "1"
         assert b'"code":"gateway_overloaded"' in o.body
         assert b'"type":"service_unavailable_error"' in o.body
-    for o in served:
+    for o in overload.served:
         assert o.body.rstrip().endswith(b"data: [DONE]")
-    # Refused while the admitted streams were still running: no refusal waited for capacity.
-    assert max(o.finished_at for o in refused) < min(o.finished_at for o in served)
+    # Refused while the admitted streams were still running: no refusal waited for capacity
+    # (the queue's own wait is bounded by VGATE_ADMISSION_QUEUE_TIMEOUT_S, 50 ms).
+    assert max(o.finished_at for o in overload.refused) < min(o.finished_at for o in overload.served)
 
-    assert seen, "the gateway was never polled during the load"
-    assert all(status == 200 for status, _ in seen)  # /ready stayed 200 throughout
-    for _, stats in seen:
-        assert stats["admission"]["inflight"] <= CAPACITY
-        assert stats["admission"]["queued"] <= QUEUE  # memory bounded: nothing piles up
-        assert all(u["healthy"] for u in stats["upstreams"])  # no healthy worker ejected
-    final = httpx.get(f"{stack.url}/stats").json()
+
+def test_no_healthy_worker_is_ejected(overload: Overload) -> None:
+    assert overload.seen, "the gateway was never polled during the load"
+    for _, stats in overload.seen:
+        assert all(u["healthy"] for u in stats["upstreams"])
+    final = httpx.get(f"{overload.stack.url}/stats").json()
     assert all(u["ejections"] == 0 for u in final["upstreams"])
-    assert final["admission"]["rejected"] == len(refused)
+    assert final["admission"]["rejected"] == len(overload.refused)
 
-    # Full recovery: the same gateway serves normally once the burst is over.
-    wait_until(lambda: httpx.get(f"{stack.url}/stats").json()["admission"]["inflight"] == 0, what="idle")
-    recovered = asyncio.run(_few(stack.url, CAPACITY))
+
+def test_ready_stays_200_throughout(overload: Overload) -> None:
+    assert overload.seen
+    assert all(status == 200 for status, _ in overload.seen)
+
+
+def test_memory_is_bounded_nothing_piles_up(overload: Overload) -> None:
+    for _, stats in overload.seen:
+        assert stats["admission"]["inflight"] <= CAPACITY
+        assert stats["admission"]["queued"] <= QUEUE
+
+
+def test_full_recovery_afterwards(overload: Overload) -> None:
+    url = overload.stack.url
+    wait_until(lambda: httpx.get(f"{url}/stats").json()["admission"]["inflight"] == 0, what="idle")
+    recovered = asyncio.run(_few(url, CAPACITY))
     assert [o.status for o in recovered] == [200] * CAPACITY
+    assert httpx.get(f"{url}/ready").status_code == 200
 
 
 async def _few(url: str, n: int) -> list[Outcome]:

@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from tests.support.fake_upstreams import Answer, Call, FakeUpstreams
 from vgate_gateway.app import build_app
+from vgate_gateway.client import StaleConnection
 from vgate_gateway.discovery.static import StaticDiscovery
 from vgate_gateway.settings import GatewaySettings
 
@@ -205,3 +206,32 @@ def test_metrics_count_requests_tokens_and_upstreams(client: TestClient) -> None
     assert 'vgate_upstream_healthy{upstream="http://w1:8000"} 1.0' in text
     assert "vgate_ttft_seconds_count" in text
     assert 'vgate_info{version="' in text
+
+
+def test_a_stale_pooled_connection_is_sent_again_once_and_not_held_against_the_worker(
+    client: TestClient, workers: Workers
+) -> None:
+    stale = {"left": 1}
+
+    def closed_once(call: Call) -> Answer:
+        if stale["left"]:
+            stale["left"] -= 1
+            raise StaleConnection("server disconnected")
+        return Workers.ok(call)
+
+    workers.chat = closed_once
+    r = client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200
+    assert len(workers.chat_calls) == 2
+    upstreams = client.get("/stats").json()["upstreams"]
+    assert all(u["consecutive_failures"] == 0 and u["failures"] == 0 for u in upstreams)
+
+
+def test_a_connection_closed_twice_is_a_502_in_openai_shape(client: TestClient, workers: Workers) -> None:
+    def always_closed(call: Call) -> Answer:
+        raise StaleConnection("server disconnected")
+
+    workers.chat = always_closed
+    r = client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "upstream_error"
