@@ -35,6 +35,8 @@ from vgate.procs import free_port, stop_all, wait_http
 
 SYSTEMS = ("direct", "nginx", "vgate", "vllm-router", "litellm")
 MODEL = "bench"
+#: Every system gets the same API key header, as real clients send one (LiteLLM requires it).
+API_KEY = "sk-" + "5e" * 32
 #: (name, response shape, concurrency): what each system is measured on.
 CASES = (
     ("json-c1", "json", 1),
@@ -286,6 +288,7 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
             "LITELLM_LOG": "ERROR",
             "LITELLM_TELEMETRY": "False",
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_MASTER_KEY": API_KEY,
         }
         ready = f"http://127.0.0.1:{port}/health/liveliness"
     else:
@@ -338,6 +341,7 @@ def _wrk_script(root: Path, stream: bool) -> Path:
         'wrk.method = "POST"\n'
         f"wrk.body = {json.dumps(_body(stream))}\n"
         'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {API_KEY}"\n'
     )
     return path
 
@@ -465,7 +469,9 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
                             continue
                         profile = system == "vgate" and name in {"json-c16", "sse-c16", "long-c16"}
                         with _profiled(cfg, sid if profile else None, root, name):
-                            by_case[name] = measure(cfg, port, sid, shape, conns, root)
+                            # LiteLLM's first requests take seconds (lazy imports and clients).
+                            warmup = cfg.warmup_s * (3 if system == "litellm" else 1)
+                            by_case[name] = measure(cfg, port, sid, shape, conns, root, warmup)
                         print(f"  {system:<12} {name:<9} {_short(by_case[name])}", flush=True)
             results["systems"][system] = by_case
     return results
@@ -478,6 +484,7 @@ def compare_clients(cfg: BenchConfig, upstream: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for work_us in (0, 200):  # alone, and beside as much Python work as the gateway does per request
         argv = [str(Path(cfg.peers) / "bin" / "python"), str(script), url, "--work-us", str(work_us)]
+        argv += ["--requests", "5000"]
         done = subprocess.run(_pinned(cfg.sut_core, argv), capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"client comparison failed: {done.stderr[-2000:]}")

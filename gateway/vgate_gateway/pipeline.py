@@ -110,7 +110,8 @@ class Pipeline:
             mode = parse_cache_mode(headers.get(CACHE_HEADER))
         except ValueError as exc:
             raise invalid_request(str(exc), code="invalid_cache_header") from None
-        headers = {k: v for k, v in headers.items() if k != CACHE_HEADER}
+        if CACHE_HEADER in headers:
+            headers = {k: v for k, v in headers.items() if k != CACHE_HEADER}
         kind = req.kind
         if not is_cacheable(kind, req.payload, mode):
             return _tagged(await self._uncached(kind, req, headers), "miss")

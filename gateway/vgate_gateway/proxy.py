@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import orjson
 from starlette.responses import Response
@@ -52,8 +52,12 @@ _HOP_HEADERS = frozenset(
 )
 
 
-def upstream_headers(headers: Mapping[str, str], request_id: str) -> dict[str, str]:
-    out = {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
+_HOP_NAMES = frozenset(h.encode() for h in _HOP_HEADERS)  # as ASGI spells them: lower-case bytes
+
+
+def upstream_headers(raw: Sequence[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
+    """The client's headers to send upstream, from the ASGI scope's list, in one pass."""
+    out = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k not in _HOP_NAMES}
     out["x-request-id"] = request_id
     return out
 

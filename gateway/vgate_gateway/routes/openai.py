@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
 
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
@@ -77,7 +76,7 @@ class OpenAIEndpoint:
         try:
             try:
                 parsed = parse_request(self.kind, body)
-                headers = _headers(scope["headers"], scope["state"]["request_id"])
+                headers = upstream_headers(scope["headers"], scope["state"]["request_id"])
                 response = await state.handle(parsed, headers)
             except OpenAIError as exc:
                 response = exc.response()
@@ -107,10 +106,6 @@ async def _read_body(receive: Receive) -> bytes:
         parts.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(parts)
-
-
-def _headers(raw: list[tuple[bytes, bytes]], request_id: str) -> Mapping[str, str]:
-    return upstream_headers({k.decode("latin-1"): v.decode("latin-1") for k, v in raw}, request_id)
 
 
 ENDPOINTS = {kind.value: OpenAIEndpoint(kind) for kind in Kind}
