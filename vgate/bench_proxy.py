@@ -381,10 +381,10 @@ def _wrk(cfg: BenchConfig, port: int, script: Path, conns: int, seconds: int) ->
 
 
 def measure(
-    cfg: BenchConfig, port: int, sid: int | None, shape: str, conns: int, root: Path
+    cfg: BenchConfig, port: int, sid: int | None, shape: str, conns: int, root: Path, warmup_s: int
 ) -> dict[str, float]:
     script = _wrk_script(root, stream=shape != "json")
-    _wrk(cfg, port, script, conns, cfg.warmup_s)
+    _wrk(cfg, port, script, conns, warmup_s)
     cpu_before = _session_cpu_s(sid) if sid else 0.0
     result = parse_wrk(_wrk(cfg, port, script, conns, cfg.duration_s))
     if sid:
