@@ -139,8 +139,9 @@ class AiohttpClient:
         self._session = aiohttp.ClientSession(
             connector=connector,
             timeout=self._json,
+            # No skip_auto_headers: naming any sends aiohttp down a slow path on every request
+            # (a copy of the headers); the proxy sets accept-encoding itself.
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"),
             trust_env=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )

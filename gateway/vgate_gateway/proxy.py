@@ -59,6 +59,8 @@ def upstream_headers(raw: Sequence[tuple[bytes, bytes]], request_id: str) -> dic
     """The client's headers to send upstream, from the ASGI scope's list, in one pass."""
     out = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k not in _HOP_NAMES}
     out["x-request-id"] = request_id
+    # Bytes are relayed as they come: a compressed answer would reach the client undeclared.
+    out["accept-encoding"] = "identity"
     return out
 
 
@@ -230,10 +232,11 @@ class Proxy:
 def _tokens_in(events: bytes) -> int:
     """Generated tokens in a run of chunk events (vLLM sends one per decode step), by counting.
 
-    The role-only first chunk, an empty final delta and ``[DONE]`` carry none.
+    One count of event ends, less ``[DONE]``; used only when the stream has no usage chunk,
+    so a role-only first chunk or an empty final delta may count as a token there.
     """
-    n = events.count(b"data:") - events.count(b'"content":""') - events.count(b'"delta":{}')
-    return max(0, n - events.count(b"[DONE]"))
+    n = events.count(b"\n\n")
+    return n - 1 if events.endswith(DONE) else n
 
 
 def _stream_error(status: int, message: str, code: str) -> bytes:
