@@ -467,7 +467,12 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
                     for name, case_shape, conns in CASES:
                         if case_shape != shape or name not in cfg.cases:
                             continue
-                        profile = system == "vgate" and name in {"json-c16", "json-c64", "sse-c16", "long-c16"}
+                        profile = system == "vgate" and name in {
+                            "json-c16",
+                            "json-c64",
+                            "sse-c16",
+                            "long-c16",
+                        }
                         with _profiled(cfg, sid if profile else None, root, name):
                             # LiteLLM's first requests take seconds (lazy imports and clients).
                             warmup = cfg.warmup_s * (3 if system == "litellm" else 1)
