@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -29,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
         help="static worker base URL, repeatable (also VGATE_ENDPOINTS, comma-separated)",
     )
     p.add_argument("--routing", help="load-balancing strategy (default prefix-aware)")
+    p.add_argument("--workers", type=int, help="serving processes sharing the port (default 1)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
     p.add_argument("--log-json", action="store_const", const=True, help="log JSON lines")
     return p
@@ -50,10 +54,11 @@ def main(argv: Sequence[str]) -> int:
 
     import uvicorn
 
-    from vgate_gateway.app import build_app
+    from vgate_gateway.app import SETTINGS_ENV, build_app
     from vgate_gateway.auth import KeyFileError
     from vgate_gateway.internal import PortDispatch, bind
     from vgate_gateway.logs import setup_logging
+    from vgate_gateway.metrics import MULTIPROCESS_ENV
 
     try:
         app = build_app(settings)
@@ -62,6 +67,7 @@ def main(argv: Sequence[str]) -> int:
         return 2
     setup_logging(settings.log_level, settings.log_json)
     try:
+        # The public port and the internal one (/metrics, /stats, /docs): one server, both sockets.
         sockets = [
             bind(settings.host, settings.port),
             bind(settings.internal_host or settings.host, settings.internal_port),
@@ -69,16 +75,36 @@ def main(argv: Sequence[str]) -> int:
     except OSError as exc:
         print(f"vgate gateway: cannot listen: {exc}", file=sys.stderr)
         return 2
-    config = uvicorn.Config(
-        PortDispatch(app, app.state.internal_app, settings.internal_port),
-        log_config=None,
-        access_log=False,
+    common: dict[str, Any] = {
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
+        # The fast event loop and HTTP parser; uvicorn[standard] installs both.
+        "loop": "uvloop",
+        "http": "httptools",
+        # Below the idle timeout of load balancers in front (60 s for most cloud ones).
+        "timeout_keep_alive": 75,
         # The guard reads the real peer; forwarding headers are its business (trusted_proxies).
-        proxy_headers=False,
-        server_header=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-    )
-    uvicorn.Server(config).run(sockets=sockets)
+        "proxy_headers": False,
+        "server_header": False,
+    }
+    if settings.workers == 1:
+        config = uvicorn.Config(PortDispatch(app, app.state.internal_app, settings.internal_port), **common)
+        uvicorn.Server(config).run(sockets=sockets)
+        return 0
+    # N processes share both listening sockets; each builds its app from the same settings,
+    # and writes its metrics where a scrape of any of them finds all (prometheus_client's
+    # multiprocess mode).
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    with tempfile.TemporaryDirectory(prefix="vgate-metrics-") as metrics_dir:
+        os.environ.setdefault(MULTIPROCESS_ENV, metrics_dir)
+        config = uvicorn.Config(
+            "vgate_gateway.app:dispatch_from_env", factory=True, workers=settings.workers, **common
+        )
+        server = uvicorn.Server(config)
+        Multiprocess(config, target=server.run, sockets=sockets).run()
     return 0
 
 

@@ -40,7 +40,7 @@ from vgate_gateway.protocol import Handler, Kind, ParsedRequest
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.sse import HEADERS as SSE_HEADERS
 from vgate_gateway.sse import MEDIA_TYPE as SSE
-from vgate_gateway.sse import event_data, event_stream
+from vgate_gateway.sse import EventSplitter, event_data, event_stream
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ class Pipeline:
             mode = parse_cache_mode(headers.get(CACHE_HEADER))
         except ValueError as exc:
             raise invalid_request(str(exc), code="invalid_cache_header") from None
-        headers = {k: v for k, v in headers.items() if k != CACHE_HEADER}
+        if CACHE_HEADER in headers:
+            headers = {k: v for k, v in headers.items() if k != CACHE_HEADER}
         kind = req.kind
         if not is_cacheable(kind, req.payload, mode):
             return _tagged(await self._uncached(kind, req, headers), "miss")
@@ -180,10 +181,12 @@ class Pipeline:
         assembler = StreamAssembler(call.kind, self.cache.max_bytes)
         events: AsyncIterator[bytes] = resp.body_iterator  # type: ignore[assignment]
         try:
-            async for event in events:
-                assembler.feed(event)
-                if not (call.strip_usage and _usage_only(event)):
-                    writer.push(event)
+            async for events_run in events:  # whole events, one or several at a time
+                assembler.feed(events_run)
+                if call.strip_usage and b'"usage"' in events_run:
+                    events_run = b"".join(e for e in EventSplitter().feed(events_run) if not _usage_only(e))
+                if events_run:
+                    writer.push(events_run)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         result = assembler.result()
