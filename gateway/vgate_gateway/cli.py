@@ -103,8 +103,7 @@ def main(argv: Sequence[str]) -> int:
         config = uvicorn.Config(
             "vgate_gateway.app:dispatch_from_env", factory=True, workers=settings.workers, **common
         )
-        server = uvicorn.Server(config)
-        Multiprocess(config, target=server.run, sockets=sockets).run()
+        Multiprocess(config, sockets=sockets).run()
     return 0
 
 
