@@ -81,14 +81,13 @@ def main(argv: Sequence[str]) -> int:
             gateway_cmd += ["--routing", args.routing]
         procs.append(subprocess.Popen(gateway_cmd, env=env))
         try:
+            # /v1/models needs a key when keys are on; /ready is open and says the same.
             wait_http(
-                f"http://127.0.0.1:{args.port}/v1/models",
+                f"http://127.0.0.1:{args.port}/{'ready' if args.api_key else 'v1/models'}",
                 60.0,
                 alive=lambda: not stopping and all(p.poll() is None for p in procs),
             )
-            _banner(
-                args.port, internal_port, args.model, worker_ports, args.api_key[0] if args.api_key else None
-            )
+            _banner(args.port, internal_port, args.model, worker_ports, bool(args.api_key))
         except (ProcessExited, TimeoutError):
             pass  # the loop below reports a dead component; a slow one may still come up
         gateway, workers = procs[-1], procs[:-1]

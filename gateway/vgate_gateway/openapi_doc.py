@@ -89,6 +89,12 @@ def public_openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
     doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    # The generation endpoints are raw ASGI routes, which the framework does not document.
+    for path in _BODIES:
+        name = path.removeprefix("/v1/").replace("/", "_")
+        doc.setdefault("paths", {}).setdefault(
+            path, {"post": {"summary": name.replace("_", " ").title(), "operationId": name, "responses": {}}}
+        )
     doc.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR
     doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
