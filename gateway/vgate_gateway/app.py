@@ -19,8 +19,8 @@ from vgate_gateway.metrics import Metrics
 from vgate_gateway.middleware import RequestContextMiddleware
 from vgate_gateway.pipeline import Pipeline, PipelineMetrics
 from vgate_gateway.proxy import Proxy
-from vgate_gateway.router import Router
 from vgate_gateway.routes import openai, ops
+from vgate_gateway.routing import Router
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.state import GatewayState
 from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
@@ -75,6 +75,7 @@ def build_app(
         settings.routing,
         settings.routing_per_model,
         declared_models=settings.services,
+        session_header=settings.session_header,
         retry_after_s=settings.retry_after_s,
     )
 
@@ -99,7 +100,6 @@ def build_app(
                 router,
                 metrics,
                 stream_idle_timeout_s=settings.stream_idle_timeout_s,
-                session_header=settings.session_header,
                 retry_after_s=settings.retry_after_s,
             )
             # cache -> dedup -> micro-batching -> proxy

@@ -45,15 +45,15 @@ from vgate_gateway.dedup import (
     Subscription,
 )
 from vgate_gateway.errors import OpenAIError, invalid_request
-from vgate_gateway.protocol import Kind, ParsedRequest
-from vgate_gateway.proxy import RelayResponse
+from vgate_gateway.protocol import Handler, Kind, ParsedRequest
 from vgate_gateway.settings import GatewaySettings
-from vgate_gateway.state import Handler
+from vgate_gateway.sse import HEADERS as SSE_HEADERS
+from vgate_gateway.sse import MEDIA_TYPE as SSE
+from vgate_gateway.sse import event_stream
 
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
-_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 #: Open flights tracked at once; beyond it identical requests each go upstream.
 MAX_FLIGHTS = 1024
 #: Sent upstream with a merged call: the request id of every client it answers.
@@ -121,7 +121,7 @@ class Pipeline:
         }
 
     async def handle(self, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
-        """Answer one OpenAI request (a :data:`~vgate_gateway.state.Handler`)."""
+        """Answer one OpenAI request (a :data:`~vgate_gateway.protocol.Handler`)."""
         try:
             mode = parse_cache_mode(headers.get(CACHE_HEADER))
         except ValueError as exc:
@@ -181,11 +181,7 @@ class Pipeline:
             raise
         if not sub.leader:
             restamp = Restamp()  # filled from the first chunk
-        return RelayResponse(
-            _follow(sub, restamp, headers.get("x-request-id", "")),
-            media_type="text/event-stream",
-            headers={**_SSE_HEADERS, CACHE_HEADER: "miss"},
-        )
+        return event_stream(_follow(sub, restamp, headers.get("x-request-id", "")), {CACHE_HEADER: "miss"})
 
     async def _produce(self, call: _Call, writer: FlightWriter) -> None:
         """The upstream call of one flight: publish its answer, then store it if complete."""
@@ -201,7 +197,7 @@ class Pipeline:
             writer.start(Head(resp.status_code, {"content-type": resp.headers.get("content-type", _JSON)}))
             writer.push(bytes(resp.body))
             return
-        writer.start(Head(200, {"content-type": "text/event-stream", **_SSE_HEADERS}))
+        writer.start(Head(200, {"content-type": SSE, **SSE_HEADERS}))
         recorder = StreamRecorder(self.cache.max_bytes if self.cache.enabled else 0)
         events: AsyncIterator[bytes] = resp.body_iterator  # type: ignore[assignment]
         try:
@@ -260,11 +256,9 @@ async def _follow(sub: Subscription, restamp: Restamp | None, request_id: str) -
 def _replay(stored: Answer, headers: Mapping[str, str]) -> Response:
     """A cache hit: the worker's own answer, under this request's id and the current time."""
     body = stored.stamp.for_request(headers.get("x-request-id", "")).apply(stored.body)
-    if stored.media_type != "text/event-stream":
+    if stored.media_type != SSE:
         return Response(body, media_type=stored.media_type, headers={CACHE_HEADER: "hit"})
-    return StreamingResponse(
-        _once(body), media_type="text/event-stream", headers={**_SSE_HEADERS, CACHE_HEADER: "hit"}
-    )
+    return event_stream(_once(body), {CACHE_HEADER: "hit"})
 
 
 async def _once(body: bytes) -> AsyncIterator[bytes]:

@@ -17,15 +17,13 @@ from collections.abc import AsyncIterator, Mapping
 
 import anyio
 import httpx
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
+from starlette.responses import Response
 
 from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.protocol import ParsedRequest
-from vgate_gateway.router import Router
-from vgate_gateway.routing import RouteRequest
-from vgate_gateway.sse import EventSplitter, inspect_event
+from vgate_gateway.routing import Router
+from vgate_gateway.sse import EventSplitter, event_stream, inspect_event
 from vgate_gateway.upstreams import Upstream
 
 log = logging.getLogger(__name__)
@@ -57,17 +55,6 @@ def upstream_headers(headers: Mapping[str, str], request_id: str) -> dict[str, s
     return out
 
 
-class RelayResponse(StreamingResponse):
-    """A streaming response that always closes its source, even when the client left mid-send."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
-
-
 class Proxy:
     def __init__(
         self,
@@ -76,14 +63,12 @@ class Proxy:
         metrics: Metrics,
         *,
         stream_idle_timeout_s: float,
-        session_header: str = "x-session-id",
         retry_after_s: int = 1,
     ) -> None:
         self._client = client
         self._router = router
         self._metrics = metrics
         self._idle = stream_idle_timeout_s
-        self._session_header = session_header.lower()
         self._retry_after = retry_after_s
 
     async def forward(self, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
@@ -91,11 +76,7 @@ class Proxy:
         started = time.monotonic()
         up, resp = await self._open(req, headers)
         if req.stream and resp.status_code == 200:
-            return RelayResponse(
-                self._relay(up, resp, req, started),
-                media_type="text/event-stream",
-                headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
-            )
+            return event_stream(self._relay(up, resp, req, started))
         try:
             body = await resp.aread()
         except httpx.HTTPError as exc:
@@ -113,14 +94,9 @@ class Proxy:
 
     async def _open(self, req: ParsedRequest, headers: Mapping[str, str]) -> tuple[Upstream, httpx.Response]:
         """Send the request; a worker that can't be reached is marked down and another tried once."""
-        route = RouteRequest(
-            model=req.model,
-            session_key=headers.get(self._session_header) or req.user,
-            prompt=req.prompt_text(),
-        )
         tried: list[str] = []
         for attempt in range(2):
-            up = self._router.pick(req, route, exclude=tried)
+            up = self._router.pick(req, headers, exclude=tried)
             up.inflight += 1
             up.requests_total += 1
             request = self._client.build_request(

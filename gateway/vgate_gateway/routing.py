@@ -1,4 +1,8 @@
-"""Load-balancing strategies: pure choices among healthy candidates.
+"""Choosing the upstream for a request: the :class:`Router` and its strategies.
+
+The router turns a parsed request into a :class:`RouteRequest`, asks the pool for the
+model's candidates and lets the model's strategy choose, or refuses with an OpenAI
+error (404 unknown model, 503 no healthy worker).
 
 A strategy sees the candidate upstreams for one request (non-empty, stable order,
 all routable and serving the model) and a :class:`RouteRequest`, and returns one of
@@ -18,11 +22,13 @@ import hashlib
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vgate_gateway.upstreams import Upstream
+from vgate_gateway.errors import OpenAIError, unavailable
+from vgate_gateway.protocol import ParsedRequest
+from vgate_gateway.upstreams import Upstream, UpstreamPool
 
 
 @dataclass(frozen=True)
@@ -296,3 +302,67 @@ def build_strategy(name: str) -> Strategy:
         return STRATEGIES[name]()
     except KeyError:
         raise ValueError(f"unknown routing strategy {name!r}; choose one of {sorted(STRATEGIES)}") from None
+
+
+class Router:
+    """Picks the upstream for one request: the model's candidates, then its strategy."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        default: str,
+        per_model: Mapping[str, str] | None = None,
+        *,
+        declared_models: Collection[str] = (),
+        session_header: str = "x-session-id",
+        retry_after_s: int = 1,
+    ) -> None:
+        self._pool = pool
+        #: Models configured to exist (Kubernetes discovery's Services), even with no endpoint yet.
+        self._declared = frozenset(declared_models)
+        self._default_name = default
+        self._per_model_names = dict(per_model or {})
+        # Validate every configured name now: a typo fails at start-up, not on traffic.
+        self._default = build_strategy(default)
+        self._per_model: dict[str, Strategy] = {
+            m: build_strategy(n) for m, n in self._per_model_names.items()
+        }
+        self._session_header = session_header.lower()
+        self._retry_after = retry_after_s
+
+    def strategy_name(self, model: str) -> str:
+        return self._per_model_names.get(model, self._default_name)
+
+    def strategy_for(self, model: str) -> Strategy:
+        return self._per_model.get(model, self._default)
+
+    def route_request(self, req: ParsedRequest, headers: Mapping[str, str]) -> RouteRequest:
+        """What the strategies may know about ``req``."""
+        return RouteRequest(
+            model=req.model,
+            session_key=headers.get(self._session_header) or req.user,
+            prompt=req.prompt_text(),
+        )
+
+    def pick(self, req: ParsedRequest, headers: Mapping[str, str], exclude: Sequence[str] = ()) -> Upstream:
+        """The upstream for ``req``, or an OpenAI error: 404 unknown model, 503 none healthy."""
+        candidates = self._pool.routable(req.model, exclude=exclude)
+        if candidates:
+            return self.strategy_for(req.model).choose(candidates, self.route_request(req, headers))
+        known = req.model in self._declared or self._pool.known_model(req.model)
+        if known or self._models_unknown():
+            raise unavailable(
+                f"No healthy worker is serving model '{req.model}' right now. Retry shortly.",
+                code="no_healthy_upstream",
+                retry_after_s=self._retry_after,
+            )
+        raise OpenAIError(
+            404,
+            f"The model '{req.model}' does not exist or is not served here. See GET /v1/models.",
+            code="model_not_found",
+            param="model",
+        )
+
+    def _models_unknown(self) -> bool:
+        """Some worker has never answered, so the model may well be one it serves."""
+        return any(not u.models for u in self._pool.all())

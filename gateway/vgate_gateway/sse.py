@@ -1,4 +1,4 @@
-"""Server-sent events, as OpenAI-compatible servers send them.
+"""Server-sent events, as OpenAI-compatible servers send them, and the response that relays them.
 
 The gateway relays events verbatim; it only needs to find event boundaries (so
 an error can follow a complete event, never a torn one) and peek at what an
@@ -8,10 +8,34 @@ event says for metrics.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
 DONE = b"data: [DONE]\n\n"
+MEDIA_TYPE = "text/event-stream"
+#: Sent with every stream: no caching, and no buffering by a reverse proxy in front (nginx).
+HEADERS: Mapping[str, str] = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class RelayResponse(StreamingResponse):
+    """A streaming response that always closes its source, even when the client left mid-send."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+def event_stream(events: AsyncIterable[bytes], headers: Mapping[str, str] | None = None) -> RelayResponse:
+    """An SSE response relaying ``events``, with the stream headers plus ``headers``."""
+    return RelayResponse(events, media_type=MEDIA_TYPE, headers={**HEADERS, **(headers or {})})
 
 
 class EventSplitter:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from starlette.responses import Response
 
 from vgate_gateway.health import HealthChecker
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.protocol import ParsedRequest
-from vgate_gateway.router import Router
+from vgate_gateway.protocol import Handler
+from vgate_gateway.routing import Router
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstreams import UpstreamPool
-
-#: Answers one parsed OpenAI request; the proxy is the innermost handler.
-Handler = Callable[[ParsedRequest, Mapping[str, str]], Awaitable[Response]]
 
 
 @dataclass

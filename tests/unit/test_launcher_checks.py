@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from vgate_worker import cpu_kernels as ck
 from vgate_worker.launcher import (
     VLLM_SERVER_MODULE,
     Probes,
@@ -237,3 +238,83 @@ def test_gpu_visibility(tmp_path: Path) -> None:
     assert not gpu_visible({"CUDA_VISIBLE_DEVICES": ""}, tmp_path)
     assert not gpu_visible({"CUDA_VISIBLE_DEVICES": "-1"}, tmp_path)
     assert gpu_visible({"CUDA_VISIBLE_DEVICES": "0"}, tmp_path)
+
+
+NO_WNA16 = ck.wna16_support(ck.guess_from_cpu_flags({"avx2"}, note="test"))
+HAS_WNA16 = ck.wna16_support(ck.guess_from_cpu_flags({"avx2", "avx512f"}, note="test"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "config_method"),
+    [
+        (["--quantization", "awq"], "awq"),
+        (["--quantization", "none"], "awq"),
+        (["--quantization", "gptq"], "gptq"),
+    ],
+)
+def test_4bit_model_on_a_cpu_without_the_kernel_fails_fast(
+    capsys: pytest.CaptureFixture[str], argv: list[str], config_method: str
+) -> None:
+    probes = dataclasses.replace(
+        READY,
+        vllm_cpu_build=True,
+        gpu_visible=False,
+        model_config_found=True,
+        model_quant_method=config_method,
+        cpu_wna16=NO_WNA16,
+    )
+    result = launch(capsys, ["--device", "cpu", *argv], probes)
+    assert result.code == 2
+    assert not result.execs
+    assert "cpu_gemm_wna16" in result.err
+    assert "AVX-512" in result.err
+    assert "GPU" in result.err
+    assert "--quantization none" in result.err
+    assert "Traceback" not in result.err
+
+
+def test_4bit_model_on_a_cpu_with_the_kernel_execs(capsys: pytest.CaptureFixture[str]) -> None:
+    probes = dataclasses.replace(
+        READY,
+        vllm_cpu_build=True,
+        gpu_visible=False,
+        model_config_found=True,
+        model_quant_method="awq",
+        cpu_wna16=HAS_WNA16,
+    )
+    result = launch(capsys, ["--device", "cpu", "--quantization", "awq"], probes)
+    assert (result.code, len(result.execs)) == (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("device", "quantization", "config_method", "asked"),
+    [
+        ("cpu", "awq", "awq", True),
+        ("cpu", "none", "awq", True),  # vLLM reads awq from config.json
+        ("cpu", "none", None, False),  # a float model needs no 4-bit kernel
+        ("cpu", "fp8", None, False),
+        ("cuda", "awq", "awq", False),  # GPUs have their own AWQ kernels
+    ],
+)
+def test_probe_asks_vllm_only_when_4bit_weights_run_on_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    device: str,
+    quantization: str,
+    config_method: str | None,
+    asked: bool,
+) -> None:
+    config = {"quantization_config": {"quant_method": config_method}} if config_method else {}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    calls: list[str] = []
+
+    def fake_ask(python: str = sys.executable, timeout_s: float = 0.0) -> ck.KernelReport:
+        calls.append(python)
+        return ck.guess_from_cpu_flags({"avx2"}, note="test")
+
+    monkeypatch.setattr(ck, "ask_vllm", fake_ask)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: object())
+    settings = WorkerSettings(model=str(tmp_path), device=device, quantization=quantization)
+    probes = probe(settings, {})
+    assert (probes.cpu_wna16 is not None) is asked
+    assert len(calls) == int(asked)

@@ -1,11 +1,16 @@
-"""The real-vLLM tier: vLLM's CPU engine serving the tiny AWQ Qwen2 model.
+"""The real-vLLM tier: vLLM's CPU engine serving the tiny Qwen2 model, AWQ and float16.
 
-Started once per session, in parallel (each vLLM server takes about a minute on two cores):
-two AWQ workers and a float16 twin, all through ``vgate worker`` exactly as on GPUs, and the
-gateway in front of the two AWQ workers.
+Started once per session, in parallel (each vLLM server takes about a minute on two cores), all
+through ``vgate worker`` exactly as on GPUs: two AWQ workers and a float16 twin, with the gateway
+in front of the two AWQ workers.
+
+Before any server starts, vLLM itself is asked whether its CPU build has the 4-bit (WNA16)
+kernel AWQ needs on this CPU (only its AVX-512 builds do). Where it does not, the gateway pair
+serves the float16 twin instead, every test marked ``awq_kernel`` is skipped with the reason
+(naming the kernel and the CPU feature), and everything else runs.
 
 Outside ``.venv-vllm`` every test here is skipped with the reason; ``make test-vllm`` sets
-``VGATE_REQUIRE_VLLM=1``, which turns any skip into a failed run.
+``VGATE_REQUIRE_VLLM=1``, which fails the run on any skip other than the missing-kernel one.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import openai
 import pytest
 
 from tests.support.procs import Proc, make_proc, running
+from vgate_worker import cpu_kernels
 
 SERVED_NAME = "tiny-qwen-awq"
 FLOAT_NAME = "tiny-qwen-float"
@@ -44,30 +50,63 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("filterwarnings", f"ignore::FutureWarning:{module}.*")
 
 
+_awq_support: cpu_kernels.KernelSupport | None = None
+
+
+def awq_support() -> cpu_kernels.KernelSupport:
+    """vLLM's own answer, asked once per session (importing vLLM's kernels takes seconds)."""
+    global _awq_support
+    if _awq_support is None:
+        _awq_support = cpu_kernels.wna16_support(cpu_kernels.ask_vllm())
+    return _awq_support
+
+
+def awq_skip_reason() -> str:
+    return f"AWQ kernels unavailable: {awq_support().reason}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not VLLM_MISSING:
-        return
-    reason = "vLLM is not installed in this environment; `make test-vllm` runs this tier in .venv-vllm"
-    for item in items:
-        if "tests/vllm/" in item.nodeid:
+    tier = [item for item in items if "tests/vllm/" in item.nodeid]
+    if VLLM_MISSING:
+        reason = "vLLM is not installed in this environment; `make test-vllm` runs this tier in .venv-vllm"
+        for item in tier:
             item.add_marker(pytest.mark.skip(reason=reason))
+        return
+    if not any(item.get_closest_marker("awq_kernel") for item in tier):
+        return
+    support = awq_support()
+    print(f"\nvLLM CPU kernels: {support.reason}")
+    if support.available:
+        return
+    for item in tier:
+        if item.get_closest_marker("awq_kernel"):
+            item.add_marker(pytest.mark.skip(reason=awq_skip_reason()))
 
 
-_skipped: list[str] = []
+_skipped: list[tuple[str, str]] = []
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.skipped:
-        _skipped.append(report.nodeid)
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _skipped.append((report.nodeid, reason))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    # Under `make test-vllm`, a skipped or missing test means the tier did not run: fail.
-    if REQUIRE and (_skipped or session.testscollected == 0):
+    # Under `make test-vllm` a skip means part of the tier did not run: fail, except for the one
+    # skip this host is entitled to, the AWQ kernel that vLLM said it does not have here.
+    if not REQUIRE:
+        return
+    entitled = None if _awq_support is None or _awq_support.available else awq_skip_reason()
+    other = [node for node, reason in _skipped if entitled is None or entitled not in reason]
+    if other or session.testscollected == 0:
         print(
-            f"\nVGATE_REQUIRE_VLLM=1 but {len(_skipped)} test(s) skipped, {session.testscollected} collected"
+            f"\nVGATE_REQUIRE_VLLM=1 but {session.testscollected} collected, skipped without cause: {other}"
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif _skipped:
+        print(f"\n{len(_skipped)} test(s) skipped: {entitled}")
 
 
 @dataclass
@@ -78,12 +117,14 @@ class TinyModels:
 
 @dataclass
 class VllmStack:
-    """Two AWQ vLLM workers, a float16 twin, and the gateway in front of the AWQ pair."""
+    """Two vLLM workers (AWQ where vLLM can run it), the float16 model, and the gateway in front of the pair."""
 
     workers: list[Proc]
-    float_worker: Proc
+    float_worker: Proc  # the AWQ pair's float16 twin, or the first worker when the pair is float16
     gateway: Proc
     tmp_path: Path
+    model: str  # the name the pair serves
+    awq: bool
 
     def client(self, proc: Proc | None = None) -> openai.OpenAI:
         """The official client against ``proc``, or the gateway by default."""
@@ -129,9 +170,21 @@ def gateway_proc(workers: list[Proc], tmp_path: Path) -> Proc:
 def vllm_stack(tiny_models: TinyModels, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VllmStack]:
     """Start every vLLM server at once (each ~1 min), then the gateway; stop all at the end."""
     tmp_path = tmp_path_factory.mktemp("vllm-stack")
-    workers = [worker_proc(tiny_models.awq, "awq", SERVED_NAME, tmp_path) for _ in range(2)]
-    twin = worker_proc(tiny_models.float, "none", FLOAT_NAME, tmp_path)
-    with running([*workers, twin], timeout=START_TIMEOUT_S):
+    awq = awq_support().available
+    if awq:
+        workers = [worker_proc(tiny_models.awq, "awq", SERVED_NAME, tmp_path) for _ in range(2)]
+        servers = [*workers, worker_proc(tiny_models.float, "none", FLOAT_NAME, tmp_path)]
+    else:
+        workers = [worker_proc(tiny_models.float, "none", FLOAT_NAME, tmp_path) for _ in range(2)]
+        servers = workers
+    with running(servers, timeout=START_TIMEOUT_S):
         gateway = gateway_proc(workers, tmp_path)
         with running([gateway], ready_path="/ready", timeout=60):
-            yield VllmStack(workers=workers, float_worker=twin, gateway=gateway, tmp_path=tmp_path)
+            yield VllmStack(
+                workers=workers,
+                float_worker=servers[-1],
+                gateway=gateway,
+                tmp_path=tmp_path,
+                model=SERVED_NAME if awq else FLOAT_NAME,
+                awq=awq,
+            )

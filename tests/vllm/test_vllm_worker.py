@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.vllm.conftest import FLOAT_NAME, SERVED_NAME, TinyModels, VllmStack
+from tests.vllm.conftest import FLOAT_NAME, SERVED_NAME, TinyModels, VllmStack, awq_support
 from vgate_worker import tiny_model as tm
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
@@ -58,6 +59,35 @@ def test_gpu_device_without_gpu_fails_fast(tiny_models: TinyModels) -> None:
     assert "--dry-run" in done.stderr
 
 
+def test_awq_on_this_cpu_runs_or_is_refused_up_front(vllm_stack: VllmStack, tiny_models: TinyModels) -> None:
+    """Where vLLM has the AWQ kernel the AWQ pair serves; elsewhere the launcher refuses before vLLM starts."""
+    support = awq_support()
+    if support.available:
+        assert vllm_stack.awq
+        assert all(w.popen is not None and w.popen.poll() is None for w in vllm_stack.workers)
+        return
+    for quantization in ("awq", "none"):  # "none": vLLM would read awq from config.json
+        done = vgate_worker(
+            "--model", str(tiny_models.awq), "--quantization", quantization, "--device", "cpu"
+        )
+        assert done.returncode == 2, done.stderr
+        assert "cpu_gemm_wna16" in done.stderr
+        assert "AVX-512" in done.stderr
+        assert "--quantization none" in done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_vllm_reads_the_awq_quantization_metadata(tiny_models: TinyModels) -> None:
+    """vLLM's own AWQ config class parses the checkpoint's quantization_config (no kernel runs)."""
+    from vllm.model_executor.layers.quantization import get_quantization_config
+
+    config = json.loads((tiny_models.awq / "config.json").read_text())
+    awq = get_quantization_config("awq").from_config(config["quantization_config"])
+    assert awq.get_name() == "awq"
+    assert (awq.weight_bits, awq.group_size, awq.zero_point) == (4, 64, True)
+    assert awq.pack_factor == 8
+
+
 def prefix_cache_counters(url: str) -> tuple[float, float]:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     values = []
@@ -74,7 +104,9 @@ def test_prefix_cache_counters_move_on_repeated_prompts(vllm_stack: VllmStack) -
     # Several 128-token KV blocks (vLLM's CPU block size), so whole blocks can be reused.
     prompt = " ".join(tm.CORPUS) * 2
     queries_before, hits_before = prefix_cache_counters(worker.url)
-    replies = [client.completions.create(model=SERVED_NAME, prompt=prompt, max_tokens=1) for _ in range(2)]
+    replies = [
+        client.completions.create(model=vllm_stack.model, prompt=prompt, max_tokens=1) for _ in range(2)
+    ]
     queries_after, hits_after = prefix_cache_counters(worker.url)
     prompt_tokens = replies[0].usage.prompt_tokens if replies[0].usage else 0
     assert prompt_tokens > 2 * 128
@@ -103,6 +135,44 @@ def teacher_forced_top1(client: openai.OpenAI, model: str, prompt: str) -> tuple
     return ids, top1
 
 
+def dequantized_reference() -> object:
+    """A transformers Qwen2 holding the float weights an exact AWQ kernel computes with."""
+    transformers = pytest.importorskip("transformers")
+    shape = tm.TinyQwen2()
+    weights = {}
+    for name, weight in tm.float_weights(shape, seed=0).items():
+        if name.endswith(".weight") and any(p in name for p in tm.PROJECTIONS):
+            weight = tm.dequantize_awq(tm.awq_gemm_tensors(weight, shape.group_size), shape.group_size)
+        weights[name] = weight.half().float()
+    config = transformers.Qwen2Config(
+        **tm.model_config(shape, "float", {"<|endoftext|>": 0, "<|im_end|>": 2})
+    )
+    reference = transformers.Qwen2ForCausalLM(config).eval()
+    reference.load_state_dict(weights)
+    return reference
+
+
+def reference_top1(reference: object, ids: list[int]) -> list[int]:
+    torch = pytest.importorskip("torch")
+    with torch.no_grad():
+        return reference(torch.tensor([ids])).logits[0].argmax(-1).tolist()  # type: ignore[operator]
+
+
+def test_dequantized_reference_follows_the_served_float_model(vllm_stack: VllmStack) -> None:
+    """The 4-bit checkpoint, dequantized, keeps most next-token choices of the float16 model vLLM serves."""
+    reference = dequantized_reference()
+    client = vllm_stack.client(vllm_stack.float_worker)
+    total = agree = 0
+    for prompt in tm.CORPUS:
+        ids, served = teacher_forced_top1(client, FLOAT_NAME, prompt)
+        expected = reference_top1(reference, ids)
+        total += len(served)
+        agree += sum(a == b for a, b in zip(served, expected, strict=True))
+    # Measured ~0.65 on random weights; a mis-packed checkpoint agrees on ~0.03.
+    assert agree / total >= 0.5, f"{agree}/{total} next-token choices agree"
+
+
+@pytest.mark.awq_kernel
 def test_awq_model_follows_the_float_model(vllm_stack: VllmStack) -> None:
     """4-bit weights keep most next-token choices of the float16 weights they were quantized from."""
     awq, fp16 = vllm_stack.client(vllm_stack.workers[0]), vllm_stack.client(vllm_stack.float_worker)
@@ -116,27 +186,15 @@ def test_awq_model_follows_the_float_model(vllm_stack: VllmStack) -> None:
     assert agree / total >= 0.5, f"{agree}/{total} next-token choices agree"
 
 
+@pytest.mark.awq_kernel
 def test_awq_kernels_compute_exactly_the_dequantized_weights(vllm_stack: VllmStack) -> None:
     """vLLM's AWQ path unpacks the checkpoint to the very weights the reference model uses."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    shape = tm.TinyQwen2()
-    weights = {}
-    for name, weight in tm.float_weights(shape, seed=0).items():
-        if name.endswith(".weight") and any(p in name for p in tm.PROJECTIONS):
-            weight = tm.dequantize_awq(tm.awq_gemm_tensors(weight, shape.group_size), shape.group_size)
-        weights[name] = weight.half().float()
-    config = transformers.Qwen2Config(
-        **tm.model_config(shape, "float", {"<|endoftext|>": 0, "<|im_end|>": 2})
-    )
-    reference = transformers.Qwen2ForCausalLM(config).eval()
-    reference.load_state_dict(weights)
+    reference = dequantized_reference()
     client = vllm_stack.client(vllm_stack.workers[1])
     total = agree = 0
     for prompt in tm.CORPUS:
         ids, served = teacher_forced_top1(client, SERVED_NAME, prompt)
-        with torch.no_grad():
-            expected = reference(torch.tensor([ids])).logits[0].argmax(-1).tolist()
+        expected = reference_top1(reference, ids)
         total += len(served)
         agree += sum(a == b for a, b in zip(served, expected, strict=True))
     assert agree / total >= 0.95, f"{agree}/{total} next-token choices match the reference"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from vgate_worker import cpu_kernels
 from vgate_worker.settings import DEVICES, QUANTIZATIONS, WorkerSettings
 
 log = logging.getLogger("vgate.worker")
@@ -103,6 +104,8 @@ class Probes:
     model_config_found: bool
     # Where a hub model was looked for (download dir or Hugging Face cache).
     hub_cache: str
+    # Whether vLLM's CPU kernels can run the checkpoint's 4-bit weights here; None = not needed.
+    cpu_wna16: cpu_kernels.KernelSupport | None = None
 
 
 def looks_like_local_path(model: str) -> bool:
@@ -164,6 +167,15 @@ def gpu_visible(env: Mapping[str, str], dev: Path = Path("/dev")) -> bool:
     return any(dev.glob("nvidia[0-9]*")) or (dev / "kfd").exists()
 
 
+def runs_on_cpu(device: str, *, cpu_build: bool) -> bool:
+    return device == "cpu" or (device == "auto" and cpu_build)
+
+
+def weight_format(requested: str, model_quant_method: str | None) -> str | None:
+    """The quantization vLLM will run: the requested one, else what config.json declares."""
+    return model_quant_method if requested == "none" else requested
+
+
 def probe(settings: WorkerSettings, env: Mapping[str, str]) -> Probes:
     """Look at the machine: is vLLM installed, is there a GPU, where is the model."""
     model = settings.model
@@ -172,9 +184,18 @@ def probe(settings: WorkerSettings, env: Mapping[str, str]) -> Probes:
     caches = hub_cache_dirs(env, settings.download_dir)
     config_path = local_path / "config.json" if is_local else cached_config(model, caches)
     found, method = _read_quant_method(config_path)
+    installed, cpu_build = importlib.util.find_spec("vllm") is not None, _vllm_cpu_build()
+    wna16 = None
+    if (
+        installed
+        and runs_on_cpu(settings.device, cpu_build=cpu_build)
+        and weight_format(settings.quantization, method) in cpu_kernels.WNA16_METHODS
+    ):
+        wna16 = cpu_kernels.wna16_support(cpu_kernels.ask_vllm())
     return Probes(
-        vllm_installed=importlib.util.find_spec("vllm") is not None,
-        vllm_cpu_build=_vllm_cpu_build(),
+        vllm_installed=installed,
+        vllm_cpu_build=cpu_build,
+        cpu_wna16=wna16,
         gpu_visible=gpu_visible(env),
         offline=env.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE,
         model_is_local=is_local,
@@ -199,6 +220,7 @@ def check(settings: WorkerSettings, probes: Probes) -> None:
     check_device(settings.device, cpu_build=probes.vllm_cpu_build, gpu_visible=probes.gpu_visible)
     check_model(settings, probes)
     check_quantization(settings.model, settings.quantization, probes)
+    check_cpu_kernels(settings, probes)
 
 
 def check_device(device: str, *, cpu_build: bool, gpu_visible: bool) -> None:
@@ -240,6 +262,18 @@ def check_quantization(model: str, requested: str, probes: Probes) -> None:
             f"--quantization {requested} does not fit model {model}: its config.json {has}; "
             "pass the matching --quantization, or none to let vLLM read it from the config"
         )
+
+
+def check_cpu_kernels(settings: WorkerSettings, probes: Probes) -> None:
+    """On CPU, a 4-bit checkpoint needs vLLM's WNA16 kernel; without it every request would fail."""
+    support = probes.cpu_wna16
+    if support is None or support.available:
+        return
+    method = weight_format(settings.quantization, probes.model_quant_method)
+    raise LaunchError(
+        f"model {settings.model} is {method} and would run on CPU, but {support.reason}; "
+        "run it on a GPU or on a CPU with AVX-512, or serve a float model with --quantization none"
+    )
 
 
 # --- command line ------------------------------------------------------------------------------
