@@ -109,7 +109,7 @@ async def _busy(
     await batcher.submit(kind, body, _client("warm"))
     worker.gate = asyncio.Event()
     busy = asyncio.create_task(batcher.submit(kind, {**body, "max_tokens": 1}, _client("busy")))
-    while len(worker.calls) < 2:
+    while len(worker.calls) < 2:  # noqa: ASYNC110 - the fake worker signals nothing
         await asyncio.sleep(0)
     return busy
 
@@ -254,7 +254,7 @@ async def test_nothing_is_merged_before_an_answer_showed_usage_splits_exactly() 
     worker.gate, worker.hold_all = asyncio.Event(), True
     first = asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body("first"), _client("a")))
     others = [asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body(p), _client(p))) for p in "bc"]
-    while len(worker.calls) < 3:
+    while len(worker.calls) < 3:  # noqa: ASYNC110 - the fake worker signals nothing
         await asyncio.sleep(0)
     worker.gate.set()
     await asyncio.gather(first, *others)
@@ -336,7 +336,7 @@ async def _merged_replies(worker: FakeWorker, prompts: str | list[str]) -> list[
     await batcher.submit(Kind.COMPLETIONS, _body("warm"), _client("warm"))
     worker.status, worker.raises, worker.gate = worker_status, worker_raises, gate
     busy = asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body("busy", max_tokens=1), _client("busy")))
-    while len(worker.calls) < 2:
+    while len(worker.calls) < 2:  # noqa: ASYNC110 - the fake worker signals nothing
         await asyncio.sleep(0)
     results = await asyncio.gather(
         *(batcher.submit(Kind.COMPLETIONS, _body(p), _client(p)) for p in prompts), return_exceptions=True
@@ -385,7 +385,8 @@ async def test_the_upstream_call_is_cancelled_when_its_last_client_leaves() -> N
     busy = await _busy(worker, batcher)
     worker.hold_all = True
     clients = [asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body(p), _client(p))) for p in "ab"]
-    while len(worker.calls) < 3:  # flushed at two: the merged call waits on the gate
+    # Flushed at two: the merged call waits on the gate.
+    while len(worker.calls) < 3:  # noqa: ASYNC110 - the fake worker signals nothing
         await asyncio.sleep(0)
     clients[0].cancel()
     await asyncio.sleep(0)
