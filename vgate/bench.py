@@ -394,7 +394,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run the benchmark; prints the table and writes ``<out>/bench-<time>.json``."""
+    """Run the benchmark; prints the table and writes ``<out>/bench-<time>.json``.
+
+    ``--vllm`` runs the real-vLLM section instead (:mod:`vgate.bench_vllm`).
+    """
+    if list(argv[:1]) == ["--vllm"]:
+        from vgate import bench_vllm
+
+        return bench_vllm.main(argv[1:])
     args = _parser().parse_args(list(argv))
     strategies = tuple(s for s in args.strategies.split(",") if s)
     unknown = sorted(set(strategies) - set(STRATEGIES))

@@ -123,9 +123,13 @@ def _items(kind: Kind, response: Mapping[str, Any], count: int) -> list[dict[str
 
 
 def _completion_usages(
-    ordered: list[dict[str, Any]], usage: Mapping[str, Any], keep_ids: bool
+    ordered: list[dict[str, Any]], usage: Mapping[str, Any], keep_ids: bool | None
 ) -> list[dict[str, Any]]:
-    """Each choice's own usage, counted from the token ids vLLM returned for it."""
+    """Each choice's own usage, counted from the token ids vLLM returned for it.
+
+    ``keep_ids``: True keeps the token ids, False sets them to null (as vLLM answers
+    without them), None removes the fields (as workers that never send them answer).
+    """
     if usage.get("prompt_tokens_details") is not None:
         raise NotExact("cached-token counts are reported for the list, not per prompt")
     counts = []
@@ -134,8 +138,10 @@ def _completion_usages(
         if not isinstance(prompt_ids, list) or not isinstance(output_ids, list):
             raise NotExact("the worker did not return token ids")
         counts.append((len(prompt_ids), len(output_ids)))
-        if not keep_ids:
-            item["prompt_token_ids"] = item["token_ids"] = None  # as in an answer without them
+        if keep_ids is False:
+            item["prompt_token_ids"] = item["token_ids"] = None
+        elif keep_ids is None:
+            del item["prompt_token_ids"], item["token_ids"]
     if (sum(p for p, _ in counts), sum(c for _, c in counts)) != (
         usage.get("prompt_tokens"),
         usage.get("completion_tokens"),
@@ -149,7 +155,7 @@ def split_response(
     response: Mapping[str, Any],
     prompts: Sequence[str],
     ids: Sequence[str] | None = None,
-    keep_token_ids: bool = True,
+    keep_token_ids: bool | None = True,
 ) -> list[dict[str, Any]]:
     """One client response per prompt from a list-prompt response; :class:`NotExact` if it does not fit.
 
@@ -187,11 +193,18 @@ def _client_id(merged: Any, ids: Sequence[str] | None, i: int) -> Any:
     return f"{merged}-{i}"
 
 
-def learn_exact(body: bytes) -> bool | None:
-    """From one lone answer: whether merged answers of its model can be split exactly.
+@dataclass(frozen=True)
+class Shape:
+    """What one lone completion showed of its model's answers."""
 
-    None when the answer says nothing (not a JSON object).
-    """
+    #: Merged answers split exactly: nothing per-request that a list answer lumps together.
+    exact: bool
+    #: Choices carry ``token_ids`` / ``prompt_token_ids`` (null) even when not asked for.
+    null_token_ids: bool
+
+
+def learn_shape(body: bytes) -> Shape | None:
+    """From one lone completion: how its model answers; None when the answer is no JSON object."""
     try:
         answer = json.loads(body)
     except ValueError:
@@ -199,9 +212,10 @@ def learn_exact(body: bytes) -> bool | None:
     if not isinstance(answer, dict):
         return None
     usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
-    if usage.get("prompt_tokens_details") is not None:
-        return False
-    return all(answer.get(name) is None for name in UNSPLITTABLE)
+    exact = usage.get("prompt_tokens_details") is None and all(answer.get(n) is None for n in UNSPLITTABLE)
+    choices = answer.get("choices") if isinstance(answer.get("choices"), list) else []
+    null_ids = bool(choices) and isinstance(choices[0], dict) and "token_ids" in choices[0]
+    return Shape(exact, null_ids)
 
 
 class BatchMetrics:
@@ -259,8 +273,8 @@ class MicroBatcher:
         self._metrics = metrics
         self._groups: dict[str, _Group] = {}
         self._busy: dict[str, int] = {}  # model -> upstream calls of this batcher in flight
-        #: model -> whether its answers split exactly (absent: not known yet).
-        self._exact: dict[str, bool] = {}
+        #: model -> how its answers look (absent: not known yet).
+        self._shapes: dict[str, Shape] = {}
         #: Upstream requests that carried more than one client's prompt, and those clients.
         self.merged_batches = 0
         self.merged_requests = 0
@@ -295,7 +309,8 @@ class MicroBatcher:
         if self.max_batch <= 1 or kind not in self.endpoints:
             return None
         # Completions merge only once the model's answers are known to split exactly.
-        if kind is Kind.COMPLETIONS and not self._exact.get(model, False):
+        shape = self._shapes.get(model)
+        if kind is Kind.COMPLETIONS and (shape is None or not shape.exact):
             return None
         return batch_key(kind, body, partition)
 
@@ -316,15 +331,17 @@ class MicroBatcher:
             group.timer.cancel()
 
     async def _lone(self, kind: Kind, model: str, body: dict[str, Any], client: Client) -> Reply:
+        if self._metrics is not None:
+            self._metrics.size.labels(kind).observe(1)
         self._busy[model] = self._busy.get(model, 0) + 1
         try:
             reply = await self._send(kind, body, [client])
         finally:
             self._release(model)
-        if reply.status == 200 and kind is Kind.COMPLETIONS and model not in self._exact:
-            exact = learn_exact(reply.body)
-            if exact is not None:
-                self._exact[model] = exact
+        if reply.status == 200 and kind is Kind.COMPLETIONS and model not in self._shapes:
+            shape = learn_shape(reply.body)
+            if shape is not None:
+                self._shapes[model] = shape
         return reply
 
     def _release(self, model: str) -> None:
@@ -376,9 +393,11 @@ class MicroBatcher:
         clients = [item.client for item in items]
         first = items[0].body
         merged = {**first, name: prompts}
-        keep_ids = True
+        keep_ids: bool | None = True
         if kind is Kind.COMPLETIONS and not first.get("return_token_ids"):
-            merged["return_token_ids"], keep_ids = True, False
+            merged["return_token_ids"] = True
+            shape = self._shapes.get(group.model)
+            keep_ids = False if shape is not None and shape.null_token_ids else None
         self.merged_batches += 1
         self.merged_requests += len(items)
         log.info(
@@ -396,7 +415,7 @@ class MicroBatcher:
                 log.warning(
                     "merged %s answer does not split exactly (%s); not merging for %s", kind, exc, group.model
                 )
-                self._exact[group.model] = False
+                self._shapes[group.model] = Shape(False, False)
             except (ValueError, TypeError, AttributeError) as exc:
                 log.warning("merged %s answer did not split (%s); resending singly", kind, exc)
             else:

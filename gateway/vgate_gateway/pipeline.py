@@ -89,6 +89,7 @@ class Pipeline:
 
     def __init__(self, settings: GatewaySettings, forward: Handler, metrics: PipelineMetrics) -> None:
         self._forward = forward
+        self._max_entry = settings.cache_max_entry_bytes
         self.cache = ResponseCache(
             settings.cache_maxsize, settings.cache_max_bytes, settings.cache_ttl_s, metrics=metrics.cache
         )
@@ -198,7 +199,7 @@ class Pipeline:
             writer.push(bytes(resp.body))
             return
         writer.start(Head(200, {"content-type": SSE, **SSE_HEADERS}))
-        recorder = StreamRecorder(self.cache.max_bytes if self.cache.enabled else 0)
+        recorder = StreamRecorder(min(self.cache.max_bytes, self._max_entry) if self.cache.enabled else 0)
         events: AsyncIterator[bytes] = resp.body_iterator  # type: ignore[assignment]
         try:
             async for event in events:
@@ -211,7 +212,7 @@ class Pipeline:
             self.cache.put(call.key, answer)
 
     def _store(self, kind: Kind, key: str, body: bytes) -> None:
-        if not self.cache.enabled:
+        if not self.cache.enabled or len(body) > self._max_entry:
             return
         stamp = response_complete(kind, body)
         if stamp is not None:

@@ -245,7 +245,9 @@ async def test_requests_arriving_while_the_model_is_busy_are_merged_with_exact_u
     for i, (prompt, reply) in enumerate(zip(prompts, replies, strict=True)):
         alone = json.loads((await batcher.submit(Kind.COMPLETIONS, _body(prompt), _client(f"r{i}"))).body)
         assert json.loads(reply.body) == alone  # usage, token-id fields, id: all as alone
-    assert registry.get_sample_value("vgate_batch_size_sum", {"endpoint": Kind.COMPLETIONS}) == 3
+    # Client requests per upstream call: warm-up, busy, the merged three, then the three alone.
+    assert registry.get_sample_value("vgate_batch_size_sum", {"endpoint": Kind.COMPLETIONS}) == 8
+    assert registry.get_sample_value("vgate_batch_size_count", {"endpoint": Kind.COMPLETIONS}) == 6
 
 
 async def test_nothing_is_merged_before_an_answer_showed_usage_splits_exactly() -> None:
