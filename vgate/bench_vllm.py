@@ -109,6 +109,8 @@ class VllmBenchConfig:
     #: KV blocks of 32 tokens per worker (2,048 tokens): fewer than all system prompts need together.
     kv_blocks: int = 64
     seed: int = 11
+    #: Which measurements to run, comma-separated.
+    sections: str = "dedup,fidelity,batching,routing"
     out: str = "bench-results"
 
 
@@ -419,40 +421,49 @@ def run(cfg: VllmBenchConfig, logs: Path) -> dict[str, Any]:
             for i in range(2)
         ]
         workers = [es.enter_context(s) for s in starts]
-        print("vLLM: dedup and cache fidelity ...", file=sys.stderr, flush=True)
-        with gateway(workers, {}, logs) as gw:
-            results["dedup"] = asyncio.run(run_dedup(cfg, gw, workers))
-            results["cache_fidelity"] = asyncio.run(run_fidelity(gw, workers[0]))
-        print("vLLM: batching on and off ...", file=sys.stderr, flush=True)
-        results["batching"] = run_batching(cfg, workers, logs)
-        print("vLLM: routing quality ...", file=sys.stderr, flush=True)
-        results["routing"] = run_routing(cfg, workers, logs)
+        sections = set(cfg.sections.split(","))
+        if sections & {"dedup", "fidelity"}:
+            print("vLLM: dedup and cache fidelity ...", file=sys.stderr, flush=True)
+            with gateway(workers, {}, logs) as gw:
+                if "dedup" in sections:
+                    results["dedup"] = asyncio.run(run_dedup(cfg, gw, workers))
+                if "fidelity" in sections:
+                    results["cache_fidelity"] = asyncio.run(run_fidelity(gw, workers[0]))
+        if "batching" in sections:
+            print("vLLM: batching on and off ...", file=sys.stderr, flush=True)
+            results["batching"] = run_batching(cfg, workers, logs)
+        if "routing" in sections:
+            print("vLLM: routing quality ...", file=sys.stderr, flush=True)
+            results["routing"] = run_routing(cfg, workers, logs)
     return results
 
 
 def render(results: dict[str, Any]) -> str:
     """The human-readable summary."""
-    d, b = results["dedup"], results["batching"]
-    lines = [
-        f"real vLLM ({results['model']})",
-        f"dedup:    {d['client_requests']} identical in-flight requests -> {d['upstream_calls']:.0f} upstream call(s), "
-        f"{d['worker_requests']:.0f} worker request(s), {d['distinct_answers']} distinct answer(s), {d['distinct_ids']} ids",
-    ]
-    for name, f in results["cache_fidelity"].items():
+    lines = [f"real vLLM ({results['model']})"]
+    if d := results.get("dedup"):
+        lines.append(
+            f"dedup:    {d['client_requests']} identical in-flight requests -> {d['upstream_calls']:.0f} upstream "
+            f"call(s), {d['worker_requests']:.0f} worker request(s), {d['distinct_answers']} distinct answer(s), "
+            f"{d['distinct_ids']} ids"
+        )
+    for name, f in results.get("cache_fidelity", {}).items():
         diff = f["differences_besides_id_and_created"] or "none"
         lines.append(
             f"cache:    {name}: {f['cache']} differences from the worker's own answer: {diff}; id {f['hit_id']}"
         )
-    lines.append(
-        f"batching: merged vs separate: throughput x{b['throughput_on_vs_off']:.2f}, mean latency "
-        f"x{b['latency_mean_on_vs_off']:.2f}, p90 x{b['latency_p90_on_vs_off']:.2f}; upstream calls "
-        f"{[r['upstream_calls'] for r in b['runs']['on']]} vs {[r['upstream_calls'] for r in b['runs']['off']]}"
-    )
-    lines.append(f"{'routing':<18} {'prefix hit':>10}  {'req/s':>6}  requests per worker")
-    for label, r in results["routing"].items():
+    if b := results.get("batching"):
         lines.append(
-            f"{label:<18} {r['prefix_hit_rate']:>10.1%}  {r['throughput_rps']:>6.2f}  {r['requests_per_worker']}"
+            f"batching: merged vs separate: throughput x{b['throughput_on_vs_off']:.2f}, mean latency "
+            f"x{b['latency_mean_on_vs_off']:.2f}, p90 x{b['latency_p90_on_vs_off']:.2f}; upstream calls "
+            f"{[r['upstream_calls'] for r in b['runs']['on']]} vs {[r['upstream_calls'] for r in b['runs']['off']]}"
         )
+    if routing := results.get("routing"):
+        lines.append(f"{'routing':<18} {'prefix hit':>10}  {'req/s':>6}  requests per worker")
+        for label, r in routing.items():
+            lines.append(
+                f"{label:<18} {r['prefix_hit_rate']:>10.1%}  {r['throughput_rps']:>6.2f}  {r['requests_per_worker']}"
+            )
     return "\n".join(lines)
 
 
