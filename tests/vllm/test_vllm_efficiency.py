@@ -62,6 +62,15 @@ def _events(raw: bytes) -> list[Any]:
     ]
 
 
+def _text(raw: bytes) -> str:
+    return "".join(
+        (c.get("delta") or {}).get("content") or ""
+        for e in _events(raw)
+        if isinstance(e, dict)
+        for c in e.get("choices") or []
+    )
+
+
 async def test_identical_in_flight_requests_make_one_vllm_request(
     vllm_stack: VllmStack, gateway: Proc
 ) -> None:
@@ -103,7 +112,10 @@ async def test_a_cached_replay_is_vllms_own_answer(
         hit = await http.post("/v1/chat/completions", json=body, headers={"x-request-id": "hit"})
     assert [miss.headers["x-vgate-cache"], hit.headers["x-vgate-cache"]] == ["miss", "hit"]
     if extra:
-        assert _events(hit.content) == _events(own.content)
+        # vLLM cuts a stream into chunks as its output loop keeps up, so two runs of one greedy
+        # request may chunk differently: the replay is judged against the stream that filled it.
+        assert _events(hit.content) == _events(miss.content)
+        assert _text(hit.content) == _text(own.content)
         assert json.loads(hit.content.split(b"\n\n")[0][6:])["id"] == "chatcmpl-hit"
     else:
         assert _unstamped(hit.json()) == _unstamped(own.json())
@@ -117,9 +129,9 @@ async def test_merged_completions_get_the_usage_and_text_they_get_alone(
     async with _http(gateway) as http:
         warm = {"model": model, "prompt": "warm up", "max_tokens": 2, "temperature": 0.5}
         (await http.post("/v1/completions", json=warm)).raise_for_status()
-        long = {"model": model, "prompt": "busy", "max_tokens": 300, "temperature": 0.5, "ignore_eos": True}
+        long = {"model": model, "prompt": "busy", "max_tokens": 500, "temperature": 0.5, "ignore_eos": True}
         busy = asyncio.create_task(http.post("/v1/completions", json=long))
-        await eventually(lambda: _more(http, vllm_stack), within=60)
+        await eventually(lambda: _routed(http), within=60)
         batches_before = await ametric(http, gateway.url, "vgate_batch_size_count", missing=0)
         prompts = ["Hi", "The quick brown fox jumps over the lazy dog while the cat", "Numbers: 0 1 2"]
         bodies = [
@@ -139,6 +151,11 @@ async def test_merged_completions_get_the_usage_and_text_they_get_alone(
         assert _unstamped(mine.json()) == _unstamped(theirs.json())
 
 
+async def _routed(http: httpx.AsyncClient) -> bool:
+    """Whether the gateway has a call in flight to a worker."""
+    return sum(u["inflight"] for u in (await http.get("/stats")).json()["upstreams"]) > 0
+
+
 async def _more(http: httpx.AsyncClient, stack: VllmStack) -> bool:
     return await _running(http, stack) > 0
 
@@ -154,7 +171,7 @@ async def test_a_client_leaving_a_completion_stops_vllm(
     body = {
         "model": vllm_stack.model,
         "prompt": f"leave at temperature {temperature}",
-        "max_tokens": 400,
+        "max_tokens": 500,
         "temperature": temperature,
         "ignore_eos": True,
     }
