@@ -97,14 +97,14 @@ class VllmBenchConfig:
     """One run's shape (command-line flags)."""
 
     identical: int = 8
-    batch_requests: int = 96
-    batch_concurrency: int = 16
+    batch_requests: int = 192
+    batch_concurrency: int = 32
     batch_max_tokens: int = 8
-    batch_rounds: int = 2
+    batch_rounds: int = 3
     routing_requests: int = 80
     routing_concurrency: int = 4
     apps: int = 8
-    system_words: int = 120
+    system_words: int = 300
     max_model_len: int = 512
     #: KV blocks of 32 tokens per worker (2,048 tokens): fewer than all system prompts need together.
     kv_blocks: int = 64
@@ -328,6 +328,31 @@ async def _closed_loop(gw: str, prompts: list[str], concurrency: int, max_tokens
     }
 
 
+async def run_direct(cfg: VllmBenchConfig, worker: str, prompts: int = 8, rounds: int = 6) -> dict[str, Any]:
+    """The gain merging can give at most: one list request against as many concurrent single ones, at vLLM itself."""
+    rng = random.Random(cfg.seed + 1)
+    texts = [_text(rng, rng.randint(4, 12)) for _ in range(prompts)]
+
+    def body(prompt: str | list[str]) -> dict[str, Any]:
+        return {"model": MODEL, "prompt": prompt, "max_tokens": cfg.batch_max_tokens, "temperature": 0.8}
+
+    separate, merged = [], []
+    async with httpx.AsyncClient(base_url=worker, timeout=120.0) as client:
+        for _ in range(rounds):
+            started = time.perf_counter()
+            await asyncio.gather(*(client.post("/v1/completions", json=body(t)) for t in texts))
+            separate.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await client.post("/v1/completions", json={**body(texts), "return_token_ids": True})
+            merged.append(time.perf_counter() - started)
+    return {
+        "prompts": prompts,
+        "separate_median_s": statistics.median(separate),
+        "merged_median_s": statistics.median(merged),
+        "merged_vs_separate_time": statistics.median(merged) / statistics.median(separate),
+    }
+
+
 def run_batching(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> dict[str, Any]:
     """Concurrent single-prompt completions with merging off and on, alternating rounds."""
     rng = random.Random(cfg.seed)
@@ -349,6 +374,7 @@ def run_batching(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> di
         return statistics.median(r[key] for r in runs[mode])
 
     return {
+        "direct": asyncio.run(run_direct(cfg, workers[0])),
         "runs": runs,
         "throughput_on_vs_off": median("on", "throughput_rps") / median("off", "throughput_rps"),
         "latency_mean_on_vs_off": median("on", "latency_mean_s") / median("off", "latency_mean_s"),
@@ -459,6 +485,11 @@ def render(results: dict[str, Any]) -> str:
             f"batching: merged vs separate: throughput x{b['throughput_on_vs_off']:.2f}, mean latency "
             f"x{b['latency_mean_on_vs_off']:.2f}, p90 x{b['latency_p90_on_vs_off']:.2f}; upstream calls "
             f"{[r['upstream_calls'] for r in b['runs']['on']]} vs {[r['upstream_calls'] for r in b['runs']['off']]}"
+        )
+        d = b["direct"]
+        lines.append(
+            f"          at vLLM itself, one list of {d['prompts']} prompts took x{d['merged_vs_separate_time']:.2f} "
+            f"the time of {d['prompts']} concurrent single requests"
         )
     if routing := results.get("routing"):
         lines.append(f"{'routing':<18} {'prefix hit':>10}  {'req/s':>6}  requests per worker")
