@@ -9,6 +9,8 @@ the same run:
 - **cache fidelity**: a cached replay (JSON and stream) against the worker's own answer,
   field by field (only ``id`` and ``created`` may differ: they are the replaying request's);
 - **batching**: concurrent single-prompt completions with merging on and off;
+- **embeddings**: the same for single-input embeddings, on two pooling workers
+  (``--runner pooling --convert embed`` of the same model);
 - **routing quality**: vLLM's own prefix-cache hit rate and the requests each worker served,
   for prefix-aware and round-robin over two workers and for one worker alone, on
   applications with shared system prompts. The workers' KV cache is kept small
@@ -110,7 +112,7 @@ class VllmBenchConfig:
     kv_blocks: int = 64
     seed: int = 11
     #: Which measurements to run, comma-separated.
-    sections: str = "dedup,fidelity,batching,routing"
+    sections: str = "dedup,fidelity,batching,routing,embeddings"
     out: str = "bench-results"
 
 
@@ -299,22 +301,25 @@ async def run_fidelity(gw: str, worker: str) -> dict[str, Any]:
     return out
 
 
-async def _closed_loop(gw: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict[str, Any]:
-    queue = list(reversed(prompts))
+async def _closed_loop(
+    gw: str, path: str, bodies: list[dict[str, Any]], concurrency: int, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """``concurrency`` clients sending ``bodies`` one after another; throughput and latency."""
+    queue = list(reversed(bodies))
     latencies: list[float] = []
     usage_ok = True
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         nonlocal usage_ok
         while queue:
-            prompt = queue.pop()
-            body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8}
+            body = queue.pop()
             started = time.perf_counter()
-            resp = await client.post("/v1/completions", json=body)
+            resp = await client.post(path, json=body, headers=headers)
             latencies.append(time.perf_counter() - started)
             resp.raise_for_status()
             usage = resp.json()["usage"]
-            usage_ok &= usage["completion_tokens"] <= max_tokens and usage["prompt_tokens"] > 0
+            limit = body.get("max_tokens")
+            usage_ok &= usage["prompt_tokens"] > 0 and (limit is None or usage["completion_tokens"] <= limit)
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=gw, timeout=120.0) as client:
@@ -328,22 +333,27 @@ async def _closed_loop(gw: str, prompts: list[str], concurrency: int, max_tokens
     }
 
 
-async def run_direct(cfg: VllmBenchConfig, worker: str, prompts: int = 8, rounds: int = 6) -> dict[str, Any]:
-    """The gain merging can give at most: one list request against as many concurrent single ones, at vLLM itself."""
+async def run_direct(
+    cfg: VllmBenchConfig, worker: str, kind: str = "completions", prompts: int = 8, rounds: int = 6
+) -> dict[str, Any]:
+    """What merging can gain at most: one list request against as many single ones at once, at vLLM itself."""
     rng = random.Random(cfg.seed + 1)
     texts = [_text(rng, rng.randint(4, 12)) for _ in range(prompts)]
 
     def body(prompt: str | list[str]) -> dict[str, Any]:
+        if kind == "embeddings":
+            return {"model": MODEL, "input": prompt}
         return {"model": MODEL, "prompt": prompt, "max_tokens": cfg.batch_max_tokens, "temperature": 0.8}
 
+    merged_body = body(texts) if kind == "embeddings" else {**body(texts), "return_token_ids": True}
     separate, merged = [], []
     async with httpx.AsyncClient(base_url=worker, timeout=120.0) as client:
         for _ in range(rounds):
             started = time.perf_counter()
-            await asyncio.gather(*(client.post("/v1/completions", json=body(t)) for t in texts))
+            await asyncio.gather(*(client.post(f"/v1/{kind}", json=body(t)) for t in texts))
             separate.append(time.perf_counter() - started)
             started = time.perf_counter()
-            await client.post("/v1/completions", json={**body(texts), "return_token_ids": True})
+            await client.post(f"/v1/{kind}", json=merged_body)
             merged.append(time.perf_counter() - started)
     return {
         "prompts": prompts,
@@ -353,17 +363,22 @@ async def run_direct(cfg: VllmBenchConfig, worker: str, prompts: int = 8, rounds
     }
 
 
-def run_batching(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> dict[str, Any]:
-    """Concurrent single-prompt completions with merging off and on, alternating rounds."""
-    rng = random.Random(cfg.seed)
-    prompts = [_text(rng, rng.randint(4, 12)) for _ in range(cfg.batch_requests)]
+def _on_off(
+    cfg: VllmBenchConfig,
+    workers: Sequence[str],
+    logs: Path,
+    setting: str,
+    path: str,
+    bodies: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The same load through a gateway with ``setting`` false and true, in alternating rounds."""
     runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    bypass = {"x-vgate-cache": "bypass"}  # every request reaches the batcher, none the cache
     for _ in range(cfg.batch_rounds):
         for mode in ("off", "on"):
-            env = {"VGATE_BATCH_COMPLETIONS": "true" if mode == "on" else "false"}
-            with gateway(workers, env, logs) as gw:
+            with gateway(workers, {setting: "true" if mode == "on" else "false"}, logs) as gw:
                 before = asyncio.run(_sums([gw], ["vgate_upstream_requests_total"]))[0]
-                result = asyncio.run(_closed_loop(gw, prompts, cfg.batch_concurrency, cfg.batch_max_tokens))
+                result = asyncio.run(_closed_loop(gw, path, bodies, cfg.batch_concurrency, bypass))
                 after = asyncio.run(_sums([gw], ["vgate_upstream_requests_total"]))[0]
                 result["upstream_calls"] = after["vgate_upstream_requests_total"] - before.get(
                     "vgate_upstream_requests_total", 0
@@ -374,12 +389,40 @@ def run_batching(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> di
         return statistics.median(r[key] for r in runs[mode])
 
     return {
-        "direct": asyncio.run(run_direct(cfg, workers[0])),
         "runs": runs,
         "throughput_on_vs_off": median("on", "throughput_rps") / median("off", "throughput_rps"),
         "latency_mean_on_vs_off": median("on", "latency_mean_s") / median("off", "latency_mean_s"),
         "latency_p90_on_vs_off": median("on", "latency_p90_s") / median("off", "latency_p90_s"),
     }
+
+
+def _prompts(cfg: VllmBenchConfig) -> list[str]:
+    rng = random.Random(cfg.seed)
+    return [_text(rng, rng.randint(4, 12)) for _ in range(cfg.batch_requests)]
+
+
+def run_batching(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> dict[str, Any]:
+    """Concurrent single-prompt completions with merging off and on."""
+    bodies = [
+        {"model": MODEL, "prompt": p, "max_tokens": cfg.batch_max_tokens, "temperature": 0.8}
+        for p in _prompts(cfg)
+    ]
+    result = _on_off(cfg, workers, logs, "VGATE_BATCH_COMPLETIONS", "/v1/completions", bodies)
+    return {"direct": asyncio.run(run_direct(cfg, workers[0])), **result}
+
+
+def run_embeddings(cfg: VllmBenchConfig, model: Path, logs: Path) -> dict[str, Any]:
+    """Concurrent single-input embeddings with merging off and on, on two pooling workers."""
+    _, pin = _cores()
+    args = [*_worker_args(cfg, model), "--runner", "pooling", "--convert", "embed"]
+    with ExitStack() as es:
+        starts = [
+            _process(pin, args, "/health", _VLLM_ENV, logs / f"vllm-embed{i}.log", 600.0) for i in range(2)
+        ]
+        workers = [es.enter_context(s) for s in starts]
+        bodies = [{"model": MODEL, "input": p} for p in _prompts(cfg)]
+        result = _on_off(cfg, workers, logs, "VGATE_BATCH_EMBEDDINGS", "/v1/embeddings", bodies)
+        return {"direct": asyncio.run(run_direct(cfg, workers[0], "embeddings")), **result}
 
 
 async def _routing_load(cfg: VllmBenchConfig, gw: str) -> None:
@@ -442,14 +485,15 @@ def run(cfg: VllmBenchConfig, logs: Path) -> dict[str, Any]:
         "config": asdict(cfg),
         "model": "tiny Qwen2, float16 (this CPU has no AVX-512 for AWQ)",
     }
+    sections = set(cfg.sections.split(","))
     with ExitStack() as es:
-        print("vLLM: starting two workers ...", file=sys.stderr, flush=True)
-        starts = [
-            _process(pin, _worker_args(cfg, model), "/health", _VLLM_ENV, logs / f"vllm{i}.log", 600.0)
-            for i in range(2)
-        ]
-        workers = [es.enter_context(s) for s in starts]
-        sections = set(cfg.sections.split(","))
+        if sections & {"dedup", "fidelity", "batching", "routing"}:
+            print("vLLM: starting two workers ...", file=sys.stderr, flush=True)
+            starts = [
+                _process(pin, _worker_args(cfg, model), "/health", _VLLM_ENV, logs / f"vllm{i}.log", 600.0)
+                for i in range(2)
+            ]
+            workers = [es.enter_context(s) for s in starts]
         if sections & {"dedup", "fidelity"}:
             print("vLLM: dedup and cache fidelity ...", file=sys.stderr, flush=True)
             with gateway(workers, {}, logs) as gw:
@@ -463,6 +507,9 @@ def run(cfg: VllmBenchConfig, logs: Path) -> dict[str, Any]:
         if "routing" in sections:
             print("vLLM: routing quality ...", file=sys.stderr, flush=True)
             results["routing"] = run_routing(cfg, workers, logs)
+    if "embeddings" in sections:
+        print("vLLM: embeddings batching on and off (pooling workers) ...", file=sys.stderr, flush=True)
+        results["embeddings"] = run_embeddings(cfg, model, logs)
     return results
 
 
@@ -490,6 +537,12 @@ def render(results: dict[str, Any]) -> str:
         lines.append(
             f"          at vLLM itself, one list of {d['prompts']} prompts took x{d['merged_vs_separate_time']:.2f} "
             f"the time of {d['prompts']} concurrent single requests"
+        )
+    if e := results.get("embeddings"):
+        lines.append(
+            f"embeddings: merged vs separate: throughput x{e['throughput_on_vs_off']:.2f}, mean latency "
+            f"x{e['latency_mean_on_vs_off']:.2f}, p90 x{e['latency_p90_on_vs_off']:.2f}; at vLLM itself, one list "
+            f"of {e['direct']['prompts']} inputs took x{e['direct']['merged_vs_separate_time']:.2f} the time"
         )
     if routing := results.get("routing"):
         lines.append(f"{'routing':<18} {'prefix hit':>10}  {'req/s':>6}  requests per worker")
