@@ -15,7 +15,11 @@ import helm_python as helm
 # Values that switch on every optional template, so all of them are linted.
 ALL_ON = {
     "deployment": {"enabled": True},
-    "metrics": {"serviceMonitor": {"enabled": True}, "dashboard": {"enabled": True}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True},
+        "podMonitor": {"enabled": True},
+        "dashboard": {"enabled": True},
+    },
 }
 _SEVERITY = {0: "UNKNOWN", 1: "INFO", 2: "WARNING", 3: "ERROR"}
 

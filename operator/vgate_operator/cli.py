@@ -1,6 +1,7 @@
 """``vgate operator``: run the VGateDeployment operator (kopf, embedded).
 
     vgate operator [--namespace NS]... [--peering NAME | --standalone] [--liveness URL]
+    vgate operator [--namespace NS]... --uninstall [--timeout S]
 
 Without ``--namespace`` it serves every namespace. Credentials come from the pod's
 service account in a cluster, else from KUBECONFIG / ~/.kube/config.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import random
 import sys
 from collections.abc import Sequence
@@ -39,6 +41,15 @@ def _parser() -> argparse.ArgumentParser:
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     parser.add_argument("--verbose", action="store_true", help="log at debug level")
+    parser.add_argument(
+        "--uninstall",
+        action="store_true",
+        help="delete every VGateDeployment in the served namespaces and wait until the running "
+        "operator has let them go (the Helm chart's pre-delete hook), instead of operating",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, metavar="S", help="with --uninstall: seconds to wait"
+    )
     return parser
 
 
@@ -78,6 +89,11 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.uninstall:
+        from vgate_operator.uninstall import uninstall
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        return asyncio.run(uninstall(args.namespace, args.timeout))
     kopf.configure(verbose=args.verbose, log_prefix=True)
     registry = kopf.get_default_registry()
     register(registry, config)

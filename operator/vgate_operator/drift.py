@@ -1,9 +1,12 @@
-"""Pure comparison of desired and live child objects, and the JSON patch that repairs drift.
+"""Pure comparison of desired and live child objects: does a child need a write?
 
-The API server adds defaults (``imagePullPolicy``, ``protocol``, ``clusterIP`` ...) and
-may rewrite quantities into canonical form (``0.5`` -> ``500m``), so live objects are
-never equal to what was sent. A live object *covers* the desired one when every value
-we set is present and equal; extra keys are the server's and are left alone.
+The API server adds defaults (``imagePullPolicy``, ``protocol``, ``clusterIP`` ...),
+rewrites quantities into canonical form (``0.5`` -> ``500m``) and, like Go's
+``omitempty``, leaves empty values out of what it returns (``env: []``, ``value: ""``,
+``false``, ``0``), so live objects are never equal to what was sent. A live object
+*covers* the desired one when every value we set is present and equal, an empty value
+also by its absence; extra keys are the server's or other field managers' and are left
+alone. The write itself is a server-side apply (see :mod:`vgate_operator.k8s`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from vgate_operator.builders.common import MANAGED_ANNOTATIONS, SPEC_HASH, Manifest
+from vgate_operator.builders.common import SPEC_HASH, Manifest
 
 #: Top-level fields the operator owns on each kind; everything else is left to the server.
 OWNED_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -47,10 +50,23 @@ def parse_quantity(value: Any) -> Decimal | None:
         return None
 
 
+def is_empty(value: Any) -> bool:
+    """What the API server may omit on output: ``None``, ``""``, ``[]``, ``false``, ``0``, or a
+    map of nothing but such values."""
+    if isinstance(value, dict):
+        return all(is_empty(v) for v in value.values())
+    return value is None or value is False or (not isinstance(value, bool) and not value)
+
+
 def covers(live: Any, desired: Any) -> bool:
-    """True when ``live`` holds every value of ``desired`` (recursively; lists element-wise)."""
+    """True when ``live`` holds every value of ``desired`` (recursively; lists element-wise).
+
+    A key whose desired value is empty is covered by its absence (the server omits it).
+    """
     if isinstance(desired, dict):
-        return isinstance(live, dict) and all(k in live and covers(live[k], v) for k, v in desired.items())
+        return isinstance(live, dict) and all(
+            covers(live[k], v) if k in live else is_empty(v) for k, v in desired.items()
+        )
     if isinstance(desired, list):
         return isinstance(live, list) and len(live) == len(desired) and all(map(covers, live, desired))
     if isinstance(live, bool) or isinstance(desired, bool):
@@ -71,7 +87,11 @@ def _get(obj: Manifest, path: tuple[str, ...]) -> Any:
 
 
 def in_sync(desired: Manifest, live: Manifest) -> bool:
-    """Whether ``live`` needs no write: same spec hash, our metadata and owned fields intact."""
+    """Whether ``live`` needs no write: same spec hash, our metadata and owned fields intact.
+
+    The spec hash changes with anything we stop setting too, so a removed label or
+    annotation leads to an apply, which removes it (fields no other manager owns).
+    """
     live_meta = live.get("metadata", {})
     want_meta = desired["metadata"]
     if (live_meta.get("annotations") or {}).get(SPEC_HASH) != want_meta["annotations"][SPEC_HASH]:
@@ -85,37 +105,3 @@ def in_sync(desired: Manifest, live: Manifest) -> bool:
     if not all(any(covers(ref, want) for ref in live_refs) for want in want_meta["ownerReferences"]):
         return False
     return all(covers(_get(live, path), _get(desired, path)) for path in OWNED_PATHS[desired["kind"]])
-
-
-def repair_ops(desired: Manifest, live: Manifest) -> list[dict[str, Any]]:
-    """A JSON patch (RFC 6902) that puts our metadata and owned fields back, keeping the rest."""
-    live_meta = live.get("metadata", {})
-    want_meta = desired["metadata"]
-    ours = {ref["uid"] for ref in want_meta["ownerReferences"]}
-    others = [ref for ref in live_meta.get("ownerReferences") or [] if ref.get("uid") not in ours]
-    live_annotations = live_meta.get("annotations") or {}
-    # Keys we copied earlier but no longer want (removed from the resource) go; others' stay.
-    listed = {*live_annotations.get(MANAGED_ANNOTATIONS, "").split(","), MANAGED_ANNOTATIONS}
-    stale = listed - set(want_meta["annotations"])
-    annotations = {k: v for k, v in live_annotations.items() if k not in stale}
-    ops: list[dict[str, Any]] = [
-        {
-            "op": "add",
-            "path": "/metadata/labels",
-            "value": {**(live_meta.get("labels") or {}), **want_meta["labels"]},
-        },
-        {
-            "op": "add",
-            "path": "/metadata/annotations",
-            "value": {**annotations, **want_meta["annotations"]},
-        },
-        {"op": "add", "path": "/metadata/ownerReferences", "value": [*others, *want_meta["ownerReferences"]]},
-    ]
-    for path in OWNED_PATHS[desired["kind"]]:
-        value = _get(desired, path)
-        pointer = "/" + "/".join(path)
-        if value is not None:
-            ops.append({"op": "add", "path": pointer, "value": value})
-        elif _get(live, path) is not None:
-            ops.append({"op": "remove", "path": pointer})
-    return ops

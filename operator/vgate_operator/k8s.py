@@ -1,9 +1,15 @@
 """The only module that writes to the Kubernetes API.
 
 Objects are read and written as plain JSON through ``kubernetes_asyncio``'s ApiClient,
-so every kind goes through the same few calls. Creation tolerates 409 (someone else
-created it: compare and patch), deletion tolerates 404 (already gone). Updates are
-RFC 6902 JSON patches that replace only the fields the operator owns.
+so every kind goes through the same few calls. Every write of a child is a server-side
+apply of its complete desired manifest under one field manager (``vgate-operator``): the
+server merges it, defaults it, removes what this manager set before and no longer sets,
+and keeps every other manager's fields (``kubectl rollout restart``'s annotation, a
+defaulted ``ingressClassName``). A child is only applied when a read shows it differs
+(:func:`~vgate_operator.drift.in_sync`), so a pass with nothing to change writes nothing.
+
+An existing object with a child's name that this resource does not control is never
+taken over: it is reported as a conflict and left alone. Deletion tolerates 404.
 """
 
 from __future__ import annotations
@@ -13,14 +19,14 @@ import contextlib
 import logging
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from vgate_operator.builders.common import MANAGED_BY, Manifest, Owner
-from vgate_operator.drift import in_sync, repair_ops
+from vgate_operator.drift import in_sync
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,9 @@ KINDS: dict[str, tuple[str, str]] = {
     "VGateDeployment": ("/apis/vgate.io/v1alpha1", "vgatedeployments"),
 }
 _JSON = {200: "object", 201: "object"}
+#: The field manager of every server-side apply; its fields are the operator's.
+FIELD_MANAGER = "vgate-operator"
+APPLY = "application/apply-patch+yaml"
 
 
 @dataclass
@@ -45,6 +54,8 @@ class ApplyResult:
 
     live: dict[tuple[str, str], Manifest]
     writes: int = 0
+    #: Objects that exist under a child's name but belong to someone else (not applied).
+    conflicts: list[str] = field(default_factory=list)
 
 
 async def connect() -> client.ApiClient:
@@ -69,6 +80,9 @@ class KubeApi:
         # One pass at a time per resource: the resync timer and an update handler must not
         # interleave writes from two generations. Unused locks are dropped with their last user.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        #: uid -> (generation, monotonic time): a refused pass is not retried by the resync
+        #: timer before then, unless the resource's generation moved on.
+        self.refused_until: dict[str, tuple[int, float]] = {}
 
     @contextlib.asynccontextmanager
     async def exclusive(self, uid: str) -> AsyncIterator[None]:
@@ -93,7 +107,7 @@ class KubeApi:
         self.closed = True
         await self._api.close()
 
-    async def _call(
+    async def call(
         self,
         method: str,
         path: str,
@@ -124,7 +138,7 @@ class KubeApi:
     async def get(self, kind: str, namespace: str, name: str) -> Manifest | None:
         """One object as JSON, or None if it does not exist."""
         try:
-            return await self._call("GET", self._path(kind, namespace, name))
+            return await self.call("GET", self._path(kind, namespace, name))
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -133,42 +147,38 @@ class KubeApi:
     async def list_owned(self, kind: str, owner: Owner) -> list[Manifest]:
         """Objects of ``kind`` controlled by ``owner`` (by label and ownerReference uid)."""
         selector = f"app.kubernetes.io/instance={owner.name},app.kubernetes.io/managed-by={MANAGED_BY}"
-        found = await self._call(
-            "GET", self._path(kind, owner.namespace), query=[("labelSelector", selector)]
-        )
+        found = await self.call("GET", self._path(kind, owner.namespace), query=[("labelSelector", selector)])
         items = found.get("items") or []
         return [obj for obj in items if _controlled_by(obj, owner)]
 
-    async def apply(self, desired: Manifest) -> tuple[Manifest, bool]:
-        """Make one child match ``desired``; returns the live object and whether it wrote."""
+    async def apply(self, owner: Owner, desired: Manifest) -> tuple[Manifest, bool, str | None]:
+        """Make one child match ``desired``: (live object, whether it wrote, conflict or None)."""
         kind, meta = desired["kind"], desired["metadata"]
         live = await self.get(kind, meta["namespace"], meta["name"])
-        if live is None:
-            try:
-                created = await self._call(
-                    "POST", self._path(kind, meta["namespace"]), desired, "application/json"
-                )
-                log.info("created %s %s/%s", kind, meta["namespace"], meta["name"])
-                return created, True
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
-                live = await self.get(kind, meta["namespace"], meta["name"])
-                if live is None:  # created and deleted again meanwhile: the next pass sees it
-                    raise
-        if in_sync(desired, live):
-            return live, False
-        ops = repair_ops(desired, live)
+        body = desired
+        if live is not None:
+            if not _controlled_by(live, owner):
+                return live, False, _foreign(kind, live)
+            if in_sync(desired, live):
+                return live, False, None
+            # The resourceVersion we checked: if the object changed hands since, the server
+            # answers 409 and the next pass looks again, rather than applying over it.
+            version = (live.get("metadata") or {}).get("resourceVersion")
+            body = {**desired, "metadata": {**meta, "resourceVersion": version}} if version else desired
         path = self._path(kind, meta["namespace"], meta["name"])
-        patched = await self._call("PATCH", path, ops, "application/json-patch+json")
-        log.info("updated %s %s/%s", kind, meta["namespace"], meta["name"])
-        return patched, True
+        applied = await self.call(
+            "PATCH", path, body, APPLY, query=[("fieldManager", FIELD_MANAGER), ("force", "true")]
+        )
+        log.info(
+            "%s %s %s/%s", "created" if live is None else "updated", kind, meta["namespace"], meta["name"]
+        )
+        return applied, True, None
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge ``status`` into a VGateDeployment's status; False if the resource is gone."""
         path = self._path("VGateDeployment", namespace, name) + "/status"
         try:
-            await self._call("PATCH", path, {"status": status}, "application/merge-patch+json")
+            await self.call("PATCH", path, {"status": status}, "application/merge-patch+json")
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -178,7 +188,7 @@ class KubeApi:
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete one object; False if it was already gone."""
         try:
-            await self._call("DELETE", self._path(kind, namespace, name))
+            await self.call("DELETE", self._path(kind, namespace, name))
         except ApiException as exc:
             if exc.status == 404:
                 return False
@@ -190,7 +200,10 @@ class KubeApi:
         """Apply every desired child, then delete owned children no longer desired."""
         result = ApplyResult(live={})
         for manifest in desired:
-            live, wrote = await self.apply(manifest)
+            live, wrote, conflict = await self.apply(owner, manifest)
+            if conflict:
+                result.conflicts.append(conflict)
+                continue
             result.live[(manifest["kind"], manifest["metadata"]["name"])] = live
             result.writes += wrote
         result.writes += await self.prune(owner, desired)
@@ -206,6 +219,13 @@ class KubeApi:
                 if (kind, name) not in wanted:
                     deleted += await self.delete(kind, owner.namespace, name)
         return deleted
+
+
+def _foreign(kind: str, live: Manifest) -> str:
+    meta = live.get("metadata") or {}
+    refs = [r for r in meta.get("ownerReferences") or [] if r.get("controller")]
+    whose = f"controlled by {refs[0].get('kind')} {refs[0].get('name')}" if refs else "not controlled by it"
+    return f"{kind} {meta.get('name')} already exists and is {whose}"
 
 
 def _controlled_by(obj: Manifest, owner: Owner) -> bool:

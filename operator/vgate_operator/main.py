@@ -28,6 +28,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         # A deletion that arrives during a resync pass waits for the pass to end; kopf checks
         # again only after this many seconds (default 60), which would hold the finalizer.
         settings.background.cancellation_polling = 1.0
+        # Filter child Deployments on the server: a client-side label filter would still make
+        # the API server stream every Deployment of the cluster to this process.
+        settings.watching.label_selectors["apps", "deployments"] = ",".join(
+            f"{k}={v}" for k, v in sorted(CHILD_LABELS.items())
+        )
         memo.kube = KubeApi(await connect())  # cli.main has checked the credentials
 
     @kopf.on.cleanup(registry=registry)
@@ -40,7 +45,13 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         if memo.kube.closed:
             raise kopf.TemporaryError("the operator is stopping", delay=config.retry_delay_s)
-        await reconcile(body, patch, memo.kube, retry_delay=config.retry_delay_s)
+        await reconcile(
+            body,
+            patch,
+            memo.kube,
+            retry_delay=config.retry_delay_s,
+            refused_delay=config.refused_retry_delay_s,
+        )
 
     @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, id="child-deployment", registry=registry)
     async def child_deployment(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:

@@ -7,7 +7,9 @@ the cluster as they are now.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -36,26 +38,46 @@ def _write_status(patch: kopf.Patch, previous: Mapping[str, Any], new: Mapping[s
 
 
 async def reconcile(
-    body: Mapping[str, Any], patch: kopf.Patch, api: KubeApi, *, retry_delay: float, timer: bool = False
+    body: Mapping[str, Any],
+    patch: kopf.Patch,
+    api: KubeApi,
+    *,
+    retry_delay: float,
+    refused_delay: float | None = None,
+    timer: bool = False,
 ) -> int:
     """Converge one VGateDeployment; returns the number of writes to its children.
 
     Raises ``kopf.PermanentError`` for an invalid spec (after recording why in the
     Ready condition) so kopf does not retry until the spec changes, and
-    ``kopf.TemporaryError`` when the API refuses or fails, so kopf backs off. The
-    resync timer records an invalid spec but does not raise: there is nothing to retry.
+    ``kopf.TemporaryError`` when the API refuses or fails, so kopf backs off: after
+    ``retry_delay`` when the server failed or was unreachable, after ``refused_delay``
+    when it refused the request (a 4xx, which only a change of spec or cluster fixes) or
+    when a foreign object holds a child's name. The resync timer records an invalid spec
+    or a conflict but does not raise: it runs again anyway.
     """
     owner = owner_of(body)
+    delays = (retry_delay, refused_delay if refused_delay is not None else retry_delay)
     async with api.exclusive(owner.uid):
-        return await _reconcile(owner, body, patch, api, retry_delay=retry_delay, timer=timer)
+        return await _reconcile(owner, body, patch, api, delays=delays, timer=timer)
 
 
 async def _reconcile(
-    owner: Owner, body: Mapping[str, Any], patch: kopf.Patch, api: KubeApi, *, retry_delay: float, timer: bool
+    owner: Owner,
+    body: Mapping[str, Any],
+    patch: kopf.Patch,
+    api: KubeApi,
+    *,
+    delays: tuple[float, float],
+    timer: bool,
 ) -> int:
     # Read the body only now: a timer's body is live and may have moved on while waiting.
     generation = int(body["metadata"].get("generation") or 0)
     previous = dict(body.get("status") or {})
+    refused = api.refused_until.get(owner.uid)
+    if timer and refused is not None and refused[0] == generation and time.monotonic() < refused[1]:
+        return 0  # refused recently: the same request would be refused again
+    api.refused_until.pop(owner.uid, None)
     try:
         spec = parse_spec(owner.name, body.get("spec") or {})
     except InvalidSpecError as exc:
@@ -68,7 +90,15 @@ async def _reconcile(
     except (ApiException, aiohttp.ClientError) as exc:
         message = _describe(exc)
         _write_status(patch, previous, failed_status(previous, "ApplyFailed", message, generation))
-        raise kopf.TemporaryError(message, delay=retry_delay) from exc
+        if _refused(exc):
+            api.refused_until[owner.uid] = (generation, time.monotonic() + delays[1])
+        raise kopf.TemporaryError(message, delay=delays[_refused(exc)]) from exc
+    if result.conflicts:
+        message = "; ".join(result.conflicts) + ": rename or delete it, the operator does not adopt objects"
+        _write_status(patch, previous, failed_status(previous, "ForeignObject", message, generation))
+        if timer:
+            return result.writes
+        raise kopf.TemporaryError(message, delay=delays[1])
     _write_status(patch, previous, healthy_status(owner, spec, generation, result.live))
     if result.writes:
         log.info("%s/%s: %d child object(s) written", owner.namespace, owner.name, result.writes)
@@ -117,7 +147,27 @@ def controller_of(child: Mapping[str, Any]) -> tuple[str, str] | None:
     return None
 
 
+def _refused(exc: Exception) -> bool:
+    """A 4xx the server will answer again until something changes (not 409 or 429: those pass)."""
+    return isinstance(exc, ApiException) and 400 <= (exc.status or 0) < 500 and exc.status not in (409, 429)
+
+
 def _describe(exc: Exception) -> str:
+    """The API server's own words: ``Kubernetes API error 422 Unprocessable Entity: <message>``."""
     if isinstance(exc, ApiException):
-        return f"Kubernetes API error {exc.status} {exc.reason}".strip()
+        head = f"Kubernetes API error {exc.status} {exc.reason or ''}".strip()
+        message = api_message(exc.body)
+        return f"{head}: {message}" if message else head
     return f"Kubernetes API unreachable: {exc}"
+
+
+def api_message(body: Any) -> str:
+    """The ``message`` of a Kubernetes ``Status`` body (bytes, text or parsed), else ``""``."""
+    if isinstance(body, bytes | bytearray):
+        body = body.decode(errors="replace")
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except ValueError:
+            return body.strip()[:500]
+    return str(body.get("message") or "") if isinstance(body, Mapping) else ""

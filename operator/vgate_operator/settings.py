@@ -11,5 +11,9 @@ class OperatorSettings(BaseSettings):
 
     #: Every resource is reconciled at least this often: drift repair and status refresh.
     resync_interval_s: float = Field(60.0, gt=0)
-    #: Back-off after an API error before the next attempt.
+    #: Back-off after the API server failed or was unreachable, before the next attempt.
     retry_delay_s: float = Field(15.0, gt=0)
+    #: Back-off after the API server refused a write (a 4xx such as 403 or 422) or a foreign
+    #: object holds a child's name: retrying sooner would only repeat the refusal. Any change
+    #: of the resource reconciles at once regardless.
+    refused_retry_delay_s: float = Field(300.0, gt=0)

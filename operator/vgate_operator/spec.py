@@ -20,7 +20,13 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
 #: Longest child name we create: Service names are DNS-1035 labels (63 characters).
 MAX_CHILD_NAME = 63
 
-Quantization = Literal["awq", "awq_marlin", "gptq", "fp8", "none"]
+#: ``auto``: no ``--quantization`` flag, vLLM reads the method from the checkpoint's config and
+#: picks the fastest kernel the GPU supports (``awq_marlin`` for AWQ where it can).
+#: ``none`` declares unquantized weights (vLLM is given no flag either).
+Quantization = Literal["auto", "awq", "awq_marlin", "gptq", "fp8", "none"]
+#: Hub id markers of a checkpoint's quantization: a method that needs such a checkpoint
+#: contradicts an id that names another (or, for a hub id, none at all).
+_CHECKPOINT_METHODS = {"awq": ("awq", "awq_marlin"), "gptq": ("gptq",)}
 Routing = Literal["round-robin", "least-request", "least-load", "session", "prefix-aware"]
 Quantity = int | str
 
@@ -43,7 +49,7 @@ class ModelResources(_Model):
 class ModelSpec(_Model):
     name: str = Field(pattern=DNS_LABEL, max_length=40)
     model: str = Field(DEFAULT_MODEL, min_length=1)
-    quantization: Quantization = "awq"
+    quantization: Quantization = "auto"
     replicas: int = Field(1, ge=0, le=100)
     max_model_len: int = Field(4096, ge=16)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
@@ -73,9 +79,26 @@ class Toleration(_Model):
     toleration_seconds: int | None = None
 
 
+class LocalObjectReference(_Model):
+    name: str = Field(min_length=1)
+
+
+class TopologySpread(_Model):
+    """A topology spread constraint over one model's worker pods (the selector is filled in)."""
+
+    max_skew: int = Field(1, ge=1)
+    topology_key: str = Field(min_length=1)
+    when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = "ScheduleAnyway"
+
+
 class WorkerSpec(_Model):
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    #: RuntimeClass of the worker pods (e.g. ``nvidia`` where the GPU runtime is not the default).
+    runtime_class_name: str | None = None
+    #: Unset: spread each model's pods over nodes where possible; ``[]``: no constraint.
+    topology_spread_constraints: list[TopologySpread] | None = None
     dry_run: bool = False
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
@@ -110,6 +133,7 @@ class GatewaySpec(_Model):
     replicas: int = Field(2, ge=0, le=100)
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
     batching: Batching = Field(default_factory=Batching)
     cache: Cache = Field(default_factory=Cache)
     dedup: bool = True
@@ -193,13 +217,30 @@ def check_spec(name: str, spec: VGateDeploymentSpec) -> list[str]:
 
 def _check_quantization(where: str, model: ModelSpec) -> list[str]:
     # A checkpoint's quantization is fixed when it is produced; vLLM fails late (after the
-    # download) when told otherwise, so a mismatch visible in the id is rejected up front.
+    # download, then crash-loops) when told otherwise, so a mismatch visible in the id is
+    # rejected up front. ``auto`` never contradicts: vLLM reads the checkpoint's own config.
+    if model.quantization == "auto":
+        return []
     lowered = model.model.lower()
-    if "awq" in lowered and model.quantization not in ("awq", "awq_marlin"):
-        return [f"{where}: quantization {model.quantization!r} contradicts AWQ model {model.model!r}"]
-    if "gptq" in lowered and model.quantization != "gptq":
-        return [f"{where}: quantization {model.quantization!r} contradicts GPTQ model {model.model!r}"]
+    named = [method for method in _CHECKPOINT_METHODS if method in lowered]
+    if named and model.quantization not in _CHECKPOINT_METHODS[named[0]]:
+        return [
+            f"{where}: quantization {model.quantization!r} contradicts {named[0].upper()} model "
+            f"{model.model!r} (leave it unset to let vLLM read the checkpoint's method)"
+        ]
+    # A hub id ("org/name") that names no method is not an AWQ or GPTQ checkpoint by the
+    # hub's naming convention; a local path can be anything, so it is left to the worker.
+    wanted = next((m for m, ok in _CHECKPOINT_METHODS.items() if model.quantization in ok), None)
+    if wanted and not named and _is_hub_id(model.model):
+        return [
+            f"{where}: quantization {model.quantization!r} needs a checkpoint quantized with {wanted.upper()}, "
+            f"but model {model.model!r} is not one (leave it unset to let vLLM read the checkpoint's method)"
+        ]
     return []
+
+
+def _is_hub_id(model: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
 
 
 def worker_name(resource: str, model: str) -> str:

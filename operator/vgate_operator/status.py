@@ -24,14 +24,30 @@ OWNED_KEYS = (
 )  # fmt: skip
 
 
+#: Why a Deployment's rollout is not complete, most urgent first.
+FAILURES = ("ReplicaFailure", "ProgressDeadlineExceeded")
+WAITING = (
+    "DeploymentMissing",
+    "RolloutPending",
+    "RolloutInProgress",
+    "OldReplicasTerminating",
+    "WaitingForAvailable",
+)
+
+
 @dataclass(frozen=True)
 class Replicas:
+    """One Deployment as its controller reports it: pod counts and whether its rollout is done."""
+
     desired: int
     ready: int
+    #: ``RolloutComplete``, or why not (one of :data:`FAILURES` or :data:`WAITING`).
+    reason: str = "RolloutComplete"
+    message: str = ""
 
     @property
     def complete(self) -> bool:
-        return self.ready >= self.desired
+        return self.reason == "RolloutComplete"
 
     def __str__(self) -> str:
         return f"{self.ready}/{self.desired}"
@@ -42,9 +58,54 @@ def now_iso() -> str:
 
 
 def replicas_of(deployment: Manifest | None, desired: int) -> Replicas:
-    """Ready replicas as reported by the Deployment controller (0 until it reports)."""
-    status = (deployment or {}).get("status") or {}
-    return Replicas(desired=desired, ready=int(status.get("readyReplicas") or 0))
+    """Counts and rollout state from the Deployment controller's status (as ``kubectl rollout status``).
+
+    Complete only when the controller has seen the current generation, every replica runs
+    the current template, no old replica is left and all of them are available: right after
+    a change the old pods are still ready, but the rollout is not done.
+    """
+    if deployment is None:
+        return Replicas(desired, 0, "DeploymentMissing", "the Deployment does not exist yet")
+    status = deployment.get("status") or {}
+    ready = int(status.get("readyReplicas") or 0)
+    want = int((deployment.get("spec") or {}).get("replicas", desired))
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    failure = conditions.get("ReplicaFailure") or {}
+    if failure.get("status") == "True":
+        return Replicas(desired, ready, "ReplicaFailure", str(failure.get("message") or ""))
+    progressing = conditions.get("Progressing") or {}
+    if progressing.get("reason") == "ProgressDeadlineExceeded":
+        return Replicas(desired, ready, "ProgressDeadlineExceeded", str(progressing.get("message") or ""))
+    generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return Replicas(
+            desired, ready, "RolloutPending", "the Deployment controller has not acted on the change yet"
+        )
+    updated = int(status.get("updatedReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    if updated < want:
+        return Replicas(desired, ready, "RolloutInProgress", f"{updated} of {want} replicas updated")
+    if total > updated:
+        return Replicas(
+            desired, ready, "OldReplicasTerminating", f"{total - updated} old replicas pending termination"
+        )
+    if available < updated:
+        return Replicas(
+            desired, ready, "WaitingForAvailable", f"{available} of {updated} updated replicas available"
+        )
+    return Replicas(desired, ready)
+
+
+def _worst(parts: Mapping[str, Replicas]) -> Replicas | None:
+    """The most urgent incomplete rollout among ``parts``, or None when all are complete."""
+    pending = [r for r in parts.values() if not r.complete]
+    order = (*FAILURES, *WAITING)
+    return min(pending, key=lambda r: order.index(r.reason), default=None)
+
+
+def _problems(parts: Mapping[str, Replicas]) -> str:
+    return "; ".join(f"{name}: {r.reason}: {r.message}" for name, r in parts.items() if not r.complete)
 
 
 def _condition(kind: str, ok: bool | None, reason: str, message: str, generation: int) -> dict[str, Any]:
@@ -74,45 +135,56 @@ def merge_conditions(
 def healthy_status(
     owner: Owner, spec: VGateDeploymentSpec, generation: int, live: Mapping[tuple[str, str], Manifest]
 ) -> dict[str, Any]:
-    """Status after a successful apply: replica counts and the four conditions."""
+    """Status after a successful apply: replica counts and the four conditions.
+
+    ``Ready`` only when every rollout is complete; otherwise its reason is the most urgent
+    rollout state (``ReplicaFailure`` and ``ProgressDeadlineExceeded`` before the waiting ones)
+    and its message names each Deployment that is not done and why.
+    """
     models = {
         m.name: replicas_of(live.get(("Deployment", worker_name(owner.name, m.name))), m.replicas)
         for m in spec.models
     }
     gateway = replicas_of(live.get(("Deployment", gateway_name(owner.name))), spec.gateway.replicas)
     workers = Replicas(sum(r.desired for r in models.values()), sum(r.ready for r in models.values()))
-    waiting = ", ".join(f"{name} {r}" for name, r in models.items() if not r.complete)
-    workers_ok = all(r.complete for r in models.values())
+    parts = {**{f"worker {name}": r for name, r in models.items()}, "gateway": gateway}
+    worst_worker = _worst(models)
+    worst = _worst(parts)
+    workers_ok = worst_worker is None
+    ready = worst is None
     # Serving, but below the requested capacity: every model and the gateway have a ready pod.
     serving = gateway.ready > 0 and all(r.ready > 0 for r in models.values())
-    degraded = serving and not (workers_ok and gateway.complete)
-    ready = workers_ok and gateway.complete
+    below = workers.ready < workers.desired or gateway.ready < gateway.desired
+    degraded = serving and below
     conditions = [
         _condition(
             "Ready",
             ready,
-            "Ready" if ready else "NotReady",
-            _ready_message(ready, workers, gateway),
+            "Ready" if worst is None else worst.reason,
+            f"all rollouts complete: workers {workers}, gateway {gateway} ready"
+            if ready
+            else _problems(parts),
             generation,
         ),
         _condition(
             "WorkersReady",
             workers_ok,
-            "AllWorkersReady" if workers_ok else "WorkersNotReady",
-            f"{workers} workers ready" + (f"; waiting: {waiting}" if waiting else ""),
+            "AllWorkersReady" if worst_worker is None else worst_worker.reason,
+            f"{workers} workers ready"
+            + ("" if workers_ok else f"; {_problems({n: r for n, r in parts.items() if n != 'gateway'})}"),
             generation,
         ),
         _condition(
             "GatewayReady",
             gateway.complete,
-            "GatewayReady" if gateway.complete else "GatewayNotReady",
-            f"{gateway} gateway replicas ready",
+            "GatewayReady" if gateway.complete else gateway.reason,
+            f"{gateway} gateway replicas ready" + ("" if gateway.complete else f"; {gateway.message}"),
             generation,
         ),
         _condition(
             "Degraded",
             degraded,
-            "ReducedCapacity" if degraded else ("AsExpected" if ready else "NotServing"),
+            "ReducedCapacity" if degraded else ("AsExpected" if serving or ready else "NotServing"),
             "serving below the requested replicas" if degraded else "",
             generation,
         ),
@@ -126,12 +198,6 @@ def healthy_status(
         "gatewayURL": f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{PORT}",
         "ingressHost": (spec.ingress.host or "") if spec.ingress.enabled else "",
     }
-
-
-def _ready_message(ready: bool, workers: Replicas, gateway: Replicas) -> str:
-    if ready:
-        return "all workers and gateway replicas are ready"
-    return f"waiting for pods: workers {workers}, gateway {gateway}"
 
 
 def failed_status(previous: Mapping[str, Any], reason: str, message: str, generation: int) -> dict[str, Any]:

@@ -197,6 +197,7 @@ EXPECTED = {
     ("ingresses", "vgate-dry-run-gateway"),
     ("services", "vgate-dry-run-worker-qwen-dry-run"),
     ("deployments", "vgate-dry-run-worker-qwen-dry-run"),
+    ("poddisruptionbudgets", "vgate-dry-run-worker-qwen-dry-run"),
 }
 
 
@@ -236,14 +237,13 @@ async def test_create_builds_owned_children_and_reports_status(
 
 
 async def play_deployment_controller(cluster: KubeCluster, ns: str) -> None:
-    """Report every Deployment's pods as ready, as the Deployment controller would."""
+    """Report every Deployment's rollout as complete, as the Deployment controller would."""
     for name in ("vgate-dry-run-worker-qwen-dry-run", "vgate-dry-run-gateway"):
-        ready = child(cluster, "deployments", ns, name)["spec"]["replicas"]
-        await patch(
-            cluster,
-            f"/apis/apps/v1/namespaces/{ns}/deployments/{name}/status",
-            {"status": {"readyReplicas": ready, "replicas": ready}},
-        )
+        obj = child(cluster, "deployments", ns, name)
+        n = obj["spec"]["replicas"]
+        status = {"replicas": n, "updatedReplicas": n, "readyReplicas": n, "availableReplicas": n}
+        status["observedGeneration"] = obj["metadata"]["generation"]
+        await patch(cluster, f"/apis/apps/v1/namespaces/{ns}/deployments/{name}/status", {"status": status})
 
 
 async def test_resync_is_quiet_and_updates_roll(cluster: KubeCluster, operator: Operator) -> None:
@@ -394,7 +394,8 @@ async def test_api_errors_are_reported_and_retried(cluster: KubeCluster, operato
     failures = [503]
 
     def first_deployment_create(request: kmock.Request) -> bool:
-        is_create = request.method == kmock.method.POST and request.namespace == "team-h"
+        # Children are server-side applied: a PATCH, which creates the absent Deployment.
+        is_create = request.method == kmock.method.PATCH and request.namespace == "team-h"
         if (
             is_create
             and request.resource is not None
@@ -411,10 +412,36 @@ async def test_api_errors_are_reported_and_retried(cluster: KubeCluster, operato
         lambda: (s := cr_status(cluster, "team-h", "vgate-dry-run")).get("observedGeneration") == 1 and s,
         what="the retry to succeed",
     )
-    assert condition(status, "Ready")["reason"] == "NotReady"
+    # KMock runs no Deployment controller: the new Deployments' rollouts have not started.
+    assert condition(status, "Ready")["reason"] == "RolloutPending"
     assert "failed temporarily: Kubernetes API error 503" in operator.log()
     reported = [r for r in cluster.writes("vgatedeployments", namespace="team-h") if "ApplyFailed" in r.text]
     assert reported, "the failure was not recorded in the Ready condition"
+
+
+async def test_a_foreign_object_with_a_childs_name_is_refused(
+    cluster: KubeCluster, operator: Operator
+) -> None:
+    foreign = {"apiVersion": "v1", "kind": "ConfigMap",
+               "metadata": {"name": "vgate-dry-run-gateway", "namespace": "team-j"}, "data": {"mine": "1"}}  # fmt: skip
+    async with cluster.post("/api/v1/namespaces/team-j/configmaps", json=foreign) as r:
+        assert r.status in (200, 201), await r.text()
+    await create(cluster, "team-j", dry_run_example())
+    ready = await eventually(
+        lambda: (
+            (c := condition(cr_status(cluster, "team-j", "vgate-dry-run"), "Ready")).get("reason")
+            == "ForeignObject"
+            and c
+        ),
+        what="the refusal in the Ready condition",
+    )
+    assert ready["status"] == "False"
+    assert "ConfigMap vgate-dry-run-gateway already exists and is not controlled by it" in ready["message"]
+    mine = child(cluster, "configmaps", "team-j", "vgate-dry-run-gateway")
+    assert mine["data"] == {"mine": "1"}
+    assert "ownerReferences" not in mine["metadata"], "the foreign object was adopted"
+    # The other children are still made, so the rest of the resource is there once the name is free.
+    assert ("deployments", "vgate-dry-run-worker-qwen-dry-run") in children(cluster, "team-j")
 
 
 async def test_ready_pods_are_reported_without_waiting_for_a_resync(tmp_path: Path) -> None:

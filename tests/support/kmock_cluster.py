@@ -12,20 +12,31 @@ clients such as kopf and ``kubernetes_asyncio`` rely on:
 * ``GET /api/v1/namespaces[/NAME]`` (list, fetch and watch), which KMock parses as a
   namespaced path and answers with HTTP 500;
 * ``watch=True`` read as a watch: the API server parses query booleans like Go's
-  ``ParseBool``, and the Python client sends ``True``, while KMock only knows ``true``.
+  ``ParseBool``, and the Python client sends ``True``, while KMock only knows ``true``;
+* the rules of the real server that hid bugs from this tier before:
+  - empty strings and lists are dropped from built-in kinds, as Go's ``omitempty`` drops
+    them from what the server returns (``env: []`` and ``value: ""`` come back absent);
+    custom resources are stored as sent;
+  - with a ``status`` subresource, a create or a main-resource write ignores ``status``
+    and a ``/status`` write changes nothing but ``status``;
+  - server-side apply (``application/apply-patch+yaml``) creates an absent object and
+    merges into an existing one, refusing with 409 when a ``resourceVersion`` it carries
+    is not the current one. Field ownership is not modelled (the merge is a plain JSON
+    merge): removal of fields a manager stopped applying is for the real control-plane tier.
 
 :class:`SliceAPI` adds EndpointSlices written as the EndpointSlice controller writes them,
 and the failures a real API server shows: watches that expire (410 Gone) or drop,
 events that never arrive, and an API that answers 503 for a while.
 
-Label selectors, garbage collection, defaulting and schema validation are still
-absent: test those against pure builders, not through the emulator.
+Label selectors, garbage collection, defaulting, RBAC and schema validation are still
+absent: test those against pure builders or on the real control-plane tier (tests/cluster).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import itertools
 import json
@@ -77,6 +88,35 @@ def write_kubeconfig(path: Path, server: str) -> Path:
     }
     path.write_text(json.dumps(cfg))
     return path
+
+
+APPLY = "application/apply-patch+yaml"
+
+
+def _content_type(request: kmock.Request) -> str:
+    for key, value in (request.headers or {}).items():
+        if key.lower() == "content-type":
+            return value.split(";")[0].strip().lower()
+    return ""
+
+
+def _builtin(resource: Any) -> bool:
+    """A Kubernetes kind (Go structs: ``omitempty`` applies), not a custom resource (stored as sent)."""
+    group = resource.group or ""
+    return "." not in group or group.endswith(".k8s.io")
+
+
+def omit_empty(value: Any) -> Any:
+    """``value`` without empty strings and lists, as the API server returns what it stored.
+
+    Maps are kept even when empty (``emptyDir: {}`` is a pointer to an empty struct in Go,
+    which ``omitempty`` keeps); ``None`` stays, as in a merge patch it deletes a key.
+    """
+    if isinstance(value, dict):
+        return {k: omit_empty(v) for k, v in value.items() if v != "" and v != []}
+    if isinstance(value, list):
+        return [omit_empty(v) for v in value]
+    return value
 
 
 def _strip(obj: Any) -> Any:
@@ -167,9 +207,42 @@ class KubeCluster(kmock.KubernetesEmulator):
         await asyncio.Event().wait()
         return response  # pragma: no cover
 
+    def _has_status(self, resource: Any) -> bool:
+        for key, info in self.resources.items():
+            if getattr(key, "plural", None) == resource.plural and "status" in (info.subresources or ()):
+                return True
+        return False
+
+    def _server_rules(self, request: kmock.Request) -> None:
+        """Rewrite a write as the real API server would take it (see the module docstring)."""
+        data = request.data
+        if request.resource is None or not isinstance(data, dict):
+            return
+        if request.action == kmock.action.UPDATE and _content_type(request) == APPLY:
+            key = (request.resource, request.namespace, request.name)
+            exists = key in self.objects and not self.objects[key].deleted
+            data = copy.deepcopy(data)
+            wanted = (data.get("metadata") or {}).pop("resourceVersion", None)
+            current = (self.objects[key].raw.get("metadata") or {}).get("resourceVersion") if exists else None
+            if wanted is not None and wanted != current:
+                raise kmock.KubernetesError(
+                    status=409, reason="Conflict", message="the object has been modified; apply again"
+                )
+            if not exists:
+                object.__setattr__(request, "action", kmock.action.CREATE)
+        if request.action in (kmock.action.CREATE, kmock.action.UPDATE) and self._has_status(
+            request.resource
+        ):
+            if request.subresource == "status":
+                data = {"status": data.get("status") or {}}
+            else:
+                data = {k: v for k, v in data.items() if k != "status"}
+        object.__setattr__(request, "data", omit_empty(data) if _builtin(request.resource) else data)
+
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         if request.action == kmock.action.LIST and request.params.get("watch", "").lower() in ("true", "1"):
             object.__setattr__(request, "action", kmock.action.WATCH)
+        self._server_rules(request)
         if request.resource is not None and isinstance(request.data, dict | list):
             if request.action == kmock.action.CREATE and isinstance(request.data, dict):
                 self._stamp_create(request.data)

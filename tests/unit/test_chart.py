@@ -22,13 +22,13 @@ from tests.unit.chart_support import CHART, NAMESPACE, RELEASE, ROOT, by_kind, r
 
 K8S_VERSION = kubernetes_validate.latest_version()
 # Kinds whose schema is not part of Kubernetes itself.
-CUSTOM_KINDS = {"VGateDeployment", "ClusterKopfPeering", "KopfPeering", "ServiceMonitor"}
+CUSTOM_KINDS = {"VGateDeployment", "ClusterKopfPeering", "KopfPeering", "ServiceMonitor", "PodMonitor"}
 READ = {"get", "list", "watch"}
 PRUNED = {"get", "list", "create", "patch", "delete"}  # kinds that come and go
 KEPT = {"get", "create", "patch"}  # kinds deleted only by garbage collection
 # The operator's permissions, exactly: (apiGroup, resource) -> verbs. Nothing is PUT.
 OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
-    ("vgate.io", "vgatedeployments"): {"get", "list", "watch", "patch"},
+    ("vgate.io", "vgatedeployments"): {"get", "list", "watch", "patch", "delete"},
     ("vgate.io", "vgatedeployments/status"): {"patch"},
     ("apps", "deployments"): PRUNED | {"watch"},
     ("", "services"): PRUNED,
@@ -244,6 +244,39 @@ def test_service_monitor_scrapes_the_gateways_the_operator_creates() -> None:
     assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
 
 
+def test_pod_monitor_scrapes_vllm_metrics_on_every_worker_pod() -> None:
+    monitor = one(render(ALL_ON), "PodMonitor")
+    # The operator labels each worker pod part-of=vgate, component=worker; port "http".
+    assert monitor["spec"]["selector"]["matchLabels"] == {
+        "app.kubernetes.io/part-of": "vgate",
+        "app.kubernetes.io/component": "worker",
+    }
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
+    scoped = one(render({**ALL_ON, "watchNamespace": "team-a"}), "PodMonitor")
+    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+
+def test_uninstall_deletes_the_resources_first_while_the_operator_runs() -> None:
+    docs = render()
+    job = one(docs, "Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-delete"
+    pod = job["spec"]["template"]["spec"]
+    operator_pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == operator_pod["serviceAccountName"]
+    assert pod["containers"][0]["image"] == operator_pod["containers"][0]["image"]
+    assert pod["containers"][0]["args"] == ["operator", "--uninstall", "--timeout", "300"]
+    scoped = one(render({"watchNamespace": "team-a"}), "Job")["spec"]["template"]["spec"]
+    assert scoped["containers"][0]["args"][:3] == ["operator", "--namespace", "team-a"]
+    assert not by_kind(render({"uninstall": {"deleteResources": False}}), "Job")
+
+
+def test_the_chart_needs_the_kubernetes_version_its_pods_need() -> None:
+    # preStop "sleep" (gateway and workers) is on by default from Kubernetes 1.30.
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == ">=1.30.0-0"
+
+
 def test_dashboard_configmap_is_picked_up_by_grafana_and_charts_every_metric() -> None:
     config_map = next(
         d for d in by_kind(render(ALL_ON), "ConfigMap") if d["metadata"]["name"].endswith("dashboard")
@@ -263,6 +296,7 @@ def test_optional_objects_are_off_by_default() -> None:
         "ClusterRoleBinding",
         "Deployment",
         "ClusterKopfPeering",
+        "Job",  # the uninstall hook
     }
 
 

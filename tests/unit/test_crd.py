@@ -168,8 +168,8 @@ def test_the_drift_check_sees_a_changed_default_and_a_missing_enum_value() -> No
         + str(sorted(set(spec["properties"]["gateway"]["properties"])))
         + ", spec fields "
         + str(sorted({*spec["properties"]["gateway"]["properties"], "dedup"})),
-        ".spec.models[].quantization: CRD enum ['awq', 'awq_marlin', 'gptq', 'fp8'], "
-        "spec ['awq', 'awq_marlin', 'gptq', 'fp8', 'none']",
+        ".spec.models[].quantization: CRD enum ['auto', 'awq', 'awq_marlin', 'gptq', 'fp8'], "
+        "spec ['auto', 'awq', 'awq_marlin', 'gptq', 'fp8', 'none']",
         ".spec.models[].replicas: CRD default 2, spec 1",
     ]
 

@@ -170,6 +170,35 @@ def test_same_address_on_different_ports_are_different_endpoints() -> None:
     ]
 
 
+def pod_endpoint(address: str, pod: str, **conditions: bool | None) -> dict[str, Any]:
+    ep = endpoint(address, **conditions)
+    ep["targetRef"] = {"kind": "Pod", "namespace": "ai", "name": pod, "uid": f"uid-{pod}"}
+    return ep
+
+
+def test_a_dual_stack_pod_is_one_upstream_at_its_ipv4_address() -> None:
+    # A dual-stack Service has one slice per address family, each listing every pod.
+    slices = [
+        eps("svc-v6", "svc", pod_endpoint("fd00::1", "w-0"), pod_endpoint("fd00::2", "w-1", ready=False),
+            address_type="IPv6"),
+        eps("svc-v4", "svc", pod_endpoint("10.0.0.1", "w-0"), pod_endpoint("10.0.0.2", "w-1")),
+    ]  # fmt: skip
+    assert build_snapshot(slices, {"qwen": "svc"}) == [
+        DiscoveredEndpoint(url="http://10.0.0.1:8000", models=QWEN),
+        # One slice says not ready: the pod is not ready (the conservative reading).
+        DiscoveredEndpoint(url="http://10.0.0.2:8000", models=QWEN, ready=False),
+    ]
+    # An IPv6-only Service's pods keep their IPv6 address.
+    only_v6 = [eps("svc-v6", "svc", pod_endpoint("fd00::1", "w-0"), address_type="IPv6")]
+    assert [e.url for e in build_snapshot(only_v6, {"qwen": "svc"})] == ["http://[fd00::1]:8000"]
+
+
+def test_pods_without_a_target_ref_are_told_apart_by_address() -> None:
+    slices = [eps("s", "svc", endpoint("10.0.0.1"), endpoint("10.0.0.2"), pod_endpoint("10.0.0.1", "w-0"))]
+    got = build_snapshot(slices, {"qwen": "svc"})
+    assert [e.url for e in got] == ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]
+
+
 def test_empty_inputs_give_an_empty_snapshot() -> None:
     assert build_snapshot([], {"qwen": "svc"}) == []
     assert build_snapshot([eps("s", "svc")], {"qwen": "svc"}) == []

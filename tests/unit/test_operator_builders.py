@@ -73,6 +73,7 @@ def test_every_child_is_labelled_and_controlled_by_the_resource() -> None:
         ("Ingress", "demo-gateway"),
         ("Service", "demo-worker-sim"),
         ("Deployment", "demo-worker-sim"),
+        ("PodDisruptionBudget", "demo-worker-sim"),
     }
     for obj in objs.values():
         meta = obj["metadata"]
@@ -135,6 +136,52 @@ def test_gpu_worker_pod_is_hardened_and_patient() -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 30 * 60
     assert c["readinessProbe"]["httpGet"]["path"] == "/health"
     assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+
+
+def test_worker_pods_drain_and_spread_and_take_the_pod_options() -> None:
+    raw = copy.deepcopy(GPU_SPEC)
+    raw["worker"].update(
+        imagePullSecrets=[{"name": "registry"}],
+        runtimeClassName="nvidia",
+    )
+    objs = objects(raw)
+    pod = objs[("Deployment", "demo-worker-qwen")]["spec"]["template"]["spec"]
+    selector = objs[("Deployment", "demo-worker-qwen")]["spec"]["selector"]["matchLabels"]
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    assert pod["runtimeClassName"] == "nvidia"
+    assert pod["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert pod["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    assert pod["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector},
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+    ]
+    pdb = objs[("PodDisruptionBudget", "demo-worker-qwen")]["spec"]
+    assert pdb == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": selector},
+        "unhealthyPodEvictionPolicy": "AlwaysAllow",
+    }
+    assert (
+        objs[("PodDisruptionBudget", "demo-gateway")]["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    )
+    raw["worker"]["topologySpreadConstraints"] = []
+    pod = objects(raw)[("Deployment", "demo-worker-qwen")]["spec"]["template"]["spec"]
+    assert "topologySpreadConstraints" not in pod
+
+
+def test_vllm_chooses_the_quantization_kernel_unless_told() -> None:
+    raw = copy.deepcopy(GPU_SPEC)
+    del raw["models"][0]["quantization"]
+    del raw["models"][0]["engineArgs"]
+    env = env_of(container(objects(raw)[("Deployment", "demo-worker-qwen")]))
+    # No --quantization: vLLM reads AWQ from the checkpoint and upgrades it to awq_marlin.
+    assert "VGATE_WORKER_QUANTIZATION" not in env
+    assert "VGATE_WORKER_EXTRA_ARGS" not in env  # never an empty value
 
 
 def test_dry_run_worker_runs_the_simulator_without_gpus() -> None:

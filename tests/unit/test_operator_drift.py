@@ -5,10 +5,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import jsonpatch
-
 from vgate_operator.builders import Owner, build_all
-from vgate_operator.drift import covers, in_sync, parse_quantity, repair_ops
+from vgate_operator.drift import covers, in_sync, parse_quantity
 from vgate_operator.spec import parse_spec
 
 OWNER = Owner(name="demo", namespace="llm", uid="u1")
@@ -21,9 +19,19 @@ def desired(kind: str, name: str) -> dict[str, Any]:
     return next(o for o in build_all(OWNER, SPEC) if (o["kind"], o["metadata"]["name"]) == (kind, name))
 
 
+def omit_empty(value: Any) -> Any:
+    """What an API server returns for what it was sent: Go's ``omitempty`` drops empty values."""
+    if isinstance(value, dict):
+        kept = {k: omit_empty(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in ("", [], None, False, 0) or isinstance(v, dict)}
+    if isinstance(value, list):
+        return [omit_empty(v) for v in value]
+    return value
+
+
 def as_served(obj: dict[str, Any]) -> dict[str, Any]:
-    """What an API server returns: defaults added, quantities canonical, bookkeeping fields."""
-    live = copy.deepcopy(obj)
+    """What an API server returns: empty values dropped, defaults added, quantities canonical."""
+    live = omit_empty(copy.deepcopy(obj))
     live["metadata"].update(uid="x", resourceVersion="7", generation=1)
     live["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = "1"
     if obj["kind"] == "Deployment":
@@ -33,7 +41,8 @@ def as_served(obj: dict[str, Any]) -> dict[str, Any]:
         c.update(imagePullPolicy="IfNotPresent", terminationMessagePath="/dev/termination-log")
         if c["resources"].get("requests", {}).get("cpu") == "0.5":
             c["resources"]["requests"]["cpu"] = "500m"
-        c["resources"]["limits"]["nvidia.com/gpu"] = "1"
+        if "limits" in c["resources"]:
+            c["resources"]["limits"]["nvidia.com/gpu"] = "1"
         live["status"] = {"readyReplicas": 1}
     if obj["kind"] == "Service":
         live["spec"].update(clusterIP="10.0.0.5", clusterIPs=["10.0.0.5"], sessionAffinity="None")
@@ -59,18 +68,59 @@ def test_server_defaults_are_not_drift() -> None:
         assert in_sync(want, as_served(want)), kind
 
 
-def test_edited_fields_are_drift_and_the_patch_restores_them() -> None:
+def test_empty_values_the_server_omits_are_not_drift() -> None:
+    assert covers({"name": "x"}, {"name": "x", "value": "", "env": [], "optional": False, "n": 0})
+    assert covers({}, {"emptyDir": {}})
+    assert not covers({}, {"emptyDir": {"medium": "Memory"}})
+    dry_run = parse_spec("demo", {"models": [{"name": "a", "replicas": 0}], "worker": {"dryRun": True}})
+    for obj in build_all(OWNER, dry_run):
+        assert in_sync(obj, as_served(obj)), obj["kind"]
+
+
+def test_builders_send_no_empty_values() -> None:
+    # An empty value comes back omitted; sending none keeps what is applied equal to what is read.
+    def empties(value: Any, path: str = "") -> list[str]:
+        if isinstance(value, dict):
+            return [p for k, v in value.items() for p in empties(v, f"{path}.{k}")]
+        if isinstance(value, list):
+            return (
+                [path] if not value else [p for i, v in enumerate(value) for p in empties(v, f"{path}[{i}]")]
+            )
+        return [path] if value == "" else []
+
+    dry_run = parse_spec("demo", {"models": [{"name": "a"}], "worker": {"dryRun": True}})
+    for spec in (SPEC, dry_run):
+        for obj in build_all(OWNER, spec):
+            assert empties(obj) == [], obj["kind"]
+
+
+def test_edited_fields_are_drift() -> None:
     want = desired("Deployment", "demo-worker-a")
     live = as_served(want)
     live["spec"]["replicas"] = 5
-    live["spec"]["template"]["spec"]["containers"][0]["env"].pop()
-    live["metadata"]["labels"]["team"] = "ml"
     assert not in_sync(want, live)
-    repaired = jsonpatch.apply_patch(live, repair_ops(want, live))
-    assert in_sync(want, repaired)
-    assert repaired["metadata"]["labels"]["team"] == "ml"  # others' labels survive
-    assert repaired["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
-    assert repaired["status"] == {"readyReplicas": 1}
+    live = as_served(want)
+    live["spec"]["template"]["spec"]["containers"][0]["env"].pop()
+    assert not in_sync(want, live)
+
+
+def test_other_managers_fields_are_not_drift() -> None:
+    # kubectl rollout restart, labels and annotations of others, a defaulted ingressClassName.
+    want = desired("Deployment", "demo-worker-a")
+    live = as_served(want)
+    live["spec"]["template"]["metadata"]["annotations"] = {"kubectl.kubernetes.io/restartedAt": "now"}
+    live["metadata"]["labels"]["team"] = "ml"
+    assert in_sync(want, live)
+    ingress = next(
+        o
+        for o in build_all(
+            OWNER, parse_spec("demo", {"models": [{"name": "a"}], "ingress": {"enabled": True}})
+        )
+        if o["kind"] == "Ingress"
+    )
+    live = as_served(ingress)
+    live["spec"]["ingressClassName"] = "nginx"
+    assert in_sync(ingress, live)
 
 
 def test_a_changed_spec_hash_is_drift() -> None:
@@ -80,26 +130,18 @@ def test_a_changed_spec_hash_is_drift() -> None:
     assert not in_sync(want, live)
 
 
-def test_service_repair_keeps_the_allocated_cluster_ip() -> None:
-    want = desired("Service", "demo-worker-a")
-    live = as_served(want)
-    live["spec"]["ports"][0]["port"] = 9999
-    repaired = jsonpatch.apply_patch(live, repair_ops(want, live))
-    assert repaired["spec"]["ports"][0]["port"] == 8000
-    assert repaired["spec"]["clusterIP"] == "10.0.0.5"
-
-
-def test_foreign_owner_references_are_kept() -> None:
+def test_foreign_owner_references_are_not_drift() -> None:
     want = desired("ConfigMap", "demo-gateway")
     live = as_served(want)
-    live["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "other"}]
-    repaired = jsonpatch.apply_patch(live, repair_ops(want, live))
-    uids = [ref["uid"] for ref in repaired["metadata"]["ownerReferences"]]
-    assert uids == ["other", "u1"]
-    assert in_sync(want, repaired), "a foreign owner must not cause a write on every pass"
+    live["metadata"]["ownerReferences"].insert(
+        0, {"apiVersion": "v1", "kind": "X", "name": "x", "uid": "other"}
+    )
+    assert in_sync(want, live), "a foreign owner must not cause a write on every pass"
+    live["metadata"]["ownerReferences"] = live["metadata"]["ownerReferences"][:1]
+    assert not in_sync(want, live), "our owner reference removed"
 
 
-def test_annotations_removed_from_the_resource_are_removed_from_the_child() -> None:
+def test_annotations_removed_from_the_resource_are_drift() -> None:
     def ingress(annotations: dict[str, str]) -> dict[str, Any]:
         spec = parse_spec(
             "demo", {"models": [{"name": "a"}], "ingress": {"enabled": True, "annotations": annotations}}
@@ -107,11 +149,6 @@ def test_annotations_removed_from_the_resource_are_removed_from_the_child() -> N
         return next(o for o in build_all(OWNER, spec) if o["kind"] == "Ingress")
 
     live = as_served(ingress({"a.io/keep": "1", "a.io/drop": "2"}))
-    live["metadata"]["annotations"]["someone.else/x"] = "y"
     want = ingress({"a.io/keep": "1"})
+    # The apply that follows drops a.io/drop: this field manager set it and no longer does.
     assert not in_sync(want, live)
-    repaired = jsonpatch.apply_patch(live, repair_ops(want, live))
-    assert "a.io/drop" not in repaired["metadata"]["annotations"]
-    assert repaired["metadata"]["annotations"]["a.io/keep"] == "1"
-    assert repaired["metadata"]["annotations"]["someone.else/x"] == "y"
-    assert in_sync(want, repaired)

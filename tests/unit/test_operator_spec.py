@@ -13,7 +13,7 @@ def test_defaults_fill_a_minimal_spec() -> None:
     spec = parse_spec("demo", {"models": [{"name": "chat"}]})
     model = spec.models[0]
     assert model.model == DEFAULT_MODEL == "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
-    assert model.quantization == "awq"
+    assert model.quantization == "auto"  # vLLM reads the checkpoint's method, awq_marlin where it can
     assert model.replicas == 1
     assert gpus_for(model, spec.worker) == 1
     assert spec.gateway.routing == "prefix-aware"
@@ -25,6 +25,15 @@ def test_defaults_fill_a_minimal_spec() -> None:
     [
         ({"models": [{"name": "a", "quantization": "fp8"}]}, "'fp8' contradicts AWQ model"),
         ({"models": [{"name": "a", "model": "TheBloke/x-GPTQ", "quantization": "awq"}]}, "contradicts GPTQ"),
+        ({"models": [{"name": "a", "quantization": "none"}]}, "'none' contradicts AWQ model"),
+        (
+            {"models": [{"name": "a", "model": "Qwen/Qwen2.5-1.5B-Instruct", "quantization": "awq"}]},
+            "quantization 'awq' needs a checkpoint quantized with AWQ, but model 'Qwen/Qwen2.5-1.5B-Instruct' is not one",
+        ),
+        (
+            {"models": [{"name": "a", "model": "Qwen/Qwen2.5-1.5B-Instruct", "quantization": "gptq"}]},
+            "needs a checkpoint quantized with GPTQ",
+        ),
         ({"models": [{"name": "a"}, {"name": "a"}]}, "duplicate model name"),
         (
             {"models": [{"name": "a", "resources": {"gpus": 1}}], "worker": {"dryRun": True}},
@@ -46,6 +55,21 @@ def test_invalid_specs_are_rejected_with_a_reason(spec: dict[str, Any], reason: 
     with pytest.raises(InvalidSpecError) as info:
         parse_spec("demo", spec)
     assert reason in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("model", "quantization"),
+    [
+        ("Qwen/Qwen2.5-1.5B-Instruct-AWQ", "auto"),
+        ("Qwen/Qwen2.5-1.5B-Instruct-AWQ", "awq_marlin"),
+        ("Qwen/Qwen2.5-1.5B-Instruct", "auto"),
+        ("Qwen/Qwen2.5-1.5B-Instruct", "fp8"),  # vLLM quantizes to fp8 on the fly
+        ("Qwen/Qwen2.5-1.5B-Instruct", "none"),
+        ("/models/my-checkpoint", "awq"),  # a local path can hold anything: the worker checks
+    ],
+)
+def test_quantizations_that_fit_the_model_are_accepted(model: str, quantization: str) -> None:
+    parse_spec("demo", {"models": [{"name": "a", "model": model, "quantization": quantization}]})
 
 
 def test_child_names_must_fit_kubernetes_limits() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from vgate_operator.builders import Owner
@@ -20,14 +21,28 @@ SPEC = parse_spec(
 )
 
 
-def live(a: int, b: int, gateway: int) -> dict[tuple[str, str], dict[str, Any]]:
-    def dep(ready: int) -> dict[str, Any]:
-        return {"status": {"readyReplicas": ready} if ready else {}}
-
+def deployment(want: int, ready: int, generation: int = 1, **status: Any) -> dict[str, Any]:
+    """A Deployment as its controller reports it once it has rolled out generation 1."""
+    observed = {
+        "observedGeneration": 1,
+        "replicas": want,
+        "updatedReplicas": want,
+        "readyReplicas": ready,
+        "availableReplicas": ready,
+        **status,
+    }
     return {
-        ("Deployment", "demo-worker-a"): dep(a),
-        ("Deployment", "demo-worker-b"): dep(b),
-        ("Deployment", "demo-gateway"): dep(gateway),
+        "metadata": {"generation": generation},
+        "spec": {"replicas": want},
+        "status": {k: v for k, v in observed.items() if v},  # the server omits zeros
+    }
+
+
+def live(a: int, b: int, gateway: int) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        ("Deployment", "demo-worker-a"): deployment(2, a),
+        ("Deployment", "demo-worker-b"): deployment(1, b),
+        ("Deployment", "demo-gateway"): deployment(2, gateway),
     }
 
 
@@ -39,9 +54,10 @@ def test_nothing_ready_yet() -> None:
     status = healthy_status(OWNER, SPEC, 3, live(0, 0, 0))
     cond = conditions(status)
     assert cond["Ready"]["status"] == "False"
-    assert cond["Ready"]["reason"] == "NotReady"
+    assert cond["Ready"]["reason"] == "WaitingForAvailable"
+    assert "worker a: WaitingForAvailable: 0 of 2 updated replicas available" in cond["Ready"]["message"]
     assert cond["WorkersReady"]["status"] == "False"
-    assert "a 0/2" in cond["WorkersReady"]["message"]
+    assert cond["WorkersReady"]["message"].startswith("0/3 workers ready; worker a: ")
     assert cond["GatewayReady"]["status"] == "False"
     assert cond["Degraded"]["status"] == "False"
     assert all(c["observedGeneration"] == 3 for c in cond.values())
@@ -64,6 +80,50 @@ def test_all_ready() -> None:
         "GatewayReady": "True",
         "Degraded": "False",
     }
+
+
+def test_a_rollout_in_progress_is_not_ready_while_old_pods_serve() -> None:
+    # Right after a model change: the old pods are all ready, the new template has none.
+    pods = live(2, 1, 2)
+    pods[("Deployment", "demo-worker-a")] = deployment(2, 2, generation=2)
+    cond = conditions(healthy_status(OWNER, SPEC, 4, pods))
+    assert (cond["Ready"]["status"], cond["Ready"]["reason"]) == ("False", "RolloutPending")
+    pods[("Deployment", "demo-worker-a")] = deployment(
+        2, 2, observedGeneration=2, generation=2, updatedReplicas=1
+    )
+    cond = conditions(healthy_status(OWNER, SPEC, 4, pods))
+    assert (cond["Ready"]["status"], cond["Ready"]["reason"]) == ("False", "RolloutInProgress")
+    assert cond["Ready"]["message"] == "worker a: RolloutInProgress: 1 of 2 replicas updated"
+    pods[("Deployment", "demo-worker-a")] = deployment(2, 2, replicas=3)
+    cond = conditions(healthy_status(OWNER, SPEC, 4, pods))
+    assert cond["Ready"]["reason"] == "OldReplicasTerminating"
+    assert cond["GatewayReady"]["status"] == "True"
+    assert conditions(healthy_status(OWNER, SPEC, 4, {}))["Ready"]["reason"] == "DeploymentMissing"
+
+
+def test_a_failed_rollout_says_why() -> None:
+    pods = live(2, 1, 2)
+    deadline = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+                "message": 'ReplicaSet "demo-worker-b-5d" has timed out progressing.'}  # fmt: skip
+    pods[("Deployment", "demo-worker-b")] = deployment(1, 0, conditions=[deadline])
+    failure = {
+        "type": "ReplicaFailure",
+        "status": "True",
+        "reason": "FailedCreate",
+        "message": "quota exceeded",
+    }
+    pods[("Deployment", "demo-gateway")] = deployment(2, 0, conditions=[failure], updatedReplicas=0)
+    cond = conditions(healthy_status(OWNER, SPEC, 1, pods))
+    assert cond["Ready"]["reason"] == "ReplicaFailure"  # the most urgent first
+    assert cond["Ready"]["message"] == (
+        'worker b: ProgressDeadlineExceeded: ReplicaSet "demo-worker-b-5d" has timed out progressing.; '
+        "gateway: ReplicaFailure: quota exceeded"
+    )
+    assert cond["WorkersReady"]["reason"] == "ProgressDeadlineExceeded"
+    assert (cond["GatewayReady"]["reason"], cond["GatewayReady"]["message"]) == (
+        "ReplicaFailure",
+        "0/2 gateway replicas ready; quota exceeded",
+    )
 
 
 def test_serving_below_capacity_is_degraded() -> None:
@@ -118,3 +178,20 @@ def test_the_controlling_resource_of_a_child_is_found_by_its_owner_reference() -
     other = {**ours, "apiVersion": "apps/v1", "kind": "ReplicaSet", "controller": True}
     assert controller_of({"metadata": {"ownerReferences": [other]}}) is None
     assert controller_of({"metadata": {}}) is None
+
+
+def test_an_api_refusal_is_reported_in_the_servers_words_and_backed_off() -> None:
+    from kubernetes_asyncio.client.exceptions import ApiException
+
+    from vgate_operator.reconcile import _describe, _refused
+
+    exc = ApiException(status=422, reason="Unprocessable Entity")
+    exc.body = json.dumps(
+        {"kind": "Status", "message": 'Deployment.apps "x" is invalid: spec.replicas: Invalid'}
+    )
+    assert _describe(exc) == (
+        'Kubernetes API error 422 Unprocessable Entity: Deployment.apps "x" is invalid: spec.replicas: Invalid'
+    )
+    assert _refused(exc)
+    # Conflicts, throttling and server failures are retried at the short delay.
+    assert not any(_refused(ApiException(status=code)) for code in (409, 429, 500, 503))

@@ -93,6 +93,36 @@ def endpoint_url(address: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
+def _target(endpoint: Mapping[str, Any]) -> str | None:
+    """The object an endpoint stands for (its pod), from ``targetRef``; None if it has none."""
+    ref = endpoint.get("targetRef")
+    if not isinstance(ref, Mapping) or not (ref.get("uid") or ref.get("name")):
+        return None
+    return str(ref.get("uid") or f"{ref.get('kind')}/{ref.get('namespace')}/{ref.get('name')}")
+
+
+def _slice_entries(slice_: Slice, models: frozenset[str]) -> list[tuple[str, DiscoveredEndpoint]]:
+    """(identity, endpoint) pairs of one slice: a pod and port, or the URL for an untargeted endpoint."""
+    port = slice_port(slice_)
+    if port is None:
+        return []
+    found: list[tuple[str, DiscoveredEndpoint]] = []
+    for endpoint in slice_.get("endpoints") or []:
+        conditions = endpoint.get("conditions") or {}
+        ready = conditions.get("ready")
+        terminating = bool(conditions.get("terminating"))
+        target = _target(endpoint)
+        for address in endpoint.get("addresses") or []:
+            ep = DiscoveredEndpoint(
+                url=endpoint_url(address, port),
+                models=models,
+                ready=ready is None or bool(ready),
+                terminating=terminating,
+            )
+            found.append((f"{target}:{port}" if target else ep.url, ep))
+    return found
+
+
 def slice_endpoints(slice_: Slice, models: frozenset[str]) -> list[DiscoveredEndpoint]:
     """The endpoints of one EndpointSlice, each declared to serve ``models``.
 
@@ -100,32 +130,22 @@ def slice_endpoints(slice_: Slice, models: frozenset[str]) -> list[DiscoveredEnd
     with ``terminating=True`` whether or not it is still serving, so the requests it
     has in flight finish while it gets no new ones.
     """
-    port = slice_port(slice_)
-    if port is None:
-        return []
-    found: list[DiscoveredEndpoint] = []
-    for endpoint in slice_.get("endpoints") or []:
-        conditions = endpoint.get("conditions") or {}
-        ready = conditions.get("ready")
-        terminating = bool(conditions.get("terminating"))
-        for address in endpoint.get("addresses") or []:
-            found.append(
-                DiscoveredEndpoint(
-                    url=endpoint_url(address, port),
-                    models=models,
-                    ready=ready is None or bool(ready),
-                    terminating=terminating,
-                )
-            )
-    return found
+    return [ep for _, ep in _slice_entries(slice_, models)]
+
+
+def _preferred_url(a: str, b: str) -> str:
+    """Of two addresses of one pod, the IPv4 one (reachable from a single-stack client), then the lower."""
+    return min(a, b, key=lambda url: ("[" in url, url))
 
 
 def build_snapshot(slices: Iterable[Slice], services: Mapping[str, str]) -> list[DiscoveredEndpoint]:
-    """The complete endpoint list for ``slices``, merged by URL and sorted.
+    """The complete endpoint list for ``slices``, one per pod and port, merged and sorted by URL.
 
-    Slices of Services not in ``services`` are ignored. An address that appears in
-    several slices (a pod behind two models' Services, or a slice split in flight)
-    serves the union of their models; it is ready only if every slice says so and
+    Slices of Services not in ``services`` are ignored. A dual-stack Service has an IPv4
+    and an IPv6 slice listing the same pods: endpoints are identified by their
+    ``targetRef`` (the pod), so each pod is one upstream, at its IPv4 address. An endpoint
+    that appears in several slices (a pod behind two models' Services, or a slice split in
+    flight) serves the union of their models; it is ready only if every slice says so and
     terminating if any does — the conservative reading of a disagreement.
     """
     owners = models_by_service(services)
@@ -134,17 +154,29 @@ def build_snapshot(slices: Iterable[Slice], services: Mapping[str, str]) -> list
         models = owners.get(slice_service(slice_) or "")
         if models is None:
             continue
-        for ep in slice_endpoints(slice_, models):
-            seen = merged.get(ep.url)
+        for key, ep in _slice_entries(slice_, models):
+            seen = merged.get(key)
             if seen is not None:
                 ep = DiscoveredEndpoint(
-                    url=ep.url,
+                    url=_preferred_url(seen.url, ep.url),
                     models=seen.models | ep.models,
                     ready=seen.ready and ep.ready,
                     terminating=seen.terminating or ep.terminating,
                 )
-            merged[ep.url] = ep
-    return [merged[url] for url in sorted(merged)]
+            merged[key] = ep
+    # Two pods never share an address, but an untargeted endpoint may repeat a targeted one's URL.
+    by_url: dict[str, DiscoveredEndpoint] = {}
+    for ep in merged.values():
+        seen = by_url.get(ep.url)
+        if seen is not None:
+            ep = DiscoveredEndpoint(
+                url=ep.url,
+                models=seen.models | ep.models,
+                ready=seen.ready and ep.ready,
+                terminating=seen.terminating or ep.terminating,
+            )
+        by_url[ep.url] = ep
+    return [by_url[url] for url in sorted(by_url)]
 
 
 def resolve_namespace(configured: str | None, sa_file: Path = SERVICE_ACCOUNT_NAMESPACE) -> str:

@@ -17,7 +17,7 @@ from vgate_operator.builders.gateway import (
     build_gateway_serviceaccount,
     build_ingress,
 )
-from vgate_operator.builders.workers import build_worker_deployment, build_worker_service
+from vgate_operator.builders.workers import build_worker_deployment, build_worker_pdb, build_worker_service
 from vgate_operator.spec import VGateDeploymentSpec
 
 __all__ = ["Manifest", "Owner", "build_all"]
@@ -33,7 +33,11 @@ def build_all(owner: Owner, spec: VGateDeploymentSpec) -> list[Manifest]:
         config,
     ]
     for model in spec.models:
-        objects += [build_worker_service(owner, model), build_worker_deployment(owner, spec, model)]
+        objects += [
+            build_worker_service(owner, model),
+            build_worker_deployment(owner, spec, model),
+            build_worker_pdb(owner, model),
+        ]
     objects += [
         build_gateway_service(owner),
         build_gateway_deployment(owner, spec, config),

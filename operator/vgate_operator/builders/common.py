@@ -18,8 +18,6 @@ PLURAL = "vgatedeployments"
 SPEC_HASH = "vgate.io/spec-hash"
 #: Hash of the gateway configuration, on its pod template so a change rolls the pods.
 CONFIG_HASH = "vgate.io/config-hash"
-#: Annotation keys copied from the resource onto a child, so removed ones can be removed there too.
-MANAGED_ANNOTATIONS = "vgate.io/managed-annotations"
 MODEL_LABEL = "vgate.io/model"
 MANAGED_BY = "vgate-operator"
 #: uid/gid of the ``vgate`` user in the V-Gate images.
@@ -96,12 +94,15 @@ def with_spec_hash(manifest: Manifest) -> Manifest:
 def pod_security_context() -> Manifest:
     # Pod Security "restricted": non-root as the images' own user (uid 10001, whose HOME
     # holds vLLM's caches), stated explicitly so kubelet can verify runAsNonRoot for any
-    # image; fsGroup makes the cache volume writable.
+    # image; fsGroup makes the cache volume writable. OnRootMismatch: the kubelet changes
+    # ownership only when the volume's root is not already ours, rather than walking a
+    # model PVC of many gigabytes on every pod start.
     return {
         "runAsNonRoot": True,
         "runAsUser": RUN_AS,
         "runAsGroup": RUN_AS,
         "fsGroup": RUN_AS,
+        "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
@@ -123,6 +124,34 @@ def http_probe(path: str, period: int, failures: int, timeout: int = 2) -> Manif
         "failureThreshold": failures,
         "timeoutSeconds": timeout,
     }
+
+
+def pre_stop_sleep(seconds: int) -> Manifest:
+    """Keep serving while the endpoint removal reaches every client (the ``sleep`` action
+    needs no shell or binary in the image; Kubernetes 1.30+)."""
+    return {"preStop": {"sleep": {"seconds": seconds}}}
+
+
+def disruption_budget(owner: Owner, name: str, component: str, selector: dict[str, str]) -> Manifest:
+    """At most one pod of ``selector`` evicted at a time.
+
+    maxUnavailable rather than minAvailable: a single replica must not block node drains.
+    ``AlwaysAllow``: a pod that is not ready (crash-looping, still loading) can always be
+    evicted, so a broken rollout never makes ``kubectl drain`` hang.
+    """
+    extra = {k: v for k, v in selector.items() if k not in labels(owner, component)}
+    return with_spec_hash(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": metadata(owner, name, component, extra or None),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": dict(selector)},
+                "unhealthyPodEvictionPolicy": "AlwaysAllow",
+            },
+        }
+    )
 
 
 def quantity_map(values: dict[str, int | str | None]) -> dict[str, int | str]:

@@ -8,15 +8,16 @@ import yaml
 
 from vgate_operator.builders.common import (
     CONFIG_HASH,
-    MANAGED_ANNOTATIONS,
     Manifest,
     Owner,
     container_security_context,
     digest,
+    disruption_budget,
     http_probe,
     image,
     metadata,
     pod_security_context,
+    pre_stop_sleep,
     selector_labels,
     with_spec_hash,
 )
@@ -119,15 +120,7 @@ def build_gateway_service(owner: Owner) -> Manifest:
 
 
 def build_gateway_pdb(owner: Owner) -> Manifest:
-    # maxUnavailable rather than minAvailable: a single-replica gateway must not block node drains.
-    return with_spec_hash(
-        {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
-            "metadata": metadata(owner, gateway_name(owner.name), "gateway"),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(owner, "gateway")}},
-        }
-    )
+    return disruption_budget(owner, gateway_name(owner.name), "gateway", selector_labels(owner, "gateway"))
 
 
 def build_gateway_deployment(owner: Owner, spec: VGateDeploymentSpec, config: Manifest) -> Manifest:
@@ -148,6 +141,8 @@ def build_gateway_deployment(owner: Owner, spec: VGateDeploymentSpec, config: Ma
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    if gw.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": ref.name} for ref in gw.image_pull_secrets]
     return with_spec_hash(
         {
             "apiVersion": "apps/v1",
@@ -172,9 +167,8 @@ def _gateway_container(spec: VGateDeploymentSpec) -> Manifest:
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
         "readinessProbe": http_probe("/ready", period=2, failures=2),
         "livenessProbe": http_probe("/health", period=10, failures=3, timeout=5),
-        # Keep serving while the endpoint removal propagates to kube-proxy and ingress
-        # controllers; the sleep action needs no shell or binary in the image.
-        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SLEEP}}},
+        # Keep serving while the endpoint removal propagates to kube-proxy and ingress controllers.
+        "lifecycle": pre_stop_sleep(PRE_STOP_SLEEP),
         "volumeMounts": [
             {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
@@ -196,7 +190,8 @@ def build_ingress(owner: Owner, spec: VGateDeploymentSpec) -> Manifest:
     name = gateway_name(owner.name)
     meta = metadata(owner, name, "gateway")
     if ing.annotations:
-        meta["annotations"] = {**ing.annotations, MANAGED_ANNOTATIONS: ",".join(sorted(ing.annotations))}
+        # Server-side apply removes an annotation this manager set once it is no longer sent.
+        meta["annotations"] = dict(ing.annotations)
     rule: Manifest = {
         "http": {
             "paths": [

@@ -1,4 +1,4 @@
-"""Per-model worker objects: a Deployment of vLLM (or simulator) pods and its Service."""
+"""Per-model worker objects: a Deployment of vLLM (or simulator) pods, its Service and PDB."""
 
 from __future__ import annotations
 
@@ -10,19 +10,31 @@ from vgate_operator.builders.common import (
     Manifest,
     Owner,
     container_security_context,
+    disruption_budget,
     http_probe,
     image,
     metadata,
     pod_security_context,
+    pre_stop_sleep,
     quantity_map,
     selector_labels,
     with_spec_hash,
 )
-from vgate_operator.spec import ModelSpec, VGateDeploymentSpec, gpus_for, worker_name
+from vgate_operator.spec import (
+    ModelSpec,
+    TopologySpread,
+    VGateDeploymentSpec,
+    WorkerSpec,
+    gpus_for,
+    worker_name,
+)
 
 PORT = 8000
 CACHE_MOUNT = "/models"
 GPU_RESOURCE = "nvidia.com/gpu"
+#: Seconds a terminating worker keeps serving while gateways drop it from their pools.
+PRE_STOP_SLEEP = 5
+HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 
 
 def _pod_selector(owner: Owner, model: ModelSpec) -> dict[str, str]:
@@ -47,6 +59,13 @@ def build_worker_service(owner: Owner, model: ModelSpec) -> Manifest:
     )
 
 
+def build_worker_pdb(owner: Owner, model: ModelSpec) -> Manifest:
+    """Voluntary disruptions (drains, upgrades) take one worker of a model at a time."""
+    return disruption_budget(
+        owner, worker_name(owner.name, model.name), "worker", _pod_selector(owner, model)
+    )
+
+
 def build_worker_deployment(owner: Owner, spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
     """The model's worker Deployment; any change to the model's settings rolls its pods."""
     name = worker_name(owner.name, model.name)
@@ -61,13 +80,13 @@ def build_worker_deployment(owner: Owner, spec: VGateDeploymentSpec, model: Mode
                 "selector": {"matchLabels": _pod_selector(owner, model)},
                 # A GPU node rarely has room for a surge pod: replace in place, one at a time.
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-                "template": {"metadata": {"labels": pod_labels}, "spec": _pod_spec(spec, model)},
+                "template": {"metadata": {"labels": pod_labels}, "spec": _pod_spec(owner, spec, model)},
             },
         }
     )
 
 
-def _pod_spec(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
+def _pod_spec(owner: Owner, spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
     worker = spec.worker
     pod: Manifest = {
         "automountServiceAccountToken": False,
@@ -80,7 +99,32 @@ def _pod_spec(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
         pod["nodeSelector"] = dict(worker.node_selector)
     if worker.tolerations:
         pod["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in worker.tolerations]
+    if worker.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": ref.name} for ref in worker.image_pull_secrets]
+    if worker.runtime_class_name:
+        pod["runtimeClassName"] = worker.runtime_class_name
+    spread = _topology_spread(owner, worker, model)
+    if spread:
+        pod["topologySpreadConstraints"] = spread
     return pod
+
+
+def _topology_spread(owner: Owner, worker: WorkerSpec, model: ModelSpec) -> list[Manifest]:
+    # Default: prefer one node per replica, so a node failure takes few of a model's workers.
+    wanted = worker.topology_spread_constraints
+    if wanted is None:
+        wanted = [TopologySpread(topology_key=HOSTNAME_TOPOLOGY)]
+    return [
+        {
+            "maxSkew": c.max_skew,
+            "topologyKey": c.topology_key,
+            "whenUnsatisfiable": c.when_unsatisfiable,
+            "labelSelector": {"matchLabels": _pod_selector(owner, model)},
+            # Spread each rollout's pods on their own, not old and new together.
+            "matchLabelKeys": ["pod-template-hash"],
+        }
+        for c in wanted
+    ]
 
 
 def _volumes(spec: VGateDeploymentSpec) -> list[Manifest]:
@@ -106,7 +150,6 @@ def _container(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
         "image": worker.image or image("worker-dry-run" if dry_run else "worker"),
         "args": _dry_run_args(model) if dry_run else ["worker"],
         "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
-        "env": [] if dry_run else _vllm_env(spec, model),
         "resources": _resources(spec, model),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": CACHE_MOUNT},
@@ -114,8 +157,12 @@ def _container(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         "securityContext": container_security_context(read_only_root=False),
+        "lifecycle": pre_stop_sleep(PRE_STOP_SLEEP),
         **_probes(dry_run),
     }
+    # Never an empty list or value: the API server drops them, and what it drops would read as drift.
+    if not dry_run:
+        container["env"] = _vllm_env(spec, model)
     if worker.image_pull_policy:
         container["imagePullPolicy"] = worker.image_pull_policy
     return container
@@ -141,11 +188,14 @@ def _vllm_env(spec: VGateDeploymentSpec, model: ModelSpec) -> list[Manifest]:
         "VGATE_WORKER_HOST": "0.0.0.0",
         "VGATE_WORKER_PORT": str(PORT),
         "VGATE_WORKER_DOWNLOAD_DIR": f"{CACHE_MOUNT}/weights",
-        "VGATE_WORKER_EXTRA_ARGS": shlex.join(model.engine_args),
         "HF_HOME": f"{CACHE_MOUNT}/hf",
-        # "none" is passed too: the worker then lets vLLM read the method from the model config.
-        "VGATE_WORKER_QUANTIZATION": model.quantization,
     }
+    if model.engine_args:
+        values["VGATE_WORKER_EXTRA_ARGS"] = shlex.join(model.engine_args)
+    # "auto" and "none" pass no --quantization: vLLM reads the method from the checkpoint's
+    # config and picks the fastest kernel the GPU has (awq_marlin for AWQ where supported).
+    if model.quantization not in ("auto", "none"):
+        values["VGATE_WORKER_QUANTIZATION"] = model.quantization
     env: list[Manifest] = [{"name": k, "value": v} for k, v in values.items()]
     ref = spec.worker.hf_token_secret_ref
     if ref is not None:
