@@ -377,6 +377,8 @@ def _on_off(
     for _ in range(cfg.batch_rounds):
         for mode in ("off", "on"):
             with gateway(workers, {setting: "true" if mode == "on" else "false"}, logs) as gw:
+                # One answer first: the gateway merges a model's requests once it has seen how it answers.
+                httpx.post(gw + path, json=bodies[0], headers=bypass, timeout=120.0).raise_for_status()
                 before = asyncio.run(_sums([gw], ["vgate_upstream_requests_total"]))[0]
                 result = asyncio.run(_closed_loop(gw, path, bodies, cfg.batch_concurrency, bypass))
                 after = asyncio.run(_sums([gw], ["vgate_upstream_requests_total"]))[0]
