@@ -19,3 +19,31 @@ BENCH_VLLM_ARGS ?=
 
 bench-vllm: venv-vllm ## benchmark dedup, cache fidelity, batching and routing quality on real vLLM (CPU)
 	$(VLLM_BIN)/vgate bench --vllm $(BENCH_VLLM_ARGS)
+
+# The data plane against the proxies users compare it with (Debian's nginx and wrk; vllm-router,
+# LiteLLM and py-spy pinned in a virtualenv of their own). Each system under test gets one core.
+#
+#   make bench-proxy                                  the full comparison (about six minutes)
+#   make bench-proxy BENCH_PROXY_ARGS='--systems vgate,nginx --cases json-c16 --profile'
+BENCH_PROXY_ARGS ?=
+BENCH_VENV ?= .venv-bench
+VLLM_ROUTER_VERSION ?= 0.1.17
+LITELLM_VERSION ?= 1.106.2
+PY_SPY_VERSION ?= 0.4.3
+
+.PHONY: bench-proxy bench-tools
+
+$(BENCH_VENV)/.stamp: mk/bench.mk
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -U pip
+	$(BENCH_VENV)/bin/python -m pip install -q 'vllm-router==$(VLLM_ROUTER_VERSION)' \
+		'litellm[proxy]==$(LITELLM_VERSION)' 'py-spy==$(PY_SPY_VERSION)' \
+		'aiohttp==3.14.5' 'httpx==0.28.1' 'aiosonic==1.3.3' 'pyreqwest==0.15.1' 'uvloop==0.23.0'
+	@touch $@
+
+bench-tools: $(BENCH_VENV)/.stamp ## install what bench-proxy needs: nginx and wrk (apt), the peers' virtualenv
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
+
+bench-proxy: venv bench-tools ## data plane vs nginx, vllm-router, LiteLLM: rps/core, p50/p99, SSE events/s (bench/results/)
+	$(BIN)/vgate bench-proxy --peers $(BENCH_VENV) $(BENCH_PROXY_ARGS)

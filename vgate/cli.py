@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the Kubernetes objects the operator would apply for a resource",
     ),
     "bench": ("vgate.bench", "benchmark the gateway's routing, cache and dedup on the simulator"),
+    "bench-proxy": ("vgate.bench_proxy", "benchmark the data plane against nginx, vllm-router and LiteLLM"),
 }
 
 

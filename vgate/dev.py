@@ -1,8 +1,9 @@
 """``vgate dev``: the whole system on loopback — the gateway and N dry-run workers.
 
 Every component is a child process started with the same ``vgate`` entry point a
-container uses. Ctrl-C or SIGTERM stops them all; if one dies, the rest are
-stopped too, so nothing is left behind.
+container uses. Ctrl-C or SIGTERM stops them all, so nothing is left behind. A worker
+that dies is reported and the gateway keeps serving on the others (as it would in a
+cluster); only the gateway's own exit ends the stack.
 """
 
 from __future__ import annotations
@@ -63,18 +64,29 @@ def main(argv: Sequence[str]) -> int:
         procs.append(subprocess.Popen(gateway_cmd, env=env))
         try:
             wait_http(
-                f"http://127.0.0.1:{args.port}/ready",
+                f"http://127.0.0.1:{args.port}/v1/models",
                 60.0,
                 alive=lambda: not stopping and all(p.poll() is None for p in procs),
             )
             _banner(args.port, args.model, worker_ports)
         except (ProcessExited, TimeoutError):
             pass  # the loop below reports a dead component; a slow one may still come up
-        while not stopping and all(p.poll() is None for p in procs):
+        gateway, workers = procs[-1], procs[:-1]
+        reported: set[int] = set()
+        while not stopping and gateway.poll() is None:
+            for port, worker in zip(worker_ports, workers, strict=True):
+                if worker.poll() is not None and port not in reported:
+                    reported.add(port)
+                    alive = len(workers) - len(reported)
+                    print(
+                        f"vgate dev: worker 127.0.0.1:{port} exited (status {worker.returncode}); "
+                        f"the gateway keeps serving on {alive} worker{'s' * (alive != 1)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
             time.sleep(0.2)
-        failed = [p for p in procs if p.poll() not in (None, 0)]
-        if failed and not stopping:
-            print(f"vgate dev: {' '.join(map(str, failed[0].args[2:5]))} exited; stopping", file=sys.stderr)
+        if not stopping:
+            print(f"vgate dev: the gateway exited (status {gateway.returncode}); stopping", file=sys.stderr)
             return 1
         return 0
     finally:

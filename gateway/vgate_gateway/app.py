@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import FastAPI
 
 from vgate_gateway import __version__
+from vgate_gateway.admission import Admission
+from vgate_gateway.client import AiohttpClient, UpstreamClient
 from vgate_gateway.discovery import DiscoverySource
 from vgate_gateway.errors import install_error_handlers
 from vgate_gateway.health import HealthChecker
@@ -27,6 +29,9 @@ from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
 
 log = logging.getLogger(__name__)
 
+#: How ``vgate gateway --workers N`` hands its validated settings to each serving process.
+SETTINGS_ENV = "_VGATE_GATEWAY_SETTINGS"
+
 
 def make_discovery(settings: GatewaySettings) -> DiscoverySource:
     if settings.discovery == "kubernetes":
@@ -38,37 +43,43 @@ def make_discovery(settings: GatewaySettings) -> DiscoverySource:
     return StaticDiscovery(settings.endpoints)
 
 
-def make_client(
-    settings: GatewaySettings, transport: httpx.AsyncBaseTransport | None = None
-) -> httpx.AsyncClient:
-    """The pooled upstream client. No total timeout: a long healthy stream is never cut."""
-    timeout = httpx.Timeout(
-        connect=settings.connect_timeout_s,
-        read=max(settings.first_byte_timeout_s, settings.stream_idle_timeout_s),
-        write=settings.connect_timeout_s * 6,
-        pool=settings.connect_timeout_s,
-    )
-    limits = httpx.Limits(
+def make_client(settings: GatewaySettings) -> AiohttpClient:
+    """The pooled client for traffic to the workers."""
+    return AiohttpClient(
         max_connections=settings.max_connections,
-        max_keepalive_connections=min(settings.max_connections, 200),
-        keepalive_expiry=30.0,
+        keepalive_s=settings.upstream_keepalive_s,
+        connect_timeout_s=settings.connect_timeout_s,
+        first_byte_timeout_s=settings.first_byte_timeout_s,
+        stream_idle_timeout_s=settings.stream_idle_timeout_s,
     )
-    return httpx.AsyncClient(timeout=timeout, limits=limits, trust_env=False, transport=transport)
+
+
+def make_health_client(settings: GatewaySettings) -> AiohttpClient:
+    """The health checks' own small client: a probe never waits behind traffic."""
+    timeout = settings.health_timeout_s
+    return AiohttpClient(
+        max_connections=64,
+        keepalive_s=settings.upstream_keepalive_s,
+        connect_timeout_s=timeout,
+        first_byte_timeout_s=timeout,
+        stream_idle_timeout_s=timeout,
+    )
 
 
 def build_app(
     settings: GatewaySettings,
     discovery: DiscoverySource | None = None,
-    transport: httpx.AsyncBaseTransport | None = None,
+    clients: Callable[[], tuple[UpstreamClient, UpstreamClient]] | None = None,
 ) -> FastAPI:
     """The gateway for ``settings``.
 
-    ``discovery`` and ``transport`` replace the configured discovery source and the
-    upstream network (tests drive the gateway against in-memory workers with them).
+    ``discovery`` replaces the configured discovery source, and ``clients`` makes the
+    (traffic, health-check) upstream clients in place of the pooled aiohttp ones (tests
+    drive the gateway against in-memory workers with them).
     """
     metrics = Metrics(__version__)
     efficiency_metrics = PipelineMetrics.register(metrics.registry)
-    pool = UpstreamPool()
+    pool = UpstreamPool(eject_after=settings.eject_after_failures, panic_threshold=settings.panic_threshold)
     # Built here, not in the lifespan, so an unknown strategy name fails before serving.
     router = Router(
         pool,
@@ -82,10 +93,13 @@ def build_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         source = discovery or make_discovery(settings)
-        async with make_client(settings, transport) as client:
+        client, health_client = (
+            clients() if clients else (make_client(settings), make_health_client(settings))
+        )
+        try:
             health = HealthChecker(
                 pool,
-                client,
+                health_client,
                 metrics,
                 interval_s=settings.health_interval_s,
                 timeout_s=settings.health_timeout_s,
@@ -98,22 +112,39 @@ def build_app(
             proxy = Proxy(
                 client,
                 router,
+                pool,
                 metrics,
                 stream_idle_timeout_s=settings.stream_idle_timeout_s,
                 retry_after_s=settings.retry_after_s,
             )
             # cache -> dedup -> micro-batching -> proxy
             pipeline = Pipeline(settings, proxy.forward, efficiency_metrics)
+            admission = Admission(
+                settings.max_inflight,
+                settings.admission_queue,
+                settings.admission_queue_timeout_s,
+                settings.retry_after_s,
+            )
+            sections = {
+                **pipeline.stats_sections(),
+                "admission": lambda: {
+                    "max_inflight": admission.limit,
+                    "inflight": admission.inflight,
+                    "queued": admission.queued,
+                    "rejected": admission.rejected_total,
+                },
+            }
             app.state.gateway = GatewayState(
                 settings=settings,
                 metrics=metrics,
                 pool=pool,
                 router=router,
                 client=client,
+                admission=admission,
                 health=health,
                 handle=pipeline.handle,
                 started_at=time.monotonic(),
-                stats_sections=pipeline.stats_sections(),
+                stats_sections=sections,
             )
             tasks = [
                 _background(source.run(publish), "discovery"),
@@ -126,13 +157,37 @@ def build_app(
                 for task in reversed(tasks):
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            await client.close()
+            await health_client.close()
 
-    app = FastAPI(title="V-Gate", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # The gateway exports its own Prometheus metrics; the framework's OpenTelemetry hooks
+    # would cost a provider lookup on every request.
+    telemetry = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(
+        title="V-Gate",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+        telemetry=telemetry,  # type: ignore[arg-type]
+    )
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(ops.router)
+    # Innermost first: every middleware added below wraps the generation endpoints too.
+    app.add_middleware(openai.HotRoutes)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
+
+
+def app_from_env() -> FastAPI:
+    """The app of one serving process started by ``vgate gateway --workers N``."""
+    from vgate_gateway.logs import setup_logging
+
+    settings = GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV])
+    setup_logging(settings.log_level, settings.log_json)
+    return build_app(settings)
 
 
 def _background(coro: object, name: str) -> asyncio.Task[None]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -25,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
         help="static worker base URL, repeatable (also VGATE_ENDPOINTS, comma-separated)",
     )
     p.add_argument("--routing", help="load-balancing strategy (default prefix-aware)")
+    p.add_argument("--workers", type=int, help="serving processes sharing the port (default 1)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
     p.add_argument("--log-json", action="store_const", const=True, help="log JSON lines")
     return p
@@ -46,8 +50,9 @@ def main(argv: Sequence[str]) -> int:
 
     import uvicorn
 
-    from vgate_gateway.app import build_app
+    from vgate_gateway.app import SETTINGS_ENV, build_app
     from vgate_gateway.logs import setup_logging
+    from vgate_gateway.metrics import MULTIPROCESS_ENV
 
     try:
         app = build_app(settings)
@@ -55,14 +60,30 @@ def main(argv: Sequence[str]) -> int:
         print(f"vgate gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
-    )
+    common: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
+        # The fast event loop and HTTP parser; uvicorn[standard] installs both.
+        "loop": "uvloop",
+        "http": "httptools",
+        # Below the idle timeout of load balancers in front (60 s for most cloud ones).
+        "timeout_keep_alive": 75,
+        # Nothing reads the client address; skip the X-Forwarded-For layer on every request.
+        "proxy_headers": False,
+    }
+    if settings.workers == 1:
+        uvicorn.run(app, **common)
+        return 0
+    # N processes share the listening socket; each builds its app from the same settings,
+    # and writes its metrics where a scrape of any of them finds all (prometheus_client's
+    # multiprocess mode).
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    with tempfile.TemporaryDirectory(prefix="vgate-metrics-") as metrics_dir:
+        os.environ.setdefault(MULTIPROCESS_ENV, metrics_dir)
+        uvicorn.run("vgate_gateway.app:app_from_env", factory=True, workers=settings.workers, **common)
     return 0
 
 

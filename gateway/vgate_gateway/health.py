@@ -2,10 +2,12 @@
 
 Each round asks each worker for ``/health`` and ``/v1/models`` (which also tells the
 gateway what it serves), then reads its vLLM ``/metrics`` into :attr:`Upstream.load`
-for the load-aware strategies. A worker that fails is taken out of rotation at once
-and comes back the first time it passes again; a worker whose metrics can't be read
-stays healthy and keeps its last figures. New workers are checked as soon as
-discovery reports them, not at the next tick.
+for the load-aware strategies. A worker leaves rotation after ``eject_after_failures``
+failures in a row (checks here, connect errors and 5xx answers in the proxy) and comes
+back the first time a check passes; a worker whose metrics can't be read stays healthy
+and keeps its last figures. New workers are checked as soon as discovery reports them,
+not at the next tick. The checks have their own small client: they never wait behind
+traffic for a connection, so a busy gateway never mistakes its own queue for a dead worker.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
+import orjson
 
+from vgate_gateway.client import UpstreamClient, UpstreamError
 from vgate_gateway.loadstats import parse_load
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.upstreams import Upstream, UpstreamPool
@@ -30,7 +33,7 @@ class HealthChecker:
     def __init__(
         self,
         pool: UpstreamPool,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         metrics: Metrics,
         *,
         interval_s: float,
@@ -47,6 +50,8 @@ class HealthChecker:
         #: Model cards by id, as the workers describe them in /v1/models.
         self.model_cards: dict[str, dict[str, Any]] = {}
         self._known: set[str] = set()
+        #: The first round after start-up has finished: the gateway knows its workers.
+        self.settled = asyncio.Event()
 
     def poke(self) -> None:
         """Check now (discovery changed the pool)."""
@@ -56,6 +61,7 @@ class HealthChecker:
         while True:
             self._wake.clear()
             await self.check_all()
+            self.settled.set()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
 
@@ -68,43 +74,48 @@ class HealthChecker:
         self._known = current
 
     async def _check(self, up: Upstream) -> None:
-        was_healthy = up.healthy
         try:
-            r = await self._client.get(f"{up.url}/health", timeout=self._timeout)
-            r.raise_for_status()
-            r = await self._client.get(f"{up.url}/v1/models", timeout=self._timeout)
-            r.raise_for_status()
-            cards = [c for c in r.json().get("data", []) if isinstance(c, dict) and "id" in c]
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
-            up.healthy = False
-            up.consecutive_failures += 1
-            if was_healthy or up.consecutive_failures == 1:
-                log.warning("worker %s failed its health check: %s", up.url, _describe(exc))
+            await self._expect_ok(f"{up.url}/health")
+            body = await self._expect_ok(f"{up.url}/v1/models")
+            cards = [c for c in orjson.loads(body).get("data", []) if isinstance(c, dict) and "id" in c]
+        except (UpstreamError, ValueError, AttributeError) as exc:
+            first = up.consecutive_failures == 0
+            if self._pool.failed(up):
+                self._metrics.ejections.inc()
+                log.warning("worker %s is out of rotation: %s", up.url, _describe(exc))
+            elif first:
+                log.info("worker %s failed a health check: %s", up.url, _describe(exc))
         else:
-            up.served_models = frozenset(str(c["id"]) for c in cards)
             for card in cards:
                 self.model_cards[str(card["id"])] = card
-            up.healthy = True
-            up.consecutive_failures = 0
-            if not was_healthy:
-                log.info("worker %s is healthy, serving %s", up.url, sorted(up.served_models))
+            served = frozenset(str(c["id"]) for c in cards)
+            if self._pool.passed(up, served):
+                log.info("worker %s is healthy, serving %s", up.url, sorted(served))
             await self._read_load(up)
         up.last_checked = self._clock()
         self._metrics.upstream_healthy.labels(up.url).set(1 if up.healthy else 0)
 
+    async def _expect_ok(self, url: str) -> bytes:
+        status, body = await self._client.get(url, self._timeout)
+        if status != 200:
+            raise _StatusError(status)
+        return body
+
     async def _read_load(self, up: Upstream) -> None:
         try:
-            r = await self._client.get(f"{up.url}/metrics", timeout=self._timeout)
-            r.raise_for_status()
-        except httpx.HTTPError as exc:
+            text = (await self._expect_ok(f"{up.url}/metrics")).decode(errors="replace")
+        except UpstreamError as exc:
             log.debug("cannot read the load of %s: %s", up.url, _describe(exc))
             return
-        load = parse_load(r.text, self._clock())
+        load = parse_load(text, self._clock())
         if load is not None:
             up.load = load
 
 
+class _StatusError(UpstreamError):
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+
+
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, httpx.HTTPStatusError):
-        return f"HTTP {exc.response.status_code}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

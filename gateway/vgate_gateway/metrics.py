@@ -8,8 +8,15 @@ No prompt, key or client-supplied free text ever becomes a label.
 from __future__ import annotations
 
 import contextlib
+import os
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+#: Set (by ``vgate gateway --workers N``) when several serving processes share the port:
+#: each process writes its series there, and a scrape of any one of them reports all.
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 40)
@@ -57,20 +64,62 @@ class Metrics:
             ["upstream", "status"],
             registry=r,
         )
-        self.inflight = Gauge("vgate_inflight_requests", "Requests being handled", registry=r)
+        self.inflight = Gauge(
+            "vgate_inflight_requests", "Requests being handled", registry=r, multiprocess_mode="livesum"
+        )
+        self.rejected = Counter(
+            "vgate_rejected_requests",
+            "Requests refused by admission control (gateway at capacity)",
+            registry=r,
+        )
+        self.ejections = Counter(
+            "vgate_upstream_ejections", "Workers taken out of rotation after failures in a row", registry=r
+        )
         self.upstream_healthy = Gauge(
-            "vgate_upstream_healthy", "1 when the worker passes health checks", ["upstream"], registry=r
+            "vgate_upstream_healthy",
+            "1 when the worker passes health checks",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="liveall",  # each process checks on its own: one series per process
         )
         self._upstream_statuses: dict[str, set[str]] = {}
+        self._upstream_series: dict[tuple[str, str], Any] = {}
+        self._model_series: dict[str, tuple[Any, Any, Any]] = {}
+
+    def per_model(self, model: str) -> tuple[Any, Any, Any]:
+        """(ttft, tpot, tokens_generated) of ``model``, resolved once: labels() takes a lock."""
+        series = self._model_series.get(model)
+        if series is None:
+            series = (self.ttft.labels(model), self.tpot.labels(model), self.tokens_generated.labels(model))
+            self._model_series[model] = series
+        return series
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of this process, or of every serving process when there are several."""
+        if not os.environ.get(MULTIPROCESS_ENV):
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)
+        # Info series live in memory only; every process has the same one.
+        info = CollectorRegistry()
+        info.register(self.info)
+        return generate_latest(merged) + generate_latest(info)
 
     def count_upstream(self, url: str, status: str | int) -> None:
-        self._upstream_statuses.setdefault(url, set()).add(str(status))
-        self.upstream_requests.labels(url, str(status)).inc()
+        key = (url, str(status))
+        counter = self._upstream_series.get(key)
+        if counter is None:
+            self._upstream_statuses.setdefault(url, set()).add(key[1])
+            counter = self._upstream_series[key] = self.upstream_requests.labels(*key)
+        counter.inc()
 
     def forget_upstream(self, url: str) -> None:
         """Drop the series of a worker that is gone, so label sets stay bounded."""
         series = [(self.upstream_healthy, (url,))]
-        series += [(self.upstream_requests, (url, s)) for s in self._upstream_statuses.pop(url, ())]
+        statuses = self._upstream_statuses.pop(url, ())
+        series += [(self.upstream_requests, (url, s)) for s in statuses]
+        for status in statuses:
+            self._upstream_series.pop((url, status), None)
         for metric, labels in series:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)

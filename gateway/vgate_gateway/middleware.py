@@ -5,10 +5,12 @@ Pure ASGI (not BaseHTTPMiddleware) so streamed bodies pass through unbuffered.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,13 +40,37 @@ class RequestContextMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        # Ids are a random per-process prefix and a counter: unique, and no system call each.
+        self._id_prefix = uuid.uuid4().hex[:16]
+        self._ids = itertools.count()
+        self._series: dict[tuple[str, str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    def _request_id(self, scope: Scope) -> str:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                incoming = value.decode("latin-1")
+                if _VALID_ID.match(incoming):
+                    return incoming
+                break
+        return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+    def _observe(self, path: str, method: str, status: int, elapsed: float) -> None:
+        key = (path, method, str(status))
+        counter = self._series.get(key)
+        if counter is None:
+            counter = self._series[key] = self.metrics.requests.labels(*key)
+        counter.inc()
+        latency = self._latency.get(path)
+        if latency is None:
+            latency = self._latency[path] = self.metrics.latency.labels(path)
+        latency.observe(elapsed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex
+        request_id = self._request_id(scope)
         token = request_id_var.set(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
@@ -68,8 +94,8 @@ class RequestContextMiddleware:
             elapsed = time.monotonic() - started
             if counted:
                 self.metrics.inflight.dec()
-            self.metrics.requests.labels(path, method, str(status)).inc()
-            self.metrics.latency.labels(path).observe(elapsed)
+            self._observe(path, method, status, elapsed)
             level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
-            log.log(level, "%s %s %d %.1fms", method, scope["path"], status, elapsed * 1000)
+            if log.isEnabledFor(level):
+                log.log(level, "%s %s %d %.1fms", method, scope["path"], status, elapsed * 1000)
             request_id_var.reset(token)

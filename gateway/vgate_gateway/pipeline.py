@@ -127,7 +127,8 @@ class Pipeline:
             mode = parse_cache_mode(headers.get(CACHE_HEADER))
         except ValueError as exc:
             raise invalid_request(str(exc), code="invalid_cache_header") from None
-        headers = {k: v for k, v in headers.items() if k != CACHE_HEADER}
+        if CACHE_HEADER in headers:
+            headers = {k: v for k, v in headers.items() if k != CACHE_HEADER}
         kind = req.kind
         if not is_cacheable(kind, req.payload, mode):
             return _tagged(await self._uncached(kind, req, headers), "miss")
@@ -202,9 +203,9 @@ class Pipeline:
         recorder = StreamRecorder(min(self.cache.max_bytes, self._max_entry) if self.cache.enabled else 0)
         events: AsyncIterator[bytes] = resp.body_iterator  # type: ignore[assignment]
         try:
-            async for event in events:
-                recorder.feed(event)
-                writer.push(event)
+            async for events_run in events:  # whole events, one or several at a time
+                recorder.feed(events_run)
+                writer.push(events_run)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
         answer = recorder.result()

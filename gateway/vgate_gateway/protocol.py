@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
 from starlette.responses import Response
 
 from vgate_gateway.errors import invalid_request
@@ -80,8 +81,8 @@ def parse_request(kind: Kind, body: bytes) -> ParsedRequest:
     if not body.strip():
         raise invalid_request("The request body is empty; expected a JSON object.")
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise invalid_request(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.")

@@ -9,26 +9,31 @@ client goes away.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 
-import anyio
-import httpx
+import orjson
 from starlette.responses import Response
 
+from vgate_gateway.client import (
+    StaleConnection,
+    Unreachable,
+    UpstreamClient,
+    UpstreamError,
+    UpstreamResponse,
+    UpstreamTimeout,
+)
 from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.protocol import ParsedRequest
 from vgate_gateway.routing import Router
-from vgate_gateway.sse import EventSplitter, event_stream, inspect_event
-from vgate_gateway.upstreams import Upstream
+from vgate_gateway.sse import DONE, EventFramer, error_event, event_stream, usage_completion_tokens
+from vgate_gateway.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger(__name__)
 
-# Not forwarded: hop-by-hop headers, and those httpx sets for the new connection.
+# Not forwarded: hop-by-hop headers, and those the client sets for the new connection.
 _HOP_HEADERS = frozenset(
     {
         "connection",
@@ -45,21 +50,26 @@ _HOP_HEADERS = frozenset(
         "accept-encoding",
     }
 )
-# Errors that mean the request never reached a worker: safe to try another one.
-_NOT_DELIVERED = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
-def upstream_headers(headers: Mapping[str, str], request_id: str) -> dict[str, str]:
-    out = {k: v for k, v in headers.items() if k.lower() not in _HOP_HEADERS}
+_HOP_NAMES = frozenset(h.encode() for h in _HOP_HEADERS)  # as ASGI spells them: lower-case bytes
+
+
+def upstream_headers(raw: Sequence[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
+    """The client's headers to send upstream, from the ASGI scope's list, in one pass."""
+    out = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k not in _HOP_NAMES}
     out["x-request-id"] = request_id
+    # Bytes are relayed as they come: a compressed answer would reach the client undeclared.
+    out["accept-encoding"] = "identity"
     return out
 
 
 class Proxy:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         router: Router,
+        pool: UpstreamPool,
         metrics: Metrics,
         *,
         stream_idle_timeout_s: float,
@@ -67,6 +77,7 @@ class Proxy:
     ) -> None:
         self._client = client
         self._router = router
+        self._pool = pool
         self._metrics = metrics
         self._idle = stream_idle_timeout_s
         self._retry_after = retry_after_s
@@ -75,108 +86,130 @@ class Proxy:
         """Answer ``req`` from a worker."""
         started = time.monotonic()
         up, resp = await self._open(req, headers)
-        if req.stream and resp.status_code == 200:
+        if req.stream and resp.status == 200:
             return event_stream(self._relay(up, resp, req, started))
         try:
-            body = await resp.aread()
-        except httpx.HTTPError as exc:
-            self._metrics.count_upstream(up.url, "stream_error")
-            raise OpenAIError(502, f"The model worker broke off its answer: {type(exc).__name__}") from None
+            body = await resp.read()
+        except UpstreamError as exc:
+            self._failed(up, "stream_error")
+            raise OpenAIError(502, f"The model worker broke off its answer: {exc}") from None
         finally:
-            with anyio.CancelScope(shield=True):
-                await resp.aclose()
+            await resp.release()
             up.inflight -= 1
-        self._metrics.count_upstream(up.url, resp.status_code)
-        if resp.status_code == 200:
+        self._metrics.count_upstream(up.url, resp.status)
+        if resp.status >= 500:
+            self._pool.failed(up)
+        else:
+            self._pool.passed(up)
+        if resp.status == 200:
             self._count_usage(req.model, body)
-            return Response(body, status_code=200, media_type=resp.headers.get("content-type"))
-        return _relay_error(resp.status_code, body, resp.headers.get("content-type"))
+            return Response(body, status_code=200, media_type=resp.content_type)
+        return _relay_error(resp.status, body, resp.content_type)
 
-    async def _open(self, req: ParsedRequest, headers: Mapping[str, str]) -> tuple[Upstream, httpx.Response]:
-        """Send the request; a worker that can't be reached is marked down and another tried once."""
+    async def _open(
+        self, req: ParsedRequest, headers: Mapping[str, str]
+    ) -> tuple[Upstream, UpstreamResponse]:
+        """Send the request; a worker that can't be reached is tried elsewhere once.
+
+        A pooled connection the worker closed before answering is retried once on a fresh
+        one: nothing has reached the client yet, and it is no sign the worker is unwell.
+        """
         tried: list[str] = []
-        for attempt in range(2):
+        stale_retried = False
+        while True:
             up = self._router.pick(req, headers, exclude=tried)
             up.inflight += 1
             up.requests_total += 1
-            request = self._client.build_request(
-                "POST", up.url + req.kind.value, content=req.body, headers=headers
-            )
             try:
-                return up, await self._client.send(request, stream=True)
-            except _NOT_DELIVERED as exc:
+                return up, await self._client.post(
+                    up.url + req.kind.value, req.body, headers, stream=req.stream
+                )
+            except StaleConnection:
                 up.inflight -= 1
-                up.mark_failed()
-                self._metrics.count_upstream(up.url, "connect_error")
-                log.warning("worker %s unreachable (%s), attempt %d", up.url, type(exc).__name__, attempt + 1)
+                if stale_retried:
+                    raise self._broken(up, "stale connection twice") from None
+                stale_retried = True
+                log.debug("worker %s closed a pooled connection; sending again", up.url)
+            except Unreachable as exc:
+                up.inflight -= 1
+                self._failed(up, "connect_error")
+                log.warning("worker %s unreachable (%s), attempt %d", up.url, exc, len(tried) + 1)
                 tried.append(up.url)
-            except httpx.TimeoutException:
+                if len(tried) >= 2:
+                    raise unavailable(
+                        f"Could not reach a worker for model '{req.model}', after trying another one. "
+                        "Retry shortly.",
+                        code="upstream_unreachable",
+                        retry_after_s=self._retry_after,
+                    ) from None
+            except UpstreamTimeout:
                 up.inflight -= 1
-                self._metrics.count_upstream(up.url, "timeout")
+                self._failed(up, "timeout")
                 raise OpenAIError(
                     504, "The model worker did not answer in time.", code="upstream_timeout"
                 ) from None
-            except httpx.HTTPError as exc:
+            except UpstreamError as exc:
                 up.inflight -= 1
-                up.failures_total += 1
-                self._metrics.count_upstream(up.url, "error")
-                raise OpenAIError(
-                    502, f"The model worker failed: {type(exc).__name__}", code="upstream_error"
-                ) from None
+                raise self._broken(up, str(exc)) from None
             except BaseException:
                 up.inflight -= 1
                 raise
-        raise unavailable(
-            f"Could not reach a worker for model '{req.model}', after trying another one. Retry shortly.",
-            code="upstream_unreachable",
-            retry_after_s=self._retry_after,
-        )
+
+    def _broken(self, up: Upstream, why: str) -> OpenAIError:
+        self._failed(up, "error")
+        return OpenAIError(502, f"The model worker failed: {why}", code="upstream_error")
+
+    def _failed(self, up: Upstream, outcome: str) -> None:
+        up.failures_total += 1
+        self._metrics.count_upstream(up.url, outcome)
+        if self._pool.failed(up):
+            self._metrics.ejections.inc()
+            log.warning("worker %s ejected after %d failures in a row", up.url, up.consecutive_failures)
 
     async def _relay(
-        self, up: Upstream, resp: httpx.Response, req: ParsedRequest, started: float
+        self, up: Upstream, resp: UpstreamResponse, req: ParsedRequest, started: float
     ) -> AsyncIterator[bytes]:
-        splitter = EventSplitter()
+        """The worker's events as they arrive, in runs of whole events: constant work per chunk."""
+        framer = EventFramer()
         first_at: float | None = None
         last_at = started
         tokens, usage_tokens, done, outcome = 0, None, False, "200"
-        chunks = resp.aiter_bytes()
         try:
-            while not done:
-                try:
-                    chunk = await asyncio.wait_for(anext(chunks), self._idle)
-                except StopAsyncIteration:
+            async for chunk in resp.chunks():
+                events = framer.feed(chunk)
+                if not events:
+                    continue
+                last_at = time.monotonic()
+                if first_at is None:
+                    first_at = last_at
+                tokens += _tokens_in(events)
+                if b'"completion_tokens"' in events:
+                    usage_tokens = usage_completion_tokens(events)
+                done = DONE in events or error_event(events)
+                yield events
+                if done:
                     break
-                for event in splitter.feed(chunk):
-                    info = inspect_event(event)
-                    if info.tokens:
-                        last_at = time.monotonic()
-                        first_at = first_at or last_at
-                        tokens += info.tokens
-                    if info.usage_completion_tokens is not None:
-                        usage_tokens = info.usage_completion_tokens
-                    done = done or info.done or info.error
-                    yield event
             if not done:
                 outcome = "stream_error"
                 yield _stream_error(
                     502, "The model worker closed the stream before it finished.", "upstream_eof"
                 )
-        except TimeoutError:
+        except UpstreamTimeout:
             outcome = "timeout"
             yield _stream_error(
                 504, f"The model worker sent nothing for {self._idle:g}s.", "upstream_timeout"
             )
-        except httpx.HTTPError as exc:
-            outcome = "stream_error"
-            up.failures_total += 1
-            yield _stream_error(
-                502, f"Lost the model worker mid-stream: {type(exc).__name__}.", "upstream_error"
-            )
+        except UpstreamError as exc:
+            self._failed(up, "stream_error")
+            outcome = ""  # counted by _failed
+            yield _stream_error(502, f"Lost the model worker mid-stream: {exc}.", "upstream_error")
         finally:
-            with anyio.CancelScope(shield=True):
-                await resp.aclose()
+            await resp.release()
             up.inflight -= 1
-            self._metrics.count_upstream(up.url, outcome)
+            if outcome == "200":
+                self._pool.passed(up)
+            if outcome:
+                self._metrics.count_upstream(up.url, outcome)
             self._observe_stream(req.model, started, first_at, last_at, usage_tokens or tokens)
 
     def _observe_stream(
@@ -184,19 +217,26 @@ class Proxy:
     ) -> None:
         if first_at is None:
             return
-        self._metrics.ttft.labels(model).observe(first_at - started)
+        ttft, tpot, generated = self._metrics.per_model(model)
+        ttft.observe(first_at - started)
         if tokens > 1:
-            self._metrics.tpot.labels(model).observe((last_at - first_at) / (tokens - 1))
-        self._metrics.tokens_generated.labels(model).inc(tokens)
+            tpot.observe((last_at - first_at) / (tokens - 1))
+        generated.inc(tokens)
 
     def _count_usage(self, model: str, body: bytes) -> None:
-        try:
-            usage = json.loads(body).get("usage") or {}
-            completion = int(usage.get("completion_tokens") or 0)
-        except (ValueError, AttributeError, TypeError):
-            return
+        completion = usage_completion_tokens(body)
         if completion:
-            self._metrics.tokens_generated.labels(model).inc(completion)
+            self._metrics.per_model(model)[2].inc(completion)
+
+
+def _tokens_in(events: bytes) -> int:
+    """Generated tokens in a run of chunk events (vLLM sends one per decode step), by counting.
+
+    One count of event ends, less ``[DONE]``; used only when the stream has no usage chunk,
+    so a role-only first chunk or an empty final delta may count as a token there.
+    """
+    n = events.count(b"\n\n")
+    return n - 1 if events.endswith(DONE) else n
 
 
 def _stream_error(status: int, message: str, code: str) -> bytes:
@@ -206,8 +246,8 @@ def _stream_error(status: int, message: str, code: str) -> bytes:
 def _relay_error(status: int, body: bytes, content_type: str | None) -> Response:
     """A worker's error goes back with its status; its body too, in OpenAI's shape."""
     try:
-        obj = json.loads(body)
-    except ValueError:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError:
         obj = None
     if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
         return Response(body, status_code=status, media_type=content_type or "application/json")

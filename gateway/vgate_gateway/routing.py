@@ -212,14 +212,19 @@ class PrefixAware:
         return len(self._table)
 
     def block_hashes(self, model: str, prompt: str) -> list[int]:
-        """The chained hash of each complete block of ``prompt`` (at most ``max_blocks``)."""
-        hashes: list[int] = []
-        parent = hashlib.blake2b(model.encode(), digest_size=8).digest()
-        whole = min(len(prompt) // self.block_chars, self.max_blocks)
+        """The chained hash of each complete block of ``prompt`` (at most ``max_blocks``).
+
+        Each block is hashed once, chained on its parent's hash (so a block's hash covers
+        everything before it). The hash is Python's own (per process, like this table),
+        on the block text as it is: no encoding, no cryptographic digest.
+        """
+        b = self.block_chars
+        whole = min(len(prompt) // b, self.max_blocks)
+        parent = hash(model)
+        hashes = [0] * whole
         for i in range(whole):
-            block = prompt[i * self.block_chars : (i + 1) * self.block_chars]
-            parent = hashlib.blake2b(parent + block.encode(), digest_size=8).digest()
-            hashes.append(int.from_bytes(parent, "big"))
+            parent = hash((parent, prompt[i * b : (i + 1) * b]))
+            hashes[i] = parent
         return hashes
 
     def choose(self, candidates: Sequence[Upstream], request: RouteRequest) -> Upstream:
@@ -250,8 +255,11 @@ class PrefixAware:
 
     def _least_loaded(self, candidates: Sequence[Upstream]) -> Upstream:
         # A full scan, not two samples: a spilled or short request should queue least.
-        low = min(self._load.score(u) for u in candidates)
-        return self._rng.choice([u for u in candidates if self._load.score(u) == low])
+        if len(candidates) == 1:
+            return candidates[0]
+        scores = [self._load.score(u) for u in candidates]
+        low = min(scores)
+        return self._rng.choice([u for u, s in zip(candidates, scores, strict=True) if s == low])
 
     def _place(self, candidates: Sequence[Upstream]) -> Upstream:
         """A new prefix goes where the fewest prefix blocks live, among workers within the guard.
@@ -266,10 +274,16 @@ class PrefixAware:
         return self._rng.choice([u for u in fit if self._footprint.get(u.url, 0) == low])
 
     def _remember(self, hashes: list[int], url: str) -> None:
+        table = self._table
         for h in hashes:
-            held = self._table.pop(h, ())
+            held = table.get(h)
+            if held is not None and held[0] == url:
+                table.move_to_end(h)  # already first holder: only its recency changes
+                continue
+            held = held or ()
             kept = (url, *[u for u in held if u != url])[: self.holders]
-            self._table[h] = kept
+            table[h] = kept
+            table.move_to_end(h)
             self._count(kept, +1)
             self._count(held, -1)
         while len(self._table) > self.table_size:

@@ -35,6 +35,9 @@ class GatewaySettings(BaseSettings):
     # -- serving
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    #: Serving processes sharing the port. Each has its own upstream pool, health checks,
+    #: cache, dedup and prefix tables, and its own admission limit (see docs/gateway.md).
+    workers: int = Field(1, ge=1, le=256)
     log_level: LogLevel = "info"
     log_json: bool = False
 
@@ -50,6 +53,13 @@ class GatewaySettings(BaseSettings):
     resync_interval_s: float = Field(30.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
+    #: Outlier ejection: a worker leaves rotation after this many consecutive failures
+    #: (failed health checks, or connect errors and 5xx answers on traffic), and comes back
+    #: on its first passing health check.
+    eject_after_failures: int = Field(3, ge=1)
+    #: Panic mode: when more than this share of a model's workers is out, route to all of
+    #: them (the health view is more likely wrong than most of the fleet down at once).
+    panic_threshold: float = Field(0.5, ge=0, le=1)
 
     # -- routing
     routing: str = "prefix-aware"
@@ -67,7 +77,19 @@ class GatewaySettings(BaseSettings):
     #: healthy streams are never cut).
     stream_idle_timeout_s: float = Field(120.0, gt=0)
     max_connections: int = Field(1000, ge=1)
+    #: Idle pooled upstream connections are closed after this long: below the workers' own
+    #: keep-alive (uvicorn and vLLM close idle connections after 5 s), so the gateway never
+    #: sends on a connection the worker is closing.
+    upstream_keepalive_s: float = Field(4.0, gt=0)
     retry_after_s: int = Field(1, ge=0)
+
+    # -- admission control (per serving process)
+    #: Requests handled at once; more wait in a short queue, then are refused with 503.
+    max_inflight: int = Field(512, ge=1)
+    #: Requests that may wait for a free slot; beyond it, refused at once.
+    admission_queue: int = Field(128, ge=0)
+    #: The longest a request waits in that queue before it is refused.
+    admission_queue_timeout_s: float = Field(0.05, ge=0)
     #: On SIGTERM, how long in-flight requests and streams may take to finish.
     shutdown_grace_s: float = Field(30.0, ge=0)
 
@@ -111,6 +133,11 @@ class GatewaySettings(BaseSettings):
     def _check_discovery(self) -> GatewaySettings:
         if self.discovery == "kubernetes" and not self.services:
             raise ValueError("discovery 'kubernetes' needs 'services' (model name -> worker Service)")
+        if self.max_inflight > self.max_connections:
+            # Admission control must refuse before the upstream pool would make requests wait.
+            raise ValueError(
+                f"max_inflight ({self.max_inflight}) must not exceed max_connections ({self.max_connections})"
+            )
         return self
 
     @classmethod

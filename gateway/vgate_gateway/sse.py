@@ -23,11 +23,16 @@ HEADERS: Mapping[str, str] = {"cache-control": "no-cache", "x-accel-buffering": 
 
 
 class RelayResponse(StreamingResponse):
-    """A streaming response that always closes its source, even when the client left mid-send."""
+    """A streaming response that always closes its source, even when the client left mid-send.
+
+    It does not listen for the client leaving itself (Starlette's version starts a task
+    group per response for that): the OpenAI endpoints watch for it once per request and
+    cancel the whole answer, this stream included.
+    """
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await self.stream_response(send)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.body_iterator.aclose()  # type: ignore[attr-defined]
@@ -39,27 +44,93 @@ def event_stream(events: AsyncIterable[bytes], headers: Mapping[str, str] | None
 
 
 class EventSplitter:
-    """Cuts a byte stream into complete SSE events (each ending in a blank line)."""
+    """Cuts a byte stream into complete SSE events (each ending in a blank line).
+
+    Linear in the bytes fed: each chunk is scanned once by index, and the unfinished
+    tail is the only thing kept between chunks.
+    """
 
     def __init__(self) -> None:
         self._buf = b""
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        self._buf += chunk
-        if b"\r\n" in self._buf:
-            self._buf = self._buf.replace(b"\r\n", b"\n")
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
         events = []
-        while True:
-            end = self._buf.find(b"\n\n")
-            if end < 0:
-                return events
-            events.append(self._buf[: end + 2])
-            self._buf = self._buf[end + 2 :]
+        start = 0
+        while (end := buf.find(b"\n\n", start)) >= 0:
+            events.append(buf[start : end + 2])
+            start = end + 2
+        self._buf = buf[start:] if start else buf
+        return events
 
     @property
     def pending(self) -> bytes:
         """Bytes of an event not yet complete."""
         return self._buf
+
+
+class EventFramer:
+    """Passes a byte stream on in runs of whole events, without cutting them apart.
+
+    The relay forwards what a worker wrote as it arrives, but never half an event: an
+    error event it may have to add must follow a complete one. One search per chunk.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        """The complete events now available (possibly several, possibly none)."""
+        buf = self._buf + chunk if self._buf else chunk
+        if b"\r" in buf:
+            buf = buf.replace(b"\r\n", b"\n")
+        end = buf.rfind(b"\n\n")
+        if end < 0:
+            self._buf = buf
+            return b""
+        end += 2
+        if end == len(buf):
+            self._buf = b""
+            return buf
+        self._buf = buf[end:]
+        return buf[:end]
+
+    @property
+    def pending(self) -> bytes:
+        return self._buf
+
+
+_COMPLETION_TOKENS = b'"completion_tokens":'
+
+
+def usage_completion_tokens(events: bytes) -> int | None:
+    """``usage.completion_tokens`` of the last usage chunk among ``events``, if any.
+
+    A search, not a parse: vLLM sends usage once, in the last chunk before ``[DONE]``.
+    """
+    at = events.rfind(_COMPLETION_TOKENS)
+    if at < 0:
+        return None
+    digits = events[at + len(_COMPLETION_TOKENS) : at + len(_COMPLETION_TOKENS) + 24].lstrip()
+    n = 0
+    for i, c in enumerate(digits):
+        if not 48 <= c <= 57:
+            return n if i else None
+        n = n * 10 + c - 48
+    return n if digits else None
+
+
+def error_event(events: bytes) -> bool:
+    """Whether ``events`` holds an OpenAI error event (parsed only when it might)."""
+    if b'"error"' not in events:
+        return False
+    for event in EventSplitter().feed(events):
+        data = event_data(event)
+        if b'"error"' in data and inspect_event(event).error:
+            return True
+    return False
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
+from vgate_gateway.admission import Admission
+from vgate_gateway.client import UpstreamClient
 from vgate_gateway.health import HealthChecker
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.protocol import Handler
@@ -22,7 +22,8 @@ class GatewayState:
     metrics: Metrics
     pool: UpstreamPool
     router: Router
-    client: httpx.AsyncClient
+    client: UpstreamClient
+    admission: Admission
     health: HealthChecker
     handle: Handler
     started_at: float

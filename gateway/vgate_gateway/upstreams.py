@@ -9,7 +9,6 @@ the per-endpoint :class:`Upstream` records the pool owns.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -46,8 +45,11 @@ class Upstream:
     served_models: frozenset[str] = frozenset()
     ready: bool = True
     terminating: bool = False
-    #: Result of the last active health check; false until the first one passes.
+    #: In rotation: passed a health check and not ejected since. False until the first pass.
     healthy: bool = False
+    #: Passed at least one health check: counts towards its models' panic threshold.
+    seen_healthy: bool = False
+    #: Failures in a row (health checks, connect errors, 5xx answers); reset by any success.
     consecutive_failures: int = 0
     last_checked: float = 0.0
     #: Requests this gateway has in flight to the endpoint.
@@ -55,6 +57,7 @@ class Upstream:
     #: Requests sent to the endpoint, and those that failed to connect or broke.
     requests_total: int = 0
     failures_total: int = 0
+    ejections_total: int = 0
     load: LoadStats = field(default_factory=LoadStats)
 
     @property
@@ -65,22 +68,31 @@ class Upstream:
     def routable(self) -> bool:
         return self.healthy and self.ready and not self.terminating
 
+    @property
+    def member(self) -> bool:
+        """Part of its models' fleet: what panic mode routes to when too many are out."""
+        return self.seen_healthy and self.ready and not self.terminating
+
     def serves(self, model: str) -> bool:
         return model in self.models
 
-    def mark_failed(self) -> None:
-        """Passive health: a connection failure takes the endpoint out until a check passes."""
-        self.healthy = False
-        self.failures_total += 1
-        self.consecutive_failures += 1
-        self.last_checked = time.monotonic()
-
 
 class UpstreamPool:
-    """All known upstreams, keyed by URL."""
+    """All known upstreams, keyed by URL, and who may take a model's next request.
 
-    def __init__(self) -> None:
+    Routability changes only through this pool (snapshots, :meth:`passed`,
+    :meth:`failed`), so the candidate list of each model is computed once per change
+    (:attr:`version`) rather than on every request.
+    """
+
+    def __init__(self, *, eject_after: int = 3, panic_threshold: float = 0.5) -> None:
         self._upstreams: dict[str, Upstream] = {}
+        self.eject_after = eject_after
+        self.panic_threshold = panic_threshold
+        #: Bumped whenever any endpoint's routability may have changed.
+        self.version = 0
+        self._candidates: dict[str, tuple[int, list[Upstream], bool]] = {}
+        self._sorted: tuple[int, list[Upstream]] = (-1, [])
 
     def replace(self, endpoints: Iterable[DiscoveredEndpoint]) -> None:
         """Reconcile against a full snapshot from discovery."""
@@ -98,16 +110,65 @@ class UpstreamPool:
             up.declared_models = ep.models
             up.ready = ep.ready
             up.terminating = ep.terminating
+        self.version += 1
+
+    def passed(self, up: Upstream, served_models: frozenset[str] | None = None) -> bool:
+        """A health check (or a request) succeeded; True when this readmits the endpoint."""
+        readmitted = not up.healthy
+        up.consecutive_failures = 0
+        if served_models is not None and served_models != up.served_models:
+            up.served_models = served_models
+            self.version += 1
+        if readmitted and served_models is not None:  # only a probe readmits, never traffic
+            up.healthy = up.seen_healthy = True
+            self.version += 1
+            return True
+        return False
+
+    def failed(self, up: Upstream) -> bool:
+        """A health check or request failed; True when this ejects the endpoint."""
+        up.consecutive_failures += 1
+        if up.healthy and up.consecutive_failures >= self.eject_after:
+            up.healthy = False
+            up.ejections_total += 1
+            self.version += 1
+            return True
+        return False
 
     def get(self, url: str) -> Upstream | None:
         return self._upstreams.get(url.rstrip("/"))
 
     def all(self) -> list[Upstream]:
-        return sorted(self._upstreams.values(), key=lambda u: u.url)
+        version, ordered = self._sorted
+        if version != self.version or len(ordered) != len(self._upstreams):
+            ordered = sorted(self._upstreams.values(), key=lambda u: u.url)
+            self._sorted = (self.version, ordered)
+        return list(ordered)
+
+    def candidates(self, model: str) -> tuple[list[Upstream], bool]:
+        """The endpoints for ``model``'s next request in a stable order, and whether in panic.
+
+        Normally the routable ones. When more than ``panic_threshold`` of the model's fleet
+        is out, all of it: a health view that loses most of a fleet at once is more likely
+        wrong (an overloaded network, a slow probe) than the fleet gone, and refusing
+        everything would turn a partial failure into a full outage.
+        """
+        cached = self._candidates.get(model)
+        if cached is not None and cached[0] == self.version:
+            return cached[1], cached[2]
+        fleet = [u for u in self.all() if u.member and u.serves(model)]
+        ok = [u for u in fleet if u.routable]
+        panic = bool(fleet) and len(fleet) - len(ok) > self.panic_threshold * len(fleet)
+        chosen = fleet if panic else ok
+        self._candidates[model] = (self.version, chosen, panic)
+        return chosen, panic
 
     def routable(self, model: str, exclude: Sequence[str] = ()) -> list[Upstream]:
         """Endpoints that may take a new request for ``model``, in a stable order."""
-        return [u for u in self.all() if u.routable and u.serves(model) and u.url not in exclude]
+        chosen, _ = self.candidates(model)
+        if exclude:
+            return [u for u in chosen if u.url not in exclude]
+        return chosen
 
     def known_model(self, model: str) -> bool:
         """Whether any endpoint, healthy or not, is known to serve ``model``."""

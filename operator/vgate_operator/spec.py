@@ -131,6 +131,8 @@ class ResourceRequirements(_Model):
 
 class GatewaySpec(_Model):
     replicas: int = Field(2, ge=0, le=100)
+    #: Serving processes in each gateway pod (VGATE_WORKERS), each about one core under load.
+    workers: int = Field(1, ge=1, le=64)
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)

@@ -12,6 +12,7 @@ import openai
 
 from tests.integration.conftest import MODEL
 from tests.support.procs import make_proc, wait_http
+from tests.support.waiting import wait_until
 
 
 def _free_port_run(length: int) -> int:
@@ -76,3 +77,30 @@ def test_dev_serves_chat_through_two_workers_and_stops_cleanly(tmp_path: Path) -
         assert "curl" in banner
     finally:
         dev.stop(sig=signal.SIGKILL)
+
+
+def test_dev_keeps_serving_when_a_worker_dies_and_names_it(tmp_path: Path) -> None:
+    port = _free_port_run(3)
+    dev = make_proc(["dev"], tmp_path, port=port).spawn()
+    assert dev.popen is not None
+    try:
+        wait_http(f"{dev.url}/ready", timeout=60, proc=dev)
+        out = subprocess.run(
+            ["ps", "-o", "pid=,args=", "--ppid", str(dev.popen.pid)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        victim = next(
+            int(line.split()[0]) for line in out.stdout.splitlines() if f"--port {port + 1}" in line
+        )
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: f"worker 127.0.0.1:{port + 1} exited" in dev.log(), what="the dead worker named")
+        assert dev.popen.poll() is None  # the stack is still up
+        client = openai.OpenAI(base_url=f"{dev.url}/v1", api_key="unused", max_retries=0)
+        for _ in range(4):  # every request is answered by the worker that is left
+            answer = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
+            assert answer.choices[0].message.content
+        assert "keeps serving on 1 worker" in dev.log()
+    finally:
+        dev.stop(sig=signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""The gateway's request path against in-memory workers (httpx MockTransport).
+"""The gateway's request path against in-memory workers (a fake upstream client).
 
 These pin down relaying: bytes pass through, streams stay streams, upstream errors
 keep their status, a broken stream ends in one OpenAI error event, and a worker
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
-import httpx
 import pytest
 from starlette.testclient import TestClient
 
+from tests.support.fake_upstreams import Answer, Call, FakeUpstreams
 from vgate_gateway.app import build_app
+from vgate_gateway.client import StaleConnection
 from vgate_gateway.discovery.static import StaticDiscovery
 from vgate_gateway.settings import GatewaySettings
 
@@ -32,42 +33,37 @@ def _chunk(text: str) -> bytes:
     )
 
 
-class Workers:
-    """Two fake workers; ``behaviour`` decides how the chat endpoint answers per worker host."""
+class Workers(FakeUpstreams):
+    """Two fake workers; ``chat`` decides how the chat endpoint answers."""
 
     def __init__(self) -> None:
-        self.down: set[str] = set()
-        self.calls: list[str] = []
-        self.chat: Callable[[httpx.Request], httpx.Response] = self.ok
+        super().__init__(self._route)
+        self.chat: Callable[[Call], Answer] = self.ok
+
+    @property
+    def chat_calls(self) -> list[str]:
+        return [c.host for c in self.calls if c.path == "/v1/chat/completions"]
 
     @staticmethod
-    def ok(request: httpx.Request) -> httpx.Response:
-        body = json.loads(request.content)
+    def ok(call: Call) -> Answer:
+        body = json.loads(call.body)
         if body.get("stream"):
-
-            async def events() -> AsyncIterator[bytes]:
-                for word in ("Hel", "lo"):
-                    yield _chunk(word)
-                yield b"data: [DONE]\n\n"
-
-            return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=events())
+            return Answer(
+                content_type="text/event-stream", stream=[_chunk("Hel"), _chunk("lo"), b"data: [DONE]\n\n"]
+            )
         answer = {
             "id": "x",
             "choices": [{"message": {"content": "Hello"}}],
             "usage": {"completion_tokens": 2},
         }
-        return httpx.Response(200, json=answer, headers={"x-worker": request.url.host})
+        return Answer.json(answer)
 
-    async def __call__(self, request: httpx.Request) -> httpx.Response:
-        host = request.url.host
-        if host in self.down:
-            raise httpx.ConnectError("connection refused", request=request)
-        if request.url.path in ("/health", "/metrics"):
-            return httpx.Response(200)
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"object": "list", "data": [{"id": "m", "max_model_len": 4096}]})
-        self.calls.append(host)
-        return self.chat(request)
+    def _route(self, call: Call) -> Answer:
+        if call.path in ("/health", "/metrics"):
+            return Answer()
+        if call.path == "/v1/models":
+            return Answer.json({"object": "list", "data": [{"id": "m", "max_model_len": 4096}]})
+        return self.chat(call)
 
 
 @pytest.fixture
@@ -81,30 +77,24 @@ def client(workers: Workers) -> Iterator[TestClient]:
     app = build_app(
         settings,
         discovery=StaticDiscovery(["http://w1:8000", "http://w2:8000"]),
-        transport=httpx.MockTransport(workers),
+        clients=lambda: (workers, workers),
     )
     with TestClient(app) as c:
         deadline = time.monotonic() + 5
-        while c.get("/ready").status_code != 200:
-            assert time.monotonic() < deadline, "gateway never became ready"
+        while not c.get("/v1/models").json()["data"]:
+            assert time.monotonic() < deadline, "gateway never saw its workers"
             time.sleep(0.01)
         yield c
 
 
 def test_non_stream_body_is_relayed_and_request_id_forwarded(client: TestClient, workers: Workers) -> None:
-    seen: list[httpx.Request] = []
-
-    def record(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return Workers.ok(request)
-
-    workers.chat = record
     r = client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "abc-123"})
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] == "Hello"
     assert r.headers["x-request-id"] == "abc-123"
-    assert seen[0].headers["x-request-id"] == "abc-123"
-    assert json.loads(seen[0].content) == CHAT
+    sent = next(c for c in workers.calls if c.path == "/v1/chat/completions")
+    assert sent.headers["x-request-id"] == "abc-123"
+    assert json.loads(sent.body) == CHAT
 
 
 def test_generated_request_id(client: TestClient) -> None:
@@ -120,12 +110,7 @@ def test_stream_events_pass_through_in_order(client: TestClient) -> None:
 
 
 def test_truncated_stream_ends_with_one_error_event(client: TestClient, workers: Workers) -> None:
-    async def cut_short() -> AsyncIterator[bytes]:
-        yield _chunk("Hel")
-
-    workers.chat = lambda _: httpx.Response(
-        200, headers={"content-type": "text/event-stream"}, content=cut_short()
-    )
+    workers.chat = lambda _: Answer(content_type="text/event-stream", stream=[_chunk("Hel")])
     with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
         events = [e for e in r.read().split(b"\n\n") if e]
     assert events[0] + b"\n\n" == _chunk("Hel")
@@ -137,40 +122,69 @@ def test_truncated_stream_ends_with_one_error_event(client: TestClient, workers:
 
 def test_upstream_4xx_relayed_with_status_and_body_not_retried(client: TestClient, workers: Workers) -> None:
     body = {"error": {"message": "too long", "type": "BadRequestError", "param": None, "code": 400}}
-    workers.chat = lambda _: httpx.Response(400, json=body)
+    workers.chat = lambda _: Answer.json(body, status=400)
     r = client.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 400
     assert r.json() == body
-    assert len(workers.calls) == 1
+    assert len(workers.chat_calls) == 1
 
 
 def test_non_openai_upstream_error_is_reshaped(client: TestClient, workers: Workers) -> None:
-    workers.chat = lambda _: httpx.Response(500, text="engine died")
+    workers.chat = lambda _: Answer(500, b"engine died", "text/plain")
     r = client.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 500
     assert r.json()["error"]["message"] == "engine died"
 
 
-def test_unreachable_worker_is_retried_once_elsewhere(client: TestClient, workers: Workers) -> None:
+def test_unreachable_worker_is_retried_once_elsewhere_and_ejected_after_failures_in_a_row(
+    client: TestClient, workers: Workers
+) -> None:
     workers.down.add("w1")
-    statuses = [client.post("/v1/chat/completions", json=CHAT).status_code for _ in range(4)]
-    assert statuses == [200] * 4
-    assert set(workers.calls) == {"w2"}
+    statuses = [client.post("/v1/chat/completions", json=CHAT).status_code for _ in range(8)]
+    assert statuses == [200] * 8
+    assert set(workers.chat_calls) == {"w2"}
     stats = client.get("/stats").json()
     w1 = next(u for u in stats["upstreams"] if u["url"] == "http://w1:8000")
     assert w1["healthy"] is False
+    assert w1["ejections"] == 1
 
 
-def test_no_reachable_worker_is_503_with_retry_after(client: TestClient, workers: Workers) -> None:
+def test_one_failed_request_does_not_eject_a_worker(client: TestClient, workers: Workers) -> None:
+    workers.down.add("w1")
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    workers.down.clear()
+    w1 = next(u for u in client.get("/stats").json()["upstreams"] if u["url"] == "http://w1:8000")
+    assert (w1["healthy"], w1["consecutive_failures"]) == (True, 1)
+
+
+def test_no_reachable_worker_is_503_with_retry_after_and_panic_keeps_trying_all(
+    client: TestClient, workers: Workers
+) -> None:
     workers.down.update({"w1", "w2"})
-    r = client.post("/v1/chat/completions", json=CHAT)
-    assert r.status_code == 503
-    assert r.headers["retry-after"] == "1"
-    assert r.json()["error"]["code"] == "upstream_unreachable"
-    # Both are now known down: the next request is refused without trying.
-    r = client.post("/v1/chat/completions", json=CHAT)
-    assert (r.status_code, r.json()["error"]["code"]) == (503, "no_healthy_upstream")
-    assert workers.calls == []
+    for _ in range(4):
+        r = client.post("/v1/chat/completions", json=CHAT)
+        assert r.status_code == 503
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] in ("upstream_unreachable", "no_healthy_upstream")
+    stats = client.get("/stats").json()
+    assert stats["panic"] == ["m"]  # every worker out: the health view is suspect, all are tried
+    workers.down.clear()
+    assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
+    assert client.get("/ready").status_code == 200
+
+
+def test_worker_5xx_answers_count_towards_ejection_4xx_do_not(client: TestClient, workers: Workers) -> None:
+    workers.chat = lambda _: Answer.json(
+        {"error": {"message": "bad", "type": "x", "param": None, "code": 400}}, 400
+    )
+    for _ in range(6):
+        client.post("/v1/chat/completions", json=CHAT)
+    assert all(u["healthy"] for u in client.get("/stats").json()["upstreams"])
+    workers.chat = lambda _: Answer(500, b"engine died", "text/plain")
+    for _ in range(6):
+        client.post("/v1/chat/completions", json=CHAT)
+    upstreams = client.get("/stats").json()["upstreams"]
+    assert [u["ejections"] for u in upstreams] == [1, 1]
 
 
 def test_framework_errors_speak_openai(client: TestClient) -> None:
@@ -192,3 +206,32 @@ def test_metrics_count_requests_tokens_and_upstreams(client: TestClient) -> None
     assert 'vgate_upstream_healthy{upstream="http://w1:8000"} 1.0' in text
     assert "vgate_ttft_seconds_count" in text
     assert 'vgate_info{version="' in text
+
+
+def test_a_stale_pooled_connection_is_sent_again_once_and_not_held_against_the_worker(
+    client: TestClient, workers: Workers
+) -> None:
+    stale = {"left": 1}
+
+    def closed_once(call: Call) -> Answer:
+        if stale["left"]:
+            stale["left"] -= 1
+            raise StaleConnection("server disconnected")
+        return Workers.ok(call)
+
+    workers.chat = closed_once
+    r = client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 200
+    assert len(workers.chat_calls) == 2
+    upstreams = client.get("/stats").json()["upstreams"]
+    assert all(u["consecutive_failures"] == 0 and u["failures"] == 0 for u in upstreams)
+
+
+def test_a_connection_closed_twice_is_a_502_in_openai_shape(client: TestClient, workers: Workers) -> None:
+    def always_closed(call: Call) -> Answer:
+        raise StaleConnection("server disconnected")
+
+    workers.chat = always_closed
+    r = client.post("/v1/chat/completions", json=CHAT)
+    assert r.status_code == 502
+    assert r.json()["error"]["code"] == "upstream_error"

@@ -30,3 +30,24 @@ def test_inspect_counts_tokens_usage_done_and_errors() -> None:
     assert inspect_event(b'data: {"error": {"message": "x"}}\n\n').error
     assert inspect_event(b": keep-alive comment\n\n").tokens == 0
     assert inspect_event(b"data: not json\n\n").tokens == 0
+
+
+def test_framer_passes_whole_events_on_and_holds_back_a_torn_one() -> None:
+    from vgate_gateway.sse import EventFramer
+
+    framer = EventFramer()
+    assert framer.feed(b"data: 1\n\ndata: 2\n\nda") == b"data: 1\n\ndata: 2\n\n"
+    assert framer.pending == b"da"
+    assert framer.feed(b"ta: 3") == b""
+    assert framer.feed(b"\r\n\r\n") == b"data: 3\n\n"
+    assert framer.pending == b""
+
+
+def test_usage_is_read_from_the_usage_chunk_without_parsing() -> None:
+    from vgate_gateway.sse import error_event, usage_completion_tokens
+
+    usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens": 42,"total_tokens":45}}\n\n'
+    assert usage_completion_tokens(b"data: {}\n\n" + usage + b"data: [DONE]\n\n") == 42
+    assert usage_completion_tokens(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n') is None
+    assert error_event(b'data: {"error": {"message": "boom"}}\n\n')
+    assert not error_event(b'data: {"choices":[{"delta":{"content":"\\"error\\": no"}}]}\n\n')

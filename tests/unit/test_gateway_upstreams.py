@@ -16,7 +16,7 @@ def _healthy_pool(*urls: str, model: str = "m") -> UpstreamPool:
     pool = UpstreamPool()
     pool.replace([DiscoveredEndpoint(u) for u in urls])
     for u in pool.all():
-        u.healthy, u.served_models = True, frozenset({model})
+        pool.passed(u, frozenset({model}))
     return pool
 
 
@@ -46,7 +46,7 @@ def test_new_endpoints_are_not_routable_until_healthy() -> None:
     pool.replace([DiscoveredEndpoint("http://a:1", models=frozenset({"m"}))])
     assert pool.routable("m") == []
     assert pool.models() == []
-    pool.all()[0].healthy = True
+    pool.passed(pool.all()[0], frozenset())
     assert [u.url for u in pool.routable("m")] == ["http://a:1"]
     assert pool.models() == ["m"]
 
@@ -72,8 +72,8 @@ def test_unknown_model_is_404_model_not_found() -> None:
 
 
 def test_known_model_without_healthy_worker_is_503_with_retry_after() -> None:
-    pool = _healthy_pool("http://a:1")
-    pool.all()[0].mark_failed()
+    pool = UpstreamPool()
+    pool.replace([DiscoveredEndpoint("http://a:1", models=frozenset({"m"}))])  # never passed a check
     router = Router(pool, "least-request", retry_after_s=2)
     with pytest.raises(OpenAIError) as info:
         router.pick(_req(), {})
@@ -107,3 +107,37 @@ def test_router_builds_the_route_request_from_the_session_header_or_user() -> No
     assert route.prompt == "<user>\nx"
     assert router.route_request(_req(user="alice"), {}).session_key == "alice"
     assert router.route_request(_req(), {}).session_key is None
+
+
+def test_ejection_needs_failures_in_a_row_and_a_success_resets_the_count() -> None:
+    pool = _healthy_pool("http://a:1", "http://b:1", "http://c:1")
+    pool.eject_after = 3
+    a = pool.get("http://a:1")
+    assert a is not None
+    pool.failed(a)
+    pool.failed(a)
+    pool.passed(a)  # a request that worked
+    pool.failed(a)
+    pool.failed(a)
+    assert [u.url for u in pool.routable("m")] == ["http://a:1", "http://b:1", "http://c:1"]
+    assert pool.failed(a)
+    assert [u.url for u in pool.routable("m")] == ["http://b:1", "http://c:1"]
+    pool.passed(a)  # traffic alone does not readmit: only a passing probe does
+    assert not a.healthy
+    pool.passed(a, frozenset({"m"}))
+    assert a.healthy
+
+
+def test_panic_routes_to_the_whole_fleet_when_more_than_half_is_out() -> None:
+    pool = _healthy_pool("http://a:1", "http://b:1", "http://c:1", "http://d:1")
+    pool.eject_after = 1
+    ups = pool.all()
+    pool.failed(ups[0])
+    pool.failed(ups[1])  # half out: not yet panic
+    assert (len(pool.routable("m")), pool.candidates("m")[1]) == (2, False)
+    pool.failed(ups[2])  # three of four out
+    chosen, panic = pool.candidates("m")
+    assert panic
+    assert [u.url for u in chosen] == [u.url for u in ups]
+    pool.passed(ups[0], frozenset({"m"}))
+    assert (len(pool.routable("m")), pool.candidates("m")[1]) == (2, False)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
+from tests.support.fake_upstreams import Answer, Call, FakeUpstreams
+from vgate_gateway.client import Unreachable
 from vgate_gateway.health import HealthChecker
 from vgate_gateway.loadstats import metric_sums, parse_load
 from vgate_gateway.metrics import Metrics
@@ -63,41 +64,40 @@ def _pool(*urls: str) -> UpstreamPool:
     return pool
 
 
-def _worker(metrics: httpx.Response | None) -> httpx.MockTransport:
+def _worker(metrics: Answer | None) -> FakeUpstreams:
     """A worker that passes health checks; ``/metrics`` answers ``metrics`` (None: refused)."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.host == "gone":
-            raise httpx.ConnectError("refused", request=request)
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "qwen"}]})
-        if request.url.path == "/metrics":
+    def handler(call: Call) -> Answer:
+        if call.path == "/v1/models":
+            return Answer.json({"data": [{"id": "qwen"}]})
+        if call.path == "/metrics":
             if metrics is None:
-                raise httpx.ConnectError("refused", request=request)
+                raise Unreachable("refused")
             return metrics
-        return httpx.Response(200)
+        return Answer()
 
-    return httpx.MockTransport(handler)
+    upstreams = FakeUpstreams(handler)
+    upstreams.down.add("gone")
+    return upstreams
 
 
-async def _check(pool: UpstreamPool, transport: httpx.MockTransport) -> None:
-    async with httpx.AsyncClient(transport=transport) as client:
-        checker = HealthChecker(pool, client, Metrics("test"), interval_s=60, timeout_s=1, clock=lambda: 50.0)
-        await checker.check_all()
+async def _check(pool: UpstreamPool, client: FakeUpstreams) -> None:
+    checker = HealthChecker(pool, client, Metrics("test"), interval_s=60, timeout_s=1, clock=lambda: 50.0)
+    await checker.check_all()
 
 
 async def test_health_checks_read_each_workers_load() -> None:
     pool = _pool("http://ok:8000")
-    await _check(pool, _worker(httpx.Response(200, text=VLLM_METRICS)))
+    await _check(pool, _worker(Answer(200, VLLM_METRICS.encode(), "text/plain")))
     up = pool.get("http://ok:8000")
     assert up is not None
     assert up.healthy
     assert up.load == LoadStats(num_running=4.0, num_waiting=7.0, kv_cache_usage=0.42, scraped_at=50.0)
 
 
-@pytest.mark.parametrize("metrics", [httpx.Response(500), None, httpx.Response(200, text="# nothing\n")])
+@pytest.mark.parametrize("metrics", [Answer(500), None, Answer(200, b"# nothing\n", "text/plain")])
 async def test_unreadable_metrics_keep_the_last_figures_and_the_worker_healthy(
-    metrics: httpx.Response | None,
+    metrics: Answer | None,
 ) -> None:
     pool = _pool("http://ok:8000")
     stale = LoadStats(num_waiting=1.0, scraped_at=1.0)
@@ -111,8 +111,28 @@ async def test_unreadable_metrics_keep_the_last_figures_and_the_worker_healthy(
 
 async def test_unreachable_worker_is_unhealthy_and_its_load_untouched() -> None:
     pool = _pool("http://gone:8000")
-    await _check(pool, _worker(httpx.Response(200, text=VLLM_METRICS)))
+    await _check(pool, _worker(Answer(200, VLLM_METRICS.encode(), "text/plain")))
     up = pool.get("http://gone:8000")
     assert up is not None
     assert not up.healthy
     assert up.load == LoadStats()
+
+
+async def test_a_worker_leaves_rotation_only_after_failures_in_a_row_and_returns_on_a_pass() -> None:
+    pool = UpstreamPool(eject_after=3)
+    pool.replace([DiscoveredEndpoint(url="http://ok:8000")])
+    workers = _worker(Answer(200, VLLM_METRICS.encode(), "text/plain"))
+    checker = HealthChecker(pool, workers, Metrics("test"), interval_s=60, timeout_s=1)
+    await checker.check_all()
+    up = pool.get("http://ok:8000")
+    assert up is not None
+    assert up.healthy
+    workers.down.add("ok")
+    for _ in range(2):
+        await checker.check_all()
+        assert up.healthy  # one or two missed probes are not a dead worker
+    await checker.check_all()
+    assert not up.healthy
+    workers.down.clear()
+    await checker.check_all()
+    assert up.healthy

@@ -272,6 +272,23 @@ def test_gateway_pod_contract() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
 
 
+def test_gateway_workers_set_the_serving_processes_and_size_the_cpu_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    one = container(objects(DRY_SPEC)[("Deployment", "demo-gateway")])
+    assert env_of(one)["VGATE_WORKERS"] == "1"
+    assert one["resources"]["requests"]["cpu"] == "250m"
+    four = container(objects({**DRY_SPEC, "gateway": {"workers": 4}})[("Deployment", "demo-gateway")])
+    assert env_of(four)["VGATE_WORKERS"] == "4"
+    assert four["resources"]["requests"] == {"cpu": "4", "memory": "256Mi"}
+    pinned = {"workers": 4, "resources": {"requests": {"cpu": "1500m"}}}
+    explicit = container(objects({**DRY_SPEC, "gateway": pinned})[("Deployment", "demo-gateway")])
+    assert explicit["resources"]["requests"]["cpu"] == "1500m"  # the user's request wins
+    # The env the pod gets is one the gateway's settings accept.
+    monkeypatch.setenv("VGATE_WORKERS", env_of(four)["VGATE_WORKERS"])
+    assert load_settings().workers == 4
+
+
 def test_gateway_role_grants_only_endpointslice_reads() -> None:
     objs = objects(GPU_SPEC)
     assert objs[("Role", "demo-gateway")]["rules"] == [

@@ -1,70 +1,137 @@
-"""The OpenAI API: generation and embedding requests, and the model list."""
+"""The OpenAI API: generation and embedding requests, and the model list.
+
+The generation routes are the hot path, so they are plain ASGI apps: no request object,
+no dependency solving, no task group. Each reads the body, takes an admission slot,
+and sends the handler's answer, while one watcher waits for the client to leave and,
+if it does, cancels the work (which closes the upstream call).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Awaitable
-from typing import TypeVar
 
-import anyio
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vgate_gateway.errors import OpenAIError
 from vgate_gateway.protocol import Kind, parse_request
 from vgate_gateway.proxy import upstream_headers
 from vgate_gateway.state import GatewayState
 
 router = APIRouter(prefix="/v1")
-T = TypeVar("T")
 
 #: nginx's "client closed request": logged when the client left before the answer.
 CLIENT_CLOSED = 499
 
 
-async def _answer(request: Request, kind: Kind) -> Response:
-    state: GatewayState = request.app.state.gateway
-    parsed = parse_request(kind, await request.body())
-    headers = upstream_headers(request.headers, request.state.request_id)
-    result = await _unless_disconnected(request, state.handle(parsed, headers))
-    return result if result is not None else Response(status_code=CLIENT_CLOSED)
+class _ClientLeft(Exception):
+    pass
 
 
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Run ``work``, cancelling it (and so closing its upstream call) if the client leaves."""
-    done: list[T] = []
-    failed: list[Exception] = []
-    async with anyio.create_task_group() as tg:
+class OpenAIEndpoint:
+    """``POST`` of one OpenAI endpoint, as a raw ASGI app."""
 
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
+    def __init__(self, kind: Kind) -> None:
+        self.kind = kind
 
-        tg.start_soon(watch)
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state: GatewayState = scope["app"].state.gateway
         try:
-            done.append(await work)
-        except Exception as exc:  # re-raised outside the group, unwrapped, for the error handlers
-            failed.append(exc)
+            body = await _read_body(receive)
+        except _ClientLeft:
+            return
+        try:
+            await state.admission.acquire()
+        except OpenAIError as exc:
+            state.metrics.rejected.inc()
+            await exc.response()(scope, receive, send)
+            return
+        try:
+            await self._answer(state, scope, body, receive, send)
         finally:
-            tg.cancel_scope.cancel()
-    if failed:
-        raise failed[0]
-    return done[0] if done else None
+            state.admission.release()
+
+    async def _answer(
+        self, state: GatewayState, scope: Scope, body: bytes, receive: Receive, send: Send
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        left = False
+
+        def on_message(done: asyncio.Future[Message]) -> None:
+            nonlocal left
+            if (
+                not done.cancelled()
+                and done.exception() is None
+                and done.result()["type"] == "http.disconnect"
+            ):
+                left = True
+                task.cancel()
+
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(on_message)
+        try:
+            try:
+                parsed = parse_request(self.kind, body)
+                headers = upstream_headers(scope["headers"], scope["state"]["request_id"])
+                response = await state.handle(parsed, headers)
+            except OpenAIError as exc:
+                response = exc.response()
+            await response(scope, receive, send)
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            task.uncancel()
+            await Response(status_code=CLIENT_CLOSED)(scope, receive, send)
+        finally:
+            watcher.remove_done_callback(on_message)
+            watcher.cancel()
 
 
-@router.post("/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    return await _answer(request, Kind.CHAT)
+async def _read_body(receive: Receive) -> bytes:
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise _ClientLeft
+    body: bytes = message.get("body", b"")
+    if not message.get("more_body"):
+        return body
+    parts = [body]
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientLeft
+        parts.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(parts)
 
 
-@router.post("/completions")
-async def completions(request: Request) -> Response:
-    return await _answer(request, Kind.COMPLETIONS)
+ENDPOINTS = {kind.value: OpenAIEndpoint(kind) for kind in Kind}
+for _path, _endpoint in ENDPOINTS.items():
+    # Listed for the framework (405 for other methods); HotRoutes answers them first.
+    router.routes.append(Route(_path, _endpoint, methods=["POST"]))
 
 
-@router.post("/embeddings")
-async def embeddings(request: Request) -> Response:
-    return await _answer(request, Kind.EMBEDDINGS)
+class HotRoutes:
+    """The generation endpoints, dispatched before the framework's router.
+
+    Installed as the innermost middleware: every middleware added after it (request ids,
+    access log, authentication, limits) still wraps these requests, but the framework's
+    routing, dependency solving and exception layers, which they do not need, are skipped.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = ENDPOINTS.get(scope["path"])
+            if endpoint is not None:
+                await endpoint(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @router.get("/models")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from fastapi import APIRouter, Request
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
 from vgate_gateway import __version__
@@ -22,13 +22,19 @@ async def health() -> JSONResponse:
 
 @router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
-    """Readiness: at least one healthy worker serves a model."""
+    """Readiness: the gateway can answer, once it has checked the workers it was told of.
+
+    It stays ready while it runs, whatever its workers do: a model without a healthy
+    worker answers its own 503, and taking the gateway out of its Service would only turn
+    that into connection errors for every model. Only before the first round of health
+    checks (a new pod) is it not ready, so it gets no traffic it would have to refuse.
+    """
     state: GatewayState = request.app.state.gateway
     models = state.pool.models()
-    if models:
+    if state.health.settled.is_set():
         return JSONResponse({"status": "ready", "models": models})
     return JSONResponse(
-        {"status": "not ready", "models": [], "reason": "no healthy worker serves a model yet"},
+        {"status": "starting", "models": models, "reason": "the first health checks are still running"},
         status_code=503,
         headers={"Retry-After": str(state.settings.retry_after_s)},
     )
@@ -37,7 +43,7 @@ async def ready(request: Request) -> JSONResponse:
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/stats")
@@ -54,6 +60,8 @@ async def stats(request: Request) -> JSONResponse:
             "inflight": u.inflight,
             "requests": u.requests_total,
             "failures": u.failures_total,
+            "consecutive_failures": u.consecutive_failures,
+            "ejections": u.ejections_total,
             "load": {
                 "running": u.load.num_running,
                 "waiting": u.load.num_waiting,
@@ -69,6 +77,7 @@ async def stats(request: Request) -> JSONResponse:
         "discovery": state.settings.discovery,
         "routing": {m: state.router.strategy_name(m) for m in models} or {"*": state.settings.routing},
         "models": state.pool.models(),
+        "panic": sorted(m for m in models if state.pool.candidates(m)[1]),
         "upstreams": upstreams,
     }
     body.update({name: section() for name, section in state.stats_sections.items()})

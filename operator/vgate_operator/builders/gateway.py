@@ -175,13 +175,27 @@ def _gateway_container(spec: VGateDeploymentSpec) -> Manifest:
         ],
         "securityContext": container_security_context(read_only_root=True),
     }
-    resources = gw.resources.model_dump(exclude_defaults=False)
-    resources = {k: v for k, v in resources.items() if v}
+    container["env"] = [{"name": "VGATE_WORKERS", "value": str(gw.workers)}]
+    resources = gateway_resources(spec)
     if resources:
         container["resources"] = resources
     if gw.image_pull_policy:
         container["imagePullPolicy"] = gw.image_pull_policy
     return container
+
+
+def gateway_resources(spec: VGateDeploymentSpec) -> dict[str, dict[str, Any]]:
+    """The container's resources: with several serving processes, a core requested for each.
+
+    A CPU request set in the resource wins; the default one (a quarter core, enough for
+    one process at modest load) grows to one core per process.
+    """
+    gw = spec.gateway
+    resources = gw.resources.model_dump(exclude_defaults=False)
+    explicit_cpu = "resources" in gw.model_fields_set and "cpu" in gw.resources.requests
+    if gw.workers > 1 and not explicit_cpu:
+        resources["requests"] = {**resources.get("requests", {}), "cpu": str(gw.workers)}
+    return {k: v for k, v in resources.items() if v}
 
 
 def build_ingress(owner: Owner, spec: VGateDeploymentSpec) -> Manifest:

@@ -1,0 +1,64 @@
+"""``vgate bench-proxy``'s pure parts: reading wrk, the canned answers, the table and the profile summary."""
+
+from __future__ import annotations
+
+import json
+
+from vgate.bench_proxy import EVENTS, _chat_stream, parse_wrk, render, summarize_profile
+
+WRK = """\
+Running 8s test @ http://127.0.0.1:40000/v1/chat/completions
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.41ms    1.10ms  40.00ms   90.00%
+  Latency Distribution
+     50%  850.00us
+     75%    2.10ms
+     90%    3.20ms
+     99%    1.20s
+  40000 requests in 8.00s, 20.00MB read
+  Non-2xx or 3xx responses: 12
+Requests/sec:   5000.50
+Transfer/sec:      2.50MB
+"""
+
+
+def test_wrk_output_is_read_in_milliseconds_with_its_errors() -> None:
+    r = parse_wrk(WRK)
+    assert r["rps"] == 5000.5
+    assert r["p50_ms"] == 0.85
+    assert r["p99_ms"] == 1200.0
+    assert r["non_2xx"] == 12
+
+
+def test_canned_streams_are_valid_openai_chunks_ending_in_done() -> None:
+    for shape, n in EVENTS.items():
+        events = [e for e in _chat_stream(n).split("\n\n") if e]
+        assert len(events) == n, shape
+        assert events[-1] == "data: [DONE]"
+        for e in events[:-1]:
+            assert json.loads(e.removeprefix("data: "))["object"] == "chat.completion.chunk"
+
+
+def test_table_gives_added_latency_over_the_nginx_hop_and_same_run_ratios() -> None:
+    case = {"rps": 1000.0, "p50_ms": 0.5, "p99_ms": 2.0}
+    results = {
+        "systems": {
+            "nginx": {"json-c1": {**case, "p50_ms": 0.2}, "json-c16": {**case, "rps": 4000.0}},
+            "vgate": {"json-c1": case, "json-c16": {**case, "rps": 2000.0}},
+            "vllm-router": {"json-c1": case, "json-c16": {**case, "rps": 8000.0}},
+        }
+    }
+    table = render(results)
+    vgate_row = next(line for line in table.splitlines() if line.startswith("| vgate "))
+    assert "+0.30 ms" in vgate_row
+    assert "json-c16 0.25x" in table  # against vllm-router
+    assert "json-c16 0.50x" in table  # against nginx
+
+
+def test_profile_summary_ranks_packages_and_functions_by_samples() -> None:
+    raw = "main (a.py:1);f (aiohttp/client.py:10) 30\nmain (a.py:1);g (vgate_gateway/proxy.py:5) 10\n"
+    summary = summarize_profile(raw)
+    assert "40 samples" in summary
+    assert summary.index("aiohttp") < summary.index("vgate_gateway")
+    assert "| 75.0% | aiohttp |" in summary

@@ -1,0 +1,616 @@
+"""``vgate bench-proxy``: V-Gate's data plane against the proxies users compare it with.
+
+One canned-response upstream (Debian's nginx answering with vLLM-shaped JSON, or a
+stream of SSE events written at once) stands in for the workers, so what is measured is
+the system under test alone: direct (no hop), nginx as a reverse proxy, V-Gate,
+vllm-router and LiteLLM. Each system under test is pinned to one core with ``taskset``;
+wrk (closed loop) and the upstream run on the other. Requests are non-cacheable chat
+completions (no temperature), so V-Gate runs with every efficiency feature on, as
+shipped, and pays for its cache only what a miss costs.
+
+Results are ratios measured in the same run: requests/s per SUT core, p50/p99, the
+latency each proxy adds over the nginx hop, and SSE events relayed per second per
+core. They are printed as a table and saved to ``bench/results/`` as JSON and Markdown,
+with a py-spy profile of V-Gate's hot path when asked (``--profile``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vgate.procs import free_port, stop_all, wait_http
+
+SYSTEMS = ("direct", "nginx", "vgate", "vllm-router", "litellm")
+MODEL = "bench"
+#: Every system gets the same API key header, as real clients send one (LiteLLM requires it).
+API_KEY = "sk-" + "5e" * 32
+#: (name, response shape, concurrency): what each system is measured on.
+CASES = (
+    ("json-c1", "json", 1),
+    ("json-c16", "json", 16),
+    ("json-c64", "json", 64),
+    ("sse-c16", "sse", 16),
+    ("long-c16", "long", 16),
+)
+#: SSE events per response, [DONE] included, for each streamed shape.
+EVENTS = {"sse": 10, "long": 256}
+
+
+@dataclass
+class BenchConfig:
+    systems: tuple[str, ...] = SYSTEMS
+    cases: tuple[str, ...] = tuple(c for c, _, _ in CASES)
+    duration_s: int = 8
+    warmup_s: int = 2
+    sut_core: int = 1
+    load_core: int = 0
+    peers: str = ".venv-bench"
+    vgate_workers: int = 1
+    profile: bool = False
+    #: Also compare the candidate upstream HTTP clients (vgate/bench_clients.py).
+    clients: bool = False
+    out: str = "bench/results"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the canned upstream --------------------------------------------------------------------
+
+
+def _chat_json() -> str:
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {
+                        "role": "assistant",
+                        "content": "The quick brown fox jumps over the lazy dog.",
+                    },
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 24, "completion_tokens": 10, "total_tokens": 34},
+        },
+        separators=(",", ":"),
+    )
+
+
+def _chat_stream(events: int) -> str:
+    """``events`` SSE events: content chunks, a final chunk with finish_reason, [DONE]."""
+    out = []
+    for i in range(events - 2):
+        chunk = {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [
+                {"index": 0, "delta": {"content": f" tok{i}"}, "logprobs": None, "finish_reason": None}
+            ],
+        }
+        out.append("data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n")
+    last = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": MODEL,
+        "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}],
+    }
+    out.append("data: " + json.dumps(last, separators=(",", ":")) + "\n\n")
+    out.append("data: [DONE]\n\n")
+    return "".join(out)
+
+
+def _nginx_literal(text: str) -> str:
+    """``text`` as a single-quoted nginx string (nginx reads \\n, \\' and \\\\ escapes there)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+_MODELS = json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model", "owned_by": "bench"}]})
+_METRICS = "vllm:num_requests_running 0\nvllm:num_requests_waiting 0\nvllm:kv_cache_usage_perc 0\n"
+
+
+def write_answers(root: Path) -> Path:
+    """The canned answers as files: nginx's ``return`` strings are limited to 4 KiB."""
+    answers = root / "canned"
+    answers.mkdir(parents=True, exist_ok=True)
+    # nginx started as root serves files as "nobody": the private temporary directory must be readable.
+    for path in (root, answers):
+        path.chmod(0o755)
+    (answers / "json").write_text(_chat_json())
+    for shape, events in EVENTS.items():
+        (answers / shape).write_text(_chat_stream(events))
+    return answers
+
+
+def _upstream_server(port: int, shape: str, answers: Path) -> str:
+    media = "application/json" if shape == "json" else "text/event-stream"
+    # The static module answers only GET: a POST is turned into one by an internal redirect.
+    return f"""
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        keepalive_requests 1000000;
+        etag off;
+        location = /health {{ return 200 ''; }}
+        location = /v1/models {{ default_type application/json; return 200 {_nginx_literal(_MODELS)}; }}
+        location = /metrics {{ default_type text/plain; return 200 {_nginx_literal(_METRICS)}; }}
+        location /canned/ {{ internal; alias {answers}/; default_type {media}; }}
+        location / {{ error_page 405 =200 /canned/{shape}; return 405; }}
+    }}"""
+
+
+def _proxy_server(port: int, upstream: int) -> str:
+    return f"""
+    upstream canned {{ server 127.0.0.1:{upstream}; keepalive 256; }}
+    server {{
+        listen 127.0.0.1:{port};
+        keepalive_requests 1000000;
+        location / {{
+            proxy_pass http://canned;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}"""
+
+
+def _nginx_conf(root: Path, servers: str) -> str:
+    return f"""
+daemon off;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    {servers}
+}}
+"""
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+def _pinned(core: int, argv: Sequence[str]) -> list[str]:
+    return ["taskset", "-c", str(core), *argv]
+
+
+@contextmanager
+def _process(
+    argv: Sequence[str], log: Path, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            list(argv), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        stop_all([proc], group=True)
+
+
+@contextmanager
+def _nginx(root: Path, name: str, servers: str, core: int) -> Iterator[subprocess.Popen[bytes]]:
+    home = root / name
+    home.mkdir(parents=True, exist_ok=True)
+    conf = home / "nginx.conf"
+    conf.write_text(_nginx_conf(home, servers))
+    with _process(_pinned(core, ["nginx", "-c", str(conf), "-p", str(home)]), home / "log.txt") as proc:
+        yield proc
+
+
+def _session_cpu_s(sid: int) -> float:
+    """CPU seconds (user + system) of every live process in session ``sid``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if int(fields[3]) == sid:  # field 6 of stat, counted after the command name
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+@contextmanager
+def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[tuple[int, int | None]]:
+    """Start ``system`` in front of ``upstream``; yields (port to load, its session id)."""
+    if system == "direct":
+        yield upstream, None
+        return
+    port = free_port()
+    logs = root / f"{system}.log"
+    peers = Path(cfg.peers) / "bin"
+    url = f"http://127.0.0.1:{upstream}"
+    if system == "nginx":
+        with _nginx(root, f"proxy-{port}", _proxy_server(port, upstream), cfg.sut_core) as proc:
+            wait_http(f"http://127.0.0.1:{port}/health", alive=lambda: proc.poll() is None)
+            yield port, proc.pid
+        return
+    if system == "vgate":
+        argv = [sys.executable, "-m", "vgate", "gateway", "--port", str(port), "--endpoint", url]
+        env = {**os.environ, "VGATE_LOG_LEVEL": "warning", "VGATE_WORKERS": str(cfg.vgate_workers)}
+        ready = f"http://127.0.0.1:{port}/v1/models"
+    elif system == "vllm-router":
+        argv = [str(peers / "vllm-router"), "--host", "127.0.0.1", "--port", str(port)]
+        argv += ["--worker-urls", url, "--policy", "round_robin", "--log-level", "warning"]
+        env = {**os.environ}
+        ready = f"http://127.0.0.1:{port}/health"
+    elif system == "litellm":
+        conf = root / "litellm.yaml"
+        conf.write_text(
+            json.dumps(
+                {
+                    "model_list": [
+                        {
+                            "model_name": MODEL,
+                            "litellm_params": {
+                                "model": f"openai/{MODEL}",
+                                "api_base": f"{url}/v1",
+                                "api_key": "x",
+                            },
+                        }
+                    ]
+                }
+            )
+        )
+        argv = [str(peers / "litellm"), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port)]
+        # The cost map ships with the package: no download from the internet at start-up.
+        env = {
+            **os.environ,
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_MASTER_KEY": API_KEY,
+        }
+        ready = f"http://127.0.0.1:{port}/health/liveliness"
+    else:
+        raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
+    with _process(_pinned(cfg.sut_core, argv), logs, env) as proc:
+        wait_http(ready, timeout=120, alive=lambda: proc.poll() is None, detail=lambda: _tail(logs))
+        if system == "vgate":
+            _wait_model(port)
+        yield port, proc.pid
+
+
+def _wait_model(port: int, timeout: float = 30.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if MODEL in httpx.get(f"http://127.0.0.1:{port}/v1/models").text:
+            return
+        time.sleep(0.1)
+    raise TimeoutError("V-Gate never saw the canned upstream as healthy")
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- load -----------------------------------------------------------------------------------
+
+
+def _body(stream: bool) -> str:
+    return json.dumps(
+        {
+            "model": MODEL,
+            "messages": [
+                {"role": "system", "content": "You are a concise assistant for a logistics company."},
+                {"role": "user", "content": "Where is my parcel? It left the harbor on Monday."},
+            ],
+            "max_tokens": 16,
+            "stream": stream,
+        }
+    )
+
+
+def _wrk_script(root: Path, stream: bool) -> Path:
+    path = root / f"wrk-{'sse' if stream else 'json'}.lua"
+    path.write_text(
+        'wrk.method = "POST"\n'
+        f"wrk.body = {json.dumps(_body(stream))}\n"
+        'wrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {API_KEY}"\n'
+    )
+    return path
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"cannot read wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, float]:
+    """Requests/s, p50/p99 (ms) and error counts from ``wrk --latency`` output."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    pct = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)", out, re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "rps": rps,
+        "p50_ms": _ms(pct["50"]),
+        "p99_ms": _ms(pct["99"]),
+        "non_2xx": float(non2xx.group(1)) if non2xx else 0.0,
+        "socket_errors": float(sum(map(int, errors.groups()))) if errors else 0.0,
+    }
+
+
+def _wrk(cfg: BenchConfig, port: int, script: Path, conns: int, seconds: int) -> str:
+    argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    argv.append(f"http://127.0.0.1:{port}/v1/chat/completions")
+    done = subprocess.run(_pinned(cfg.load_core, argv), capture_output=True, text=True, timeout=seconds + 30)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed: {done.stderr or done.stdout}")
+    return done.stdout
+
+
+def measure(
+    cfg: BenchConfig, port: int, sid: int | None, shape: str, conns: int, root: Path, warmup_s: int
+) -> dict[str, float]:
+    script = _wrk_script(root, stream=shape != "json")
+    _wrk(cfg, port, script, conns, warmup_s)
+    cpu_before = _session_cpu_s(sid) if sid else 0.0
+    result = parse_wrk(_wrk(cfg, port, script, conns, cfg.duration_s))
+    if sid:
+        result["sut_cpu_ms_per_request"] = (
+            (_session_cpu_s(sid) - cpu_before) * 1000 / max(1.0, result["rps"] * cfg.duration_s)
+        )
+    if shape != "json":
+        result["events_per_s"] = result["rps"] * EVENTS[shape]
+    return result
+
+
+@contextmanager
+def _profiled(cfg: BenchConfig, sid: int | None, root: Path, name: str) -> Iterator[None]:
+    """py-spy over the whole V-Gate process tree while the block runs (the measured part)."""
+    spy = Path(cfg.peers) / "bin" / "py-spy"
+    if not (cfg.profile and sid and spy.exists()):
+        yield
+        return
+    out = Path(cfg.out) / f"profile-{name}.txt"
+    argv = [str(spy), "record", "--pid", str(sid), "--subprocesses", "--format", "raw", "--nonblocking"]
+    argv += ["--duration", str(cfg.duration_s + cfg.warmup_s), "-o", str(out)]
+    log = (root / f"py-spy-{name}.log").open("wb")
+    spy_proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        spy_proc.wait(timeout=60)  # it stops by itself after --duration and writes the profile
+        log.close()
+    if out.exists():
+        out.with_suffix(".md").write_text(summarize_profile(out.read_text()))
+
+
+def summarize_profile(raw: str, top: int = 25) -> str:
+    """py-spy's collapsed stacks as two tables: time by package, and the hottest functions."""
+    own: dict[str, int] = {}
+    packages: dict[str, int] = {}
+    total = 0
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frame = stack.split(";")[-1]
+        own[frame] = own.get(frame, 0) + n
+        where = re.search(r"\(([^:)]+):\d+\)", frame)
+        package = where.group(1).split("/")[0] if where else "(native or idle)"
+        packages[package] = packages.get(package, 0) + n
+    if not total:
+        return "no samples\n"
+    lines = [f"{total} samples", "", "| share | package |", "|---|---|"]
+    lines += [f"| {n / total:.1%} | {p} |" for p, n in sorted(packages.items(), key=lambda x: -x[1])[:12]]
+    lines += ["", "| share | function (own time) |", "|---|---|"]
+    lines += [f"| {n / total:.1%} | `{f}` |" for f, n in sorted(own.items(), key=lambda x: -x[1])[:top]]
+    return "\n".join(lines) + "\n"
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {"config": asdict(cfg), "cpus": os.cpu_count(), "systems": {}}
+    shapes = {shape for name, shape, _ in CASES if name in cfg.cases}
+    with ExitStack() as stack:
+        upstreams = {}
+        servers = ""
+        answers = write_answers(root)
+        for shape in sorted(shapes):
+            upstreams[shape] = free_port()
+            servers += _upstream_server(upstreams[shape], shape, answers)
+        up = stack.enter_context(_nginx(root, "upstream", servers, cfg.load_core))
+        for port in upstreams.values():
+            wait_http(f"http://127.0.0.1:{port}/health", alive=lambda: up.poll() is None)
+        if cfg.clients and "json" in upstreams:
+            results["clients"] = compare_clients(cfg, upstreams["json"])
+        for system in cfg.systems:
+            by_case: dict[str, Any] = {}
+            for shape in sorted(shapes):
+                with _sut(cfg, system, upstreams[shape], root) as (port, sid):
+                    for name, case_shape, conns in CASES:
+                        if case_shape != shape or name not in cfg.cases:
+                            continue
+                        profile = system == "vgate" and name in {
+                            "json-c16",
+                            "json-c64",
+                            "sse-c16",
+                            "long-c16",
+                        }
+                        with _profiled(cfg, sid if profile else None, root, name):
+                            # LiteLLM's first requests take seconds (lazy imports and clients).
+                            warmup = cfg.warmup_s * (3 if system == "litellm" else 1)
+                            by_case[name] = measure(cfg, port, sid, shape, conns, root, warmup)
+                        print(f"  {system:<12} {name:<9} {_short(by_case[name])}", flush=True)
+            results["systems"][system] = by_case
+    return results
+
+
+def compare_clients(cfg: BenchConfig, upstream: int) -> dict[str, Any]:
+    """Each candidate upstream client, pinned to the SUT core, against the canned JSON upstream."""
+    script = Path(__file__).with_name("bench_clients.py")
+    url = f"http://127.0.0.1:{upstream}/v1/chat/completions"
+    results: dict[str, Any] = {}
+    for work_us in (0, 200):  # alone, and beside as much Python work as the gateway does per request
+        argv = [str(Path(cfg.peers) / "bin" / "python"), str(script), url, "--work-us", str(work_us)]
+        argv += ["--requests", "5000"]
+        done = subprocess.run(_pinned(cfg.sut_core, argv), capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"client comparison failed: {done.stderr[-2000:]}")
+        results[f"work_{work_us}us"] = json.loads(done.stdout.splitlines()[-1])
+        print(f"  clients (+{work_us} us work): {done.stdout.strip()}", flush=True)
+    return results
+
+
+def _short(r: dict[str, float]) -> str:
+    text = f"{r['rps']:>9,.0f} rps  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+    if "sut_cpu_ms_per_request" in r:
+        text += f"  cpu {r['sut_cpu_ms_per_request'] * 1000:.0f} us/req"
+    if "events_per_s" in r:
+        text += f"  {r['events_per_s']:>11,.0f} events/s"
+    if r["non_2xx"] or r["socket_errors"]:
+        text += f"  errors {r['non_2xx'] + r['socket_errors']:.0f}"
+    return text
+
+
+def render(results: dict[str, Any]) -> str:
+    """The comparison table, and each system's ratios to vllm-router and to nginx."""
+    systems = results["systems"]
+    lines = [
+        "| system | JSON c=1 rps | p50 c=1 | p50 c=1 added over the nginx hop | JSON c=16 rps/core | p99 c=16 "
+        "| JSON c=64 rps/core | p99 c=64 | SSE c=16 events/s/core | long-stream c=16 events/s/core |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    hop_p50 = systems.get("nginx", {}).get("json-c1", {}).get("p50_ms")
+    for name, cases in systems.items():
+
+        def get(case: str, key: str, fmt: str = "{:,.0f}", cases: dict[str, Any] = cases) -> str:
+            value = cases.get(case, {}).get(key)
+            return fmt.format(value) if value is not None else "-"
+
+        added = "-"
+        if hop_p50 is not None and "json-c1" in cases and name not in {"direct", "nginx"}:
+            added = f"{cases['json-c1']['p50_ms'] - hop_p50:+.2f} ms"
+        lines.append(
+            f"| {name} | {get('json-c1', 'rps')} | {get('json-c1', 'p50_ms', '{:.2f} ms')} | {added} "
+            f"| {get('json-c16', 'rps')} | {get('json-c16', 'p99_ms', '{:.2f} ms')} "
+            f"| {get('json-c64', 'rps')} | {get('json-c64', 'p99_ms', '{:.2f} ms')} "
+            f"| {get('sse-c16', 'events_per_s')} | {get('long-c16', 'events_per_s')} |"
+        )
+    lines += ["", _ratios(systems, "vllm-router"), "", _ratios(systems, "nginx")]
+    if "clients" in results:
+        lines += [
+            "",
+            "| upstream client | rps alone | CPU us/request alone | rps beside 200 us of work |",
+            "|---|---|---|---|",
+        ]
+        alone, busy = results["clients"]["work_0us"], results["clients"]["work_200us"]
+        for name, r in alone.items():
+            b = busy.get(name, {})
+            lines.append(
+                f"| {name} {r.get('version', '')} | {r.get('rps', '-')} | {r.get('cpu_us_per_request', '-')} | {b.get('rps', '-')} |"
+            )
+    return "\n".join(lines)
+
+
+def _ratios(systems: dict[str, Any], peer: str) -> str:
+    if "vgate" not in systems or peer not in systems:
+        return ""
+    ours, theirs = systems["vgate"], systems[peer]
+    parts = []
+    for case, key in (
+        ("json-c1", "rps"),
+        ("json-c16", "rps"),
+        ("json-c64", "rps"),
+        ("sse-c16", "events_per_s"),
+        ("long-c16", "events_per_s"),
+    ):
+        if case in ours and case in theirs and theirs[case].get(key):
+            parts.append(f"{case} {ours[case][key] / theirs[case][key]:.2f}x")
+    return f"V-Gate / {peer}, same run: " + ", ".join(parts)
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = BenchConfig()
+    p = argparse.ArgumentParser(prog="vgate bench-proxy", description=__doc__.splitlines()[0])
+    p.add_argument("--systems", default=",".join(d.systems), help="systems under test, comma-separated")
+    p.add_argument("--cases", default=",".join(d.cases), help="cases, comma-separated")
+    p.add_argument("--duration", type=int, default=d.duration_s, help="seconds measured per case")
+    p.add_argument("--warmup", type=int, default=d.warmup_s, help="seconds of warm-up per case")
+    p.add_argument("--sut-core", type=int, default=d.sut_core, help="the core the system under test gets")
+    p.add_argument("--load-core", type=int, default=d.load_core, help="the core for wrk and the upstream")
+    p.add_argument("--peers", default=d.peers, help="virtualenv with vllm-router, LiteLLM and py-spy")
+    p.add_argument("--vgate-workers", type=int, default=d.vgate_workers, help="V-Gate serving processes")
+    p.add_argument("--profile", action="store_true", help="record py-spy profiles of V-Gate")
+    p.add_argument("--clients", action="store_true", help="also compare candidate upstream HTTP clients")
+    p.add_argument("--out", default=d.out, help="directory for the results")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = _parser().parse_args(list(argv))
+    cfg = BenchConfig(
+        systems=tuple(s for s in args.systems.split(",") if s),
+        cases=tuple(c for c in args.cases.split(",") if c),
+        duration_s=args.duration,
+        warmup_s=args.warmup,
+        sut_core=args.sut_core,
+        load_core=args.load_core,
+        peers=args.peers,
+        vgate_workers=args.vgate_workers,
+        profile=args.profile,
+        clients=args.clients,
+        out=args.out,
+    )
+    for tool in ("nginx", "wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(
+                f"vgate bench-proxy: {tool} is not installed (make bench-proxy installs it)", file=sys.stderr
+            )
+            return 2
+    Path(cfg.out).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="vgate-bench-proxy-") as tmp:
+        results = run(cfg, Path(tmp))
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    table = render(results)
+    print("\n" + table)
+    Path(cfg.out, f"proxy-{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path(cfg.out, f"proxy-{stamp}.md").write_text(table + "\n")
+    print(f"\nresults: {cfg.out}/proxy-{stamp}.json")
+    return 0
