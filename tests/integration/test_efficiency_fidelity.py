@@ -433,7 +433,7 @@ async def test_a_client_that_stops_reading_a_shared_stream_is_dropped_and_memory
                 tail = (tail + chunk)[-200:]
                 peak = max(peak, _rss_bytes(pid))
         assert tail.endswith(b"data: [DONE]\n\n")  # the reader that keeps up gets the whole answer
-        assert await ametric(http, flood.url, "vgate_deduplicated_requests_total") == 1
+        assert await ametric(http, flood.gateway.internal_url, "vgate_deduplicated_requests_total") == 1
     assert received > 90 * 2**20
     # The stalled client holds nothing in the gateway beyond the lag bound: far below what was sent.
     assert peak - rss_before < 3 * LAG, f"RSS grew by {(peak - rss_before) / 2**20:.0f} MiB"
