@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import os
 import signal
 import subprocess
@@ -72,6 +73,16 @@ def main(argv: Sequence[str]) -> int:
         for port in worker_ports:
             cmd = [*vgate, "worker", "--dry-run", "--port", str(port), "--served-model-name", args.model]
             procs.append(subprocess.Popen([*cmd, *args.worker_arg]))
+        # The gateway starts once the workers answer, so its first health round finds them up
+        # and its /ready means a client's first request is served.
+        # A worker that dies or stalls is reported by the loop below; the others still serve.
+        for port in worker_ports:
+            with contextlib.suppress(ProcessExited, TimeoutError):
+                wait_http(
+                    f"http://127.0.0.1:{port}/health",
+                    60.0,
+                    alive=lambda: not stopping and all(p.poll() is None for p in procs),
+                )
         endpoints = ",".join(f"http://127.0.0.1:{p}" for p in worker_ports)
         env = {**os.environ, "VGATE_ENDPOINTS": endpoints}
         if args.api_key:
