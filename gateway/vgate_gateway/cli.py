@@ -50,7 +50,7 @@ def main(argv: Sequence[str]) -> int:
 
     import uvicorn
 
-    from vgate_gateway.app import SETTINGS_ENV, build_app
+    from vgate_gateway.app import SETTINGS_ENV, build_app, tune_gc
     from vgate_gateway.logs import setup_logging
     from vgate_gateway.metrics import MULTIPROCESS_ENV
 
@@ -75,6 +75,7 @@ def main(argv: Sequence[str]) -> int:
         "proxy_headers": False,
     }
     if settings.workers == 1:
+        tune_gc()
         uvicorn.run(app, **common)
         return 0
     # N processes share the listening socket; each builds its app from the same settings,
