@@ -302,6 +302,10 @@ async def run_cache(cfg: BenchConfig, gateway: str, probes: int = 20) -> dict[st
 async def run_batching(cfg: BenchConfig, gateway: str, clients: int = 32) -> dict[str, Any]:
     """``clients`` concurrent single-prompt completions: how many upstream requests they became."""
     rng = random.Random(cfg.seed + 1)
+    async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
+        # The gateway merges a model's requests only once it has seen how that model answers.
+        warm = {"model": DEFAULT_MODEL, "prompt": "warm up", "max_tokens": 2, "temperature": 0.7}
+        (await client.post("/v1/completions", json=warm)).raise_for_status()
     calls_before = await _gateway_total(gateway, "vgate_upstream_requests_total")
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
@@ -394,7 +398,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run the benchmark; prints the table and writes ``<out>/bench-<time>.json``."""
+    """Run the benchmark; prints the table and writes ``<out>/bench-<time>.json``.
+
+    ``--vllm`` runs the real-vLLM section instead (:mod:`vgate.bench_vllm`).
+    """
+    if list(argv[:1]) == ["--vllm"]:
+        from vgate import bench_vllm
+
+        return bench_vllm.main(argv[1:])
     args = _parser().parse_args(list(argv))
     strategies = tuple(s for s in args.strategies.split(",") if s)
     unknown = sorted(set(strategies) - set(STRATEGIES))

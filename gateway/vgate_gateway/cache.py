@@ -4,17 +4,25 @@ Only requests whose answer is reproducible are cached by default: embeddings, an
 completions with ``temperature`` 0 or an explicit ``seed``. A client overrides this per
 request with the ``x-vgate-cache`` header (``bypass`` or ``force``).
 
-The stored form is the assembled, non-streaming response body. A non-streaming hit
-returns those bytes as they are; a streaming hit replays them as valid SSE chunks
-(:func:`synthesize_stream`), and a completed stream fills the cache through
-:class:`StreamAssembler`, so either kind of request fills the entry the other reads.
+An entry is the worker's own answer, byte for byte: the JSON body of a non-streaming
+answer, or every SSE event of a stream (usage chunks, ``continuous_usage_stats`` and all).
+A replay carries every field the worker sent, with two changes: the response ``id`` is
+the one the worker gives the replaying request (vLLM names a response after its request
+id) and ``created`` is the current time (:class:`Stamp`).
+
+The key covers the whole request body (``stream`` and ``stream_options`` included, so a
+stream and a JSON answer are different entries, and a request that the worker would
+reject can never hit an entry that an accepted one filled); only a string ``user`` is
+left out, since it does not change what the worker answers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,13 +32,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from vgate_gateway.protocol import Kind
-from vgate_gateway.sse import DONE, EventSplitter, event_data
+from vgate_gateway.sse import EventSplitter, event_data
 
 #: Request header a client sets to bypass or force the cache; the response carries hit/miss.
 CACHE_HEADER = "x-vgate-cache"
 
-#: Body fields that change how an answer is delivered, never what it says.
-TRANSPORT_FIELDS = frozenset({"stream", "stream_options", "user"})
 
 #: Finish reasons of answers worth replaying; ``tool_calls``, ``abort`` etc. are not cached.
 CACHEABLE_FINISH = frozenset({"stop", "length"})
@@ -78,10 +84,12 @@ def is_cacheable(kind: Kind, body: Mapping[str, Any], mode: CacheMode) -> bool:
 def request_key(kind: Kind, model: str, body: Mapping[str, Any], tenant: str | None = None) -> str:
     """SHA-256 over the endpoint kind, model, tenant and the canonical JSON of the request.
 
-    Every generation parameter is part of the key (the whole body is); only transport
-    fields are dropped, so a streaming and a non-streaming request share one entry.
+    Every field is part of the key, delivery fields too (``stream``, ``stream_options``):
+    an entry is replayed exactly as the worker sent it. Only a string ``user`` is dropped
+    (the end user's name changes nothing in the answer; any other value is one the worker
+    validates, so it stays).
     """
-    normalized = {k: v for k, v in body.items() if k not in TRANSPORT_FIELDS}
+    normalized = {k: v for k, v in body.items() if not (k == "user" and isinstance(v, str))}
     canonical = json.dumps(
         [kind, model, tenant, normalized], sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
@@ -147,9 +155,18 @@ class CacheStats:
         }
 
 
+@dataclass(frozen=True)
+class Answer:
+    """A stored answer: the worker's bytes, how to re-stamp them, and their media type."""
+
+    body: bytes
+    stamp: Stamp
+    media_type: str = "application/json"
+
+
 @dataclass
 class _Entry:
-    value: bytes
+    value: Answer
     size: int
     expires_at: float
 
@@ -188,7 +205,7 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str, endpoint: str = "") -> bytes | None:
+    def get(self, key: str, endpoint: str = "") -> Answer | None:
         """The stored answer for ``key``, refreshed as most recently used; counts a hit or miss."""
         entry = self._entries.get(key)
         if entry is not None and entry.expires_at <= self._clock():
@@ -205,9 +222,9 @@ class ResponseCache:
             self._metrics.hits.labels(endpoint).inc()
         return entry.value
 
-    def put(self, key: str, value: bytes) -> bool:
+    def put(self, key: str, value: Answer) -> bool:
         """Store an answer; returns False when it can never fit (or the cache is disabled)."""
-        size = len(value) + len(key) + _ENTRY_OVERHEAD
+        size = len(value.body) + len(key) + _ENTRY_OVERHEAD
         if not self.enabled or size > self.max_bytes:
             return False
         if key in self._entries:
@@ -242,61 +259,89 @@ class ResponseCache:
             self._metrics.bytes.set(self._bytes)
 
 
-# -- stream <-> stored form -------------------------------------------------------------
+# -- re-stamping and recording ---------------------------------------------------------------
+
+_ID = re.compile(rb'"id":\s*"([^"\\]*)"')
+_CREATED = re.compile(rb'"created":\s*(\d+)')
 
 
-@dataclass
-class _Choice:
-    role: str | None = None
-    text: str = ""
-    reasoning: str = ""
-    tool_calls: dict[int, dict[str, Any]] | None = None
-    logprobs: dict[str, Any] | None = None
-    finish_reason: str | None = None
+@dataclass(frozen=True)
+class Stamp:
+    """Rewrites an answer's ``id`` and ``created`` for another request, in its bytes.
 
-
-def _merge_logprobs(into: dict[str, Any] | None, part: Any) -> dict[str, Any] | None:
-    """Concatenate the per-token lists of a chunk's logprobs (chat ``content``, completions' four lists)."""
-    if not isinstance(part, dict):
-        return into
-    merged = dict(into or {})
-    for name, value in part.items():
-        if isinstance(value, list):
-            merged[name] = [*merged.get(name, []), *value]
-        elif name not in merged or value is not None:
-            merged[name] = value
-    return merged
-
-
-def _merge_tool_calls(calls: dict[int, dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
-    for delta in deltas:
-        call = calls.setdefault(int(delta.get("index", len(calls))), {"function": {"arguments": ""}})
-        for name in ("id", "type"):
-            if delta.get(name):
-                call[name] = delta[name]
-        function = delta.get("function") or {}
-        if function.get("name"):
-            call["function"]["name"] = function["name"]
-        call["function"]["arguments"] += function.get("arguments") or ""
-
-
-class StreamAssembler:
-    """Rebuilds the non-streaming response from a stream's SSE bytes as they pass by.
-
-    Gives up (``result()`` is None) on an error event, a missing ``[DONE]`` or usage
-    chunk, or more than ``max_bytes`` of stream: such a stream is forwarded, not cached.
+    The tokens are found once, in the answer's first object; every occurrence is replaced
+    (each chunk of a stream repeats them), at the cost of a byte search per chunk.
     """
 
-    def __init__(self, kind: Kind, max_bytes: int) -> None:
-        self.kind = kind
+    id_token: bytes = b""
+    prefix: str = ""
+    created_token: bytes = b""
+
+    @classmethod
+    def of(cls, first: bytes) -> Stamp:
+        """The stamp of an answer whose first JSON object (or SSE event) is ``first``."""
+        found_id, found_created = _ID.search(first), _CREATED.search(first)
+        id_token = found_id.group(0) if found_id else b""
+        name = found_id.group(1).decode(errors="replace") if found_id else ""
+        prefix = name.split("-", 1)[0] if "-" in name else ""
+        return cls(id_token, prefix, found_created.group(0) if found_created else b"")
+
+    def for_request(self, request_id: str, created: int | None = None) -> Restamp:
+        """What to replace for a request with ``request_id``, created now (or at ``created``)."""
+        pairs = []
+        if self.id_token:
+            name = f"{self.prefix}-{request_id}" if self.prefix and request_id else _fresh(self.prefix)
+            pairs.append((self.id_token, b'"id":' + json.dumps(name).encode()))
+        if self.created_token:
+            when = int(time.time()) if created is None else created
+            pairs.append((self.created_token, b'"created":' + str(when).encode()))
+        return Restamp(tuple(pairs))
+
+
+def _fresh(prefix: str) -> str:
+    return f"{prefix or 'resp'}-{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Restamp:
+    """The replacements for one response; :meth:`apply` to each chunk of it."""
+
+    pairs: tuple[tuple[bytes, bytes], ...] = ()
+
+    def apply(self, chunk: bytes) -> bytes:
+        for old, new in self.pairs:
+            chunk = chunk.replace(old, new)
+        return chunk
+
+
+def response_complete(kind: Kind, body: bytes) -> Stamp | None:
+    """The stamp of a complete, successful JSON answer worth storing, or None."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict) or not response_cacheable(kind, answer):
+        return None
+    return Stamp.of(body)
+
+
+class StreamRecorder:
+    """Keeps a stream's SSE bytes as they pass by, for storing once it ended well.
+
+    Gives up (``result()`` is None) on an error event, a missing ``[DONE]``, a choice that
+    did not finish with ``stop``/``length``, or more than ``max_bytes`` of stream: such a
+    stream is forwarded, not cached.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
+        self._parts: list[bytes] = []
         self._seen = 0
         self._events = EventSplitter()
-        self._head: dict[str, Any] = {}
-        self._choices: dict[int, _Choice] = {}
-        self._usage: dict[str, Any] | None = None
+        self._first = b""
+        self._finished: dict[int, str | None] = {}
         self._done = False
-        self._failed = False
+        self._failed = max_bytes <= 0
 
     def feed(self, data: bytes) -> None:
         """Consume the next bytes of the stream, in any framing."""
@@ -304,8 +349,9 @@ class StreamAssembler:
             return
         self._seen += len(data)
         if self._seen > self._max_bytes:
-            self._failed = True
+            self._failed, self._parts = True, []
             return
+        self._parts.append(data)
         for event in self._events.feed(data):
             if payload := event_data(event):
                 self._on_data(payload)
@@ -322,83 +368,17 @@ class StreamAssembler:
         if not isinstance(chunk, dict) or "error" in chunk:
             self._failed = True
             return
-        for name in ("id", "created", "model"):
-            self._head.setdefault(name, chunk.get(name))
-        if chunk.get("usage"):
-            self._usage = chunk["usage"]
+        self._first = self._first or payload
         for choice in chunk.get("choices") or []:
-            self._on_choice(choice)
+            index = int(choice.get("index", 0))
+            reason = choice.get("finish_reason")
+            if reason is not None or index not in self._finished:
+                self._finished[index] = reason
 
-    def _on_choice(self, choice: dict[str, Any]) -> None:
-        state = self._choices.setdefault(int(choice.get("index", 0)), _Choice())
-        if self.kind is Kind.CHAT:
-            delta = choice.get("delta") or {}
-            state.role = delta.get("role") or state.role
-            state.text += delta.get("content") or ""
-            state.reasoning += delta.get("reasoning_content") or ""
-            if delta.get("tool_calls"):
-                state.tool_calls = state.tool_calls or {}
-                _merge_tool_calls(state.tool_calls, delta["tool_calls"])
-        else:
-            state.text += choice.get("text") or ""
-        state.logprobs = _merge_logprobs(state.logprobs, choice.get("logprobs"))
-        state.finish_reason = choice.get("finish_reason") or state.finish_reason
-
-    def result(self) -> dict[str, Any] | None:
-        """The equivalent non-streaming response, or None when the stream cannot be replayed."""
-        if self._failed or not self._done or self._usage is None or not self._choices:
+    def result(self) -> Answer | None:
+        """The stream as an entry, or None when it should not be replayed."""
+        if self._failed or not self._done or not self._finished:
             return None
-        choices = [self._choice_out(i, c) for i, c in sorted(self._choices.items())]
-        obj = "chat.completion" if self.kind is Kind.CHAT else "text_completion"
-        return {**self._head, "object": obj, "choices": choices, "usage": self._usage}
-
-    def _choice_out(self, index: int, c: _Choice) -> dict[str, Any]:
-        if self.kind is not Kind.CHAT:
-            return {"index": index, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
-        message: dict[str, Any] = {"role": c.role or "assistant", "content": c.text}
-        if c.reasoning:
-            message["reasoning_content"] = c.reasoning
-        if c.tool_calls:
-            message["tool_calls"] = [c.tool_calls[i] for i in sorted(c.tool_calls)]
-        return {"index": index, "message": message, "logprobs": c.logprobs, "finish_reason": c.finish_reason}
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
-
-
-def _chat_deltas(choice: dict[str, Any]) -> list[tuple[dict[str, Any], Any, str | None]]:
-    """(delta, logprobs, finish_reason) for each chunk of one chat choice, as vLLM sends them."""
-    message = choice.get("message") or {}
-    delta: dict[str, Any] = {"content": message.get("content") or ""}
-    if message.get("reasoning_content"):
-        delta["reasoning_content"] = message["reasoning_content"]
-    if message.get("tool_calls"):
-        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
-    return [
-        ({"role": message.get("role") or "assistant", "content": ""}, None, None),
-        (delta, choice.get("logprobs"), None),
-        ({}, None, choice.get("finish_reason")),
-    ]
-
-
-def synthesize_stream(kind: Kind, response: Mapping[str, Any], include_usage: bool) -> list[bytes]:
-    """The SSE events (``[DONE]`` included) a stream of this stored response would have sent."""
-    head = {k: response.get(k) for k in ("id", "created", "model")}
-    tail: dict[str, Any] = {"usage": None} if include_usage else {}
-    events: list[bytes] = []
-    for choice in response.get("choices") or []:
-        index = choice.get("index", 0)
-        if kind is Kind.CHAT:
-            for delta, logprobs, finish in _chat_deltas(choice):
-                out = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-                events.append(_sse({**head, "object": "chat.completion.chunk", "choices": [out], **tail}))
-        else:
-            # One chunk per choice: text and finish_reason together, as in vLLM's last chunk.
-            out = {"index": index, **{k: choice.get(k) for k in ("text", "logprobs", "finish_reason")}}
-            events.append(_sse({**head, "object": "text_completion", "choices": [out], **tail}))
-    if include_usage:
-        obj = "chat.completion.chunk" if kind is Kind.CHAT else "text_completion"
-        events.append(_sse({**head, "object": obj, "choices": [], "usage": response.get("usage")}))
-    events.append(DONE)
-    return events
+        if any(reason not in CACHEABLE_FINISH for reason in self._finished.values()):
+            return None
+        return Answer(b"".join(self._parts), Stamp.of(self._first), "text/event-stream")

@@ -8,15 +8,20 @@ come and go independently: the call continues while at least one subscriber rema
 and is cancelled (closing the upstream connection) when the last one leaves. If the
 call fails, every subscriber gets the same error at once.
 
-Memory is bounded twice: at most ``max_flights`` keys are tracked (beyond that requests
-simply go upstream alone), and a flight whose recorded body passes ``max_buffer_bytes``
-stops taking followers and forgets the chunks its current subscribers have all read.
+Memory is bounded. The producer never waits for a subscriber; instead each subscriber may
+lag at most ``max_lag_bytes`` behind the newest chunk. One that falls further behind (a
+client that stopped reading) is dropped: its read raises :class:`SubscriberLagged` and the
+others continue. A flight takes followers only while its whole body is within that bound
+(a latecomer starts from the first byte), and chunks every subscriber has read are
+forgotten, so a flight holds at most ``max_lag_bytes`` plus its newest chunk; at most
+``max_flights`` keys are tracked (beyond that requests simply go upstream alone).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -53,21 +58,28 @@ class FlightWriter:
 Producer = Callable[[FlightWriter], Awaitable[None]]
 
 
-class Flight:
-    """One upstream call and the response it has produced so far."""
+class SubscriberLagged(Exception):
+    """This subscriber fell too far behind the shared answer and was dropped from it."""
 
-    def __init__(self, key: str, max_buffer_bytes: int) -> None:
+
+class Flight:
+    """One upstream call and the part of its response some subscriber has not read yet."""
+
+    def __init__(self, key: str, max_lag_bytes: int) -> None:
         self.key = key
         self.head: Head | None = None
         self.error: BaseException | None = None
         self.done = False
         #: Still joinable by new followers.
         self.open = True
-        self._chunks: list[bytes] = []
+        self._chunks: deque[bytes] = deque()
         self._base = 0  # index of _chunks[0] in the whole body
-        self._buffered = 0
-        self._max_buffer = max_buffer_bytes
-        self._cursors: dict[int, int] = {}
+        self._base_offset = 0  # byte offset of _chunks[0]
+        self._pushed = 0  # bytes pushed so far
+        self._max_lag = max_lag_bytes
+        self._cursors: dict[int, int] = {}  # subscriber -> index of its next chunk
+        self._offsets: dict[int, int] = {}  # subscriber -> byte offset of its next chunk
+        self._dropped: set[int] = set()
         self._changed = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.on_close: Callable[[Flight], None] = lambda _f: None
@@ -75,6 +87,11 @@ class Flight:
     @property
     def subscribers(self) -> int:
         return len(self._cursors)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for subscribers that have not read them yet."""
+        return self._pushed - self._base_offset
 
     def set_head(self, head: Head) -> None:
         if self.head is not None:
@@ -85,18 +102,33 @@ class Flight:
     def push(self, chunk: bytes) -> None:
         if self.head is None:
             raise RuntimeError("start() the response before pushing body chunks")
+        # Lag is measured before the newest chunk: a whole JSON answer is one chunk.
+        for token, offset in list(self._offsets.items()):
+            if self._pushed - offset > self._max_lag:
+                self._drop(token)
+        if not self._cursors and self.task is not None:
+            # Every client fell behind: nobody is left to answer.
+            self.close_to_followers()
+            self.task.cancel()
         self._chunks.append(chunk)
-        self._buffered += len(chunk)
-        if self._buffered > self._max_buffer and self.open:
-            # Too big to replay to latecomers: keep streaming to those already here.
+        self._pushed += len(chunk)
+        if self._pushed > self._max_lag and self.open:
+            # A latecomer would start beyond the lag bound: keep streaming to those already here.
             self.close_to_followers()
         self._trim()
         self._notify()
+
+    def _drop(self, token: int) -> None:
+        log.warning("a client of a shared stream fell %d bytes behind; dropping it", self._max_lag)
+        self._cursors.pop(token, None)
+        self._offsets.pop(token, None)
+        self._dropped.add(token)
 
     def finish(self, error: BaseException | None = None) -> None:
         self.error = error
         self.done = True
         self.close_to_followers()
+        self._trim()
         self._notify()
 
     def close_to_followers(self) -> None:
@@ -110,13 +142,12 @@ class Flight:
 
     def _trim(self) -> None:
         """Once nobody new can join, chunks every subscriber has read are dropped."""
-        if self.open or not self._cursors:
+        if self.open:
             return
-        upto = min(self._cursors.values()) - self._base
-        if upto > 0:
-            self._buffered -= sum(len(c) for c in self._chunks[:upto])
-            del self._chunks[:upto]
-            self._base += upto
+        upto = (min(self._cursors.values()) if self._cursors else self._base + len(self._chunks)) - self._base
+        for _ in range(upto):
+            self._base_offset += len(self._chunks.popleft())
+        self._base += upto
 
     async def wait_head(self) -> Head:
         while self.head is None:
@@ -127,10 +158,13 @@ class Flight:
 
     async def read(self, token: int) -> AsyncIterator[bytes]:
         while True:
+            if token in self._dropped:
+                raise SubscriberLagged(f"fell more than {self._max_lag} bytes behind the shared answer")
             position = self._cursors[token]
             if position - self._base < len(self._chunks):
                 chunk = self._chunks[position - self._base]
                 self._cursors[token] = position + 1
+                self._offsets[token] += len(chunk)
                 self._trim()
                 yield chunk
                 continue
@@ -141,10 +175,14 @@ class Flight:
             await self._changed.wait()
 
     def subscribe(self, token: int) -> None:
-        self._cursors[token] = self._base  # followers join only while nothing is trimmed
+        # Followers join only while nothing is trimmed: from the first chunk.
+        self._cursors[token] = self._base
+        self._offsets[token] = self._base_offset
 
     def unsubscribe(self, token: int) -> None:
         self._cursors.pop(token, None)
+        self._offsets.pop(token, None)
+        self._dropped.discard(token)
         self._trim()
 
 
@@ -198,11 +236,11 @@ class Deduplicator:
         self,
         *,
         max_flights: int = 1024,
-        max_buffer_bytes: int = 8 * 1024 * 1024,
+        max_lag_bytes: int = 256 * 1024,
         metrics: DedupMetrics | None = None,
     ) -> None:
         self.max_flights = max_flights
-        self.max_buffer_bytes = max_buffer_bytes
+        self.max_lag_bytes = max_lag_bytes
         self._metrics = metrics
         self._flights: dict[str, Flight] = {}
         self._tokens = 0
@@ -237,7 +275,7 @@ class Deduplicator:
             subscription.close()
 
     def _start(self, key: str, producer: Producer) -> Flight:
-        flight = Flight(key, self.max_buffer_bytes)
+        flight = Flight(key, self.max_lag_bytes)
         if len(self._flights) < self.max_flights:
             self._flights[key] = flight
             flight.on_close = self._forget

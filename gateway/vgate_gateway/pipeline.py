@@ -1,11 +1,11 @@
 """The efficiency layer in front of the proxy: result cache -> in-flight dedup -> micro-batching.
 
 A request the cache may answer (see :func:`vgate_gateway.cache.is_cacheable`) is looked up
-first; a hit is answered without a worker, as JSON or as a replayed stream. A miss joins
-the in-flight call for the same request, or starts it; that call goes through the
-micro-batcher (non-streaming completions and embeddings) or straight to the proxy, and
-its complete answer fills the cache. Other requests skip the cache and dedup but may
-still be batched. Every answer carries ``x-vgate-cache: hit`` or ``miss``.
+first; a hit replays the worker's answer (JSON or stream) under the replaying request's
+id. A miss joins the in-flight call for the same request, or starts it; that call goes
+through the micro-batcher (non-streaming completions and embeddings) or straight to the
+proxy, and its complete answer fills the cache. Other requests skip the cache and dedup
+but may still be batched. Every answer carries ``x-vgate-cache: hit`` or ``miss``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -22,31 +22,42 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.responses import Response, StreamingResponse
 
-from vgate_gateway.batching import PROMPT_FIELD, BatchMetrics, MicroBatcher, Reply
+from vgate_gateway.batching import PROMPT_FIELD, BatchMetrics, Client, MicroBatcher, Reply
 from vgate_gateway.cache import (
     CACHE_HEADER,
+    Answer,
     CacheMetrics,
     ResponseCache,
-    StreamAssembler,
+    Restamp,
+    Stamp,
+    StreamRecorder,
     is_cacheable,
     parse_cache_mode,
     request_key,
-    response_cacheable,
-    synthesize_stream,
+    response_complete,
 )
-from vgate_gateway.dedup import Deduplicator, DedupMetrics, FlightWriter, Head, Subscription
+from vgate_gateway.dedup import (
+    Deduplicator,
+    DedupMetrics,
+    FlightWriter,
+    Head,
+    SubscriberLagged,
+    Subscription,
+)
 from vgate_gateway.errors import OpenAIError, invalid_request
 from vgate_gateway.protocol import Handler, Kind, ParsedRequest
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.sse import HEADERS as SSE_HEADERS
 from vgate_gateway.sse import MEDIA_TYPE as SSE
-from vgate_gateway.sse import EventSplitter, event_data, event_stream
+from vgate_gateway.sse import event_stream
 
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
 #: Open flights tracked at once; beyond it identical requests each go upstream.
 MAX_FLIGHTS = 1024
+#: Sent upstream with a merged call: the request id of every client it answers.
+BATCH_IDS_HEADER = "x-vgate-batch-request-ids"
 
 
 @dataclass(frozen=True)
@@ -71,8 +82,6 @@ class _Call:
     key: str
     req: ParsedRequest
     headers: Mapping[str, str]
-    #: The client did not ask for the usage chunk; it was requested only to fill the cache.
-    strip_usage: bool
 
 
 class Pipeline:
@@ -80,14 +89,21 @@ class Pipeline:
 
     def __init__(self, settings: GatewaySettings, forward: Handler, metrics: PipelineMetrics) -> None:
         self._forward = forward
+        self._max_entry = settings.cache_max_entry_bytes
         self.cache = ResponseCache(
             settings.cache_maxsize, settings.cache_max_bytes, settings.cache_ttl_s, metrics=metrics.cache
         )
-        self.dedup = Deduplicator(max_flights=MAX_FLIGHTS if settings.dedup else 0, metrics=metrics.dedup)
+        self.dedup = Deduplicator(
+            max_flights=MAX_FLIGHTS if settings.dedup else 0,
+            max_lag_bytes=settings.dedup_max_lag_bytes,
+            metrics=metrics.dedup,
+        )
+        endpoints = {Kind.COMPLETIONS: settings.batch_completions, Kind.EMBEDDINGS: settings.batch_embeddings}
         self.batcher = MicroBatcher(
             self._send,
             max_batch=settings.batch_size,
             wait_s=settings.batch_wait_ms / 1000,
+            endpoints=frozenset(kind for kind, on in endpoints.items() if on),
             metrics=metrics.batch,
         )
 
@@ -97,6 +113,7 @@ class Pipeline:
             "cache": lambda: {**self.cache.stats().as_dict(), "enabled": self.cache.enabled},
             "dedup": lambda: {"in_flight": len(self.dedup), "deduplicated": self.dedup.deduplicated},
             "batching": lambda: {
+                "endpoints": sorted(self.batcher.endpoints),
                 "batch_size": self.batcher.max_batch,
                 "wait_ms": self.batcher.wait_s * 1000,
                 "merged_batches": self.batcher.merged_batches,
@@ -118,7 +135,7 @@ class Pipeline:
         key = request_key(kind, req.model, req.payload, tenant=_tenant(headers))
         stored = self.cache.get(key, kind) if self.cache.enabled else None
         if stored is not None:
-            return _replay(kind, req, stored)
+            return _replay(stored, headers)
         return await self._shared(kind, key, req, headers)
 
     async def _uncached(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
@@ -129,39 +146,44 @@ class Pipeline:
 
     async def _reply(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Reply:
         """A whole non-streaming answer, through the micro-batcher where it applies."""
+        client = Client(headers.get("x-request-id", ""), (req, headers))
         if kind in PROMPT_FIELD:
             # Requests with different credentials never share an upstream call.
             partition = _tenant(headers) or ""
-            return await self.batcher.submit(kind, req.payload, meta=(req, headers), partition=partition)
-        return await self._send(kind, req.payload, (req, headers))
+            return await self.batcher.submit(kind, req.payload, client, partition=partition)
+        return await self._send(kind, req.payload, [client])
 
-    async def _send(self, kind: Kind, body: dict[str, Any], meta: Any) -> Reply:
-        req, headers = meta
+    async def _send(self, kind: Kind, body: dict[str, Any], clients: Sequence[Client]) -> Reply:
+        req, headers = clients[0].meta
         if body is not req.payload:  # a merged batch: a new body for the same endpoint
             encoded = json.dumps(body, separators=(",", ":")).encode()
             req = dataclasses.replace(req, body=encoded, payload=body)
+        if len(clients) > 1:
+            headers = {**headers, BATCH_IDS_HEADER: ",".join(c.request_id for c in clients)}
         resp = await self._forward(req, headers)
         content_type = resp.headers.get("content-type", _JSON)
         return Reply(resp.status_code, bytes(resp.body), {"content-type": content_type})
 
     async def _shared(self, kind: Kind, key: str, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
         """Join (or start) the one upstream call for this request; the answer fills the cache."""
-        strip_usage = req.stream and not req.include_usage
-        upstream = _with_usage(req) if strip_usage else req
-        call = _Call(kind, key, upstream, headers, strip_usage)
-        # Streams and JSON answers of one request are different bytes: separate flights.
-        flight_key = f"{key}:{'sse' if req.stream else 'json'}:{int(req.include_usage)}"
-        sub = self.dedup.join(flight_key, partial(self._produce, call), kind)
+        call = _Call(kind, key, req, headers)
+        sub = self.dedup.join(key, partial(self._produce, call), kind)
+        # A follower's answer is re-stamped with its own id and time, as a replay is.
+        restamp: Restamp | None = None
         try:
             head = await sub.head()
             if not req.stream or head.status != 200:
                 body = b"".join([chunk async for chunk in sub.chunks()])
                 sub.close()
+                if not sub.leader and head.status == 200:
+                    body = Stamp.of(body).for_request(headers.get("x-request-id", "")).apply(body)
                 return Response(body, status_code=head.status, headers={**head.headers, CACHE_HEADER: "miss"})
         except BaseException:
             sub.close()
             raise
-        return event_stream(_follow(sub), {CACHE_HEADER: "miss"})
+        if not sub.leader:
+            restamp = Restamp()  # filled from the first chunk
+        return event_stream(_follow(sub, restamp, headers.get("x-request-id", "")), {CACHE_HEADER: "miss"})
 
     async def _produce(self, call: _Call, writer: FlightWriter) -> None:
         """The upstream call of one flight: publish its answer, then store it if complete."""
@@ -178,30 +200,24 @@ class Pipeline:
             writer.push(bytes(resp.body))
             return
         writer.start(Head(200, {"content-type": SSE, **SSE_HEADERS}))
-        assembler = StreamAssembler(call.kind, self.cache.max_bytes)
+        recorder = StreamRecorder(min(self.cache.max_bytes, self._max_entry) if self.cache.enabled else 0)
         events: AsyncIterator[bytes] = resp.body_iterator  # type: ignore[assignment]
         try:
             async for events_run in events:  # whole events, one or several at a time
-                assembler.feed(events_run)
-                if call.strip_usage and b'"usage"' in events_run:
-                    events_run = b"".join(e for e in EventSplitter().feed(events_run) if not _usage_only(e))
-                if events_run:
-                    writer.push(events_run)
+                recorder.feed(events_run)
+                writer.push(events_run)
         finally:
             await events.aclose()  # type: ignore[attr-defined]
-        result = assembler.result()
-        if result is not None and self.cache.enabled and response_cacheable(call.kind, result):
-            self.cache.put(call.key, json.dumps(result, separators=(",", ":")).encode())
+        answer = recorder.result()
+        if answer is not None:
+            self.cache.put(call.key, answer)
 
     def _store(self, kind: Kind, key: str, body: bytes) -> None:
-        if not self.cache.enabled:
+        if not self.cache.enabled or len(body) > self._max_entry:
             return
-        try:
-            answer = json.loads(body)
-        except ValueError:
-            return
-        if isinstance(answer, dict) and response_cacheable(kind, answer):
-            self.cache.put(key, body)
+        stamp = response_complete(kind, body)
+        if stamp is not None:
+            self.cache.put(key, Answer(body, stamp))
 
 
 def _tenant(headers: Mapping[str, str]) -> str | None:
@@ -214,32 +230,24 @@ def _tenant(headers: Mapping[str, str]) -> str | None:
     return hashlib.sha256(credentials.encode()).hexdigest() if credentials else None
 
 
-def _with_usage(req: ParsedRequest) -> ParsedRequest:
-    """The same stream request asking for the usage chunk (a cached answer needs its usage)."""
-    options = {**(req.payload.get("stream_options") or {}), "include_usage": True}
-    payload = {**req.payload, "stream_options": options}
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return dataclasses.replace(req, body=body, payload=payload, include_usage=True)
+async def _follow(sub: Subscription, restamp: Restamp | None, request_id: str) -> AsyncIterator[bytes]:
+    """A client's stream of a shared call; leaving it (even mid-stream) unsubscribes.
 
-
-def _usage_only(event: bytes) -> bool:
-    """Whether an SSE event is the final usage chunk (``choices`` empty, ``usage`` set)."""
-    if b'"usage"' not in event:
-        return False
-    try:
-        chunk = json.loads(event_data(event))
-    except ValueError:
-        return False
-    return isinstance(chunk, dict) and not chunk.get("choices") and bool(chunk.get("usage"))
-
-
-async def _follow(sub: Subscription) -> AsyncIterator[bytes]:
-    """A client's stream of a shared call; leaving it (even mid-stream) unsubscribes."""
+    A follower's chunks are re-stamped (``restamp`` is set) with its own id and time.
+    """
     try:
         async for chunk in sub.chunks():
+            if restamp is not None:
+                if not restamp.pairs:
+                    restamp = Stamp.of(chunk).for_request(request_id)
+                chunk = restamp.apply(chunk)
             yield chunk
     except OpenAIError as exc:
         yield exc.sse_event()
+    except SubscriberLagged as exc:
+        yield OpenAIError(
+            503, f"This stream was dropped: it {exc}. Read faster or retry.", code="stream_lagged"
+        ).sse_event()
     except Exception as exc:  # the shared call broke after the stream started
         log.warning("shared upstream stream failed: %s", type(exc).__name__)
         yield OpenAIError(502, "The model worker broke off its answer.", code="upstream_error").sse_event()
@@ -247,17 +255,16 @@ async def _follow(sub: Subscription) -> AsyncIterator[bytes]:
         sub.close()
 
 
-async def _events(events: Iterable[bytes]) -> AsyncIterator[bytes]:
-    for event in events:
-        yield event
+def _replay(stored: Answer, headers: Mapping[str, str]) -> Response:
+    """A cache hit: the worker's own answer, under this request's id and the current time."""
+    body = stored.stamp.for_request(headers.get("x-request-id", "")).apply(stored.body)
+    if stored.media_type != SSE:
+        return Response(body, media_type=stored.media_type, headers={CACHE_HEADER: "hit"})
+    return event_stream(_once(body), {CACHE_HEADER: "hit"})
 
 
-def _replay(kind: Kind, req: ParsedRequest, stored: bytes) -> Response:
-    """A cache hit, as JSON or as a stream, whichever the client asked for."""
-    if not req.stream:
-        return Response(stored, media_type=_JSON, headers={CACHE_HEADER: "hit"})
-    events = synthesize_stream(kind, json.loads(stored), req.include_usage)
-    return event_stream(_events(events), {CACHE_HEADER: "hit"})
+async def _once(body: bytes) -> AsyncIterator[bytes]:
+    yield body
 
 
 def _tagged(resp: Response, value: str) -> Response:

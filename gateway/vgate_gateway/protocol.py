@@ -58,6 +58,8 @@ class ParsedRequest:
             return "\n".join(parts)
         field, _ = _PROMPT_FIELD[self.kind]
         value = self.payload.get(field)
+        if isinstance(value, list) and value and isinstance(value[0], str):
+            value = value[0]  # a list of prompts (a merged batch): routed on the first one
         return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 

@@ -95,11 +95,19 @@ class GatewaySettings(BaseSettings):
 
     # -- efficiency
     batch_size: int = Field(8, ge=1, le=256)
-    batch_wait_ms: float = Field(3.0, ge=0, le=1000)
+    batch_wait_ms: float = Field(3.0, ge=0, le=60_000)
+    #: Merge concurrent /v1/completions requests (each client's usage stays exact).
+    batch_completions: bool = True
+    #: Merge concurrent /v1/embeddings requests; their usage is then apportioned.
+    batch_embeddings: bool = False
     cache_maxsize: int = Field(1000, ge=0)
     cache_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     cache_ttl_s: float = Field(600.0, gt=0)
+    #: The largest answer stored; a longer stream is not kept while it passes by.
+    cache_max_entry_bytes: int = Field(1024 * 1024, ge=0)
     dedup: bool = True
+    #: How far a client of a shared stream may fall behind before it is dropped.
+    dedup_max_lag_bytes: int = Field(256 * 1024, ge=1024)
 
     # -- local development
     dry_run: bool = False

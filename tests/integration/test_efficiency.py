@@ -4,6 +4,7 @@ client against a real gateway in front of two dry-run workers."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -62,8 +63,11 @@ def test_repeated_deterministic_chat_is_a_cache_hit_with_the_same_body(eff: Stac
     )
     assert first.headers["x-vgate-cache"] == "miss"
     assert second.headers["x-vgate-cache"] == "hit"
-    assert second.http_response.content == first.http_response.content
-    assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    mine, theirs = json.loads(second.http_response.content), json.loads(first.http_response.content)
+    assert mine["id"] != theirs["id"]  # each response its own id, as the worker names them
+    assert {k: v for k, v in mine.items() if k not in ("id", "created")} == {
+        k: v for k, v in theirs.items() if k not in ("id", "created")
+    }
 
 
 def test_answers_are_never_shared_across_credentials(eff: Stack) -> None:
@@ -78,17 +82,18 @@ def test_answers_are_never_shared_across_credentials(eff: Stack) -> None:
     assert ask("sk-alice") == "hit"
 
 
-def test_streams_fill_and_replay_the_cache_in_both_directions(eff: Stack) -> None:
+def test_streams_are_cached_and_replayed_as_streams(eff: Stack) -> None:
     miss = _stream(eff, "cache me, streamed", include_usage=True)
     hit = _stream(eff, "cache me, streamed", include_usage=True)
     assert (miss[0], hit[0]) == ("miss", "hit")
     assert hit[1:] == miss[1:]
     assert miss[2] is not None
     assert miss[3] in ("stop", "length")
+    # A JSON answer is other bytes than a stream: its own entry, filled by its own call.
     as_json = eff.client().chat.completions.with_raw_response.create(
         model=MODEL, messages=_messages("cache me, streamed"), max_tokens=12, temperature=0
     )
-    assert as_json.headers["x-vgate-cache"] == "hit"
+    assert as_json.headers["x-vgate-cache"] == "miss"
     answer = as_json.parse()
     assert answer.choices[0].message.content == miss[1]
     assert answer.usage == miss[2]
@@ -164,6 +169,8 @@ async def test_identical_concurrent_streams_share_one_upstream_stream(eff: Stack
 
 async def test_concurrent_completions_are_batched_each_client_gets_its_own(eff: Stack) -> None:
     client = _async_client(eff)
+    # One answer first: the gateway merges a model's requests once it knows how it answers.
+    await client.completions.create(model=MODEL, prompt="batch warm-up", max_tokens=2, temperature=0.5)
     prompts = [f"batch member {i} says hello" for i in range(6)]
     requests_before = metric(eff.url, "vgate_batch_size_sum", missing=0)
     batches_before = metric(eff.url, "vgate_batch_size_count", missing=0)
@@ -172,7 +179,8 @@ async def test_concurrent_completions_are_batched_each_client_gets_its_own(eff: 
     )
     assert metric(eff.url, "vgate_batch_size_sum") - requests_before == len(prompts)
     upstream_calls = metric(eff.url, "vgate_batch_size_count") - batches_before
-    assert 1 <= upstream_calls < len(prompts)  # some of the six went upstream together
+    # The first went at once, alone; those arriving while it ran went together.
+    assert 1 <= upstream_calls < len(prompts)
     alone = [
         (await client.completions.create(model=MODEL, prompt=p, max_tokens=8, temperature=0.5))
         .choices[0]
@@ -283,11 +291,10 @@ async def test_a_follower_stream_survives_the_leader_leaving(eff: Stack) -> None
         del reading
         text = await follower
     assert metric(eff.url, "vgate_upstream_requests_total") - before == 1
-    again = eff.client().chat.completions.with_raw_response.create(
-        model=MODEL, messages=body["messages"], max_tokens=400, temperature=0, extra_body={"ignore_eos": True}
-    )
+    fields = {k: v for k, v in body.items() if k != "ignore_eos"}
+    again = eff.client().chat.completions.with_raw_response.create(**fields, extra_body={"ignore_eos": True})
     assert again.headers["x-vgate-cache"] == "hit"  # the shared stream ran to its end
-    assert again.parse().choices[0].message.content == text
+    assert "".join(c.choices[0].delta.content or "" for c in again.parse() if c.choices) == text
 
 
 async def test_the_upstream_stream_closes_when_every_client_has_left(eff: Stack) -> None:

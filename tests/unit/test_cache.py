@@ -6,9 +6,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from vgate_gateway.cache import (
+    Answer,
     CacheMetrics,
     CacheMode,
     ResponseCache,
+    Stamp,
+    StreamRecorder,
     is_cacheable,
     parse_cache_mode,
     request_key,
@@ -32,13 +35,30 @@ class Clock:
         return self.now
 
 
-def test_key_ignores_transport_fields_and_key_order() -> None:
+def _a(body: bytes) -> Answer:
+    return Answer(body, Stamp())
+
+
+def test_key_ignores_key_order_and_the_end_users_name() -> None:
     base = request_key(Kind.CHAT, "m", BODY)
-    streamed = {**BODY, "stream": True, "stream_options": {"include_usage": True}, "user": "u1"}
     reordered = dict(reversed(list(BODY.items())))
-    assert request_key(Kind.CHAT, "m", streamed) == base
     assert request_key(Kind.CHAT, "m", reordered) == base
+    assert request_key(Kind.CHAT, "m", {**BODY, "user": "u1"}) == base
     assert len(base) == 64
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"stream": True},  # a stream and a JSON answer are different bytes
+        {"stream": True, "stream_options": {"include_usage": True}},
+        {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+        {"stream_options": {"include_usage": True}},  # the worker rejects this one: never a hit
+        {"user": 7},  # not a string: the worker validates it
+    ],
+)
+def test_delivery_fields_and_invalid_values_change_the_key(extra: dict[str, object]) -> None:
+    assert request_key(Kind.CHAT, "m", {**BODY, **extra}) != request_key(Kind.CHAT, "m", BODY)
 
 
 @pytest.mark.parametrize(
@@ -134,20 +154,20 @@ def test_only_complete_successful_answers_are_stored(
 
 def test_lru_bounded_by_entries_evicts_least_recently_used() -> None:
     cache = ResponseCache(maxsize=2, max_bytes=10**6, ttl_s=60)
-    cache.put("a", b"A")
-    cache.put("b", b"B")
-    assert cache.get("a") == b"A"  # a is now the most recent
-    cache.put("c", b"C")
+    cache.put("a", _a(b"A"))
+    cache.put("b", _a(b"B"))
+    assert cache.get("a") == _a(b"A")  # a is now the most recent
+    cache.put("c", _a(b"C"))
     assert cache.get("b") is None
-    assert cache.get("a") == b"A"
-    assert cache.get("c") == b"C"
+    assert cache.get("a") == _a(b"A")
+    assert cache.get("c") == _a(b"C")
     assert cache.stats().evictions == 1
 
 
 def test_lru_bounded_by_bytes() -> None:
     cache = ResponseCache(maxsize=100, max_bytes=3000, ttl_s=60)
     for i in range(10):
-        assert cache.put(f"k{i}", b"x" * 500)
+        assert cache.put(f"k{i}", _a(b"x" * 500))
     stats = cache.stats()
     assert stats.bytes <= 3000
     assert 0 < stats.entries < 10
@@ -157,18 +177,18 @@ def test_lru_bounded_by_bytes() -> None:
 
 def test_an_answer_bigger_than_the_cache_is_not_stored() -> None:
     cache = ResponseCache(maxsize=10, max_bytes=1000, ttl_s=60)
-    cache.put("small", b"s")
-    assert not cache.put("big", b"x" * 2000)
-    assert cache.get("small") == b"s"
+    cache.put("small", _a(b"s"))
+    assert not cache.put("big", _a(b"x" * 2000))
+    assert cache.get("small") == _a(b"s")
     assert len(cache) == 1
 
 
 def test_entries_expire_after_ttl() -> None:
     clock = Clock()
     cache = ResponseCache(maxsize=10, max_bytes=10**6, ttl_s=30, clock=clock)
-    cache.put("k", b"v")
+    cache.put("k", _a(b"v"))
     clock.now += 29.9
-    assert cache.get("k") == b"v"
+    assert cache.get("k") == _a(b"v")
     clock.now += 0.2
     assert cache.get("k") is None
     assert cache.stats().entries == 0
@@ -177,9 +197,9 @@ def test_entries_expire_after_ttl() -> None:
 
 def test_replacing_an_entry_keeps_the_byte_count_right() -> None:
     cache = ResponseCache(maxsize=10, max_bytes=10**6, ttl_s=30)
-    cache.put("k", b"x" * 100)
+    cache.put("k", _a(b"x" * 100))
     before = cache.stats().bytes
-    cache.put("k", b"x" * 10)
+    cache.put("k", _a(b"x" * 10))
     assert cache.stats().bytes == before - 90
     assert len(cache) == 1
 
@@ -187,14 +207,14 @@ def test_replacing_an_entry_keeps_the_byte_count_right() -> None:
 def test_zero_size_disables_the_cache() -> None:
     cache = ResponseCache(maxsize=0, max_bytes=10**6, ttl_s=30)
     assert not cache.enabled
-    assert not cache.put("k", b"v")
+    assert not cache.put("k", _a(b"v"))
     assert cache.get("k") is None
 
 
 def test_stats_and_metrics_count_hits_and_misses() -> None:
     registry = CollectorRegistry()
     cache = ResponseCache(maxsize=10, max_bytes=10**6, ttl_s=30, metrics=CacheMetrics(registry))
-    cache.put("k", b"value")
+    cache.put("k", _a(b"value"))
     cache.get("k", Kind.CHAT)
     cache.get("k", Kind.CHAT)
     cache.get("nope", Kind.CHAT)
@@ -206,3 +226,60 @@ def test_stats_and_metrics_count_hits_and_misses() -> None:
     assert registry.get_sample_value("vgate_cache_entries") == 1
     cache.clear()
     assert registry.get_sample_value("vgate_cache_entries") == 0
+
+
+def test_a_replay_is_restamped_with_the_requests_id_and_the_current_time() -> None:
+    body = b'{"id":"chatcmpl-first","object":"chat.completion","created":1700000000,"choices":[{"x":"chatcmpl-first"}]}'
+    out = Stamp.of(body).for_request("second", created=1800000000).apply(body)
+    assert out == body.replace(b'"id":"chatcmpl-first"', b'"id":"chatcmpl-second"').replace(
+        b"1700000000", b"1800000000"
+    )
+    assert b'{"x":"chatcmpl-first"}' in out  # text that merely looks like the id is left alone
+    fresh = [Stamp.of(body).for_request("").apply(body) for _ in range(2)]
+    assert fresh[0] != fresh[1]  # without a request id, a fresh id each time
+
+
+def _recorded(*events: bytes, step: int = 7) -> Answer | None:
+    recorder = StreamRecorder(max_bytes=10**6)
+    raw = b"".join(events)
+    for i in range(0, len(raw), step):
+        recorder.feed(raw[i : i + step])
+    return recorder.result()
+
+
+_CHUNK = b'data: {"id":"cmpl-1","created":5,"choices":[{"index":0,"text":"a","finish_reason":%s}]}\n\n'
+_DONE = b"data: [DONE]\n\n"
+
+
+def test_a_complete_stream_is_kept_byte_for_byte() -> None:
+    events = [
+        _CHUNK % b"null",
+        _CHUNK % b'"length"',
+        b'data: {"id":"cmpl-1","choices":[],"usage":{}}\n\n',
+        _DONE,
+    ]
+    answer = _recorded(*events)
+    assert answer is not None
+    assert answer.body == b"".join(events)
+    assert answer.media_type == "text/event-stream"
+    assert answer.stamp == Stamp(b'"id":"cmpl-1"', "cmpl", b'"created":5')
+
+
+@pytest.mark.parametrize(
+    "events",
+    [
+        [_CHUNK % b"null"],  # no [DONE]: cut short
+        [_CHUNK % b"null", _DONE],  # never finished
+        [_CHUNK % b'"abort"', _DONE],
+        [_CHUNK % b"null", b'data: {"error":{"message":"boom"}}\n\n', _DONE],
+    ],
+)
+def test_incomplete_or_failed_streams_are_not_kept(events: list[bytes]) -> None:
+    assert _recorded(*events) is None
+
+
+def test_a_stream_beyond_the_byte_bound_is_not_kept() -> None:
+    recorder = StreamRecorder(max_bytes=50)
+    recorder.feed(_CHUNK % b'"stop"')
+    recorder.feed(_DONE)
+    assert recorder.result() is None

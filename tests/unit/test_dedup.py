@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from vgate_gateway.dedup import Deduplicator, DedupMetrics, FlightWriter, Head
+from vgate_gateway.dedup import Deduplicator, DedupMetrics, FlightWriter, Head, SubscriberLagged
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -163,17 +163,55 @@ async def test_flight_table_is_bounded() -> None:
 
 
 async def test_big_response_stops_taking_followers_but_finishes_for_subscribers() -> None:
-    dedup = Deduplicator(max_buffer_bytes=10)
+    dedup = Deduplicator(max_lag_bytes=10)
     upstream = Upstream([b"0123456789", b"abcdef", b"!"])
     first = asyncio.create_task(_collect(dedup, "k", upstream))
     second = asyncio.create_task(_collect(dedup, "k", upstream))
     await _settle()
-    upstream.release(2)  # 16 bytes: over the bound
-    await _settle()
+    for _ in range(2):  # 16 bytes: over the bound (the readers keep up)
+        upstream.release()
+        await _settle()
     assert len(dedup) == 0
     late = asyncio.create_task(_collect(dedup, "k", upstream))  # starts its own call
     await _settle()
-    upstream.release(4)
+    for _ in range(4):
+        upstream.release()
+        await _settle()
     assert (await first)[2] == (await second)[2] == b"0123456789abcdef!"
     assert (await late)[2] == b"0123456789abcdef!"
     assert upstream.calls == 2
+
+
+async def test_a_stalled_subscriber_is_dropped_and_the_others_continue() -> None:
+    dedup = Deduplicator(max_lag_bytes=10)
+    upstream = Upstream([b"x" * 4] * 20)
+    reader = asyncio.create_task(_collect(dedup, "k", upstream))
+    stalled = dedup.join("k", upstream)  # subscribes, never reads
+    flight = dedup._flights["k"]
+    await _settle()
+    held = []
+    for _ in range(20):
+        upstream.release()
+        await _settle()
+        held.append(flight.buffered)
+    assert (await reader)[2] == b"x" * 80
+    assert max(held) <= 10 + 4  # the lag bound plus the newest chunk, however long the answer
+    with pytest.raises(SubscriberLagged):
+        _ = [c async for c in stalled.chunks()]
+    stalled.close()
+    assert upstream.calls == 1
+
+
+async def test_the_call_is_cancelled_when_every_subscriber_fell_behind() -> None:
+    dedup = Deduplicator(max_lag_bytes=10)
+    upstream = Upstream([b"x" * 8] * 10)
+    stalled = [dedup.join("k", upstream) for _ in range(2)]
+    await _settle()
+    for _ in range(10):
+        upstream.release()
+        await _settle()
+    assert upstream.cancelled
+    for sub in stalled:
+        with pytest.raises(SubscriberLagged):
+            _ = [c async for c in sub.chunks()]
+        sub.close()

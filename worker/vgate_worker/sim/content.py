@@ -38,6 +38,10 @@ class Reply:
         """Completion tokens (vLLM counts at least one even when the text is empty)."""
         return max(1, len(self.deltas))
 
+    def token_ids(self) -> list[int]:
+        """The ids of the generated tokens (an empty text is the end-of-text token alone)."""
+        return [tokenizer.token_id(piece) for piece in self.deltas] or [tokenizer.token_id("<|endoftext|>")]
+
 
 def render_chat(messages: Sequence[tuple[str, str]]) -> str:
     """The prompt Qwen2.5's ChatML template builds, ending with the assistant's turn."""

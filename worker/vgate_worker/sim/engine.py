@@ -71,6 +71,8 @@ class Engine:
         self.cache = PrefixCache(settings.kv_cache_tokens, settings.block_size)
         self.waiting: deque[SimSequence] = deque()
         self.running: list[SimSequence] = []
+        #: Embedding requests being computed (outside the decode batch).
+        self.pooling = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -141,8 +143,18 @@ class Engine:
         self._wake.set()
 
     async def pause_for_prefill(self, tokens: int) -> None:
-        """Wait as long as prefilling ``tokens`` takes, for requests outside the batch (embeddings)."""
-        await asyncio.sleep(tokens / self.settings.prefill_tokens_per_s / self.settings.speed)
+        """Wait as long as prefilling ``tokens`` takes, for requests outside the batch (embeddings).
+
+        Counted as a running request meanwhile, as vLLM counts a pooling request; cancelling
+        the wait (the client left) ends it.
+        """
+        self.pooling += 1
+        self._publish()
+        try:
+            await asyncio.sleep(tokens / self.settings.prefill_tokens_per_s / self.settings.speed)
+        finally:
+            self.pooling -= 1
+            self._publish()
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -231,6 +243,6 @@ class Engine:
             seq.allocation = None
 
     def _publish(self) -> None:
-        self.metrics.num_requests_running.set(len(self.running))
+        self.metrics.num_requests_running.set(len(self.running) + self.pooling)
         self.metrics.num_requests_waiting.set(len(self.waiting))
         self.metrics.kv_cache_usage.set(self.cache.usage())

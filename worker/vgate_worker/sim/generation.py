@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,8 @@ class Generation:
     prompts: list[list[int]]
     choices: list[Choice]
     details: bool = False
+    #: Return each choice's prompt and output token ids (vLLM's ``return_token_ids``).
+    token_ids: bool = False
     id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
     sink: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
@@ -134,14 +136,35 @@ async def complete(gen: Generation, dialect: Dialect, request: Request) -> dict[
             gen.cancel()
     if not drain.done() or drain.cancelled():
         return None
+    choices = [dialect.render_choice(c) for c in gen.choices]
+    if gen.token_ids:  # vLLM's return_token_ids: each choice's prompt and output token ids
+        for rendered, c in zip(choices, gen.choices, strict=True):
+            rendered["prompt_token_ids"] = gen.prompts[c.prompt]
+            rendered["token_ids"] = c.reply.token_ids()
     return {
         "id": gen.id,
         "object": dialect.object_name,
         "created": gen.created,
         "model": gen.model,
-        "choices": [dialect.render_choice(c) for c in gen.choices],
+        "choices": choices,
         "usage": gen.usage(),
     }
+
+
+async def unless_disconnected(request: Request, work: Awaitable[None]) -> bool:
+    """Run ``work`` to the end (True), or cancel it when the client disconnects first (False)."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    if not task.done() or task.cancelled():
+        return False
+    task.result()
+    return True
 
 
 async def _drain(gen: Generation) -> None:

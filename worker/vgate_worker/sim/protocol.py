@@ -133,6 +133,7 @@ class ChatRequest(SamplingRequest):
 
 class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
+    return_token_ids: bool | None = None
 
     def max_tokens_or_default(self) -> int:
         """Text completions default to 16 tokens, as in OpenAI's API and vLLM."""

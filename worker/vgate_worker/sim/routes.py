@@ -11,7 +11,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from vgate_worker.sim import content, tokenizer
 from vgate_worker.sim.engine import Engine
-from vgate_worker.sim.generation import Choice, Dialect, Generation, check_context, complete, new_id, stream
+from vgate_worker.sim.generation import (
+    Choice,
+    Dialect,
+    Generation,
+    check_context,
+    complete,
+    new_id,
+    stream,
+    unless_disconnected,
+)
 from vgate_worker.sim.protocol import (
     VOCAB_SIZE,
     ApiError,
@@ -155,9 +164,12 @@ async def embeddings(request: Request) -> Response:
         value: Any = content.encode_base64(vec) if req.encoding_format == "base64" else vec
         data.append({"index": i, "object": "embedding", "embedding": value})
     tokens = sum(len(ids) for _, ids in inputs)
-    await state.engine.pause_for_prefill(tokens)
+    if not await unless_disconnected(request, state.engine.pause_for_prefill(tokens)):
+        return Response(status_code=499)  # nobody is listening any more
     body = {
-        "id": new_id("embd"),
+        "id": f"embd-{request.headers['x-request-id']}"
+        if "x-request-id" in request.headers
+        else new_id("embd"),
         "object": "list",
         "created": int(request.app.state.created),
         "model": model,
@@ -170,6 +182,12 @@ async def embeddings(request: Request) -> Response:
         },
     }
     return JSONResponse(body)
+
+
+def _request_id(request: Request, dialect: Dialect) -> str:
+    """vLLM names a response after the request's ``X-Request-Id`` header when there is one."""
+    given = request.headers.get("x-request-id")
+    return f"{dialect.id_prefix}-{given}" if given else new_id(dialect.id_prefix)
 
 
 def _reply(req: SamplingRequest, source: str, budget: int) -> content.Reply:
@@ -213,7 +231,16 @@ async def _respond(
     choices: list[Choice],
 ) -> Response:
     details = state.settings.enable_prompt_tokens_details
-    gen = Generation(state.engine, model, prompts, choices, details=details, id=new_id(dialect.id_prefix))
+    token_ids = bool(getattr(req, "return_token_ids", False))
+    gen = Generation(
+        state.engine,
+        model,
+        prompts,
+        choices,
+        details=details,
+        token_ids=token_ids,
+        id=_request_id(request, dialect),
+    )
     if req.stream:
         opts = req.stream_options
         include = bool(opts and opts.include_usage)

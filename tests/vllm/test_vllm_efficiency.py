@@ -1,0 +1,184 @@
+"""Cache, dedup, micro-batching and cancellation in front of two real vLLM workers.
+
+A gateway of this module's own (prefix-aware routing, a batching window wide enough for
+concurrent tests) sits in front of the tier's two workers; vLLM's own counters are the
+judge: its request counts, its ``num_requests_running``, its answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.metrics import ametric, metric
+from tests.support.procs import Proc, make_proc, running
+from tests.support.waiting import eventually
+from tests.vllm.conftest import VllmStack
+
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
+
+#: The worker stops generating within this long of the client leaving.
+CANCELLED_WITHIN_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def gateway(vllm_stack: VllmStack) -> Iterator[Proc]:
+    endpoints = [arg for w in vllm_stack.workers for arg in ("--endpoint", w.url)]
+    env = {"VGATE_HEALTH_INTERVAL_S": "0.5", "VGATE_BATCH_WAIT_MS": "200", "VGATE_BATCH_SIZE": "3"}
+    proc = make_proc(["gateway", *endpoints], vllm_stack.tmp_path, env=env, name="gateway-efficiency")
+    with running([proc], ready_path="/ready", timeout=60):
+        yield proc
+
+
+@asynccontextmanager
+async def _http(gateway: Proc) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=300) as http:
+        yield http
+
+
+def _served(stack: VllmStack) -> float:
+    return sum(metric(w.url, "vllm:request_success_total", missing=0) for w in stack.workers)
+
+
+async def _running(http: httpx.AsyncClient, stack: VllmStack) -> float:
+    return sum([await ametric(http, w.url, "vllm:num_requests_running") for w in stack.workers])
+
+
+def _unstamped(obj: Any) -> Any:
+    return {k: v for k, v in obj.items() if k not in ("id", "created")} if isinstance(obj, dict) else obj
+
+
+def _events(raw: bytes) -> list[Any]:
+    return [
+        block[6:] if block == "data: [DONE]" else _unstamped(json.loads(block[6:]))
+        for block in raw.decode().split("\n\n")
+        if block.startswith("data: ")
+    ]
+
+
+def _text(raw: bytes) -> str:
+    return "".join(
+        (c.get("delta") or {}).get("content") or ""
+        for e in _events(raw)
+        if isinstance(e, dict)
+        for c in e.get("choices") or []
+    )
+
+
+async def test_identical_in_flight_requests_make_one_vllm_request(
+    vllm_stack: VllmStack, gateway: Proc
+) -> None:
+    body = {"model": vllm_stack.model, "prompt": "The gateway routes", "max_tokens": 48, "temperature": 0}
+    before = _served(vllm_stack)
+    async with _http(gateway) as http:
+        replies = await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(6)))
+    assert [r.status_code for r in replies] == [200] * 6
+    assert _served(vllm_stack) - before == 1
+    assert len({json.dumps(_unstamped(r.json()), sort_keys=True) for r in replies}) == 1
+    assert len({r.json()["id"] for r in replies}) == 6  # each response under its own id
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param({}, id="json"),
+        pytest.param({"stream": True, "stream_options": {"include_usage": True}}, id="stream"),
+        pytest.param(
+            {"stream": True, "stream_options": {"include_usage": True, "continuous_usage_stats": True}},
+            id="stream-continuous-usage",
+        ),
+    ],
+)
+async def test_a_cached_replay_is_vllms_own_answer(
+    vllm_stack: VllmStack, gateway: Proc, extra: dict[str, Any]
+) -> None:
+    body = {
+        "model": vllm_stack.model,
+        "messages": [{"role": "user", "content": f"Say hello {sorted(extra)}"}],
+        "max_tokens": 10,
+        "temperature": 0,
+        **extra,
+    }
+    async with _http(gateway) as http:
+        worker = vllm_stack.workers[0].url
+        own = await http.post(worker + "/v1/chat/completions", json=body, headers={"x-request-id": "own"})
+        miss = await http.post("/v1/chat/completions", json=body, headers={"x-request-id": "miss"})
+        hit = await http.post("/v1/chat/completions", json=body, headers={"x-request-id": "hit"})
+    assert [miss.headers["x-vgate-cache"], hit.headers["x-vgate-cache"]] == ["miss", "hit"]
+    if extra:
+        # vLLM cuts a stream into chunks as its output loop keeps up, so two runs of one greedy
+        # request may chunk differently: the replay is judged against the stream that filled it.
+        assert _events(hit.content) == _events(miss.content)
+        assert _text(hit.content) == _text(own.content)
+        assert json.loads(hit.content.split(b"\n\n")[0][6:])["id"] == "chatcmpl-hit"
+    else:
+        assert _unstamped(hit.json()) == _unstamped(own.json())
+        assert hit.json()["id"] == "chatcmpl-hit"
+
+
+async def test_merged_completions_get_the_usage_and_text_they_get_alone(
+    vllm_stack: VllmStack, gateway: Proc
+) -> None:
+    model = vllm_stack.model
+    async with _http(gateway) as http:
+        warm = {"model": model, "prompt": "warm up", "max_tokens": 2, "temperature": 0.5}
+        (await http.post("/v1/completions", json=warm)).raise_for_status()
+        long = {"model": model, "prompt": "busy", "max_tokens": 500, "temperature": 0.5, "ignore_eos": True}
+        busy = asyncio.create_task(http.post("/v1/completions", json=long))
+        await eventually(lambda: _routed(http), within=60)
+        batches_before = await ametric(http, gateway.url, "vgate_batch_size_count", missing=0)
+        prompts = ["Hi", "The quick brown fox jumps over the lazy dog while the cat", "Numbers: 0 1 2"]
+        bodies = [
+            {"model": model, "prompt": p, "max_tokens": 12, "temperature": 0, "seed": 1} for p in prompts
+        ]
+        headers = {"x-vgate-cache": "bypass"}
+        together = await asyncio.gather(
+            *(http.post("/v1/completions", json=b, headers=headers) for b in bodies)
+        )
+        merged_calls = await ametric(http, gateway.url, "vgate_batch_size_count") - batches_before
+        busy.cancel()
+        await asyncio.gather(busy, return_exceptions=True)
+        await eventually(lambda: _idle(http, vllm_stack), within=30)
+        alone = [await http.post("/v1/completions", json=b, headers=headers) for b in bodies]
+    assert merged_calls == 1  # the three went to vLLM as one list request
+    for mine, theirs in zip(together, alone, strict=True):
+        assert _unstamped(mine.json()) == _unstamped(theirs.json())
+
+
+async def _routed(http: httpx.AsyncClient) -> bool:
+    """Whether the gateway has a call in flight to a worker."""
+    return sum(u["inflight"] for u in (await http.get("/stats")).json()["upstreams"]) > 0
+
+
+async def _more(http: httpx.AsyncClient, stack: VllmStack) -> bool:
+    return await _running(http, stack) > 0
+
+
+async def _idle(http: httpx.AsyncClient, stack: VllmStack) -> bool:
+    return await _running(http, stack) == 0
+
+
+@pytest.mark.parametrize("temperature", [0, 1])
+async def test_a_client_leaving_a_completion_stops_vllm(
+    vllm_stack: VllmStack, gateway: Proc, temperature: int
+) -> None:
+    body = {
+        "model": vllm_stack.model,
+        "prompt": f"leave at temperature {temperature}",
+        "max_tokens": 500,
+        "temperature": temperature,
+        "ignore_eos": True,
+    }
+    async with _http(gateway) as http:
+        await eventually(lambda: _idle(http, vllm_stack), within=30)
+        leaving = asyncio.create_task(http.post("/v1/completions", json=body))
+        await eventually(lambda: _more(http, vllm_stack), within=60)
+        leaving.cancel()
+        await asyncio.gather(leaving, return_exceptions=True)
+        await eventually(lambda: _idle(http, vllm_stack), within=CANCELLED_WITHIN_S)
