@@ -61,6 +61,8 @@ deploy: crds ## install ingress-nginx and the chart (local images), wait for the
 	$(KUBECTL) --context kind-$(KIND_CLUSTER) apply -f $(INGRESS_NGINX_MANIFEST)
 	$(KUBECTL) --context kind-$(KIND_CLUSTER) -n ingress-nginx rollout status \
 		deployment/ingress-nginx-controller --timeout=$(E2E_TIMEOUT)
+	$(KUBECTL) --context kind-$(KIND_CLUSTER) create namespace $(E2E_NAMESPACE) --dry-run=client -o yaml \
+		| $(KUBECTL) --context kind-$(KIND_CLUSTER) apply -f -
 	$(HELM) --kube-context kind-$(KIND_CLUSTER) upgrade --install $(HELM_RELEASE) $(CHART) \
 		--namespace $(HELM_NAMESPACE) --create-namespace \
 		--set image.tag=$(VERSION) --set image.pullPolicy=IfNotPresent \
@@ -72,7 +74,8 @@ undeploy: ## uninstall the chart and ingress-nginx, delete the e2e namespace (CR
 	-$(KUBECTL) --context kind-$(KIND_CLUSTER) delete -f $(INGRESS_NGINX_MANIFEST) --ignore-not-found
 
 # The release also creates a dry-run VGateDeployment of its own, which `helm test` checks.
-e2e-kind: HELM_ARGS += --set deployment.enabled=true
+# The operator watches the release namespace and the e2e one (a Role in each), not the cluster.
+e2e-kind: HELM_ARGS += --set deployment.enabled=true --set 'watchNamespaces={$(HELM_NAMESPACE),$(E2E_NAMESPACE)}'
 e2e-kind: venv kind-up image-gateway image-worker-dry-run kind-load deploy ## the whole kind path, then tests/e2e through the Ingress
 	$(HELM) --kube-context kind-$(KIND_CLUSTER) test $(HELM_RELEASE) --namespace $(HELM_NAMESPACE) \
 		--timeout $(E2E_TIMEOUT) --logs

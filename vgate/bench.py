@@ -15,6 +15,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from vgate.procs import free_port, stop_all, wait_http
 from vgate_gateway.loadstats import metric_sums
@@ -89,19 +91,46 @@ class BenchConfig:
     identical: int = 50
     seed: int = 7
     out: str = "bench-results"
+    #: Requests per rate-limiter variant (none / in-process / Redis); 0 skips that section.
+    limiter_requests: int = 400
+    #: Interleaved rounds of the three variants; each figure is the median over them.
+    limiter_rounds: int = 3
 
 
 # -- processes ---------------------------------------------------------------------------
 
 
+class Gateway(str):
+    """A gateway's public URL; ``internal`` is where its /metrics and /stats are."""
+
+    internal: str
+
+
+#: The gateway under test runs alone on this core; workers and Redis on the others.
+SUT_CPU = "0"
+
+
+def _pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    if cpus is None or shutil.which("taskset") is None:
+        return cmd
+    return ["taskset", "-c", cpus, *cmd]
+
+
+def _other_cpus() -> str | None:
+    others = sorted(os.sched_getaffinity(0) - {int(SUT_CPU)})
+    return ",".join(map(str, others)) if others else None
+
+
 @contextmanager
-def _process(args: Sequence[str], ready: str, env: dict[str, str], log: Path) -> Iterator[str]:
+def _process(
+    args: Sequence[str], ready: str, env: dict[str, str], log: Path, cpus: str | None = None
+) -> Iterator[str]:
     """Run ``vgate ARGS --port P`` in its own process group until the block ends; yields its URL."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vgate", *args, "--port", str(port)],
+            _pinned([sys.executable, "-m", "vgate", *args, "--port", str(port)], cpus),
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -115,32 +144,56 @@ def _process(args: Sequence[str], ready: str, env: dict[str, str], log: Path) ->
 
 
 @contextmanager
-def stack(cfg: BenchConfig, workers: int, env: dict[str, str], logs: Path) -> Iterator[tuple[str, list[str]]]:
-    """Fresh workers and a gateway in front of them; yields (gateway URL, worker URLs)."""
+def stack(
+    cfg: BenchConfig,
+    workers: int,
+    env: dict[str, str],
+    logs: Path,
+    *,
+    speed: float | None = None,
+    pin: bool = False,
+) -> Iterator[tuple[Gateway, list[str]]]:
+    """Fresh workers and a gateway in front of them; yields (gateway URL, worker URLs).
+
+    ``pin`` runs the gateway alone on :data:`SUT_CPU` and the workers on the other cores.
+    """
     worker_args = [
-        "worker", "--dry-run", "--served-model-name", DEFAULT_MODEL, "--speed", str(cfg.speed),
+        "worker", "--dry-run", "--served-model-name", DEFAULT_MODEL, "--speed", str(speed or cfg.speed),
         "--kv-cache-tokens", str(cfg.kv_cache_tokens), "--log-level", "warning",
     ]  # fmt: skip
     with ExitStack() as es:
         urls = [
-            es.enter_context(_process(worker_args, "/health", {}, logs / f"worker{i}.log"))
+            es.enter_context(
+                _process(worker_args, "/health", {}, logs / f"worker{i}.log", _other_cpus() if pin else None)
+            )
             for i in range(workers)
         ]
+        internal_port = free_port()
         gateway_env = {
             "VGATE_ENDPOINTS": ",".join(urls),
             "VGATE_LOG_LEVEL": "warning",
+            "VGATE_INTERNAL_PORT": str(internal_port),
         }
-        gateway = es.enter_context(
-            _process(["gateway"], "/ready", {**gateway_env, **env}, logs / "gateway.log")
+        gateway = Gateway(
+            es.enter_context(
+                _process(
+                    ["gateway"],
+                    "/ready",
+                    {**gateway_env, **env},
+                    logs / "gateway.log",
+                    SUT_CPU if pin else None,
+                )
+            )
         )
+        gateway.internal = f"http://127.0.0.1:{internal_port}"
         _wait_routable(gateway, workers)
         yield gateway, urls
 
 
-def _wait_routable(gateway: str, workers: int, timeout: float = 30.0) -> None:
+def _wait_routable(gateway: Gateway, workers: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        upstreams = httpx.get(gateway + "/stats", timeout=2.0).json().get("upstreams", [])
+        upstreams = httpx.get(gateway.internal + "/stats", timeout=2.0).json().get("upstreams", [])
         if sum(1 for u in upstreams if u.get("routable")) >= workers:
             return
         time.sleep(0.1)
@@ -217,7 +270,7 @@ async def _worker_totals(workers: Sequence[str], name: str) -> float:
     return sum(metric_sums(r.text, [name]).get(name, 0.0) for r in texts)
 
 
-async def run_routing(cfg: BenchConfig, gateway: str, workers: Sequence[str]) -> dict[str, Any]:
+async def run_routing(cfg: BenchConfig, gateway: Gateway, workers: Sequence[str]) -> dict[str, Any]:
     """Serve the workload with ``cfg.concurrency`` clients; TTFT and the workers' prefix hit rate."""
     systems, turns = system_prompts(cfg), workload(cfg)
     queue: asyncio.Queue[Turn] = asyncio.Queue()
@@ -238,7 +291,7 @@ async def run_routing(cfg: BenchConfig, gateway: str, workers: Sequence[str]) ->
     hits = await _worker_totals(workers, "vllm:prefix_cache_hits_total")
     queries = await _worker_totals(workers, "vllm:prefix_cache_queries_total")
     async with httpx.AsyncClient(timeout=5.0) as client:
-        stats = (await client.get(gateway + "/stats")).json()
+        stats = (await client.get(gateway.internal + "/stats")).json()
     spread = [u["requests"] for u in stats["upstreams"]]
     return {
         "prefix_hit_rate": hits / queries if queries else 0.0,
@@ -249,13 +302,13 @@ async def run_routing(cfg: BenchConfig, gateway: str, workers: Sequence[str]) ->
     }
 
 
-async def _gateway_total(gateway: str, name: str) -> float:
+async def _gateway_total(gateway: Gateway, name: str) -> float:
     async with httpx.AsyncClient(timeout=5.0) as client:
-        text = (await client.get(gateway + "/metrics")).text
+        text = (await client.get(gateway.internal + "/metrics")).text
     return metric_sums(text, [name]).get(name, 0.0)
 
 
-async def run_dedup(cfg: BenchConfig, gateway: str, workers: Sequence[str]) -> dict[str, Any]:
+async def run_dedup(cfg: BenchConfig, gateway: Gateway, workers: Sequence[str]) -> dict[str, Any]:
     """``cfg.identical`` identical deterministic requests at once: how many reach a worker."""
     body = _chat(system_prompts(cfg)[0], "one question everybody asks", cfg.max_tokens, temperature=0)
     calls_before = await _gateway_total(gateway, "vgate_upstream_requests_total")
@@ -299,7 +352,7 @@ async def run_cache(cfg: BenchConfig, gateway: str, probes: int = 20) -> dict[st
     }
 
 
-async def run_batching(cfg: BenchConfig, gateway: str, clients: int = 32) -> dict[str, Any]:
+async def run_batching(cfg: BenchConfig, gateway: Gateway, clients: int = 32) -> dict[str, Any]:
     """``clients`` concurrent single-prompt completions: how many upstream requests they became."""
     rng = random.Random(cfg.seed + 1)
     async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
@@ -331,12 +384,167 @@ async def run_batching(cfg: BenchConfig, gateway: str, clients: int = 32) -> dic
     }
 
 
+# -- rate limiter ------------------------------------------------------------------------
+
+LIMITER_KEY = "sk-bench-limiter"
+#: Limits far above the load: every request pays for the limiter, none is refused.
+LIMITER_KEYS = f"{LIMITER_KEY} id=bench rpm=100000000 tpm=1000000000\n"
+
+
+@contextmanager
+def _redis(logs: Path) -> Iterator[str]:
+    """Debian's redis-server on a free port, on the cores the gateway does not use."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+    port = free_port()
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    with (logs / "redis.log").open("ab") as out:
+        proc = subprocess.Popen(
+            _pinned(cmd, _other_cpus()), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode != 0:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"redis-server did not start, see {logs / 'redis.log'}")
+                time.sleep(0.05)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            stop_all([proc], group=True)
+
+
+async def _limiter_load(gateway: Gateway, requests: int, concurrency: int) -> dict[str, float]:
+    """``requests`` one-token completions through ``concurrency`` clients: latency and throughput."""
+    body = {"model": DEFAULT_MODEL, "prompt": "ping", "max_tokens": 1}
+    headers = {"authorization": f"Bearer {LIMITER_KEY}", "x-vgate-cache": "bypass"}
+    latencies: list[float] = []
+    remaining = requests
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            resp = await client.post("/v1/completions", json=body, headers=headers)
+            latencies.append(time.perf_counter() - started)
+            if resp.status_code != 200:
+                raise RuntimeError(f"limiter bench: HTTP {resp.status_code}: {resp.text[:200]}")
+
+    async with httpx.AsyncClient(base_url=gateway, timeout=60.0) as client:
+        await _warm_up(client, body, headers)
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return {
+        "mean_s": statistics.fmean(latencies),
+        "median_s": statistics.median(latencies),
+        "p99_s": _p99(latencies),
+        "throughput_rps": len(latencies) / wall,
+    }
+
+
+async def _warm_up(client: httpx.AsyncClient, body: dict[str, Any], headers: dict[str, str]) -> None:
+    for _ in range(20):  # connections, the script cache in Redis, first-call paths
+        (await client.post("/v1/completions", json=body, headers=headers)).raise_for_status()
+
+
+async def _limiter_round(cfg: BenchConfig, gateway: Gateway) -> dict[str, Any]:
+    """Serial requests, the limiter's own decision time over them, then concurrent requests."""
+    serial = await _limiter_load(gateway, cfg.limiter_requests // 2, 1)
+    # The gateway's own timing of each decision, over the serial requests only (under
+    # concurrency it would include waiting for the event loop): the limiter's cost without
+    # the noise of everything else a request does.
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        text = (await client.get(gateway.internal + "/metrics")).text
+    sums = metric_sums(text, ["vgate_ratelimit_admit_seconds_count", "vgate_ratelimit_admit_seconds_sum"])
+    decisions = sums.get("vgate_ratelimit_admit_seconds_count", 0.0)
+    spent = sums.get("vgate_ratelimit_admit_seconds_sum", 0.0)
+    loaded = await _limiter_load(gateway, cfg.limiter_requests, cfg.concurrency)
+    return {
+        "serial": serial,
+        "concurrent": loaded,
+        "admit_mean_s": spent / decisions if decisions else 0.0,
+        "admit_median_s": _bucket_median(text, "vgate_ratelimit_admit_seconds") if decisions else 0.0,
+    }
+
+
+def _bucket_median(text: str, name: str) -> float:
+    """The upper bound of the histogram bucket holding the median (Prometheus text format)."""
+    buckets = []
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == f"{name}_bucket":
+                buckets.append((float(sample.labels["le"]), sample.value))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+    return next((le for le, count in buckets if count >= total / 2), float("nan"))
+
+
+def _median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def med(get: Any) -> float:
+        return statistics.median(get(r) for r in runs)
+
+    return {
+        "serial": {k: med(lambda r, k=k: r["serial"][k]) for k in runs[0]["serial"]},
+        "concurrent": {k: med(lambda r, k=k: r["concurrent"][k]) for k in runs[0]["concurrent"]},
+        "admit_mean_s": med(lambda r: r["admit_mean_s"]),
+        "admit_median_s": med(lambda r: r["admit_median_s"]),
+        "rounds": len(runs),
+    }
+
+
+def run_limiter(cfg: BenchConfig, logs: Path) -> dict[str, Any]:
+    """The same load through a gateway without limits, with in-process limits, with Redis limits.
+
+    The gateway is pinned to one core (workers and Redis on the others) and every variant
+    authenticates the same key, so the differences are the limiter's. Serial requests give
+    the per-request cost; concurrent ones the throughput cost.
+    """
+    keys = logs / "limiter-keys"
+    keys.write_text(LIMITER_KEYS)
+    unlimited = logs / "unlimited-keys"
+    unlimited.write_text(f"{LIMITER_KEY} id=bench\n")
+    rounds: dict[str, list[dict[str, Any]]] = {"none": [], "in-process": [], "redis": []}
+    with ExitStack() as es:
+        redis_url = es.enter_context(_redis(logs))
+        envs = {
+            "none": {"VGATE_API_KEYS_FILE": str(unlimited)},
+            "in-process": {"VGATE_API_KEYS_FILE": str(keys)},
+            "redis": {"VGATE_API_KEYS_FILE": str(keys), "VGATE_REDIS_URL": redis_url},
+        }
+        # Interleaved rounds (none, in-process, redis, none, ...): drift on a shared machine hits
+        # every variant alike; each figure is the median over the rounds.
+        for round_ in range(cfg.limiter_rounds):
+            for name, env in envs.items():
+                print(f"rate limiter: {name}, round {round_ + 1} ...", file=sys.stderr, flush=True)
+                with stack(cfg, 1, env, logs, speed=100.0, pin=True) as (gateway, _):
+                    rounds[name].append(asyncio.run(_limiter_round(cfg, gateway)))
+    variants = {name: _median_round(runs) for name, runs in rounds.items()}
+    base = variants["none"]
+    for v in variants.values():
+        v["serial_median_vs_none"] = v["serial"]["median_s"] / base["serial"]["median_s"]
+        v["throughput_vs_none"] = v["concurrent"]["throughput_rps"] / base["concurrent"]["throughput_rps"]
+    return {
+        "variants": variants,
+        # Per request, measured inside the gateway: one Redis round trip (EVALSHA) per decision.
+        "redis_round_trip_cost_s": variants["redis"]["admit_mean_s"],
+        "redis_vs_in_process_serial_median_s": (
+            variants["redis"]["serial"]["median_s"] - variants["in-process"]["serial"]["median_s"]
+        ),
+        "pinned": shutil.which("taskset") is not None,
+    }
+
+
 # -- driver ------------------------------------------------------------------------------
 
 
-def run(cfg: BenchConfig, logs: Path) -> dict[str, Any]:
+def run(cfg: BenchConfig, logs: Path, only_limiter: bool = False) -> dict[str, Any]:
     """Every measurement, each on a fresh stack; returns the JSON-ready results."""
     results: dict[str, Any] = {"config": asdict(cfg), "routing": {}}
+    if only_limiter:
+        results["limiter"] = run_limiter(cfg, logs)
+        return results
     for n in cfg.workers:
         by_strategy: dict[str, Any] = {}
         for strategy in cfg.strategies:
@@ -349,6 +557,8 @@ def run(cfg: BenchConfig, logs: Path) -> dict[str, Any]:
         results["dedup"] = asyncio.run(run_dedup(cfg, gateway, workers))
         results["cache"] = asyncio.run(run_cache(cfg, gateway))
         results["batching"] = asyncio.run(run_batching(cfg, gateway))
+    if cfg.limiter_requests > 0:
+        results["limiter"] = run_limiter(cfg, logs)
     return results
 
 
@@ -368,6 +578,8 @@ def render(results: dict[str, Any]) -> str:
                 f"{r['ttft_p99_s'] * 1000:>7.1f}ms {mean_ratio:>10.2f} {p99_ratio:>9.2f} "
                 f"{r['throughput_rps']:>6.1f}  {r['requests_per_worker']}"
             )
+    if "dedup" not in results:
+        return "\n".join([render_limiter(results["limiter"])] if "limiter" in results else lines)
     d, c, b = results["dedup"], results["cache"], results["batching"]
     lines += [
         "",
@@ -377,6 +589,34 @@ def render(results: dict[str, Any]) -> str:
         f"(median; hit is {c['speedup']:.1f}x faster) headers {c['headers']}",
         f"batching: {b['client_requests']} concurrent completions -> {b['upstream_calls']:.0f} upstream request(s)",
     ]
+    if "limiter" in results:
+        lines += ["", render_limiter(results["limiter"])]
+    return "\n".join(lines)
+
+
+def _le(seconds: float) -> str:
+    return f"<={seconds * 1e6:.0f}us" if seconds else "-"
+
+
+def render_limiter(limiter: dict[str, Any]) -> str:
+    """Gateway pinned to one core; ratios are against the same gateway without limits, same run."""
+    lines = [
+        f"{'rate limiter':<12} {'decision':>9} {'(median)':>9} {'serial median':>13} {'vs none':>8} {'serial p99':>10} "
+        f"{'req/s (conc.)':>13} {'vs none':>8}"
+    ]
+    for name, v in limiter["variants"].items():
+        s, c = v["serial"], v["concurrent"]
+        lines.append(
+            f"{name:<12} {v['admit_mean_s'] * 1e6:>7.0f}us {_le(v['admit_median_s']):>9} {s['median_s'] * 1000:>11.2f}ms "
+            f"{v['serial_median_vs_none']:>8.2f} {s['p99_s'] * 1000:>8.2f}ms {c['throughput_rps']:>13.1f} "
+            f"{v['throughput_vs_none']:>8.2f}"
+        )
+    lines.append(
+        f"Redis round trip per request (decision time inside the gateway, mean; median bucket): "
+        f"{limiter['redis_round_trip_cost_s'] * 1e6:.0f}us; {_le(limiter['variants']['redis']['admit_median_s'])}; end to end, serial median redis - in-process: "
+        f"{limiter['redis_vs_in_process_serial_median_s'] * 1000:+.2f}ms"
+        + ("" if limiter["pinned"] else "  (taskset missing: gateway not pinned)")
+    )
     return "\n".join(lines)
 
 
@@ -394,6 +634,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--identical", type=int, default=d.identical, help="identical requests for dedup")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="directory for the JSON results (default bench-results)")
+    p.add_argument("--only-limiter", action="store_true", help="run only the rate-limiter comparison")
+    p.add_argument("--limiter-rounds", type=int, default=d.limiter_rounds, help="interleaved limiter rounds")
+    p.add_argument(
+        "--limiter-requests",
+        type=int,
+        default=d.limiter_requests,
+        help="requests per rate-limiter variant: none, in-process, Redis (0 skips; needs redis-server)",
+    )
     return p
 
 
@@ -421,10 +669,11 @@ def main(argv: Sequence[str]) -> int:
         workers=workers, strategies=strategies, requests=args.requests, concurrency=args.concurrency,
         apps=args.apps, system_tokens=args.system_tokens, kv_cache_tokens=args.kv_cache_tokens,
         speed=args.speed, identical=args.identical, seed=args.seed, out=args.out,
+        limiter_requests=args.limiter_requests, limiter_rounds=max(1, args.limiter_rounds),
     )  # fmt: skip
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vgate-bench-") as logs:
-        results = run(cfg, Path(logs))
+        results = run(cfg, Path(logs), only_limiter=args.only_limiter)
     results["wall_s"] = round(time.perf_counter() - started, 1)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

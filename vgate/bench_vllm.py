@@ -37,6 +37,7 @@ from typing import Any
 
 import httpx
 
+from vgate.bench import Gateway
 from vgate.procs import free_port, stop_all, wait_http
 from vgate_gateway.loadstats import metric_sums
 
@@ -169,11 +170,20 @@ def _worker_args(cfg: VllmBenchConfig, model: Path) -> list[str]:
 def gateway(workers: Sequence[str], env: dict[str, str], logs: Path) -> Iterator[str]:
     """A fresh gateway in front of ``workers``, pinned to its own core."""
     pin, _ = _cores()
-    base = {"VGATE_ENDPOINTS": ",".join(workers), "VGATE_LOG_LEVEL": "warning", **env}
-    with _process(pin, ["gateway"], "/ready", base, logs / "gateway.log", 60.0) as url:
+    internal_port = free_port()
+    base = {
+        "VGATE_ENDPOINTS": ",".join(workers),
+        "VGATE_LOG_LEVEL": "warning",
+        "VGATE_INTERNAL_PORT": str(internal_port),
+        **env,
+    }
+    with _process(pin, ["gateway"], "/ready", base, logs / "gateway.log", 60.0) as public:
+        # /metrics and /stats are on the internal port: every caller of this URL reads them.
+        url = Gateway(public)
+        url.internal = f"http://127.0.0.1:{internal_port}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            ups = httpx.get(url + "/stats", timeout=2.0).json().get("upstreams", [])
+            ups = httpx.get(url.internal + "/stats", timeout=2.0).json().get("upstreams", [])
             if sum(1 for u in ups if u.get("routable")) >= len(workers):
                 break
             time.sleep(0.1)
@@ -185,7 +195,7 @@ def gateway(workers: Sequence[str], env: dict[str, str], logs: Path) -> Iterator
 
 async def _sums(urls: Sequence[str], names: Sequence[str]) -> list[dict[str, float]]:
     async with httpx.AsyncClient(timeout=10.0) as client:
-        texts = await asyncio.gather(*(client.get(u + "/metrics") for u in urls))
+        texts = await asyncio.gather(*(client.get(getattr(u, "internal", u) + "/metrics") for u in urls))
     return [metric_sums(r.text, list(names)) for r in texts]
 
 

@@ -9,12 +9,15 @@ cluster); only the gateway's own exit ends the stack.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from vgate.procs import ProcessExited, stop_all, wait_http
 from vgate_worker.settings import DEFAULT_MODEL
@@ -33,6 +36,18 @@ def _parser() -> argparse.ArgumentParser:
         help="extra argument for every dry-run worker, repeatable (e.g. --worker-arg=--speed=10)",
     )
     p.add_argument("--routing", help="gateway load-balancing strategy")
+    p.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="require this API key (repeatable); without it the loopback gateway is open",
+    )
+    p.add_argument(
+        "--internal-port",
+        type=int,
+        help="gateway's /metrics, /stats, /docs port (default: after the workers)",
+    )
     return p
 
 
@@ -42,6 +57,7 @@ def main(argv: Sequence[str]) -> int:
         print("vgate dev: --workers must be at least 1", file=sys.stderr)
         return 2
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
+    internal_port = args.internal_port or args.port + 1 + args.workers
     vgate = [sys.executable, "-m", "vgate"]
     procs: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -58,17 +74,20 @@ def main(argv: Sequence[str]) -> int:
             procs.append(subprocess.Popen([*cmd, *args.worker_arg]))
         endpoints = ",".join(f"http://127.0.0.1:{p}" for p in worker_ports)
         env = {**os.environ, "VGATE_ENDPOINTS": endpoints}
-        gateway_cmd = [*vgate, "gateway", "--port", str(args.port)]
+        if args.api_key:
+            env["VGATE_API_KEYS_FILE"] = _keys_file(args.api_key)
+        gateway_cmd = [*vgate, "gateway", "--port", str(args.port), "--internal-port", str(internal_port)]
         if args.routing:
             gateway_cmd += ["--routing", args.routing]
         procs.append(subprocess.Popen(gateway_cmd, env=env))
         try:
+            # /v1/models needs a key when keys are on; /ready is open and says the same.
             wait_http(
-                f"http://127.0.0.1:{args.port}/v1/models",
+                f"http://127.0.0.1:{args.port}/{'ready' if args.api_key else 'v1/models'}",
                 60.0,
                 alive=lambda: not stopping and all(p.poll() is None for p in procs),
             )
-            _banner(args.port, args.model, worker_ports)
+            _banner(args.port, internal_port, args.model, worker_ports, bool(args.api_key))
         except (ProcessExited, TimeoutError):
             pass  # the loop below reports a dead component; a slow one may still come up
         gateway, workers = procs[-1], procs[:-1]
@@ -93,20 +112,37 @@ def main(argv: Sequence[str]) -> int:
         stop_all(procs)
 
 
-def _banner(port: int, model: str, worker_ports: Sequence[int]) -> None:
+def _keys_file(keys: Sequence[str]) -> str:
+    """The keys in a private file the gateway reads (removed when the process exits)."""
+    fd, path = tempfile.mkstemp(prefix="vgate-dev-keys-", text=True)
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{k}\n" for k in keys))
+    atexit.register(Path(path).unlink, missing_ok=True)
+    return path
+
+
+def _banner(port: int, internal_port: int, model: str, worker_ports: Sequence[int], key: bool) -> None:
     url = f"http://127.0.0.1:{port}"
+    internal = f"http://127.0.0.1:{internal_port}"
     workers = ", ".join(f"127.0.0.1:{p}" for p in worker_ports)
+    auth = (
+        "API keys: required (--api-key)"
+        if key
+        else "API keys: none, the gateway is open (vgate dev --api-key KEY)"
+    )
+    header = " -H 'Authorization: Bearer <your key>'" if key else ""
     print(
         f"""
 V-Gate is up: gateway {url}/v1 -> {len(worker_ports)} dry-run workers ({workers})
+{auth}
 
-  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json'{header} \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
 
-  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='none'); \\
+  python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{"<your key>" if key else "none"}'); \\
 print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)"
 
-Metrics: {url}/metrics   Stats: {url}/stats   Stop: Ctrl-C
+Internal: {internal}/metrics  {internal}/stats  {internal}/docs   Stop: Ctrl-C
 """,
         flush=True,
     )

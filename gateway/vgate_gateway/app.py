@@ -14,14 +14,20 @@ from fastapi import FastAPI
 
 from vgate_gateway import __version__
 from vgate_gateway.admission import Admission
+from vgate_gateway.auth import KeyStore
 from vgate_gateway.client import AiohttpClient, UpstreamClient
 from vgate_gateway.discovery import DiscoverySource
 from vgate_gateway.errors import install_error_handlers
+from vgate_gateway.guard import Guard, GuardConfig
 from vgate_gateway.health import HealthChecker
+from vgate_gateway.hygiene import TrustedProxies
+from vgate_gateway.internal import PortDispatch, build_internal_app
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.middleware import RequestContextMiddleware
+from vgate_gateway.openapi_doc import public_openapi
 from vgate_gateway.pipeline import Pipeline, PipelineMetrics
 from vgate_gateway.proxy import Proxy
+from vgate_gateway.ratelimit import Limiter, Limits, LocalLimiter, RateLimitMetrics, RedisLimiter
 from vgate_gateway.routes import openai, ops
 from vgate_gateway.routing import Router
 from vgate_gateway.settings import GatewaySettings
@@ -67,6 +73,30 @@ def make_health_client(settings: GatewaySettings) -> AiohttpClient:
     )
 
 
+def default_limits(settings: GatewaySettings) -> Limits:
+    return Limits(
+        rpm=settings.rate_limit_rpm,
+        tpm=settings.rate_limit_tpm,
+        rpm_burst=settings.rate_limit_rpm_burst,
+        tpm_burst=settings.rate_limit_tpm_burst,
+    )
+
+
+def make_limiter(settings: GatewaySettings, metrics: RateLimitMetrics, keys: KeyStore) -> Limiter | None:
+    """Redis-backed when ``redis_url`` is set, in-process otherwise; none when nothing is limited."""
+    limited = default_limits(settings).active or any(k.rpm or k.tpm for k in keys.all())
+    if settings.redis_url:
+        return RedisLimiter(
+            settings.redis_url,
+            metrics,
+            failure_mode=settings.redis_failure_mode,
+            prefix=settings.redis_prefix,
+            timeout_s=settings.redis_timeout_s,
+            retry_after_s=settings.retry_after_s,
+        )
+    return LocalLimiter(metrics) if limited or keys.enabled else None
+
+
 def build_app(
     settings: GatewaySettings,
     discovery: DiscoverySource | None = None,
@@ -80,6 +110,8 @@ def build_app(
     """
     metrics = Metrics(__version__)
     efficiency_metrics = PipelineMetrics.register(metrics.registry)
+    keys = KeyStore(settings.api_keys_file, settings.api_keys_reload_s)
+    limiter = make_limiter(settings, RateLimitMetrics(metrics.registry), keys)
     pool = UpstreamPool(eject_after=settings.eject_after_failures, panic_threshold=settings.panic_threshold)
     # Built here, not in the lifespan, so an unknown strategy name fails before serving.
     router = Router(
@@ -151,6 +183,15 @@ def build_app(
                 _background(source.run(publish), "discovery"),
                 _background(health.run(), "health checks"),
             ]
+            if keys.enabled:
+                tasks.append(_background(keys.watch(), "API key reloads"))
+                log.info("API keys: %d loaded from %s", len(keys), settings.api_keys_file)
+            else:
+                log.warning(
+                    "no API keys configured (api_keys_file): the gateway serves anyone who reaches it"
+                )
+            if limiter is not None:
+                tasks.append(_background(limiter.run(), "rate limiter"))
             log.info("gateway %s ready to serve (discovery: %s)", __version__, settings.discovery)
             try:
                 yield
@@ -158,10 +199,13 @@ def build_app(
                 for task in reversed(tasks):
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                if limiter is not None:
+                    await limiter.close()
         finally:
             await client.close()
             await health_client.close()
 
+    # /docs and /openapi.json are served on the internal port only (vgate_gateway.internal).
     # The gateway exports its own Prometheus metrics; the framework's OpenTelemetry hooks
     # would cost a provider lookup on every request.
     telemetry = {"tracing": False, "metrics": False, "logs": False}
@@ -169,16 +213,28 @@ def build_app(
         title="V-Gate",
         version=__version__,
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
+        openapi_url=None,
         telemetry=telemetry,  # type: ignore[arg-type]
     )
+    app.openapi = lambda: public_openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     app.include_router(openai.router)
     app.include_router(ops.router)
     # Innermost first: every middleware added below wraps the generation endpoints too.
     app.add_middleware(openai.HotRoutes)
+    guard = GuardConfig(
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+        default_limits=default_limits(settings),
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+    )
+    # Inside the request-id middleware: its answers carry x-request-id.
+    app.add_middleware(Guard, keys=keys, limiter=limiter, config=guard)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.state.internal_app = build_internal_app(app)
+    app.state.gateway_settings = settings
     return app
 
 
@@ -215,6 +271,12 @@ def tune_gc() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
+
+
+def dispatch_from_env() -> PortDispatch:
+    """Both ports of one serving process started by ``vgate gateway --workers N``."""
+    app = app_from_env()
+    return PortDispatch(app, app.state.internal_app, app.state.gateway_settings.internal_port)
 
 
 def _background(coro: object, name: str) -> asyncio.Task[None]:

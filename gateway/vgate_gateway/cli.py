@@ -21,6 +21,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="listen address (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default 8000)")
     p.add_argument(
+        "--internal-port", type=int, help="port of /metrics, /stats, /docs, /openapi.json (default 8081)"
+    )
+    p.add_argument("--api-keys-file", help="API keys, one a line (default: none, the gateway is open)")
+    p.add_argument(
         "--endpoint",
         dest="endpoints",
         action="append",
@@ -51,18 +55,27 @@ def main(argv: Sequence[str]) -> int:
     import uvicorn
 
     from vgate_gateway.app import SETTINGS_ENV, build_app, tune_gc
+    from vgate_gateway.auth import KeyFileError
+    from vgate_gateway.internal import PortDispatch, bind
     from vgate_gateway.logs import setup_logging
     from vgate_gateway.metrics import MULTIPROCESS_ENV
 
     try:
         app = build_app(settings)
-    except ValueError as exc:
+    except (ValueError, KeyFileError, OSError) as exc:
         print(f"vgate gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
+    try:
+        # The public port and the internal one (/metrics, /stats, /docs): one server, both sockets.
+        sockets = [
+            bind(settings.host, settings.port),
+            bind(settings.internal_host or settings.host, settings.internal_port),
+        ]
+    except OSError as exc:
+        print(f"vgate gateway: cannot listen: {exc}", file=sys.stderr)
+        return 2
     common: dict[str, Any] = {
-        "host": settings.host,
-        "port": settings.port,
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": int(settings.shutdown_grace_s),
@@ -71,20 +84,27 @@ def main(argv: Sequence[str]) -> int:
         "http": "httptools",
         # Below the idle timeout of load balancers in front (60 s for most cloud ones).
         "timeout_keep_alive": 75,
-        # Nothing reads the client address; skip the X-Forwarded-For layer on every request.
+        # The guard reads the real peer; forwarding headers are its business (trusted_proxies).
         "proxy_headers": False,
+        "server_header": False,
     }
     if settings.workers == 1:
+        config = uvicorn.Config(PortDispatch(app, app.state.internal_app, settings.internal_port), **common)
         tune_gc()
-        uvicorn.run(app, **common)
+        uvicorn.Server(config).run(sockets=sockets)
         return 0
-    # N processes share the listening socket; each builds its app from the same settings,
+    # N processes share both listening sockets; each builds its app from the same settings,
     # and writes its metrics where a scrape of any of them finds all (prometheus_client's
     # multiprocess mode).
+    from uvicorn.supervisors import Multiprocess
+
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     with tempfile.TemporaryDirectory(prefix="vgate-metrics-") as metrics_dir:
         os.environ.setdefault(MULTIPROCESS_ENV, metrics_dir)
-        uvicorn.run("vgate_gateway.app:app_from_env", factory=True, workers=settings.workers, **common)
+        config = uvicorn.Config(
+            "vgate_gateway.app:dispatch_from_env", factory=True, workers=settings.workers, **common
+        )
+        Multiprocess(config, sockets=sockets).run()
     return 0
 
 

@@ -1,7 +1,8 @@
 """Logging: plain text for people, JSON lines for log pipelines; a request id on every line.
 
 Prompts and API keys never reach a log line at info level: the access log records
-method, path, status, duration, model and request id only.
+method, path, status, duration, the key's short id and request id only. Text lines have
+control characters escaped, so a client-chosen path or field cannot forge a line.
 """
 
 from __future__ import annotations
@@ -12,14 +13,25 @@ from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
+from vgate_gateway.hygiene import escape
+
 #: The id of the request being handled by the current task, or "-".
 request_id_var: ContextVar[str] = ContextVar("vgate_request_id", default="-")
+#: The short id of the API key of the current request, or "-" (never the key).
+key_id_var: ContextVar[str] = ContextVar("vgate_key_id", default="-")
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
         return True
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Escapes control characters in the message (a traceback still follows on its own lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
 
 
 def setup_logging(level: str = "info", json_lines: bool = False) -> None:
@@ -36,7 +48,7 @@ def setup_logging(level: str = "info", json_lines: bool = False) -> None:
         )
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+            _OneLineFormatter("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from vgate_gateway.logs import request_id_var
+from vgate_gateway.logs import key_id_var, request_id_var
 from vgate_gateway.metrics import Metrics
 
 log = logging.getLogger("vgate.access")
@@ -72,6 +72,7 @@ class RequestContextMiddleware:
             return
         request_id = self._request_id(scope)
         token = request_id_var.set(request_id)
+        key_token = key_id_var.set("-")
         scope.setdefault("state", {})["request_id"] = request_id
         path = scope["path"] if scope["path"] in _KNOWN_PATHS else "other"
         method = scope["method"]
@@ -97,5 +98,14 @@ class RequestContextMiddleware:
             self._observe(path, method, status, elapsed)
             level = logging.DEBUG if path in _QUIET_PATHS else logging.INFO
             if log.isEnabledFor(level):
-                log.log(level, "%s %s %d %.1fms", method, scope["path"], status, elapsed * 1000)
+                log.log(
+                    level,
+                    "%s %s %d %.1fms key=%s",
+                    method,
+                    scope["path"],
+                    status,
+                    elapsed * 1000,
+                    key_id_var.get(),
+                )
+            key_id_var.reset(key_token)
             request_id_var.reset(token)

@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import orjson
 from starlette.responses import Response
 
+from vgate_gateway import jsonbody
 from vgate_gateway.errors import invalid_request
+
+DEFAULT_MAX_DEPTH = 64
 
 
 class Kind(StrEnum):
@@ -76,14 +78,17 @@ def _content_text(content: Any) -> str:
     return ""
 
 
-def parse_request(kind: Kind, body: bytes) -> ParsedRequest:
-    """Validate the essentials of ``body`` or raise a 400 :class:`OpenAIError`."""
-    if not body.strip():
-        raise invalid_request("The request body is empty; expected a JSON object.")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise invalid_request(f"The request body is not valid JSON: {exc}") from None
+#: ``parse_request``'s ``payload`` when the body has not been parsed yet.
+NOT_PARSED: Any = object()
+
+
+def parse_request(kind: Kind, body: bytes, payload: Any = NOT_PARSED) -> ParsedRequest:
+    """Validate the essentials of ``body`` or raise a 400 :class:`OpenAIError`.
+
+    ``payload`` is ``body`` already parsed (the guard middleware parses every body strictly).
+    """
+    if payload is NOT_PARSED:
+        payload = jsonbody.loads(body, DEFAULT_MAX_DEPTH)
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.")
     model = payload.get("model")

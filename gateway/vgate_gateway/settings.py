@@ -109,6 +109,34 @@ class GatewaySettings(BaseSettings):
     #: How far a client of a shared stream may fall behind before it is dropped.
     dedup_max_lag_bytes: int = Field(256 * 1024, ge=1024)
 
+    # -- security
+    #: Internal endpoints (/metrics, /stats, /docs, /openapi.json) listen here, never on ``port``.
+    internal_port: int = Field(8081, ge=1, le=65535)
+    #: Listen address of the internal port (default: ``host``).
+    internal_host: str | None = None
+    #: API keys, one a line (the operator mounts a Secret here). Unset: the gateway is open.
+    api_keys_file: Path | None = None
+    #: How often the keys file is checked for changes.
+    api_keys_reload_s: float = Field(2.0, gt=0)
+    #: Default per-key limits (0: unlimited); a key's line in the keys file may override them.
+    rate_limit_rpm: int = Field(0, ge=0)
+    rate_limit_tpm: int = Field(0, ge=0)
+    #: Bucket sizes: how many requests / tokens a key may spend at once (0: one minute's worth).
+    rate_limit_rpm_burst: int = Field(0, ge=0)
+    rate_limit_tpm_burst: int = Field(0, ge=0)
+    #: Share the limits across replicas through this Redis (``redis://`` or ``rediss://``).
+    redis_url: str | None = None
+    #: While Redis is unreachable: ``open`` admits requests, ``closed`` refuses them with 503.
+    redis_failure_mode: Literal["open", "closed"] = "open"
+    redis_prefix: str = "vgate:"
+    redis_timeout_s: float = Field(0.5, gt=0)
+    #: Largest request body; a bigger one is a 413 before it is read.
+    max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: Deepest JSON nesting accepted in a request body.
+    max_json_depth: int = Field(64, ge=4, le=512)
+    #: Peers (CIDRs) whose Forwarded / X-Forwarded-Host / -Proto headers are believed.
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # -- local development
     dry_run: bool = False
 
@@ -119,6 +147,41 @@ class GatewaySettings(BaseSettings):
             if v.lstrip().startswith("["):
                 return json.loads(v)
             return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.lstrip().startswith("["):
+                return json.loads(v)
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_cidrs(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for cidr in v:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"trusted proxy {cidr!r} is not an IP address or CIDR") from None
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("redis_url must be a redis://, rediss:// or unix:// URL")
+        return v or None
+
+    @field_validator("api_keys_file")
+    @classmethod
+    def _check_keys_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"API keys file {str(v)!r} does not exist")
         return v
 
     @field_validator("endpoints")
@@ -133,6 +196,10 @@ class GatewaySettings(BaseSettings):
     def _check_discovery(self) -> GatewaySettings:
         if self.discovery == "kubernetes" and not self.services:
             raise ValueError("discovery 'kubernetes' needs 'services' (model name -> worker Service)")
+        if self.internal_port == self.port:
+            raise ValueError(
+                "internal_port must differ from port (internal endpoints stay off the public one)"
+            )
         if self.max_inflight > self.max_connections:
             # Admission control must refuse before the upstream pool would make requests wait.
             raise ValueError(

@@ -20,6 +20,35 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
 #: Longest child name we create: Service names are DNS-1035 labels (63 characters).
 MAX_CHILD_NAME = 63
 
+#: Ingress annotations a VGateDeployment may set. Others (configuration/server snippets,
+#: auth-url, rewrite rules, backend-protocol, ...) could run code in the ingress controller
+#: or route around the gateway, so they are refused.
+ALLOWED_INGRESS_ANNOTATIONS = frozenset(
+    {
+        "cert-manager.io/cluster-issuer",
+        "cert-manager.io/issuer",
+        "external-dns.alpha.kubernetes.io/hostname",
+        "external-dns.alpha.kubernetes.io/ttl",
+        "nginx.ingress.kubernetes.io/proxy-body-size",
+        "nginx.ingress.kubernetes.io/proxy-buffering",
+        "nginx.ingress.kubernetes.io/proxy-request-buffering",
+        "nginx.ingress.kubernetes.io/proxy-read-timeout",
+        "nginx.ingress.kubernetes.io/proxy-send-timeout",
+        "nginx.ingress.kubernetes.io/proxy-connect-timeout",
+        "nginx.ingress.kubernetes.io/ssl-redirect",
+        "nginx.ingress.kubernetes.io/force-ssl-redirect",
+        "nginx.ingress.kubernetes.io/whitelist-source-range",
+        "nginx.ingress.kubernetes.io/limit-rps",
+        "nginx.ingress.kubernetes.io/limit-connections",
+        "traefik.ingress.kubernetes.io/router.entrypoints",
+        "traefik.ingress.kubernetes.io/router.tls",
+        "alb.ingress.kubernetes.io/scheme",
+        "alb.ingress.kubernetes.io/certificate-arn",
+        "alb.ingress.kubernetes.io/listen-ports",
+        "alb.ingress.kubernetes.io/idle-timeout",
+    }
+)
+
 #: ``auto``: no ``--quantization`` flag, vLLM reads the method from the checkpoint's config and
 #: picks the fastest kernel the GPU supports (``awq_marlin`` for AWQ where it can).
 #: ``none`` declares unquantized weights (vLLM is given no flag either).
@@ -118,10 +147,30 @@ class Cache(_Model):
 
 
 class RateLimit(_Model):
-    """Reserved for per-client rate limits: validated, not enforced yet."""
+    """Per-key limits, token buckets; a key's line in the keys Secret may override them."""
 
     requests_per_minute: int | None = Field(None, ge=1)
+    #: Requests a key may make at once (default: one minute's worth).
     burst: int | None = Field(None, ge=1)
+    tokens_per_minute: int | None = Field(None, ge=1)
+    token_burst: int | None = Field(None, ge=1)
+
+
+class ApiKeysSecretRef(_Model):
+    name: str = Field(min_length=1)
+    key: str = Field("keys", min_length=1)
+
+
+class RedisUrlSecretRef(_Model):
+    name: str = Field(min_length=1)
+    key: str = Field("url", min_length=1)
+
+
+class RedisSpec(_Model):
+    """The Redis that shares rate limits across gateway replicas."""
+
+    url_secret_ref: RedisUrlSecretRef
+    failure_mode: Literal["open", "closed"] = "open"
 
 
 class ResourceRequirements(_Model):
@@ -147,10 +196,10 @@ class GatewaySpec(_Model):
     )
     #: Seconds a terminating gateway pod has to finish in-flight streams.
     termination_grace_period_seconds: int = Field(120, ge=1, le=3600)
-    #: Reserved for API-key authentication: validated, not passed to the gateway, not enforced yet.
-    api_keys_secret_ref: SecretKeyRef | None = None
-    #: Reserved for per-client rate limits: validated, not passed to the gateway, not enforced yet.
+    #: The Secret holding the API keys, mounted into the gateway pods (unset: no keys).
+    api_keys_secret_ref: ApiKeysSecretRef | None = None
     rate_limit: RateLimit | None = None
+    redis: RedisSpec | None = None
 
 
 class IngressTLS(_Model):
@@ -212,6 +261,12 @@ def check_spec(name: str, spec: VGateDeploymentSpec) -> list[str]:
     ingress = spec.ingress
     if ingress.enabled and ingress.tls is not None and not ingress.host:
         problems.append("ingress: tls needs a host")
+    refused = sorted(set(ingress.annotations) - ALLOWED_INGRESS_ANNOTATIONS)
+    if refused:
+        problems.append(
+            f"ingress.annotations: {', '.join(refused)} not allowed (snippets and auth overrides could "
+            f"bypass the gateway); allowed: {', '.join(sorted(ALLOWED_INGRESS_ANNOTATIONS))}"
+        )
     if len(gateway_name(name)) > MAX_CHILD_NAME:
         problems.append(f"resource name {name!r} is too long for its child objects")
     return problems

@@ -33,6 +33,8 @@ CHILD_KINDS = (
     "roles", "rolebindings", "poddisruptionbudgets", "ingresses",
 )  # fmt: skip
 VALUES = {
+    # The example goes to its own namespace, created after the install: watch every namespace.
+    "clusterWide": True,
     "operator": {
         "replicas": 1,
         "extraEnv": [

@@ -4,6 +4,8 @@ the Ingress, and ``kubectl`` for the VGateDeployment itself."""
 from __future__ import annotations
 
 import copy
+import json
+import subprocess
 import uuid
 from typing import Any
 
@@ -24,13 +26,25 @@ def client(target: IngressTarget) -> openai.OpenAI:
     )
 
 
-def routable_upstreams(target: IngressTarget, model: str) -> int | None:
-    """How many upstreams the gateway would route ``model`` to right now, per its /stats."""
+def routable_upstreams(kubectl: Kubectl, gateway: str, model: str) -> int | None:
+    """How many upstreams the gateway would route ``model`` to right now, per its /stats.
+
+    /stats is on the gateway's internal port, which the Ingress never routes: it is read
+    through the API server's Service proxy.
+    """
     try:
-        stats = httpx.get(target.url("/stats"), headers=target.headers, timeout=10).json()
-    except (httpx.HTTPError, ValueError):
+        raw = kubectl.run(
+            "get", "--raw", f"/api/v1/namespaces/{kubectl.namespace}/services/{gateway}:internal/proxy/stats"
+        )
+        stats = json.loads(raw)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError):
         return None
     return sum(1 for u in stats["upstreams"] if model in u["models"] and u["routable"])
+
+
+def test_internal_endpoints_are_not_routed_by_the_ingress(target: IngressTarget) -> None:
+    for path in ("/stats", "/metrics", "/docs", "/openapi.json"):
+        assert httpx.get(target.url(path), headers=target.headers, timeout=10).status_code == 404
 
 
 def test_models_lists_the_served_model(client: openai.OpenAI, model: str) -> None:
@@ -82,7 +96,7 @@ def test_scaling_a_model_shows_in_routing(
         models[0]["replicas"] = replicas
         kubectl.patch("vgatedeployments", name, {"spec": {"models": models}})
         wait_for(
-            lambda n=replicas: routable_upstreams(target, model) == n,
+            lambda n=replicas: routable_upstreams(kubectl, f"{name}-gateway", model) == n,
             timeout=240,
             what=f"the gateway to route {model} to {replicas} worker(s)",
             interval=2.0,

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import openai
+import pytest
 
 from tests.integration.conftest import MODEL
 from tests.support.metrics import metric
@@ -55,7 +56,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_dev_serves_chat_through_two_workers_and_stops_cleanly(tmp_path: Path) -> None:
-    port = _free_port_run(3)
+    port = _free_port_run(4)  # gateway, two workers, the gateway's internal port
     dev = make_proc(["dev"], tmp_path, port=port).spawn()
     assert dev.popen is not None
     try:
@@ -81,7 +82,7 @@ def test_dev_serves_chat_through_two_workers_and_stops_cleanly(tmp_path: Path) -
 
 
 def test_dev_keeps_serving_when_a_worker_dies_and_names_it(tmp_path: Path) -> None:
-    port = _free_port_run(3)
+    port = _free_port_run(4)
     dev = make_proc(["dev"], tmp_path, port=port).spawn()
     assert dev.popen is not None
     try:
@@ -109,3 +110,20 @@ def test_dev_keeps_serving_when_a_worker_dies_and_names_it(tmp_path: Path) -> No
         assert "keeps serving on 1 worker" in dev.log()
     finally:
         dev.stop(sig=signal.SIGTERM)
+
+
+def test_dev_with_an_api_key_refuses_everyone_else(tmp_path: Path) -> None:
+    port = _free_port_run(4)
+    dev = make_proc(["dev", "--workers", "1", "--api-key", "sk-dev-key-1"], tmp_path, port=port).spawn()
+    try:
+        wait_http(f"{dev.url}/ready", timeout=60, proc=dev)
+        hello = [{"role": "user", "content": "Hello!"}]
+        keyed = openai.OpenAI(base_url=f"{dev.url}/v1", api_key="sk-dev-key-1", max_retries=0)
+        assert keyed.chat.completions.create(model=MODEL, messages=hello, max_tokens=2).choices
+        stranger = openai.OpenAI(base_url=f"{dev.url}/v1", api_key="sk-other", max_retries=0)
+        with pytest.raises(openai.AuthenticationError):
+            stranger.chat.completions.create(model=MODEL, messages=hello, max_tokens=2)
+        assert "API keys: required" in dev.log()
+        assert "sk-dev-key-1" not in dev.log()
+    finally:
+        dev.stop()

@@ -72,7 +72,7 @@ class Stack:
         return [await self.served(w) - b for w, b in zip(self.workers, before, strict=True)]
 
     async def upstreams(self) -> dict[str, dict[str, object]]:
-        body = (await self.http.get(f"{self.gateway.url}/stats")).json()
+        body = (await self.http.get(f"{self.gateway.internal_url}/stats")).json()
         return {u["url"]: u for u in body["upstreams"]}
 
 

@@ -129,9 +129,9 @@ def test_cache_header_bypasses_or_forces(eff: Stack) -> None:
 
 async def test_fifty_identical_concurrent_requests_make_one_upstream_call(eff: Stack) -> None:
     client = _async_client(eff)
-    before = metric(eff.url, "vgate_upstream_requests_total", missing=0)
-    shared_before = metric(eff.url, "vgate_deduplicated_requests_total", missing=0)
-    hits_before = metric(eff.url, "vgate_cache_hits_total", missing=0)
+    before = metric(eff.gateway.internal_url, "vgate_upstream_requests_total", missing=0)
+    shared_before = metric(eff.gateway.internal_url, "vgate_deduplicated_requests_total", missing=0)
+    hits_before = metric(eff.gateway.internal_url, "vgate_cache_hits_total", missing=0)
     answers = await asyncio.gather(
         *(
             client.chat.completions.create(
@@ -140,11 +140,11 @@ async def test_fifty_identical_concurrent_requests_make_one_upstream_call(eff: S
             for _ in range(50)
         )
     )
-    assert metric(eff.url, "vgate_upstream_requests_total") - before == 1
+    assert metric(eff.gateway.internal_url, "vgate_upstream_requests_total") - before == 1
     assert len({a.choices[0].message.content for a in answers}) == 1
-    shared = metric(eff.url, "vgate_deduplicated_requests_total") - shared_before
+    shared = metric(eff.gateway.internal_url, "vgate_deduplicated_requests_total") - shared_before
     # Requests arriving after the call finished are cache hits; there may be none.
-    hits = metric(eff.url, "vgate_cache_hits_total", missing=0) - hits_before
+    hits = metric(eff.gateway.internal_url, "vgate_cache_hits_total", missing=0) - hits_before
     assert shared > 0
     assert shared + hits == 49  # every request but the one that went upstream
     await client.close()
@@ -152,7 +152,7 @@ async def test_fifty_identical_concurrent_requests_make_one_upstream_call(eff: S
 
 async def test_identical_concurrent_streams_share_one_upstream_stream(eff: Stack) -> None:
     client = _async_client(eff)
-    before = metric(eff.url, "vgate_upstream_requests_total", missing=0)
+    before = metric(eff.gateway.internal_url, "vgate_upstream_requests_total", missing=0)
 
     async def one() -> str:
         stream = await client.chat.completions.create(
@@ -161,7 +161,7 @@ async def test_identical_concurrent_streams_share_one_upstream_stream(eff: Stack
         return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
     texts = await asyncio.gather(*(one() for _ in range(10)))
-    assert metric(eff.url, "vgate_upstream_requests_total") - before == 1
+    assert metric(eff.gateway.internal_url, "vgate_upstream_requests_total") - before == 1
     assert len(set(texts)) == 1
     assert texts[0]
     await client.close()
@@ -172,13 +172,13 @@ async def test_concurrent_completions_are_batched_each_client_gets_its_own(eff: 
     # One answer first: the gateway merges a model's requests once it knows how it answers.
     await client.completions.create(model=MODEL, prompt="batch warm-up", max_tokens=2, temperature=0.5)
     prompts = [f"batch member {i} says hello" for i in range(6)]
-    requests_before = metric(eff.url, "vgate_batch_size_sum", missing=0)
-    batches_before = metric(eff.url, "vgate_batch_size_count", missing=0)
+    requests_before = metric(eff.gateway.internal_url, "vgate_batch_size_sum", missing=0)
+    batches_before = metric(eff.gateway.internal_url, "vgate_batch_size_count", missing=0)
     answers = await asyncio.gather(
         *(client.completions.create(model=MODEL, prompt=p, max_tokens=8, temperature=0.5) for p in prompts)
     )
-    assert metric(eff.url, "vgate_batch_size_sum") - requests_before == len(prompts)
-    upstream_calls = metric(eff.url, "vgate_batch_size_count") - batches_before
+    assert metric(eff.gateway.internal_url, "vgate_batch_size_sum") - requests_before == len(prompts)
+    upstream_calls = metric(eff.gateway.internal_url, "vgate_batch_size_count") - batches_before
     # The first went at once, alone; those arriving while it ran went together.
     assert 1 <= upstream_calls < len(prompts)
     alone = [
@@ -213,7 +213,7 @@ async def test_a_bad_prompt_in_a_batch_fails_alone(eff: Stack) -> None:
 def test_prefix_aware_keeps_a_shared_system_prompt_on_one_worker(eff: Stack) -> None:
     system = "You are the support assistant of a bicycle shop. " * 30
     client = eff.client()
-    before = [u["requests"] for u in httpx.get(eff.url + "/stats").json()["upstreams"]]
+    before = [u["requests"] for u in httpx.get(eff.gateway.internal_url + "/stats").json()["upstreams"]]
     for i in range(8):
         client.chat.completions.create(
             model=MODEL,
@@ -221,15 +221,15 @@ def test_prefix_aware_keeps_a_shared_system_prompt_on_one_worker(eff: Stack) -> 
             max_tokens=4,
             temperature=0.7,
         )
-    after = [u["requests"] for u in httpx.get(eff.url + "/stats").json()["upstreams"]]
+    after = [u["requests"] for u in httpx.get(eff.gateway.internal_url + "/stats").json()["upstreams"]]
     assert sorted(a - b for a, b in zip(after, before, strict=True)) == [0, 8]
 
 
 def test_stats_report_cache_dedup_and_batching(eff: Stack) -> None:
-    before = httpx.get(eff.url + "/stats").json()
+    before = httpx.get(eff.gateway.internal_url + "/stats").json()
     eff.client().embeddings.create(model=MODEL, input="stats probe")  # a miss that fills one entry
     eff.client().embeddings.create(model=MODEL, input="stats probe")  # then a hit
-    stats = httpx.get(eff.url + "/stats").json()
+    stats = httpx.get(eff.gateway.internal_url + "/stats").json()
     assert stats["cache"]["entries"] - before["cache"]["entries"] == 1
     assert stats["cache"]["hits"] - before["cache"]["hits"] == 1
     assert 0 < stats["cache"]["hit_rate"] <= 1
@@ -268,8 +268,8 @@ async def _shared(http: httpx.AsyncClient, url: str, shared_before: float) -> bo
 
 async def test_a_follower_stream_survives_the_leader_leaving(eff: Stack) -> None:
     body = _chat_body("the leader leaves early", 400)
-    before = metric(eff.url, "vgate_upstream_requests_total", missing=0)
-    shared_before = metric(eff.url, "vgate_deduplicated_requests_total", missing=0)
+    before = metric(eff.gateway.internal_url, "vgate_upstream_requests_total", missing=0)
+    shared_before = metric(eff.gateway.internal_url, "vgate_deduplicated_requests_total", missing=0)
     # The same credentials as the openai client's: answers are shared only within one tenant.
     async with httpx.AsyncClient(
         base_url=eff.url, timeout=30, headers={"authorization": "Bearer unused"}
@@ -286,11 +286,11 @@ async def test_a_follower_stream_survives_the_leader_leaving(eff: Stack) -> None
         reading = await _first_event(await leader.__aenter__())
         follower = asyncio.create_task(follow())
         # The gateway has joined the second request to the first one's in-flight call.
-        await eventually(lambda: _shared(http, eff.url, shared_before), within=2)
+        await eventually(lambda: _shared(http, eff.gateway.internal_url, shared_before), within=2)
         await leader.__aexit__(None, None, None)  # the leader's client hangs up mid-stream
         del reading
         text = await follower
-    assert metric(eff.url, "vgate_upstream_requests_total") - before == 1
+    assert metric(eff.gateway.internal_url, "vgate_upstream_requests_total") - before == 1
     fields = {k: v for k, v in body.items() if k != "ignore_eos"}
     again = eff.client().chat.completions.with_raw_response.create(**fields, extra_body={"ignore_eos": True})
     assert again.headers["x-vgate-cache"] == "hit"  # the shared stream ran to its end

@@ -23,7 +23,7 @@ def test_bench_reports_routing_dedup_cache_and_batching(tmp_path: Path) -> None:
     small = ["--requests", "24", "--concurrency", "4", "--apps", "2", "--system-tokens", "300"]
     done = _bench(
         "--workers", "2", "--strategies", "round-robin,prefix-aware", "--identical", "10", *small,
-        "--speed", "1", "--out", str(out), cwd=tmp_path,
+        "--speed", "1", "--limiter-requests", "0", "--out", str(out), cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "prefix-aware" in done.stdout
@@ -40,6 +40,23 @@ def test_bench_reports_routing_dedup_cache_and_batching(tmp_path: Path) -> None:
     assert results["dedup"]["distinct_answers"] == 1
     assert results["cache"]["headers"] == ["hit:hit", "miss:miss"]
     assert results["batching"]["upstream_calls"] < results["batching"]["client_requests"]
+
+
+def test_bench_compares_no_limiter_in_process_and_redis_limits(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = _bench(
+        "--only-limiter", "--limiter-requests", "16", "--limiter-rounds", "1", "--concurrency", "4",
+        "--out", str(out), cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Redis round trip per request" in done.stdout
+    [path] = out.glob("bench-*.json")
+    limiter = json.loads(path.read_text())["limiter"]
+    assert set(limiter["variants"]) == {"none", "in-process", "redis"}
+    assert limiter["variants"]["none"]["admit_mean_s"] == 0  # no limits: no decision taken
+    for name in ("in-process", "redis"):
+        assert limiter["variants"][name]["admit_mean_s"] > 0
+    assert limiter["redis_round_trip_cost_s"] == limiter["variants"]["redis"]["admit_mean_s"]
 
 
 def test_bench_rejects_unknown_strategies(tmp_path: Path) -> None:

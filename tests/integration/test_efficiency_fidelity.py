@@ -69,7 +69,13 @@ def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 @asynccontextmanager
 async def _http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=stack.url, timeout=60, headers=AUTH) as http:
+        http.stats_url = f"{stack.gateway.internal_url}/stats"  # type: ignore[attr-defined]
         yield http
+
+
+async def _stats(http: httpx.AsyncClient) -> httpx.Response:
+    """The gateway's /stats, on its internal port."""
+    return await http.get(http.stats_url)  # type: ignore[attr-defined]
 
 
 async def _running(http: httpx.AsyncClient, stack: Stack) -> float:
@@ -116,14 +122,14 @@ async def _stop(task: asyncio.Task[Any]) -> None:
 async def test_merged_completions_report_each_clients_own_usage(fast: Stack) -> None:
     async with _http(fast) as http:
         busy = await _busy(http, fast, "usage")
-        merged_before = await ametric(http, fast.url, "vgate_batch_size_sum", missing=0)
-        calls_before = await ametric(http, fast.url, "vgate_batch_size_count", missing=0)
+        merged_before = await ametric(http, fast.gateway.internal_url, "vgate_batch_size_sum", missing=0)
+        calls_before = await ametric(http, fast.gateway.internal_url, "vgate_batch_size_count", missing=0)
         prompts = ["Hi", "a much longer prompt that needs quite a few more tokens than the others do", "Yo!"]
         bodies = [_completion(p, 16, temperature=0.5) for p in prompts]
         together = await asyncio.gather(*(http.post("/v1/completions", json=b) for b in bodies))
-        assert await ametric(http, fast.url, "vgate_batch_size_sum") - merged_before == 3
+        assert await ametric(http, fast.gateway.internal_url, "vgate_batch_size_sum") - merged_before == 3
         assert (
-            await ametric(http, fast.url, "vgate_batch_size_count") - calls_before == 1
+            await ametric(http, fast.gateway.internal_url, "vgate_batch_size_count") - calls_before == 1
         )  # one upstream call
         await _stop(busy)
         alone = [await http.post("/v1/completions", json=b) for b in bodies]  # nothing in flight: each alone
@@ -146,7 +152,7 @@ async def test_a_worker_that_reports_cached_tokens_is_never_merged(tmp_path: Pat
                 *(http.post("/v1/completions", json=_completion(p, 8, temperature=0.5)) for p in prompts)
             )
             await _stop(busy)
-            assert (await http.get("/stats")).json()["batching"]["merged_batches"] == 0
+            assert (await _stats(http)).json()["batching"]["merged_batches"] == 0
             for reply in together:
                 assert reply.json()["usage"]["prompt_tokens_details"] is not None
 
@@ -158,7 +164,7 @@ async def test_a_lone_request_is_sent_at_once_not_after_the_window(fast: Stack) 
     chats: list[float] = []
     embeddings: list[float] = []
     async with _http(fast) as http:
-        window_s = (await http.get("/stats")).json()["batching"]["wait_ms"] / 1000
+        window_s = (await _stats(http)).json()["batching"]["wait_ms"] / 1000
         for i in range(5):
             for into, path, body in (
                 (completions, "/v1/completions", _completion(f"lone {i}", 4, temperature=1)),
@@ -217,7 +223,7 @@ async def test_a_merged_batch_is_cancelled_when_all_its_clients_left(slow: Stack
     async with _http(slow) as http:
         await eventually(lambda: _idle(http, slow), within=10)
         busy = await _busy(http, slow, "batch")
-        calls_before = await ametric(http, slow.url, "vgate_batch_size_count", missing=0)
+        calls_before = await ametric(http, slow.gateway.internal_url, "vgate_batch_size_count", missing=0)
         bodies = [_completion(f"merged {i}", 1000, temperature=1, ignore_eos=True) for i in range(2)]
         clients = [asyncio.create_task(http.post("/v1/completions", json=b)) for b in bodies]
         await eventually(lambda: _batched(http, slow, calls_before), within=10)
@@ -228,14 +234,16 @@ async def test_a_merged_batch_is_cancelled_when_all_its_clients_left(slow: Stack
 
 
 async def _batched(http: httpx.AsyncClient, stack: Stack, before: float) -> bool:
-    return await ametric(http, stack.url, "vgate_batch_size_count", missing=0) > before
+    return await ametric(http, stack.gateway.internal_url, "vgate_batch_size_count", missing=0) > before
 
 
 async def test_identical_clients_that_all_leave_cancel_the_shared_call(slow: Stack) -> None:
     body = _completion("shared and abandoned", 1000, temperature=0, ignore_eos=True)
     async with _http(slow) as http:
         await eventually(lambda: _idle(http, slow), within=10)
-        shared_before = await ametric(http, slow.url, "vgate_deduplicated_requests_total", missing=0)
+        shared_before = await ametric(
+            http, slow.gateway.internal_url, "vgate_deduplicated_requests_total", missing=0
+        )
         clients = [asyncio.create_task(http.post("/v1/completions", json=body)) for _ in range(3)]
         await eventually(lambda: _shared(http, slow, shared_before + 2), within=10)
         await eventually(lambda: _more_running(http, slow, 0), within=10)
@@ -247,7 +255,10 @@ async def test_identical_clients_that_all_leave_cancel_the_shared_call(slow: Sta
 
 
 async def _shared(http: httpx.AsyncClient, stack: Stack, at_least: float) -> bool:
-    return await ametric(http, stack.url, "vgate_deduplicated_requests_total", missing=0) >= at_least
+    return (
+        await ametric(http, stack.gateway.internal_url, "vgate_deduplicated_requests_total", missing=0)
+        >= at_least
+    )
 
 
 # -- 3. merged calls route on the first prompt and carry every client's request id ------------------
@@ -256,7 +267,7 @@ async def _shared(http: httpx.AsyncClient, stack: Stack, at_least: float) -> boo
 async def test_a_merged_call_routes_on_its_first_prompt_and_names_every_client(fast: Stack) -> None:
     prefix = "The bicycle shop's support assistant answers questions about repairs and parts. " * 8
     async with _http(fast) as http:
-        before = [u["requests"] for u in (await http.get("/stats")).json()["upstreams"]]
+        before = [u["requests"] for u in (await _stats(http)).json()["upstreams"]]
         busy = await _busy(http, fast, prefix)  # both on the worker that now holds the prefix
         ids = [f"client-{i}-of-merged-call" for i in range(3)]
         replies = await asyncio.gather(
@@ -270,7 +281,7 @@ async def test_a_merged_call_routes_on_its_first_prompt_and_names_every_client(f
             )
         )
         await _stop(busy)
-        after = [u["requests"] for u in (await http.get("/stats")).json()["upstreams"]]
+        after = [u["requests"] for u in (await _stats(http)).json()["upstreams"]]
     assert [r.status_code for r in replies] == [200, 200, 200]
     # warm-up, busy and the merged call: all on the worker holding the prefix.
     assert sorted(a - b for a, b in zip(after, before, strict=True)) == [0, 3]
@@ -352,14 +363,19 @@ async def test_followers_of_a_shared_call_get_their_own_ids(fast: Stack) -> None
     async with _http(fast) as http:
         for extra in ({}, {"stream": True}):
             body = _chat(f"shared ids {extra}", 60, temperature=0, ignore_eos=True, **extra)
-            shared_before = await ametric(http, fast.url, "vgate_deduplicated_requests_total", missing=0)
+            shared_before = await ametric(
+                http, fast.gateway.internal_url, "vgate_deduplicated_requests_total", missing=0
+            )
             replies = await asyncio.gather(
                 *(
                     http.post("/v1/chat/completions", json=body, headers={"x-request-id": f"follower-{i}"})
                     for i in range(3)
                 )
             )
-            assert await ametric(http, fast.url, "vgate_deduplicated_requests_total") > shared_before
+            assert (
+                await ametric(http, fast.gateway.internal_url, "vgate_deduplicated_requests_total")
+                > shared_before
+            )
             for i, reply in enumerate(replies):
                 objs = _events(reply.content) if extra else [reply.json()]
                 assert {o["id"] for o in objs if isinstance(o, dict)} == {f"chatcmpl-follower-{i}"}
@@ -417,7 +433,7 @@ async def test_a_client_that_stops_reading_a_shared_stream_is_dropped_and_memory
                 tail = (tail + chunk)[-200:]
                 peak = max(peak, _rss_bytes(pid))
         assert tail.endswith(b"data: [DONE]\n\n")  # the reader that keeps up gets the whole answer
-        assert await ametric(http, flood.url, "vgate_deduplicated_requests_total") == 1
+        assert await ametric(http, flood.gateway.internal_url, "vgate_deduplicated_requests_total") == 1
     assert received > 90 * 2**20
     # The stalled client holds nothing in the gateway beyond the lag bound: far below what was sent.
     assert peak - rss_before < 3 * LAG, f"RSS grew by {(peak - rss_before) / 2**20:.0f} MiB"
@@ -441,9 +457,9 @@ def _read_until(sock: socket.socket, marker: bytes, within: float = 20.0) -> byt
 
 
 async def _shared_flight(http: httpx.AsyncClient, stack: Stack) -> bool:
-    return (await http.get("/stats")).json()["dedup"]["in_flight"] == 1
+    return (await _stats(http)).json()["dedup"]["in_flight"] == 1
 
 
 def test_only_completions_are_merged_by_default(fast: Stack) -> None:
-    batching = httpx.get(fast.url + "/stats").json()["batching"]
+    batching = httpx.get(fast.gateway.internal_url + "/stats").json()["batching"]
     assert batching["endpoints"] == ["/v1/completions"]  # embeddings' usage cannot be split exactly

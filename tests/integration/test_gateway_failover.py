@@ -41,7 +41,9 @@ def test_a_stopped_worker_gets_no_traffic_and_a_restarted_one_is_used_again(own_
     with vgate_process(WORKER_ARGS, stack.tmp_path, port=first.port, name="worker0-again"):
         wait_until(lambda: MODEL in httpx.get(f"{stack.url}/v1/models").text, what="the model served again")
         assert _ask(stack)
-        upstreams = {u["url"]: u for u in httpx.get(f"{stack.url}/stats").json()["upstreams"]}
+        upstreams = {
+            u["url"]: u for u in httpx.get(f"{stack.gateway.internal_url}/stats").json()["upstreams"]
+        }
         assert upstreams[first.url]["healthy"] is True
         assert upstreams[second.url]["healthy"] is False
 
@@ -51,7 +53,16 @@ def test_a_worker_dying_mid_stream_ends_the_stream_with_an_error(own_stack: Stac
     # One worker only, so the stream certainly goes to the one we kill.
     stack.workers[1].stop()
     wait_until(
-        lambda: len([u for u in httpx.get(f"{stack.url}/stats").json()["upstreams"] if u["healthy"]]) == 1,
+        lambda: (
+            len(
+                [
+                    u
+                    for u in httpx.get(f"{stack.gateway.internal_url}/stats").json()["upstreams"]
+                    if u["healthy"]
+                ]
+            )
+            == 1
+        ),
         what="one healthy upstream",
     )
     stream = stack.client().chat.completions.create(

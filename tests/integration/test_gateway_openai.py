@@ -128,10 +128,14 @@ def test_worker_errors_are_relayed(stack: Stack) -> None:
 
 def test_requests_spread_over_both_workers(stack: Stack) -> None:
     client = stack.client()
-    before = {u["url"]: u["requests"] for u in httpx.get(f"{stack.url}/stats").json()["upstreams"]}
+    before = {
+        u["url"]: u["requests"] for u in httpx.get(f"{stack.gateway.internal_url}/stats").json()["upstreams"]
+    }
     for _ in range(6):
         client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=2)
-    after = {u["url"]: u["requests"] for u in httpx.get(f"{stack.url}/stats").json()["upstreams"]}
+    after = {
+        u["url"]: u["requests"] for u in httpx.get(f"{stack.gateway.internal_url}/stats").json()["upstreams"]
+    }
     assert sorted(after[url] - before[url] for url in after) == [3, 3]
 
 
@@ -140,7 +144,7 @@ def test_health_ready_metrics(stack: Stack) -> None:
     assert health["status"] == "ok"
     assert health["version"]
     assert httpx.get(f"{stack.url}/ready").status_code == 200
-    metrics = httpx.get(f"{stack.url}/metrics").text
+    metrics = httpx.get(f"{stack.gateway.internal_url}/metrics").text
     for name in (
         "vgate_requests_total",
         "vgate_request_latency_seconds",

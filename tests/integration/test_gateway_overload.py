@@ -54,7 +54,7 @@ def overload(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Overload]:
     }
     with ExitStack() as es:
         stack = start_stack(es, tmp_path_factory.mktemp("overload"), gateway_env=env)
-        outcomes, seen = asyncio.run(_overload(stack.url))
+        outcomes, seen = asyncio.run(_overload(stack.url, stack.gateway.internal_url))
         served = [o for o in outcomes if o.status == 200]
         refused = [o for o in outcomes if o.status != 200]
         yield Overload(stack, served, refused, seen)
@@ -75,23 +75,23 @@ async def _one(client: httpx.AsyncClient, url: str) -> Outcome:
 
 
 async def _watch(
-    client: httpx.AsyncClient, url: str, stop: asyncio.Event
+    client: httpx.AsyncClient, url: str, stop: asyncio.Event, internal: str
 ) -> list[tuple[int, dict[str, Any]]]:
-    """/ready and /stats, polled while the load runs."""
+    """/ready and /stats (internal port), polled while the load runs."""
     seen = []
     while not stop.is_set():
         ready = await client.get(f"{url}/ready")
-        stats = (await client.get(f"{url}/stats")).json()
+        stats = (await client.get(f"{internal}/stats")).json()
         seen.append((ready.status_code, stats))
         await asyncio.sleep(0.05)
     return seen
 
 
-async def _overload(url: str) -> tuple[list[Outcome], list[tuple[int, dict[str, Any]]]]:
+async def _overload(url: str, internal: str) -> tuple[list[Outcome], list[tuple[int, dict[str, Any]]]]:
     limits = httpx.Limits(max_connections=LOAD + 4)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
         stop = asyncio.Event()
-        watcher = asyncio.create_task(_watch(client, url, stop))
+        watcher = asyncio.create_task(_watch(client, url, stop, internal))
         outcomes = await asyncio.gather(*(_one(client, url) for _ in range(LOAD)))
         stop.set()
         return list(outcomes), await watcher
@@ -116,7 +116,7 @@ def test_no_healthy_worker_is_ejected(overload: Overload) -> None:
     assert overload.seen, "the gateway was never polled during the load"
     for _, stats in overload.seen:
         assert all(u["healthy"] for u in stats["upstreams"])
-    final = httpx.get(f"{overload.stack.url}/stats").json()
+    final = httpx.get(f"{overload.stack.gateway.internal_url}/stats").json()
     assert all(u["ejections"] == 0 for u in final["upstreams"])
     assert final["admission"]["rejected"] == len(overload.refused)
 
@@ -134,7 +134,8 @@ def test_memory_is_bounded_nothing_piles_up(overload: Overload) -> None:
 
 def test_full_recovery_afterwards(overload: Overload) -> None:
     url = overload.stack.url
-    wait_until(lambda: httpx.get(f"{url}/stats").json()["admission"]["inflight"] == 0, what="idle")
+    internal = overload.stack.gateway.internal_url
+    wait_until(lambda: httpx.get(f"{internal}/stats").json()["admission"]["inflight"] == 0, what="idle")
     recovered = asyncio.run(_few(url, CAPACITY))
     assert [o.status for o in recovered] == [200] * CAPACITY
     assert httpx.get(f"{url}/ready").status_code == 200

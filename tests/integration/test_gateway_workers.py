@@ -42,7 +42,7 @@ def test_two_serving_processes_answer_and_one_scrape_counts_them_all(two_process
             )
             assert r.status_code == 200
     assert client.models.list().data[0].id == MODEL
-    text = httpx.get(f"{stack.url}/metrics").text
+    text = httpx.get(f"{stack.gateway.internal_url}/metrics").text
     name = 'vgate_requests_total{endpoint="/v1/chat/completions",method="POST",status="200"}'
     counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
     assert counts == [20.0]  # whichever process answered the scrape counts both processes' requests

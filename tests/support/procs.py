@@ -27,12 +27,19 @@ class Proc:
     port: int
     env: dict[str, str]
     log_path: Path
+    #: A gateway's internal port (/metrics, /stats, /docs, /openapi.json).
+    internal_port: int | None = None
     popen: subprocess.Popen[bytes] | None = None
     _log: object = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def internal_url(self) -> str:
+        """The gateway's internal endpoints; other processes serve everything on ``url``."""
+        return f"http://127.0.0.1:{self.internal_port}" if self.internal_port else self.url
 
     def spawn(self) -> Proc:
         """Start the process without waiting for it (start several, then wait for each)."""
@@ -91,12 +98,15 @@ def make_proc(
     port: int | None = None,
     name: str | None = None,
 ) -> Proc:
-    """A ``vgate ARGS --port PORT`` process, not started yet."""
+    """A ``vgate ARGS --port PORT`` process, not started yet (a gateway also gets an internal port)."""
     port = port or free_port()
     label = name or "-".join(a for a in args[:2] if not a.startswith("-"))
+    internal = free_port() if args and args[0] == "gateway" else None
+    extra = ["--internal-port", str(internal)] if internal else []
     return Proc(
-        args=[*args, "--port", str(port)],
+        args=[*args, "--port", str(port), *extra],
         port=port,
+        internal_port=internal,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         log_path=tmp_path / f"{label}-{port}.log",
     )

@@ -89,10 +89,11 @@ def operator_args(docs: list[dict[str, Any]]) -> list[str]:
     [
         {},
         ALL_ON,
-        {**ALL_ON, "watchNamespace": "team-a"},
+        {**ALL_ON, "watchNamespaces": ["team-a", "team-b"]},
+        {**ALL_ON, "clusterWide": True},
         {"operator": {"replicas": 1, "peering": {"enabled": False}}},
     ],
-    ids=["defaults", "all-on", "one-namespace", "standalone"],
+    ids=["defaults", "all-on", "two-namespaces", "cluster-wide", "standalone"],
 )
 def test_every_builtin_object_validates_against_kubernetes_schemas(values: dict[str, Any]) -> None:
     docs = render(values)
@@ -113,7 +114,7 @@ def test_every_object_carries_the_standard_labels() -> None:
 
 
 def test_all_namespaces_grants_exactly_the_operator_rules_cluster_wide() -> None:
-    docs = render()
+    docs = render({"clusterWide": True})
     assert not by_kind(docs, "Role")
     role = one(docs, "ClusterRole")
     assert rule_map([role]) == OPERATOR_RULES
@@ -128,7 +129,7 @@ def test_all_namespaces_grants_exactly_the_operator_rules_cluster_wide() -> None
 
 
 def test_one_namespace_gets_a_role_there_and_only_cluster_reads() -> None:
-    docs = render({"watchNamespace": "team-a"})
+    docs = render({"watchNamespaces": ["team-a"]})
     role = one(docs, "Role")
     assert role["metadata"]["namespace"] == "team-a"
     namespaced = {k: v for k, v in OPERATOR_RULES.items() if k not in CLUSTER_SCOPED}
@@ -143,7 +144,7 @@ def test_one_namespace_gets_a_role_there_and_only_cluster_reads() -> None:
 
 
 def test_replicas_are_peered_through_the_peering_object_the_chart_creates() -> None:
-    docs = render()
+    docs = render({"clusterWide": True})
     assert one(docs, "Deployment")["spec"]["replicas"] == 2
     peering = one(docs, "ClusterKopfPeering")
     assert peering["apiVersion"] == "kopf.dev/v1"
@@ -162,7 +163,7 @@ def test_replicas_are_peered_through_the_peering_object_the_chart_creates() -> N
 
 
 def test_one_namespace_peers_through_a_namespaced_kopfpeering() -> None:
-    docs = render({"watchNamespace": "team-a", "operator": {"peering": {"name": "llm"}}})
+    docs = render({"watchNamespaces": ["team-a"], "operator": {"peering": {"name": "llm"}}})
     peering = one(docs, "KopfPeering")
     assert peering["metadata"] == {**peering["metadata"], "name": "llm", "namespace": "team-a"}
     assert not by_kind(docs, "ClusterKopfPeering")
@@ -207,7 +208,7 @@ def test_pods_meet_pod_security_restricted() -> None:
         ({"bogus": 1}, "bogus"),
         ({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy"),
         ({"operator": {"replicas": -1}}, "replicas"),
-        ({"watchNamespace": "Not_A_Namespace"}, "watchNamespace"),
+        ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"deployment": {"enabled": True, "spec": {"models": []}}}, "models"),
         ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "interval"),
     ],
@@ -237,11 +238,13 @@ def test_service_monitor_scrapes_the_gateways_the_operator_creates() -> None:
         "app.kubernetes.io/part-of": "vgate",
         "app.kubernetes.io/component": "gateway",
     }
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert monitor["spec"]["endpoints"][0]["port"] == "internal"  # /metrics is not on the public port
     assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
-    assert monitor["spec"]["namespaceSelector"] == {"any": True}
-    scoped = one(render({**ALL_ON, "watchNamespace": "team-a"}), "ServiceMonitor")
-    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    scoped = one(render({**ALL_ON, "watchNamespaces": ["team-a", "team-b"]}), "ServiceMonitor")
+    assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    wide = one(render({**ALL_ON, "clusterWide": True}), "ServiceMonitor")
+    assert wide["spec"]["namespaceSelector"] == {"any": True}
 
 
 def test_pod_monitor_scrapes_vllm_metrics_on_every_worker_pod() -> None:
@@ -253,8 +256,11 @@ def test_pod_monitor_scrapes_vllm_metrics_on_every_worker_pod() -> None:
     }
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
     assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
-    scoped = one(render({**ALL_ON, "watchNamespace": "team-a"}), "PodMonitor")
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    scoped = one(render({**ALL_ON, "watchNamespaces": ["team-a"]}), "PodMonitor")
     assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+    wide = one(render({**ALL_ON, "clusterWide": True}), "PodMonitor")
+    assert wide["spec"]["namespaceSelector"] == {"any": True}
 
 
 def test_uninstall_deletes_the_resources_first_while_the_operator_runs() -> None:
@@ -265,8 +271,17 @@ def test_uninstall_deletes_the_resources_first_while_the_operator_runs() -> None
     operator_pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == operator_pod["serviceAccountName"]
     assert pod["containers"][0]["image"] == operator_pod["containers"][0]["image"]
-    assert pod["containers"][0]["args"] == ["operator", "--uninstall", "--timeout", "300"]
-    scoped = one(render({"watchNamespace": "team-a"}), "Job")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["args"] == [
+        "operator",
+        "--namespace",
+        NAMESPACE,
+        "--uninstall",
+        "--timeout",
+        "300",
+    ]
+    wide = one(render({"clusterWide": True}), "Job")["spec"]["template"]["spec"]
+    assert wide["containers"][0]["args"] == ["operator", "--uninstall", "--timeout", "300"]
+    scoped = one(render({"watchNamespaces": ["team-a"]}), "Job")["spec"]["template"]["spec"]
     assert scoped["containers"][0]["args"][:3] == ["operator", "--namespace", "team-a"]
     assert not by_kind(render({"uninstall": {"deleteResources": False}}), "Job")
 
@@ -292,10 +307,12 @@ def test_optional_objects_are_off_by_default() -> None:
     kinds = {d["kind"] for d in render()}
     assert kinds == {
         "ServiceAccount",
-        "ClusterRole",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",  # the cluster-scoped reads kopf needs, nothing more
         "ClusterRoleBinding",
         "Deployment",
-        "ClusterKopfPeering",
+        "KopfPeering",
         "Job",  # the uninstall hook
     }
 
@@ -305,3 +322,51 @@ def test_chart_deploys_the_version_being_released() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["appVersion"] == version
     assert chart["version"] == version
+
+
+def test_by_default_the_operator_watches_only_its_release_namespace() -> None:
+    docs = render()
+    (role,) = by_kind(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")] == [f"{RELEASE}-vgate-cluster-read"]
+    args = operator_args(docs)
+    assert args[args.index("--namespace") + 1] == NAMESPACE
+    assert one(docs, "KopfPeering")["metadata"]["namespace"] == NAMESPACE
+    assert not by_kind(docs, "ClusterKopfPeering")
+
+
+def test_several_namespaces_get_a_role_and_a_peering_each() -> None:
+    docs = render({"watchNamespaces": ["team-a", "team-b"]})
+    assert sorted(r["metadata"]["namespace"] for r in by_kind(docs, "Role")) == ["team-a", "team-b"]
+    assert sorted(r["metadata"]["namespace"] for r in by_kind(docs, "RoleBinding")) == ["team-a", "team-b"]
+    assert sorted(p["metadata"]["namespace"] for p in by_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+    args = operator_args(docs)
+    assert [args[i + 1] for i, a in enumerate(args) if a == "--namespace"] == ["team-a", "team-b"]
+
+
+def test_the_helm_test_pod_mounts_no_token() -> None:
+    pod = one(render({"deployment": {"enabled": True}}), "Pod")
+    assert pod["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_network_policy_lets_only_gateways_reach_the_workers() -> None:
+    assert not by_kind(render(), "NetworkPolicy")
+    policies = by_kind(
+        render({"networkPolicy": {"enabled": True}, "watchNamespaces": ["a", "b"]}), "NetworkPolicy"
+    )
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["a", "b"]
+    spec = policies[0]["spec"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    assert spec["policyTypes"] == ["Ingress"]
+    (rule,) = spec["ingress"]
+    assert rule["from"] == [
+        {
+            "podSelector": {
+                "matchLabels": {
+                    "app.kubernetes.io/part-of": "vgate",
+                    "app.kubernetes.io/component": "gateway",
+                }
+            }
+        }
+    ]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]

@@ -44,9 +44,11 @@ def test_the_default_deployment_spec_is_valid_for_the_crd() -> None:
 
 
 def test_deployment_goes_to_the_watched_namespace() -> None:
-    (vgd,) = by_kind(render({"deployment": {"enabled": True}, "watchNamespace": "team-a"}), "VGateDeployment")
+    (vgd,) = by_kind(
+        render({"deployment": {"enabled": True}, "watchNamespaces": ["team-a"]}), "VGateDeployment"
+    )
     assert vgd["metadata"]["namespace"] == "team-a"
-    (pod,) = by_kind(render({"deployment": {"enabled": True}, "watchNamespace": "team-a"}), "Pod")
+    (pod,) = by_kind(render({"deployment": {"enabled": True}, "watchNamespaces": ["team-a"]}), "Pod")
     assert pod["metadata"]["namespace"] == "team-a"
 
 
@@ -105,7 +107,11 @@ def test_helm_test_probe_fails_naming_the_missing_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "values",
-    [{}, {"watchNamespace": "team-a"}, {"operator": {"replicas": 1, "peering": {"enabled": False}}}],
+    [
+        {"clusterWide": True},
+        {"watchNamespaces": ["team-a"]},
+        {"operator": {"replicas": 1, "peering": {"enabled": False}}},
+    ],
     ids=["all-namespaces", "one-namespace", "standalone"],
 )
 def test_the_operator_accepts_the_command_line_the_chart_gives_it(values: dict[str, Any]) -> None:
@@ -115,7 +121,8 @@ def test_the_operator_accepts_the_command_line_the_chart_gives_it(values: dict[s
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][0] == "operator"  # the image's entrypoint is `vgate`
     args = _parser().parse_args(container["args"][1:])
-    assert args.namespace == ([values["watchNamespace"]] if "watchNamespace" in values else [])
+    expected = [] if values.get("clusterWide") else values.get("watchNamespaces", [NAMESPACE])
+    assert args.namespace == expected
     assert bool(args.standalone) == (not args.peering)
     port = container["ports"][0]["containerPort"]
     assert args.liveness == f"http://0.0.0.0:{port}/healthz"

@@ -87,6 +87,11 @@ def client(workers: Workers) -> Iterator[TestClient]:
         yield c
 
 
+def _internal(client: TestClient) -> TestClient:
+    """The same gateway's internal port (metrics, stats), sharing the running app's state."""
+    return TestClient(client.app.state.internal_app)  # type: ignore[attr-defined]
+
+
 def test_non_stream_body_is_relayed_and_request_id_forwarded(client: TestClient, workers: Workers) -> None:
     r = client.post("/v1/chat/completions", json=CHAT, headers={"x-request-id": "abc-123"})
     assert r.status_code == 200
@@ -143,7 +148,7 @@ def test_unreachable_worker_is_retried_once_elsewhere_and_ejected_after_failures
     statuses = [client.post("/v1/chat/completions", json=CHAT).status_code for _ in range(8)]
     assert statuses == [200] * 8
     assert set(workers.chat_calls) == {"w2"}
-    stats = client.get("/stats").json()
+    stats = _internal(client).get("/stats").json()
     w1 = next(u for u in stats["upstreams"] if u["url"] == "http://w1:8000")
     assert w1["healthy"] is False
     assert w1["ejections"] == 1
@@ -153,7 +158,7 @@ def test_one_failed_request_does_not_eject_a_worker(client: TestClient, workers:
     workers.down.add("w1")
     assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
     workers.down.clear()
-    w1 = next(u for u in client.get("/stats").json()["upstreams"] if u["url"] == "http://w1:8000")
+    w1 = next(u for u in _internal(client).get("/stats").json()["upstreams"] if u["url"] == "http://w1:8000")
     assert (w1["healthy"], w1["consecutive_failures"]) == (True, 1)
 
 
@@ -166,7 +171,7 @@ def test_no_reachable_worker_is_503_with_retry_after_and_panic_keeps_trying_all(
         assert r.status_code == 503
         assert r.headers["retry-after"] == "1"
         assert r.json()["error"]["code"] in ("upstream_unreachable", "no_healthy_upstream")
-    stats = client.get("/stats").json()
+    stats = _internal(client).get("/stats").json()
     assert stats["panic"] == ["m"]  # every worker out: the health view is suspect, all are tried
     workers.down.clear()
     assert client.post("/v1/chat/completions", json=CHAT).status_code == 200
@@ -179,11 +184,11 @@ def test_worker_5xx_answers_count_towards_ejection_4xx_do_not(client: TestClient
     )
     for _ in range(6):
         client.post("/v1/chat/completions", json=CHAT)
-    assert all(u["healthy"] for u in client.get("/stats").json()["upstreams"])
+    assert all(u["healthy"] for u in _internal(client).get("/stats").json()["upstreams"])
     workers.chat = lambda _: Answer(500, b"engine died", "text/plain")
     for _ in range(6):
         client.post("/v1/chat/completions", json=CHAT)
-    upstreams = client.get("/stats").json()["upstreams"]
+    upstreams = _internal(client).get("/stats").json()["upstreams"]
     assert [u["ejections"] for u in upstreams] == [1, 1]
 
 
@@ -200,7 +205,7 @@ def test_metrics_count_requests_tokens_and_upstreams(client: TestClient) -> None
     client.post("/v1/chat/completions", json=CHAT)
     with client.stream("POST", "/v1/chat/completions", json={**CHAT, "stream": True}) as r:
         r.read()
-    text = client.get("/metrics").text
+    text = _internal(client).get("/metrics").text
     assert 'vgate_requests_total{endpoint="/v1/chat/completions",method="POST",status="200"} 2.0' in text
     assert 'vgate_tokens_generated_total{model="m"} 4.0' in text
     assert 'vgate_upstream_healthy{upstream="http://w1:8000"} 1.0' in text
@@ -223,7 +228,7 @@ def test_a_stale_pooled_connection_is_sent_again_once_and_not_held_against_the_w
     r = client.post("/v1/chat/completions", json=CHAT)
     assert r.status_code == 200
     assert len(workers.chat_calls) == 2
-    upstreams = client.get("/stats").json()["upstreams"]
+    upstreams = _internal(client).get("/stats").json()["upstreams"]
     assert all(u["consecutive_failures"] == 0 and u["failures"] == 0 for u in upstreams)
 
 

@@ -259,7 +259,10 @@ def test_gateway_pod_contract() -> None:
     c = pod["containers"][0]
     assert c["image"] == f"ghcr.io/vgate/gateway:{__version__}"
     assert c["args"] == ["gateway", "--config", "/etc/vgate/gateway.yaml"]
-    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
+        {"name": "internal", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert c["lifecycle"]["preStop"]["sleep"]["seconds"] > 0

@@ -131,8 +131,8 @@ async def test_merged_completions_get_the_usage_and_text_they_get_alone(
         (await http.post("/v1/completions", json=warm)).raise_for_status()
         long = {"model": model, "prompt": "busy", "max_tokens": 500, "temperature": 0.5, "ignore_eos": True}
         busy = asyncio.create_task(http.post("/v1/completions", json=long))
-        await eventually(lambda: _routed(http), within=60)
-        batches_before = await ametric(http, gateway.url, "vgate_batch_size_count", missing=0)
+        await eventually(lambda: _routed(http, gateway), within=60)
+        batches_before = await ametric(http, gateway.internal_url, "vgate_batch_size_count", missing=0)
         prompts = ["Hi", "The quick brown fox jumps over the lazy dog while the cat", "Numbers: 0 1 2"]
         bodies = [
             {"model": model, "prompt": p, "max_tokens": 12, "temperature": 0, "seed": 1} for p in prompts
@@ -141,7 +141,7 @@ async def test_merged_completions_get_the_usage_and_text_they_get_alone(
         together = await asyncio.gather(
             *(http.post("/v1/completions", json=b, headers=headers) for b in bodies)
         )
-        merged_calls = await ametric(http, gateway.url, "vgate_batch_size_count") - batches_before
+        merged_calls = await ametric(http, gateway.internal_url, "vgate_batch_size_count") - batches_before
         busy.cancel()
         await asyncio.gather(busy, return_exceptions=True)
         await eventually(lambda: _idle(http, vllm_stack), within=30)
@@ -151,9 +151,10 @@ async def test_merged_completions_get_the_usage_and_text_they_get_alone(
         assert _unstamped(mine.json()) == _unstamped(theirs.json())
 
 
-async def _routed(http: httpx.AsyncClient) -> bool:
-    """Whether the gateway has a call in flight to a worker."""
-    return sum(u["inflight"] for u in (await http.get("/stats")).json()["upstreams"]) > 0
+async def _routed(http: httpx.AsyncClient, gateway: Proc) -> bool:
+    """Whether the gateway has a call in flight to a worker (its /stats, on the internal port)."""
+    stats = (await http.get(f"{gateway.internal_url}/stats")).json()
+    return sum(u["inflight"] for u in stats["upstreams"]) > 0
 
 
 async def _more(http: httpx.AsyncClient, stack: VllmStack) -> bool:

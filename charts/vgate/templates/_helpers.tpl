@@ -82,7 +82,18 @@ The kopf peering object's name.
 Namespace of the VGateDeployment created from values.
 */}}
 {{- define "vgate.deploymentNamespace" -}}
-{{- default .Release.Namespace .Values.watchNamespace }}
+{{- default .Release.Namespace (first .Values.watchNamespaces) }}
+{{- end }}
+
+{{/*
+The namespaces the operator watches, as a JSON list: empty with clusterWide (every one),
+else watchNamespaces, else the release namespace.
+*/}}
+{{- define "vgate.watchNamespaces" -}}
+{{- if .Values.clusterWide }}[]
+{{- else if .Values.watchNamespaces }}{{ toJson .Values.watchNamespaces }}
+{{- else }}{{ list .Release.Namespace | toJson }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -18,7 +18,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.protocol import Kind, parse_request
+from vgate_gateway.guard import PAYLOAD_STATE
+from vgate_gateway.protocol import NOT_PARSED, Kind, parse_request
 from vgate_gateway.proxy import upstream_headers
 from vgate_gateway.state import GatewayState
 
@@ -86,7 +87,8 @@ class OpenAIEndpoint:
         timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
         try:
             try:
-                parsed = parse_request(self.kind, body)
+                # The guard middleware has parsed the body strictly already.
+                parsed = parse_request(self.kind, body, scope.get("state", {}).get(PAYLOAD_STATE, NOT_PARSED))
                 headers = upstream_headers(scope["headers"], scope["state"]["request_id"])
                 response = await state.handle(parsed, headers)
             except OpenAIError as exc:

@@ -1,4 +1,4 @@
-"""Operational endpoints: liveness, readiness, Prometheus metrics, a JSON summary."""
+"""Operational endpoints: liveness and readiness (both ports); metrics and a JSON summary (internal port)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from vgate_gateway import __version__
 from vgate_gateway.state import GatewayState
 
 router = APIRouter()
+#: Served only on the internal port: worker URLs and load are not for the Internet.
+internal_router = APIRouter()
 
 
 @router.get("/health")
@@ -40,13 +42,13 @@ async def ready(request: Request) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@internal_router.get("/metrics")
 async def metrics(request: Request) -> Response:
     state: GatewayState = request.app.state.gateway
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/stats")
+@internal_router.get("/stats")
 async def stats(request: Request) -> JSONResponse:
     state: GatewayState = request.app.state.gateway
     upstreams = [

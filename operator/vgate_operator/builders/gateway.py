@@ -24,8 +24,12 @@ from vgate_operator.builders.common import (
 from vgate_operator.spec import VGateDeploymentSpec, gateway_name, worker_name
 
 PORT = 8000
+#: /metrics, /stats, /docs, /openapi.json: never routed by the Ingress.
+INTERNAL_PORT = 8081
 CONFIG_DIR = "/etc/vgate"
 CONFIG_KEY = "gateway.yaml"
+KEYS_DIR = "/etc/vgate/api-keys"
+KEYS_FILE = "keys"
 #: Seconds a terminating pod keeps serving while endpoint removal reaches every client.
 PRE_STOP_SLEEP = 5
 
@@ -47,7 +51,29 @@ def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
         "cache_maxsize": gw.cache.max_size,
         "cache_ttl_s": gw.cache.ttl_seconds,
         "dedup": gw.dedup,
+        "internal_port": INTERNAL_PORT,
+        **_security_settings(owner, spec),
     }
+
+
+def _security_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
+    gw = spec.gateway
+    out: dict[str, Any] = {}
+    if gw.api_keys_secret_ref is not None:
+        out["api_keys_file"] = f"{KEYS_DIR}/{KEYS_FILE}"
+    if gw.rate_limit is not None:
+        limits = {
+            "rate_limit_rpm": gw.rate_limit.requests_per_minute,
+            "rate_limit_rpm_burst": gw.rate_limit.burst,
+            "rate_limit_tpm": gw.rate_limit.tokens_per_minute,
+            "rate_limit_tpm_burst": gw.rate_limit.token_burst,
+        }
+        out.update({k: v for k, v in limits.items() if v is not None})
+    if gw.redis is not None:
+        # The URL (and its password) comes from the Secret as VGATE_REDIS_URL, not from here.
+        out["redis_failure_mode"] = gw.redis.failure_mode
+        out["redis_prefix"] = f"vgate:{owner.namespace}/{owner.name}:"
+    return out
 
 
 def build_gateway_configmap(owner: Owner, spec: VGateDeploymentSpec) -> Manifest:
@@ -113,7 +139,10 @@ def build_gateway_service(owner: Owner) -> Manifest:
             "spec": {
                 "type": "ClusterIP",
                 "selector": selector_labels(owner, "gateway"),
-                "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+                "ports": [
+                    {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                    {"name": "internal", "port": INTERNAL_PORT, "targetPort": "internal", "protocol": "TCP"},
+                ],
             },
         }
     )
@@ -141,6 +170,15 @@ def build_gateway_deployment(owner: Owner, spec: VGateDeploymentSpec, config: Ma
             {"name": "tmp", "emptyDir": {}},
         ],
     }
+    keys = gw.api_keys_secret_ref
+    if keys is not None:
+        # A whole-volume mount (no subPath): the kubelet swaps in Secret updates, the gateway reloads.
+        pod["volumes"].append(
+            {
+                "name": "api-keys",
+                "secret": {"secretName": keys.name, "items": [{"key": keys.key, "path": KEYS_FILE}]},
+            }
+        )
     if gw.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": ref.name} for ref in gw.image_pull_secrets]
     return with_spec_hash(
@@ -164,7 +202,10 @@ def _gateway_container(spec: VGateDeploymentSpec) -> Manifest:
         "name": "gateway",
         "image": gw.image or image("gateway"),
         "args": ["gateway", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
+        ],
         "readinessProbe": http_probe("/ready", period=2, failures=2),
         "livenessProbe": http_probe("/health", period=10, failures=3, timeout=5),
         # Keep serving while the endpoint removal propagates to kube-proxy and ingress controllers.
@@ -176,6 +217,13 @@ def _gateway_container(spec: VGateDeploymentSpec) -> Manifest:
         "securityContext": container_security_context(read_only_root=True),
     }
     container["env"] = [{"name": "VGATE_WORKERS", "value": str(gw.workers)}]
+    if gw.api_keys_secret_ref is not None:
+        container["volumeMounts"].append({"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True})
+    if gw.redis is not None:
+        ref = gw.redis.url_secret_ref
+        container["env"].append(
+            {"name": "VGATE_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+        )
     resources = gateway_resources(spec)
     if resources:
         container["resources"] = resources
@@ -199,7 +247,7 @@ def gateway_resources(spec: VGateDeploymentSpec) -> dict[str, dict[str, Any]]:
 
 
 def build_ingress(owner: Owner, spec: VGateDeploymentSpec) -> Manifest:
-    """HTTP(S) entry to the gateway Service; only built when ``ingress.enabled``."""
+    """HTTP(S) entry to the gateway's OpenAI API (``/v1`` only); built when ``ingress.enabled``."""
     ing = spec.ingress
     name = gateway_name(owner.name)
     meta = metadata(owner, name, "gateway")
@@ -210,7 +258,7 @@ def build_ingress(owner: Owner, spec: VGateDeploymentSpec) -> Manifest:
         "http": {
             "paths": [
                 {
-                    "path": "/",
+                    "path": "/v1",
                     "pathType": "Prefix",
                     "backend": {"service": {"name": name, "port": {"name": "http"}}},
                 }
