@@ -54,7 +54,7 @@ def main(argv: Sequence[str]) -> int:
 
     import uvicorn
 
-    from vgate_gateway.app import SETTINGS_ENV, build_app
+    from vgate_gateway.app import SETTINGS_ENV, build_app, tune_gc
     from vgate_gateway.auth import KeyFileError
     from vgate_gateway.internal import PortDispatch, bind
     from vgate_gateway.logs import setup_logging
@@ -90,6 +90,7 @@ def main(argv: Sequence[str]) -> int:
     }
     if settings.workers == 1:
         config = uvicorn.Config(PortDispatch(app, app.state.internal_app, settings.internal_port), **common)
+        tune_gc()
         uvicorn.Server(config).run(sockets=sockets)
         return 0
     # N processes share both listening sockets; each builds its app from the same settings,

@@ -12,6 +12,7 @@ import openai
 import pytest
 
 from tests.integration.conftest import MODEL
+from tests.support.metrics import metric
 from tests.support.procs import make_proc, wait_http
 from tests.support.waiting import wait_until
 
@@ -86,6 +87,10 @@ def test_dev_keeps_serving_when_a_worker_dies_and_names_it(tmp_path: Path) -> No
     assert dev.popen is not None
     try:
         wait_http(f"{dev.url}/ready", timeout=60, proc=dev)
+        # /ready answers once one worker is up: kill one only when both serve, or none may be left.
+        wait_until(
+            lambda: metric(dev.url, "vgate_upstream_healthy", missing=0) == 2, what="both workers healthy"
+        )
         out = subprocess.run(
             ["ps", "-o", "pid=,args=", "--ppid", str(dev.popen.pid)],
             capture_output=True,
