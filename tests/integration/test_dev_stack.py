@@ -87,9 +87,10 @@ def test_dev_keeps_serving_when_a_worker_dies_and_names_it(tmp_path: Path) -> No
     assert dev.popen is not None
     try:
         wait_http(f"{dev.url}/ready", timeout=60, proc=dev)
-        # /ready answers once one worker is up: kill one only when both serve, or none may be left.
+        # Kill one only when both serve, or none may be left (metrics are on the internal port).
+        internal = f"http://127.0.0.1:{port + 3}"
         wait_until(
-            lambda: metric(dev.url, "vgate_upstream_healthy", missing=0) == 2, what="both workers healthy"
+            lambda: metric(internal, "vgate_upstream_healthy", missing=0) == 2, what="both workers healthy"
         )
         out = subprocess.run(
             ["ps", "-o", "pid=,args=", "--ppid", str(dev.popen.pid)],
