@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -482,7 +482,7 @@ def _bucket_median(text: str, name: str) -> float:
 
 
 def _median_round(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    def med(get: Any) -> float:
+    def med(get: Callable[..., float]) -> float:
         return statistics.median(get(r) for r in runs)
 
     return {

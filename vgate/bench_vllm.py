@@ -398,7 +398,8 @@ def _on_off(
                 runs[mode].append(result)
 
     def median(mode: str, key: str) -> float:
-        return statistics.median(r[key] for r in runs[mode])
+        values: list[float] = [r[key] for r in runs[mode]]
+        return statistics.median(values)
 
     return {
         "runs": runs,

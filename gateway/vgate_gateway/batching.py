@@ -211,9 +211,10 @@ def learn_shape(body: bytes) -> Shape | None:
         return None
     if not isinstance(answer, dict):
         return None
-    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+    usage, choices = answer.get("usage"), answer.get("choices")
+    usage = usage if isinstance(usage, dict) else {}
     exact = usage.get("prompt_tokens_details") is None and all(answer.get(n) is None for n in UNSPLITTABLE)
-    choices = answer.get("choices") if isinstance(answer.get("choices"), list) else []
+    choices = choices if isinstance(choices, list) else []
     null_ids = bool(choices) and isinstance(choices[0], dict) and "token_ids" in choices[0]
     return Shape(exact, null_ids)
 

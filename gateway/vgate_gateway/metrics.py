@@ -115,7 +115,7 @@ class Metrics:
 
     def forget_upstream(self, url: str) -> None:
         """Drop the series of a worker that is gone, so label sets stay bounded."""
-        series = [(self.upstream_healthy, (url,))]
+        series: list[tuple[Gauge | Counter, tuple[str, ...]]] = [(self.upstream_healthy, (url,))]
         statuses = self._upstream_statuses.pop(url, ())
         series += [(self.upstream_requests, (url, s)) for s in statuses]
         for status in statuses:

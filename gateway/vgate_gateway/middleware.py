@@ -47,7 +47,8 @@ class RequestContextMiddleware:
         self._latency: dict[str, Any] = {}
 
     def _request_id(self, scope: Scope) -> str:
-        for name, value in scope["headers"]:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        for name, value in headers:
             if name == b"x-request-id":
                 incoming = value.decode("latin-1")
                 if _VALID_ID.match(incoming):

@@ -121,5 +121,5 @@ def parse_request(kind: Kind, body: bytes, payload: Any = NOT_PARSED) -> ParsedR
 
 
 def _describe(types: tuple[type, ...]) -> str:
-    names = {list: "array", str: "string"}
+    names: dict[type, str] = {list: "array", str: "string"}
     return " or ".join(names[t] for t in types)

@@ -114,11 +114,12 @@ class KubeApi:
         body: Any = None,
         content_type: str | None = None,
         query: list[tuple[str, str]] | None = None,
-    ) -> Any:
+    ) -> Manifest:
+        """One request; the answer is the JSON object the server sent (every call asks for one)."""
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
-        return await self._api.call_api(
+        answer: Manifest = await self._api.call_api(
             path,
             method,
             query_params=query,
@@ -128,6 +129,7 @@ class KubeApi:
             auth_settings=["BearerToken"],
             _return_http_data_only=True,
         )
+        return answer
 
     @staticmethod
     def _path(kind: str, namespace: str, name: str | None = None) -> str:

@@ -18,7 +18,7 @@ import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from vgate_operator.builders import Owner, build_all
-from vgate_operator.builders.common import GROUP, KIND
+from vgate_operator.builders.common import GROUP, KIND, Manifest
 from vgate_operator.k8s import KubeApi
 from vgate_operator.spec import InvalidSpecError, parse_spec
 from vgate_operator.status import failed_status, healthy_status, now_iso, status_patch
@@ -126,7 +126,7 @@ async def refresh_status(api: KubeApi, namespace: str, name: str, uid: str) -> b
             spec = parse_spec(owner.name, body.get("spec") or {})
         except InvalidSpecError:
             return False
-        live = {}
+        live: dict[tuple[str, str], Manifest | None] = {}
         for manifest in build_all(owner, spec):
             if manifest["kind"] == "Deployment":
                 key = (manifest["kind"], manifest["metadata"]["name"])
@@ -166,8 +166,9 @@ def api_message(body: Any) -> str:
     if isinstance(body, bytes | bytearray):
         body = body.decode(errors="replace")
     if isinstance(body, str):
+        text = body
         try:
-            body = json.loads(body)
+            body = json.loads(text)
         except ValueError:
-            return body.strip()[:500]
+            return text.strip()[:500]
     return str(body.get("message") or "") if isinstance(body, Mapping) else ""

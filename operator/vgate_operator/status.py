@@ -127,13 +127,13 @@ def merge_conditions(
     merged = []
     for cond in new:
         old = before.get(cond["type"])
-        same = old is not None and old.get("status") == cond["status"] and old.get("lastTransitionTime")
-        merged.append({**cond, "lastTransitionTime": old["lastTransitionTime"] if same else now})
+        kept = old is not None and old.get("status") == cond["status"] and old.get("lastTransitionTime")
+        merged.append({**cond, "lastTransitionTime": kept or now})
     return merged
 
 
 def healthy_status(
-    owner: Owner, spec: VGateDeploymentSpec, generation: int, live: Mapping[tuple[str, str], Manifest]
+    owner: Owner, spec: VGateDeploymentSpec, generation: int, live: Mapping[tuple[str, str], Manifest | None]
 ) -> dict[str, Any]:
     """Status after a successful apply: replica counts and the four conditions.
 

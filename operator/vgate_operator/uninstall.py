@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from fnmatch import fnmatch
+from typing import Any
 
 from vgate_operator.k8s import KINDS, KubeApi, connect
 
@@ -28,7 +29,7 @@ async def _remaining(api: KubeApi, namespaces: Sequence[str]) -> list[tuple[str,
         paths = [f"{prefix}/namespaces/{ns}/{plural}" for ns in exact]
     else:
         paths = [f"{prefix}/{plural}"]
-    items = []
+    items: list[dict[str, Any]] = []
     for path in paths:
         items += (await api.call("GET", path)).get("items") or []
     left = []

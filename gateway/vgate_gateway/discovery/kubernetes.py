@@ -21,10 +21,10 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import aiohttp
 from kubernetes_asyncio import client, config
@@ -198,13 +198,31 @@ def resolve_namespace(configured: str | None, sa_file: Path = SERVICE_ACCOUNT_NA
 _API_ERRORS = (aiohttp.ClientError, ApiException, TimeoutError, ValueError, OSError)
 
 
+class _SliceApi(Protocol):
+    """The one call discovery makes, as ``kubernetes_asyncio`` runs it with ``_preload_content=False``:
+    the answer is the raw aiohttp response (its stubs promise the parsed list), and a ``None``
+    parameter is left out of the query."""
+
+    def list_namespaced_endpoint_slice(
+        self,
+        namespace: str,
+        *,
+        label_selector: str,
+        watch: bool = ...,
+        resource_version: str | None = ...,
+        timeout_seconds: int = ...,
+        _preload_content: bool,
+        _request_timeout: float | tuple[float, float | None],
+    ) -> Awaitable[aiohttp.ClientResponse]: ...
+
+
 @dataclass
 class _Backoff:
     failures: int = 0
 
     def next_delay(self) -> float:
         self.failures += 1
-        delay = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (self.failures - 1))
+        delay: float = min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (self.failures - 1))
         return delay * random.uniform(0.5, 1.0)  # jitter: many gateways must not re-list in step
 
     def reset(self) -> None:
@@ -262,11 +280,11 @@ class KubernetesDiscovery:
             self.resync_interval_s,
         )
         try:
-            await self._loop(client.DiscoveryV1Api(api_client), publish)
+            await self._loop(cast(_SliceApi, client.DiscoveryV1Api(api_client)), publish)
         finally:
             await api_client.close()
 
-    async def _loop(self, api: client.DiscoveryV1Api, publish: Publish) -> None:
+    async def _loop(self, api: _SliceApi, publish: Publish) -> None:
         backoff = _Backoff()
         while True:
             try:
@@ -290,7 +308,7 @@ class KubernetesDiscovery:
             else:
                 backoff.reset()
 
-    async def _relist(self, api: client.DiscoveryV1Api, publish: Publish) -> str | None:
+    async def _relist(self, api: _SliceApi, publish: Publish) -> str | None:
         """Replace the whole view with a fresh list; returns its resourceVersion."""
         resp = await api.list_namespaced_endpoint_slice(
             self.namespace,
@@ -313,7 +331,7 @@ class KubernetesDiscovery:
         return str(version) if version else None
 
     async def _watch_until_resync(
-        self, api: client.DiscoveryV1Api, resource_version: str | None, publish: Publish
+        self, api: _SliceApi, resource_version: str | None, publish: Publish
     ) -> str:
         """Follow the watch until the resync is due or the stream ends.
 
@@ -342,9 +360,7 @@ class KubernetesDiscovery:
             return "failed"
         return "ended"
 
-    async def _watch(
-        self, api: client.DiscoveryV1Api, resource_version: str | None, publish: Publish
-    ) -> None:
+    async def _watch(self, api: _SliceApi, resource_version: str | None, publish: Publish) -> None:
         # Read by hand rather than with kubernetes_asyncio.watch.Watch: with a raw response
         # Watch does not check the HTTP status, returns lines that are not JSON as events,
         # and raises bare Exception or KeyError for a malformed event or a Status without a

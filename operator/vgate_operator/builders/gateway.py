@@ -160,7 +160,7 @@ def build_gateway_deployment(owner: Owner, spec: VGateDeploymentSpec, config: Ma
         "labels": metadata(owner, name, "gateway")["labels"],
         "annotations": {CONFIG_HASH: digest(config["data"])},
     }
-    pod = {
+    pod: Manifest = {
         "serviceAccountName": name,
         "securityContext": pod_security_context(),
         "terminationGracePeriodSeconds": gw.termination_grace_period_seconds,

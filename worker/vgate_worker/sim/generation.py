@@ -104,7 +104,7 @@ class Generation:
         usage: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + completion}
         usage["completion_tokens"] = completion
         if self.details:
-            first = {}
+            first: dict[int, int] = {}
             for c, seq in zip(self.choices, self.seqs, strict=True):
                 first.setdefault(c.prompt, seq.cached_tokens)
             usage["prompt_tokens_details"] = {"cached_tokens": sum(first.values())}

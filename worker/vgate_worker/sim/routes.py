@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -203,9 +203,9 @@ def _prompts(
     if isinstance(raw, str):
         items: list[str | list[int]] = [raw]
     elif raw and all(isinstance(x, int) for x in raw):
-        items = [[int(x) for x in raw]]  # type: ignore[union-attr]
+        items = [[int(x) for x in cast(list[int], raw)]]
     else:
-        items = list(raw)  # type: ignore[arg-type]
+        items = list(cast(list[str] | list[list[int]], raw))
     if not items:
         raise ApiError(f"{field} must not be empty.", param=field)
     out = []
