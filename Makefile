@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 
-.PHONY: help venv dev test test-unit test-integration lint fmt clean
+.PHONY: help venv dev check test test-unit test-integration lint typecheck fmt clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_.-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,6 +23,9 @@ venv: $(VENV)/.stamp ## create .venv with V-Gate and its dev tools (runs once, a
 dev: venv ## run the local stack: gateway on 127.0.0.1:8000 + 2 dry-run workers (Ctrl-C stops all)
 	exec $(BIN)/vgate dev
 
+# Cheapest first: a lint slip fails in seconds, before the tests start.
+check: lint lint-docker chart-lint test ## the checks in one go: lint (with mypy), lint-docker, chart-lint, then test
+
 test: venv ## unit + integration tests (real processes on loopback, the openai client, KMock)
 	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
@@ -32,17 +35,21 @@ test-unit: venv ## unit tests only (pure, seconds)
 test-integration: venv ## integration tests only
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
-lint: venv ## ruff (lint + format check) and the import contracts
+lint: venv ## ruff (lint + format check), the import contracts and mypy --strict
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
+
+typecheck: venv ## mypy --strict (pydantic plugin) over the gateway, worker, operator and vgate packages
+	$(BIN)/mypy
 
 fmt: venv ## format and auto-fix with ruff
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean: ## remove virtualenvs and caches
-	rm -rf $(VENV) .venv-vllm .pytest_cache .ruff_cache build dist *.egg-info
+	rm -rf $(VENV) .venv-vllm .pytest_cache .ruff_cache .mypy_cache build dist *.egg-info
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 # Each area keeps its targets in mk/<area>.mk (vLLM tier, benchmarks, images, kind).
