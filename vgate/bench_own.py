@@ -18,12 +18,13 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, MutableMapping
 from typing import Any
 
 from vgate_gateway.app import build_app, tune_gc
 from vgate_gateway.discovery.static import StaticDiscovery
 from vgate_gateway.settings import GatewaySettings
+
 
 class _Answer:
     """One canned upstream answer, read at once."""
@@ -122,7 +123,7 @@ async def measure(body: bytes, answer: bytes, requests: int) -> dict[str, Any]:
                 await asyncio.Event().wait()  # the client never leaves
                 raise AssertionError("unreachable")
 
-            async def send(message: dict[str, Any]) -> None:
+            async def send(message: MutableMapping[str, Any]) -> None:
                 if message["type"] == "http.response.start":
                     statuses[message["status"]] = statuses.get(message["status"], 0) + 1
 
