@@ -1,7 +1,8 @@
 """``vgate bench --vllm``: the gateway's efficiency measured against real vLLM (its CPU build).
 
-Two real vLLM workers serve V-Gate's tiny Qwen2 model (float16: the CPU build's AWQ kernels
-need AVX-512, and the measurements are about the gateway, not the kernels), started once;
+Two real vLLM workers serve the float16 checkpoint given with ``--model`` (``make bench-vllm``
+writes V-Gate's tiny Qwen2 model with ``hack/tiny_model.py --format float``: the CPU build's AWQ
+kernels need AVX-512, and the measurements are about the gateway, not the kernels), started once;
 a fresh gateway is started for every configuration. Measured, each against its peer in
 the same run:
 
@@ -99,6 +100,8 @@ _VLLM_ENV = {
 class VllmBenchConfig:
     """One run's shape (command-line flags)."""
 
+    #: The float16 checkpoint the workers serve (a directory); the prompts use the tiny model's words.
+    model: str = ""
     identical: int = 8
     batch_requests: int = 192
     batch_concurrency: int = 32
@@ -148,13 +151,6 @@ def _process(
             yield url
         finally:
             stop_all([proc], group=True)
-
-
-def make_model(directory: Path) -> Path:
-    """V-Gate's tiny Qwen2 model in float16."""
-    cmd = [sys.executable, "-m", "vgate", "worker", "make-tiny-model", str(directory), "--format", "float"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    return directory
 
 
 def _worker_args(cfg: VllmBenchConfig, model: Path) -> list[str]:
@@ -491,11 +487,11 @@ def run_routing(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> dic
 
 def run(cfg: VllmBenchConfig, logs: Path) -> dict[str, Any]:
     """Every measurement on one pair of workers; returns the JSON-ready results."""
-    model = make_model(logs / "model")
+    model = Path(cfg.model)
     _, pin = _cores()
     results: dict[str, Any] = {
         "config": asdict(cfg),
-        "model": "tiny Qwen2, float16 (this CPU has no AVX-512 for AWQ)",
+        "model": f"{model.name}, float16 (this CPU has no AVX-512 for AWQ)",
     }
     sections = set(cfg.sections.split(","))
     with ExitStack() as es:
@@ -573,6 +569,13 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = vars(p.parse_args(list(argv)))
     cfg = VllmBenchConfig(**args)
+    if not Path(cfg.model, "config.json").is_file():
+        print(
+            f"vgate bench --vllm: --model {cfg.model or 'DIR'}: no checkpoint there; "
+            "make bench-vllm writes the tiny one (hack/tiny_model.py DIR --format float)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         import vllm  # noqa: F401
     except ImportError:

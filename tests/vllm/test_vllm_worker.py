@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
+from hack import tiny_model as tm
 from tests.vllm.conftest import FLOAT_NAME, SERVED_NAME, TinyModels, VllmStack, awq_support
-from vgate_worker import tiny_model as tm
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
