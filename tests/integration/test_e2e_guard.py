@@ -17,17 +17,21 @@ def kubeconfig(tmp_path: Path, name: str, context: str | None) -> Path:
     return path
 
 
-def test_plain_pytest_skips_the_suite_without_a_cluster(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
-    done = subprocess.run(
+def e2e_suite(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``pytest tests/e2e`` with no cluster tools on PATH and a home of its own."""
+    return subprocess.run(
         [sys.executable, "-m", "pytest", "tests/e2e", "-q", "-rs", "-p", "no:cacheprovider"],
         cwd=ROOT,
-        env=env,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), **env},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+def test_plain_pytest_skips_the_suite_without_a_cluster(tmp_path: Path) -> None:
+    done = e2e_suite(tmp_path, {"KUBECONFIG": str(tmp_path / "none")})
     assert done.returncode == 0, done.stdout + done.stderr
     assert "no Kubernetes cluster is configured" in done.stdout
     assert " passed" not in done.stdout
@@ -35,15 +39,6 @@ def test_plain_pytest_skips_the_suite_without_a_cluster(tmp_path: Path) -> None:
 
 def test_requested_suite_refuses_a_foreign_context(tmp_path: Path) -> None:
     config = kubeconfig(tmp_path, "config", "prod-cluster")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(config), "VGATE_E2E": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = e2e_suite(tmp_path, {"KUBECONFIG": str(config), "VGATE_E2E": "1"})
     assert done.returncode != 0
     assert "refusing kube-context 'prod-cluster'" in done.stdout + done.stderr
