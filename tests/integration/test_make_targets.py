@@ -1,6 +1,6 @@
 """The Makefile's targets as make runs them.
 
-``make -n`` prints the commands ``make e2e-kind``, ``deploy`` and ``images`` would run without
+``make -n`` prints the commands ``make check``, ``e2e-kind``, ``deploy`` and ``images`` would run without
 running any, so the order of the steps (and what each is given) is checked without docker or a
 cluster; ``make crds`` runs for real into a scratch chart.
 """
@@ -37,6 +37,21 @@ def index(lines: list[str], needle: str) -> int:
     found = [i for i, line in enumerate(lines) if needle in line]
     assert found, f"no command containing {needle!r} in:\n" + "\n".join(lines)
     return found[0]
+
+
+def test_check_lints_and_type_checks_before_the_tests() -> None:
+    lines = make_dry_run("check")
+    steps = [
+        ".venv/bin/ruff check .",
+        ".venv/bin/ruff format --check .",
+        ".venv/bin/lint-imports",
+        ".venv/bin/mypy",
+        ".venv/bin/hadolint Dockerfile.gateway Dockerfile.worker",
+        "hack/chart_lint.py charts/vgate",
+        ".venv/bin/pytest tests/unit tests/integration",
+    ]
+    positions = [index(lines, step) for step in steps]
+    assert positions == sorted(positions)
 
 
 def test_e2e_kind_runs_the_whole_path_in_order() -> None:
