@@ -61,7 +61,7 @@ class ParsedRequest:
         limit = PROMPT_TEXT_CHARS
         if self.kind is Kind.CHAT:
             parts: list[str] = []
-            size = 0
+            size = -1  # the length of the text so far: a newline goes before every part but the first
             for m in self.payload.get("messages", []):
                 if size >= limit:
                     break

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.nesting import nesting
 from vgate_gateway.cache import request_key
 from vgate_gateway.errors import OpenAIError
 from vgate_gateway.jsonbody import depth_exceeds, loads
@@ -90,17 +91,9 @@ NESTED = st.recursive(
 )
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
-
-
 @given(doc=NESTED, limit=st.integers(min_value=1, max_value=12), indent=st.sampled_from([None, 0, 2]))
 def test_the_depth_read_from_the_bytes_is_the_depth_of_the_document(
     doc: Any, limit: int, indent: int | None
 ) -> None:
     body = json.dumps(doc, indent=indent, ensure_ascii=indent is None).encode()
-    assert depth_exceeds(body, limit) == (_depth(doc) > limit)
+    assert depth_exceeds(body, limit) == (nesting(doc) > limit)

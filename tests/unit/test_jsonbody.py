@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import json
 import random
-from typing import Any
 
 import pytest
 
+from tests.support.nesting import nesting
 from vgate_gateway.errors import OpenAIError
 from vgate_gateway.jsonbody import depth_exceeds, loads
-
-
-def _depth(value: Any) -> int:
-    """The reference: containers nested around the deepest value, walked on the parsed document."""
-    if isinstance(value, dict):
-        return 1 + max(map(_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(_depth, value), default=0)
-    return 0
 
 
 @pytest.mark.parametrize(
@@ -39,7 +30,7 @@ def _depth(value: Any) -> int:
     ],
 )
 def test_depth_is_read_from_the_bytes(body: bytes, depth: int) -> None:
-    assert _depth(json.loads(body)) == depth
+    assert nesting(json.loads(body)) == depth
     for limit in (1, 2, 3, 4, 5, 6, 64, 65):
         assert depth_exceeds(body, limit) == (depth > limit), limit
 
@@ -50,7 +41,7 @@ def test_siblings_of_every_depth_merge_to_the_deepest() -> None:
     for _ in range(300):
         parts = ["[" * d + "]" * d for d in (rng.randrange(1, 70) for _ in range(rng.randrange(1, 12)))]
         body = ("[" + ",".join(parts) + "]").encode()
-        depth = _depth(json.loads(body))
+        depth = nesting(json.loads(body))
         assert depth_exceeds(body, 64) == (depth > 64)
         assert depth_exceeds(body, depth) is False
         assert depth_exceeds(body, depth - 1) is True
