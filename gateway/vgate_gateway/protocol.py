@@ -66,8 +66,11 @@ class ParsedRequest:
                 if size >= limit:
                     break
                 if isinstance(m, dict):
-                    role, text = f"<{m.get('role', '')}>", _content_text(m.get("content"), limit - size)
-                    parts += (role, text)
+                    role = f"<{m.get('role', '')}>"
+                    content = m.get("content")
+                    text = content[:limit] if isinstance(content, str) else _parts_text(content, limit)
+                    parts.append(role)
+                    parts.append(text)
                     size += len(role) + len(text) + 2
             return "\n".join(parts)[:limit]
         field, _ = _PROMPT_FIELD[self.kind]
@@ -86,10 +89,8 @@ class ParsedRequest:
 Handler = Callable[[ParsedRequest, Mapping[str, str]], Awaitable[Response]]
 
 
-def _content_text(content: Any, limit: int) -> str:
-    """The text of a message, or of its text content parts, read up to about ``limit`` characters."""
-    if isinstance(content, str):
-        return content[:limit]
+def _parts_text(content: Any, limit: int) -> str:
+    """The text of a message's text content parts, read up to about ``limit`` characters."""
     if not isinstance(content, list):
         return ""
     texts: list[str] = []
