@@ -50,6 +50,7 @@ class Asker(threading.Thread):
         self.port, self.method, self.path, self.body = port, method, path, body
         self.took: list[float] = []
         self.statuses: set[int] = set()
+        self.cache: set[str | None] = set()  # x-vgate-cache of the answers
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -62,6 +63,7 @@ class Asker(threading.Thread):
             answer.read()
             self.took.append(time.perf_counter() - started)
             self.statuses.add(answer.status)
+            self.cache.add(answer.getheader("x-vgate-cache"))
             time.sleep(0.005)
 
 
@@ -101,7 +103,7 @@ def posted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Posted]:
 
 
 def test_every_large_body_reaches_the_worker(posted: Posted) -> None:
-    # 1.1 million tokens is far beyond the dry-run model's context: the worker's own 400.
+    # 2.7 million tokens are far beyond the dry-run model's context: the worker's own 400.
     assert posted.statuses == [400] * POSTS
     assert all("maximum context length" in e for e in posted.errors), posted.errors
 
@@ -114,5 +116,6 @@ def test_health_answers_quickly_while_large_bodies_are_posted(posted: Posted) ->
 
 def test_small_requests_are_answered_quickly_while_large_bodies_are_posted(posted: Posted) -> None:
     assert posted.chat.statuses == {200}
+    assert posted.chat.cache == {"hit"}  # answered by the gateway alone, not by the busy worker
     assert len(posted.chat.took) > 20
     assert max(posted.chat.took) < SLOWEST_ANSWER_S, sorted(posted.chat.took)[-5:]
