@@ -3,9 +3,11 @@
 Starts two dry-run workers and a gateway (default settings, like ``vgate dev``), then for
 each kind of large body posts it a few times back to back (with ``curl``, so the poster
 holds no GIL here) while two threads keep asking: ``GET /health`` and a small chat
-request the gateway answers from its cache. Prints the longest and the 99th-percentile latency each saw during the posts.
+request the gateway answers from its cache. Prints the longest and the 99th-percentile
+latency each saw during the posts.
 
-    .venv/bin/python hack/bigbody_latency.py [--posts 3] [--size-mb 7.5] [--only KIND]
+    PYTHONPATH=. .venv/bin/python hack/bigbody_latency.py [--posts 3] [--size-mb 7.5] [--only KIND]
+        [--env VGATE_X=Y] [--py-spy PATH-TO-PY-SPY]
 """
 
 from __future__ import annotations
