@@ -18,7 +18,6 @@ from starlette.responses import Response
 from vgate_gateway import jsonbody
 from vgate_gateway.errors import invalid_request
 
-DEFAULT_MAX_DEPTH = 64
 #: The most prompt text routing is given: well above what prefix-aware routing hashes
 #: (256 blocks of 64 characters), so a longer prompt routes exactly as its start does.
 PROMPT_TEXT_CHARS = 64 * 1024
@@ -115,7 +114,7 @@ def parse_request(kind: Kind, body: bytes, payload: Any = NOT_PARSED) -> ParsedR
     ``payload`` is ``body`` already parsed (the guard middleware parses every body strictly).
     """
     if payload is NOT_PARSED:
-        payload = jsonbody.loads(body, DEFAULT_MAX_DEPTH)
+        payload = jsonbody.loads(body, jsonbody.DEFAULT_MAX_DEPTH, jsonbody.DEFAULT_MAX_CONTAINERS)
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.")
     model = payload.get("model")

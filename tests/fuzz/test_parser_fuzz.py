@@ -41,7 +41,7 @@ FIELDS = {Kind.CHAT: "messages", Kind.COMPLETIONS: "prompt", Kind.EMBEDDINGS: "i
 def _survive(kind: Kind, body: bytes) -> None:
     refused: OpenAIError | None = None
     try:
-        req = parse_request(kind, body, loads(body, 64))
+        req = parse_request(kind, body, loads(body, 64, 100_000))
     except OpenAIError as exc:
         refused = exc
     if refused is not None:

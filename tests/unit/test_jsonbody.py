@@ -51,5 +51,19 @@ def test_a_very_deep_body_is_refused_without_recursion() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
     assert depth_exceeds(deep, 64)
     with pytest.raises(OpenAIError) as caught:
-        loads(b'{"a": ' + b"[" * 900 + b"]" * 900 + b"}", 64)
+        loads(b'{"a": ' + b"[" * 900 + b"]" * 900 + b"}", 64, 100_000)
     assert (caught.value.status, caught.value.code) == (400, "json_too_deep")
+
+
+def test_a_body_of_too_many_containers_is_refused_before_it_is_parsed() -> None:
+    messages = b",".join([b'{"role": "user", "content": "hi"}'] * 101)
+    body = b'{"model": "m", "messages": [' + messages + b"]}"
+    assert loads(body, 64, 103)["messages"][100] == {"role": "user", "content": "hi"}  # 103 containers
+    with pytest.raises(OpenAIError) as caught:
+        loads(body, 64, 102)
+    assert (caught.value.status, caught.value.code) == (400, "json_too_complex")
+
+
+def test_brackets_inside_strings_do_not_count_as_containers() -> None:
+    body = b'{"model": "m", "prompt": "' + b"[{" * 5000 + b'"}'
+    assert loads(body, 64, 64)["prompt"] == "[{" * 5000

@@ -153,7 +153,7 @@ def test_escape_keeps_log_lines_single() -> None:
 )
 def test_strict_parse_turns_every_problem_into_a_400(body: bytes) -> None:
     with pytest.raises(OpenAIError) as caught:
-        loads(body, 64)
+        loads(body, 64, 100_000)
     assert caught.value.status == 400
 
 
