@@ -45,6 +45,7 @@ from vgate_gateway.dedup import (
     Subscription,
 )
 from vgate_gateway.errors import OpenAIError, invalid_request
+from vgate_gateway.offload import off_loop_if_large
 from vgate_gateway.protocol import Handler, Kind, ParsedRequest
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.sse import HEADERS as SSE_HEADERS
@@ -132,7 +133,9 @@ class Pipeline:
         kind = req.kind
         if not is_cacheable(kind, req.payload, mode):
             return _tagged(await self._uncached(kind, req, headers), "miss")
-        key = request_key(kind, req.model, req.payload, tenant=_tenant(headers))
+        key = await off_loop_if_large(
+            len(req.body), request_key, kind, req.model, req.payload, _tenant(headers)
+        )
         stored = self.cache.get(key, kind) if self.cache.enabled else None
         if stored is not None:
             return _replay(stored, headers)
