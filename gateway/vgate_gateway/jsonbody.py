@@ -9,12 +9,15 @@ an exception escaping as a 500.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
-from starlette.types import Receive
 
 from vgate_gateway.errors import OpenAIError, invalid_request
+
+#: ASGI's ``receive`` callable, spelled here so request parsing needs no HTTP framework.
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 
 
 class ClientGone(Exception):

@@ -1,6 +1,6 @@
 """The efficiency layer in front of the proxy: result cache -> in-flight dedup -> micro-batching.
 
-A request the cache may answer (see :func:`vgate_gateway.cache.is_cacheable`) is looked up
+A request the cache may answer (see :func:`vgate_gateway.cache.policy.is_cacheable`) is looked up
 first; a hit replays the worker's answer (JSON or stream) under the replaying request's
 id. A miss joins the in-flight call for the same request, or starts it; that call goes
 through the micro-batcher (non-streaming completions and embeddings) or straight to the
@@ -23,19 +23,10 @@ from prometheus_client import CollectorRegistry
 from starlette.responses import Response, StreamingResponse
 
 from vgate_gateway.batching import PROMPT_FIELD, BatchMetrics, Client, MicroBatcher, Reply
-from vgate_gateway.cache import (
-    CACHE_HEADER,
-    Answer,
-    CacheMetrics,
-    ResponseCache,
-    Restamp,
-    Stamp,
-    StreamRecorder,
-    is_cacheable,
-    parse_cache_mode,
-    request_key,
-    response_complete,
-)
+from vgate_gateway.cache.answer import Answer, Restamp, Stamp
+from vgate_gateway.cache.policy import CACHE_HEADER, is_cacheable, parse_cache_mode, request_key
+from vgate_gateway.cache.recorder import StreamRecorder, response_complete
+from vgate_gateway.cache.store import CacheMetrics, ResponseCache
 from vgate_gateway.dedup import (
     Deduplicator,
     DedupMetrics,
@@ -45,11 +36,12 @@ from vgate_gateway.dedup import (
     Subscription,
 )
 from vgate_gateway.errors import OpenAIError, invalid_request
-from vgate_gateway.protocol import Handler, Kind, ParsedRequest
+from vgate_gateway.handler import Handler
+from vgate_gateway.protocol import Kind, ParsedRequest
+from vgate_gateway.relay import event_stream
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.sse import HEADERS as SSE_HEADERS
 from vgate_gateway.sse import MEDIA_TYPE as SSE
-from vgate_gateway.sse import event_stream
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +114,7 @@ class Pipeline:
         }
 
     async def handle(self, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
-        """Answer one OpenAI request (a :data:`~vgate_gateway.protocol.Handler`)."""
+        """Answer one OpenAI request (a :data:`~vgate_gateway.handler.Handler`)."""
         try:
             mode = parse_cache_mode(headers.get(CACHE_HEADER))
         except ValueError as exc:

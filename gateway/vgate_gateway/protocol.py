@@ -8,12 +8,9 @@ obviously bad requests itself with a 400 instead of spending an upstream call.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
-
-from starlette.responses import Response
 
 from vgate_gateway import jsonbody
 from vgate_gateway.errors import invalid_request
@@ -63,11 +60,6 @@ class ParsedRequest:
         if isinstance(value, list) and value and isinstance(value[0], str):
             value = value[0]  # a list of prompts (a merged batch): routed on the first one
         return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
-
-
-#: Answers one parsed OpenAI request, given the headers to send upstream. Each step of the
-#: request path (the efficiency pipeline, the proxy) is one; the proxy is the innermost.
-Handler = Callable[[ParsedRequest, Mapping[str, str]], Awaitable[Response]]
 
 
 def _content_text(content: Any) -> str:

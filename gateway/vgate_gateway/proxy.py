@@ -24,11 +24,13 @@ from vgate_gateway.client import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from vgate_gateway.error_handlers import error_response
 from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.protocol import ParsedRequest
+from vgate_gateway.relay import event_stream
 from vgate_gateway.routing import Router
-from vgate_gateway.sse import DONE, EventFramer, error_event, event_stream, usage_completion_tokens
+from vgate_gateway.sse import DONE, EventFramer, error_event, usage_completion_tokens
 from vgate_gateway.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -253,4 +255,4 @@ def _relay_error(status: int, body: bytes, content_type: str | None) -> Response
         return Response(body, status_code=status, media_type=content_type or "application/json")
     message = obj.get("message") if isinstance(obj, dict) else None
     message = message or body.decode(errors="replace").strip() or f"The model worker answered HTTP {status}."
-    return OpenAIError(status, str(message), code=f"upstream_{status}").response()
+    return error_response(OpenAIError(status, str(message), code=f"upstream_{status}"))

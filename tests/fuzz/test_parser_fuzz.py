@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from vgate_gateway.cache import request_key
+from vgate_gateway.cache.policy import request_key
 from vgate_gateway.errors import OpenAIError
 from vgate_gateway.jsonbody import loads
 from vgate_gateway.protocol import Kind, parse_request
