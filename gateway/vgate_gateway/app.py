@@ -9,8 +9,10 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from vgate_gateway import __version__
 from vgate_gateway.admission import Admission
@@ -95,6 +97,22 @@ def make_limiter(settings: GatewaySettings, metrics: RateLimitMetrics, keys: Key
             retry_after_s=settings.retry_after_s,
         )
     return LocalLimiter(metrics) if limited or keys.enabled else None
+
+
+class GatewayApp(FastAPI):
+    """FastAPI with the gateway's own middleware in front of the framework's.
+
+    The generation routes are answered inside that front, so they skip the framework's
+    error, telemetry and body-limit layers, which the gateway's own guard replaces; every
+    other route goes on through the whole framework stack.
+    """
+
+    def __init__(self, front: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
+        self._front = front
+        super().__init__(**kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return self._front(super().build_middleware_stack())
 
 
 def build_app(
@@ -205,34 +223,38 @@ def build_app(
             await client.close()
             await health_client.close()
 
-    # /docs and /openapi.json are served on the internal port only (vgate_gateway.internal).
-    # The gateway exports its own Prometheus metrics; the framework's OpenTelemetry hooks
-    # would cost a provider lookup on every request.
-    telemetry = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(
-        title="V-Gate",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        telemetry=telemetry,  # type: ignore[arg-type]
-    )
-    app.openapi = lambda: public_openapi(app)  # type: ignore[method-assign]
-    install_error_handlers(app)
-    app.include_router(openai.router)
-    app.include_router(ops.router)
-    # Innermost first: every middleware added below wraps the generation endpoints too.
-    app.add_middleware(openai.HotRoutes)
     guard = GuardConfig(
         max_body_bytes=settings.max_body_bytes,
         max_json_depth=settings.max_json_depth,
         default_limits=default_limits(settings),
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
     )
-    # Inside the request-id middleware: its answers carry x-request-id.
-    app.add_middleware(Guard, keys=keys, limiter=limiter, config=guard)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+
+    def front(framework: ASGIApp) -> ASGIApp:
+        # Outermost first: request ids and the access log, then keys, limits and the body
+        # checks (inside, so their answers carry x-request-id), then the generation routes;
+        # everything else goes on to the framework.
+        hot = openai.HotRoutes(framework)
+        return RequestContextMiddleware(Guard(hot, keys=keys, limiter=limiter, config=guard), metrics=metrics)
+
+    # /docs and /openapi.json are served on the internal port only (vgate_gateway.internal).
+    # The gateway exports its own Prometheus metrics; the framework's OpenTelemetry hooks
+    # would cost a provider lookup on every request.
+    telemetry = {"tracing": False, "metrics": False, "logs": False}
+    app = GatewayApp(
+        front,
+        title="V-Gate",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        telemetry=telemetry,
+    )
+    app.openapi = lambda: public_openapi(app)  # type: ignore[method-assign]
+    install_error_handlers(app)
+    app.include_router(openai.router)
+    app.include_router(ops.router)
     app.state.internal_app = build_internal_app(app)
     app.state.gateway_settings = settings
     return app

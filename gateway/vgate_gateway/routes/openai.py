@@ -133,8 +133,8 @@ for _path, _endpoint in ENDPOINTS.items():
 class HotRoutes:
     """The generation endpoints, dispatched before the framework's router.
 
-    Installed as the innermost middleware: every middleware added after it (request ids,
-    access log, authentication, limits) still wraps these requests, but the framework's
+    Installed in front of the framework, inside the request-id and guard middleware (see
+    ``app.GatewayApp``): those still wrap these requests, but the framework's error,
     routing, dependency solving and exception layers, which they do not need, are skipped.
     """
 
