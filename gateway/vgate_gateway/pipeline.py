@@ -22,12 +22,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.responses import Response, StreamingResponse
 
-from vgate_gateway.batching import PROMPT_FIELD, BatchMetrics, Client, MicroBatcher, Reply
+from vgate_gateway.batching import BATCHABLE, BatchMetrics, Client, MicroBatcher, Reply
 from vgate_gateway.cache.answer import Answer, Restamp, Stamp
 from vgate_gateway.cache.policy import CACHE_HEADER, is_cacheable, parse_cache_mode, request_key
 from vgate_gateway.cache.recorder import StreamRecorder, response_complete
 from vgate_gateway.cache.store import CacheMetrics, ResponseCache
 from vgate_gateway.dedup import (
+    MAX_FLIGHTS,
     Deduplicator,
     DedupMetrics,
     FlightWriter,
@@ -46,8 +47,6 @@ from vgate_gateway.sse import MEDIA_TYPE as SSE
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
-#: Open flights tracked at once; beyond it identical requests each go upstream.
-MAX_FLIGHTS = 1024
 #: Sent upstream with a merged call: the request id of every client it answers.
 BATCH_IDS_HEADER = "x-vgate-batch-request-ids"
 
@@ -131,7 +130,7 @@ class Pipeline:
         return await self._shared(kind, key, req, headers)
 
     async def _uncached(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
-        if req.stream or kind not in PROMPT_FIELD:
+        if req.stream or kind not in BATCHABLE:
             return await self._forward(req, headers)
         reply = await self._reply(kind, req, headers)
         return Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
@@ -139,7 +138,7 @@ class Pipeline:
     async def _reply(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Reply:
         """A whole non-streaming answer, through the micro-batcher where it applies."""
         client = Client(headers.get("x-request-id", ""), (req, headers))
-        if kind in PROMPT_FIELD:
+        if kind in BATCHABLE:
             # Requests with different credentials never share an upstream call.
             partition = _tenant(headers) or ""
             return await self.batcher.submit(kind, req.payload, client, partition=partition)

@@ -8,6 +8,7 @@ obviously bad requests itself with a 400 instead of spending an upstream call.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -26,11 +27,17 @@ class Kind(StrEnum):
     EMBEDDINGS = "/v1/embeddings"
 
 
-# The field that carries the prompt for each kind, and the JSON types it may have.
-_PROMPT_FIELD: dict[Kind, tuple[str, tuple[type, ...]]] = {
-    Kind.CHAT: ("messages", (list,)),
-    Kind.COMPLETIONS: ("prompt", (str, list)),
-    Kind.EMBEDDINGS: ("input", (str, list)),
+#: The field that carries the prompt for each kind.
+PROMPT_FIELD: Mapping[Kind, str] = {
+    Kind.CHAT: "messages",
+    Kind.COMPLETIONS: "prompt",
+    Kind.EMBEDDINGS: "input",
+}
+#: The JSON types each kind's prompt field may have.
+_PROMPT_TYPES: Mapping[Kind, tuple[type, ...]] = {
+    Kind.CHAT: (list,),
+    Kind.COMPLETIONS: (str, list),
+    Kind.EMBEDDINGS: (str, list),
 }
 
 
@@ -55,8 +62,7 @@ class ParsedRequest:
                     parts.append(f"<{m.get('role', '')}>")
                     parts.append(_content_text(m.get("content")))
             return "\n".join(parts)
-        field, _ = _PROMPT_FIELD[self.kind]
-        value = self.payload.get(field)
+        value = self.payload.get(PROMPT_FIELD[self.kind])
         if isinstance(value, list) and value and isinstance(value[0], str):
             value = value[0]  # a list of prompts (a merged batch): routed on the first one
         return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
@@ -86,7 +92,7 @@ def parse_request(kind: Kind, body: bytes, payload: Any = NOT_PARSED) -> ParsedR
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise invalid_request("You must provide a model parameter (a non-empty string).", param="model")
-    field, types = _PROMPT_FIELD[kind]
+    field, types = PROMPT_FIELD[kind], _PROMPT_TYPES[kind]
     value = payload.get(field)
     if value is None:
         raise invalid_request(f"Missing required parameter: '{field}'.", param=field)
