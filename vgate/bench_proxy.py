@@ -460,6 +460,8 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
             wait_http(f"http://127.0.0.1:{port}/health", alive=lambda: up.poll() is None)
         if cfg.clients and "json" in upstreams:
             results["clients"] = compare_clients(cfg, upstreams["json"])
+        if "vgate" in cfg.systems:
+            results["own"] = own_cost(cfg, root)
         for system in cfg.systems:
             by_case: dict[str, Any] = {}
             for shape in sorted(shapes):
@@ -498,6 +500,20 @@ def compare_clients(cfg: BenchConfig, upstream: int) -> dict[str, Any]:
     return results
 
 
+def own_cost(cfg: BenchConfig, root: Path) -> dict[str, Any]:
+    """V-Gate's own layers in-process, pinned to the SUT core (vgate/bench_own.py)."""
+    body, answer = root / "own-body.json", root / "own-answer.json"
+    body.write_text(_body(False))
+    answer.write_text(_chat_json())
+    argv = [sys.executable, "-m", "vgate.bench_own", str(body), str(answer)]
+    done = subprocess.run(_pinned(cfg.sut_core, argv), capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"the in-process run failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
+    print(f"  vgate own layers in-process: {result['cpu_us_per_request']} us/req", flush=True)
+    return result
+
+
 def _short(r: dict[str, float]) -> str:
     text = f"{r['rps']:>9,.0f} rps  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
     if "sut_cpu_ms_per_request" in r:
@@ -534,6 +550,17 @@ def render(results: dict[str, Any]) -> str:
             f"| {get('sse-c16', 'events_per_s')} | {get('long-c16', 'events_per_s')} |"
         )
     lines += ["", _ratios(systems, "vllm-router"), "", _ratios(systems, "nginx")]
+    lines += ["", _cpu_table(systems)]
+    own = results.get("own")
+    end_to_end = systems.get("vgate", {}).get("json-c16", {}).get("sut_cpu_ms_per_request")
+    if own and end_to_end:
+        total = end_to_end * 1000
+        lines += [
+            "",
+            f"V-Gate's own layers, driven in-process with an in-memory worker: {own['cpu_us_per_request']:.0f} us "
+            f"of CPU per request, of {total:.0f} us end to end at JSON c=16; the other "
+            f"{total - own['cpu_us_per_request']:.0f} us are uvicorn, aiohttp and the event loop.",
+        ]
     if "clients" in results:
         lines += [
             "",
@@ -546,6 +573,19 @@ def render(results: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} {r.get('version', '')} | {r.get('rps', '-')} | {r.get('cpu_us_per_request', '-')} | {b.get('rps', '-')} |"
             )
+    return "\n".join(lines)
+
+
+def _cpu_table(systems: dict[str, Any]) -> str:
+    """CPU of each system under test per request, the figure that moves least between runs."""
+    cases = [c for c, _, _ in CASES]
+    lines = ["| CPU us/request | " + " | ".join(cases) + " |", "|---" * (len(cases) + 1) + "|"]
+    for name, results in systems.items():
+        cells = []
+        for case in cases:
+            cpu = results.get(case, {}).get("sut_cpu_ms_per_request")
+            cells.append(f"{cpu * 1000:.0f}" if cpu is not None else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -1,10 +1,12 @@
-"""``vgate bench-proxy``'s pure parts: reading wrk, the canned answers, the table and the profile summary."""
+"""``vgate bench-proxy``'s pure parts: reading wrk, the canned answers, the table, the profile summary
+and the in-process run of the gateway's own layers."""
 
 from __future__ import annotations
 
 import json
 
-from vgate.bench_proxy import EVENTS, _chat_stream, parse_wrk, render, summarize_profile
+from vgate.bench_own import measure as measure_own
+from vgate.bench_proxy import EVENTS, _body, _chat_json, _chat_stream, parse_wrk, render, summarize_profile
 
 WRK = """\
 Running 8s test @ http://127.0.0.1:40000/v1/chat/completions
@@ -62,3 +64,25 @@ def test_profile_summary_ranks_packages_and_functions_by_samples() -> None:
     assert "40 samples" in summary
     assert summary.index("aiohttp") < summary.index("vgate_gateway")
     assert "| 75.0% | aiohttp |" in summary
+
+
+def test_table_splits_the_gateways_own_cpu_from_its_server_and_client() -> None:
+    results = {
+        "systems": {
+            "vgate": {
+                "json-c16": {"rps": 4000.0, "p50_ms": 1.0, "p99_ms": 2.0, "sut_cpu_ms_per_request": 0.25}
+            },
+        },
+        "own": {"cpu_us_per_request": 50.0},
+    }
+    table = render(results)
+    assert "| vgate | - | 250 | - | - | - |" in table
+    assert "50 us of CPU per request, of 250 us end to end at JSON c=16" in table
+    assert "other 200 us" in table
+
+
+async def test_the_in_process_run_answers_every_request_through_the_shipped_app() -> None:
+    body = _body(False).encode()
+    result = await measure_own(body, _chat_json().encode(), requests=50)
+    assert result["requests"] == 50
+    assert result["cpu_us_per_request"] > 0
