@@ -25,6 +25,7 @@ from vgate_gateway.app import build_app, tune_gc
 from vgate_gateway.discovery.static import StaticDiscovery
 from vgate_gateway.settings import GatewaySettings
 
+
 class _Answer:
     """One canned upstream answer, read at once."""
 
