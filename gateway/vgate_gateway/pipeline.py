@@ -38,7 +38,7 @@ from vgate_gateway.dedup import (
 )
 from vgate_gateway.errors import OpenAIError, invalid_request
 from vgate_gateway.handler import Handler
-from vgate_gateway.protocol import Kind, ParsedRequest
+from vgate_gateway.protocol import REQUEST_ID_HEADER, Kind, ParsedRequest
 from vgate_gateway.relay import event_stream
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.sse import HEADERS as SSE_HEADERS
@@ -137,7 +137,7 @@ class Pipeline:
 
     async def _reply(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Reply:
         """A whole non-streaming answer, through the micro-batcher where it applies."""
-        client = Client(headers.get("x-request-id", ""), (req, headers))
+        client = Client(headers.get(REQUEST_ID_HEADER, ""), (req, headers))
         if kind in BATCHABLE:
             # Requests with different credentials never share an upstream call.
             partition = _tenant(headers) or ""
@@ -167,14 +167,14 @@ class Pipeline:
                 body = b"".join([chunk async for chunk in sub.chunks()])
                 sub.close()
                 if not sub.leader and head.status == 200:
-                    body = Stamp.of(body).for_request(headers.get("x-request-id", "")).apply(body)
+                    body = Stamp.of(body).for_request(headers.get(REQUEST_ID_HEADER, "")).apply(body)
                 return Response(body, status_code=head.status, headers={**head.headers, CACHE_HEADER: "miss"})
         except BaseException:
             sub.close()
             raise
         if not sub.leader:
             restamp = Restamp()  # filled from the first chunk
-        return event_stream(_follow(sub, restamp, headers.get("x-request-id", "")), {CACHE_HEADER: "miss"})
+        return event_stream(_follow(sub, restamp, headers.get(REQUEST_ID_HEADER, "")), {CACHE_HEADER: "miss"})
 
     async def _produce(self, call: _Call, writer: FlightWriter) -> None:
         """The upstream call of one flight: publish its answer, then store it if complete."""
@@ -248,7 +248,7 @@ async def _follow(sub: Subscription, restamp: Restamp | None, request_id: str) -
 
 def _replay(stored: Answer, headers: Mapping[str, str]) -> Response:
     """A cache hit: the worker's own answer, under this request's id and the current time."""
-    body = stored.stamp.for_request(headers.get("x-request-id", "")).apply(stored.body)
+    body = stored.stamp.for_request(headers.get(REQUEST_ID_HEADER, "")).apply(stored.body)
     if stored.media_type != SSE:
         return Response(body, media_type=stored.media_type, headers={CACHE_HEADER: "hit"})
     return event_stream(_once(body), {CACHE_HEADER: "hit"})

@@ -17,6 +17,9 @@ from vgate_gateway import jsonbody
 from vgate_gateway.errors import invalid_request
 
 DEFAULT_MAX_DEPTH = 64
+#: The request id: the client's if it sent a valid one, else the gateway's; sent upstream
+#: (vLLM names its response after it) and back to the client.
+REQUEST_ID_HEADER = "x-request-id"
 
 
 class Kind(StrEnum):

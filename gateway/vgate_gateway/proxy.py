@@ -27,7 +27,7 @@ from vgate_gateway.client import (
 from vgate_gateway.error_handlers import error_response
 from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.protocol import ParsedRequest
+from vgate_gateway.protocol import REQUEST_ID_HEADER, ParsedRequest
 from vgate_gateway.relay import event_stream
 from vgate_gateway.routing import Router
 from vgate_gateway.sse import DONE, EventFramer, error_event, usage_completion_tokens
@@ -60,7 +60,7 @@ _HOP_NAMES = frozenset(h.encode() for h in _HOP_HEADERS)  # as ASGI spells them:
 def upstream_headers(raw: Sequence[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
     """The client's headers to send upstream, from the ASGI scope's list, in one pass."""
     out = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k not in _HOP_NAMES}
-    out["x-request-id"] = request_id
+    out[REQUEST_ID_HEADER] = request_id
     # Bytes are relayed as they come: a compressed answer would reach the client undeclared.
     out["accept-encoding"] = "identity"
     return out
