@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import pytest
+import uvicorn
 
 from tests.unit.chart_support import by_kind, render
 from vgate_gateway.routing import STRATEGIES
@@ -143,3 +144,9 @@ def test_the_charts_network_policy_opens_the_workers_port() -> None:
     service = _objects(MINIMAL)[("Service", "demo-worker-m")]
     assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": HTTP_PORT}]
     assert [p["port"] for p in service["spec"]["ports"]] == [HTTP_PORT]
+
+
+def test_the_gateway_closes_idle_upstream_connections_before_a_simulated_worker_does() -> None:
+    """The simulator serves with uvicorn's keep-alive; the gateway must never reuse a connection
+    the worker is about to close."""
+    assert GatewaySettings().upstream_keepalive_s < uvicorn.Config(app=None).timeout_keep_alive
