@@ -2,7 +2,7 @@
 
 The three packages never import one another (an import contract), so a value two of them
 rely on has one home in each; the chart and the Dockerfiles spell theirs out. These tests
-keep the copies from drifting apart.
+keep the copies from drifting apart, down to the probe paths the operator gives its pods.
 """
 
 from __future__ import annotations
@@ -11,10 +11,16 @@ import re
 from pathlib import Path
 from typing import Any, get_args
 
+import httpx
 import pytest
 import uvicorn
+from starlette.testclient import TestClient
 
+from tests.support.fake_upstreams import Answer, Call, FakeUpstreams
+from tests.support.waiting import wait_until
 from tests.unit.chart_support import by_kind, render
+from vgate_gateway.app import build_app as build_gateway
+from vgate_gateway.discovery.static import StaticDiscovery
 from vgate_gateway.routing import STRATEGIES
 from vgate_gateway.settings import GatewaySettings, load_settings
 from vgate_operator import spec as operator_spec
@@ -26,6 +32,8 @@ from vgate_operator.status import healthy_status
 from vgate_worker import settings as worker_settings
 from vgate_worker.launcher import build_vllm_argv
 from vgate_worker.settings import QUANTIZATIONS, WorkerSettings
+from vgate_worker.sim.app import build_app as build_simulator
+from vgate_worker.sim.settings import SimSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 OWNER = Owner(name="demo", namespace="llm", uid="00000000-0000-4000-8000-000000000001")
@@ -150,3 +158,33 @@ def test_the_gateway_closes_idle_upstream_connections_before_a_simulated_worker_
     """The simulator serves with uvicorn's keep-alive; the gateway must never reuse a connection
     the worker is about to close."""
     assert GatewaySettings().upstream_keepalive_s < uvicorn.Config(app=None).timeout_keep_alive
+
+
+def _probe_paths(deployment: dict[str, Any]) -> set[str]:
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    probes = ("startupProbe", "readinessProbe", "livenessProbe")
+    return {container[p]["httpGet"]["path"] for p in probes if p in container}
+
+
+def test_the_gateway_answers_the_probes_the_operator_gives_its_pods() -> None:
+    def worker(call: Call) -> Answer:
+        models = {"object": "list", "data": [{"id": "m"}]}
+        return Answer.json(models) if call.path == "/v1/models" else Answer()
+
+    fake = FakeUpstreams(worker)
+    app = build_gateway(GatewaySettings(), StaticDiscovery(["http://w1:1"]), lambda: (fake, fake))
+    paths = _probe_paths(_objects(MINIMAL)[("Deployment", "demo-gateway")])
+    with TestClient(app) as client:
+        wait_until(lambda: bool(client.get("/v1/models").json()["data"]), what="a healthy worker")
+        assert {path: client.get(path).status_code for path in paths} == dict.fromkeys(paths, 200)
+
+
+async def test_the_simulator_answers_the_probes_the_operator_gives_dry_run_pods() -> None:
+    dry_run = {**MINIMAL, "worker": {"dryRun": True}}
+    paths = _probe_paths(_objects(dry_run)[("Deployment", "demo-worker-m")])
+    app = build_simulator(SimSettings())
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim") as client,
+    ):
+        assert {path: (await client.get(path)).status_code for path in paths} == dict.fromkeys(paths, 200)
