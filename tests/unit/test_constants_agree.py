@@ -7,6 +7,7 @@ keep the copies from drifting apart, down to the probe paths the operator gives 
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any, get_args
@@ -68,11 +69,10 @@ def _exposed(dockerfile: str) -> set[int]:
 
 
 @pytest.fixture(autouse=True)
-def _no_worker_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
+def _defaults_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read here are the code's defaults, whatever this shell exports."""
     for name in list(os.environ):
-        if name.startswith(("VGATE_WORKER_", "VGATE_")):
+        if name.startswith("VGATE_"):
             monkeypatch.delenv(name)
 
 
