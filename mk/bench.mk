@@ -8,7 +8,7 @@ BENCH_ARGS ?=
 
 bench: venv ## benchmark on dry-run workers, then on real vLLM when .venv-vllm exists (JSON in bench-results/)
 	$(BIN)/vgate bench $(BENCH_ARGS)
-	@if [ -f $(VLLM_VENV)/.stamp ]; then $(VLLM_BIN)/vgate bench --vllm $(BENCH_VLLM_ARGS); \
+	@if [ -f $(VLLM_VENV)/.stamp ]; then $(MAKE) --no-print-directory bench-vllm; \
 	else echo "real-vLLM section skipped: no $(VLLM_VENV) (make bench-vllm builds it and runs it)"; fi
 
 # The real-vLLM section: two vLLM CPU workers (tiny float16 Qwen2) behind the gateway. `make bench` runs it too
@@ -17,8 +17,8 @@ BENCH_VLLM_ARGS ?=
 
 .PHONY: bench-vllm
 
-bench-vllm: venv-vllm ## benchmark dedup, cache fidelity, batching and routing quality on real vLLM (CPU)
-	$(VLLM_BIN)/vgate bench --vllm $(BENCH_VLLM_ARGS)
+bench-vllm: venv-vllm tiny-model ## benchmark dedup, cache fidelity, batching and routing quality on real vLLM (CPU)
+	$(VLLM_BIN)/vgate bench --vllm --model $(TINY_MODEL) $(BENCH_VLLM_ARGS)
 
 # The data plane against the proxies users compare it with (Debian's nginx and wrk; vllm-router,
 # LiteLLM and py-spy pinned in a virtualenv of their own). Each system under test gets one core.

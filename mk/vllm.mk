@@ -11,7 +11,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 VLLM_TORCH_SOURCE := $(if $(VLLM_WHEELS),--find-links $(abspath $(VLLM_WHEELS)),--extra-index-url $(TORCH_CPU_INDEX))
 VLLM_PYTEST_ARGS ?=
 
-.PHONY: venv-vllm test-vllm
+.PHONY: venv-vllm test-vllm tiny-model
 
 # The heavy engine install runs once; the editable V-Gate install follows pyproject.toml.
 $(VLLM_VENV)/.stamp-engine:
@@ -34,3 +34,11 @@ test-vllm: venv-vllm ## real vLLM (CPU) serving a tiny AWQ model: launcher, gate
 	@$(VLLM_BIN)/python -c 'import vllm, sys; print("vLLM", vllm.__version__, file=sys.stderr)' \
 		|| { echo "vLLM does not import in $(VLLM_VENV); remove it and run make venv-vllm" >&2; exit 1; }
 	VGATE_REQUIRE_VLLM=1 $(VLLM_BIN)/pytest tests/vllm -m vllm -p no:cacheprovider $(VLLM_PYTEST_ARGS)
+
+# The tiny float16 Qwen2 model the vLLM benchmark serves (deterministic: written once).
+TINY_MODEL ?= $(VLLM_VENV)/tiny-qwen-float
+
+$(TINY_MODEL)/model.safetensors: hack/tiny_model.py $(VLLM_VENV)/.stamp
+	$(VLLM_BIN)/python hack/tiny_model.py $(TINY_MODEL) --format float
+
+tiny-model: $(TINY_MODEL)/model.safetensors ## write the tiny float16 Qwen2 model the vLLM benchmark serves (hack/tiny_model.py)

@@ -30,7 +30,8 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from vgate.procs import free_port, stop_all, wait_http
+from vgate import procs
+from vgate.procs import free_port, vgate_argv
 from vgate_gateway.loadstats import metric_sums
 from vgate_gateway.routing import STRATEGIES as _ROUTING
 from vgate_worker.settings import DEFAULT_MODEL
@@ -110,37 +111,56 @@ class Gateway(str):
 SUT_CPU = "0"
 
 
-def _pinned(cmd: list[str], cpus: str | None) -> list[str]:
+def pinned(cmd: list[str], cpus: str | None) -> list[str]:
+    """``cmd`` run on ``cpus`` (a taskset list), or as it is without them or without taskset."""
     if cpus is None or shutil.which("taskset") is None:
         return cmd
     return ["taskset", "-c", cpus, *cmd]
 
 
-def _other_cpus() -> str | None:
+def other_cpus() -> str | None:
+    """The cores besides :data:`SUT_CPU`, for the workers and Redis."""
     others = sorted(os.sched_getaffinity(0) - {int(SUT_CPU)})
     return ",".join(map(str, others)) if others else None
 
 
 @contextmanager
-def _process(
-    args: Sequence[str], ready: str, env: dict[str, str], log: Path, cpus: str | None = None
+def vgate_service(
+    args: Sequence[str],
+    ready: str,
+    env: dict[str, str],
+    log: Path,
+    *,
+    cpus: str | None = None,
+    timeout: float = 60.0,
 ) -> Iterator[str]:
-    """Run ``vgate ARGS --port P`` in its own process group until the block ends; yields its URL."""
+    """Run ``vgate SUBCOMMAND --port P ARGS...`` until the block ends; yields its URL.
+
+    The port goes right after the subcommand, so pass-through arguments after ``--`` stay last.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            _pinned([sys.executable, "-m", "vgate", *args, "--port", str(port)], cpus),
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_http(url + ready, 60.0, alive=lambda: proc.poll() is None, detail=lambda: f"see {log}")
-            yield url
-        finally:
-            stop_all([proc], group=True)
+    argv = pinned(vgate_argv(args[0], "--port", str(port), *args[1:]), cpus)
+    with procs.running(argv, url + ready, env={**os.environ, **env}, log=log, timeout=timeout):
+        yield url
+
+
+@contextmanager
+def gateway(
+    workers: Sequence[str], env: dict[str, str], logs: Path, *, cpus: str | None = None
+) -> Iterator[Gateway]:
+    """A fresh gateway in front of ``workers``; yields once it routes to every one of them."""
+    internal_port = free_port()
+    base = {
+        "VGATE_ENDPOINTS": ",".join(workers),
+        "VGATE_LOG_LEVEL": "warning",
+        "VGATE_INTERNAL_PORT": str(internal_port),
+    }
+    with vgate_service(["gateway"], "/ready", {**base, **env}, logs / "gateway.log", cpus=cpus) as url:
+        gw = Gateway(url)
+        gw.internal = f"http://127.0.0.1:{internal_port}"
+        wait_routable(gw, len(workers))
+        yield gw
 
 
 @contextmanager
@@ -161,36 +181,20 @@ def stack(
         "worker", "--dry-run", "--served-model-name", DEFAULT_MODEL, "--speed", str(speed or cfg.speed),
         "--kv-cache-tokens", str(cfg.kv_cache_tokens), "--log-level", "warning",
     ]  # fmt: skip
+    worker_cpus = other_cpus() if pin else None
     with ExitStack() as es:
         urls = [
             es.enter_context(
-                _process(worker_args, "/health", {}, logs / f"worker{i}.log", _other_cpus() if pin else None)
+                vgate_service(worker_args, "/health", {}, logs / f"worker{i}.log", cpus=worker_cpus)
             )
             for i in range(workers)
         ]
-        internal_port = free_port()
-        gateway_env = {
-            "VGATE_ENDPOINTS": ",".join(urls),
-            "VGATE_LOG_LEVEL": "warning",
-            "VGATE_INTERNAL_PORT": str(internal_port),
-        }
-        gateway = Gateway(
-            es.enter_context(
-                _process(
-                    ["gateway"],
-                    "/ready",
-                    {**gateway_env, **env},
-                    logs / "gateway.log",
-                    SUT_CPU if pin else None,
-                )
-            )
-        )
-        gateway.internal = f"http://127.0.0.1:{internal_port}"
-        _wait_routable(gateway, workers)
-        yield gateway, urls
+        gw = es.enter_context(gateway(urls, env, logs, cpus=SUT_CPU if pin else None))
+        yield gw, urls
 
 
-def _wait_routable(gateway: Gateway, workers: int, timeout: float = 30.0) -> None:
+def wait_routable(gateway: Gateway, workers: int, timeout: float = 30.0) -> None:
+    """Wait until the gateway's /stats counts ``workers`` routable upstreams."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         upstreams = httpx.get(gateway.internal + "/stats", timeout=2.0).json().get("upstreams", [])
@@ -198,6 +202,18 @@ def _wait_routable(gateway: Gateway, workers: int, timeout: float = 30.0) -> Non
             return
         time.sleep(0.1)
     raise TimeoutError(f"not all {workers} workers became routable at {gateway}")
+
+
+async def scrape(urls: Sequence[str], names: Sequence[str]) -> list[dict[str, float]]:
+    """Each URL's /metrics (a gateway's internal one), summed over labels for ``names``."""
+    async with httpx.AsyncClient(timeout=10.0) as client:
+        texts = await asyncio.gather(*(client.get(getattr(u, "internal", u) + "/metrics") for u in urls))
+    return [metric_sums(r.text, list(names)) for r in texts]
+
+
+async def metric_total(urls: Sequence[str], name: str) -> float:
+    """The metric ``name`` summed over ``urls``."""
+    return sum(s.get(name, 0.0) for s in await scrape(urls, [name]))
 
 
 # -- workload ----------------------------------------------------------------------------
@@ -264,12 +280,6 @@ def _p99(values: Sequence[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
-async def _worker_totals(workers: Sequence[str], name: str) -> float:
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        texts = await asyncio.gather(*(client.get(w + "/metrics") for w in workers))
-    return sum(metric_sums(r.text, [name]).get(name, 0.0) for r in texts)
-
-
 async def run_routing(cfg: BenchConfig, gateway: Gateway, workers: Sequence[str]) -> dict[str, Any]:
     """Serve the workload with ``cfg.concurrency`` clients; TTFT and the workers' prefix hit rate."""
     systems, turns = system_prompts(cfg), workload(cfg)
@@ -288,8 +298,8 @@ async def run_routing(cfg: BenchConfig, gateway: Gateway, workers: Sequence[str]
     async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
         await asyncio.gather(*(client_loop(client) for _ in range(cfg.concurrency)))
     wall = time.perf_counter() - started
-    hits = await _worker_totals(workers, "vllm:prefix_cache_hits_total")
-    queries = await _worker_totals(workers, "vllm:prefix_cache_queries_total")
+    hits = await metric_total(workers, "vllm:prefix_cache_hits_total")
+    queries = await metric_total(workers, "vllm:prefix_cache_queries_total")
     async with httpx.AsyncClient(timeout=5.0) as client:
         stats = (await client.get(gateway.internal + "/stats")).json()
     spread = [u["requests"] for u in stats["upstreams"]]
@@ -302,17 +312,11 @@ async def run_routing(cfg: BenchConfig, gateway: Gateway, workers: Sequence[str]
     }
 
 
-async def _gateway_total(gateway: Gateway, name: str) -> float:
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        text = (await client.get(gateway.internal + "/metrics")).text
-    return metric_sums(text, [name]).get(name, 0.0)
-
-
 async def run_dedup(cfg: BenchConfig, gateway: Gateway, workers: Sequence[str]) -> dict[str, Any]:
     """``cfg.identical`` identical deterministic requests at once: how many reach a worker."""
     body = _chat(system_prompts(cfg)[0], "one question everybody asks", cfg.max_tokens, temperature=0)
-    calls_before = await _gateway_total(gateway, "vgate_upstream_requests_total")
-    served_before = await _worker_totals(workers, "vllm:e2e_request_latency_seconds_count")
+    calls_before = await metric_total([gateway], "vgate_upstream_requests_total")
+    served_before = await metric_total(workers, "vllm:e2e_request_latency_seconds_count")
     async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
         replies = await asyncio.gather(
             *(client.post("/v1/chat/completions", json=body) for _ in range(cfg.identical))
@@ -322,8 +326,8 @@ async def run_dedup(cfg: BenchConfig, gateway: Gateway, workers: Sequence[str]) 
         "client_requests": cfg.identical,
         "ok": sum(r.status_code == 200 for r in replies),
         "distinct_answers": len(texts),
-        "upstream_calls": await _gateway_total(gateway, "vgate_upstream_requests_total") - calls_before,
-        "worker_requests": await _worker_totals(workers, "vllm:e2e_request_latency_seconds_count")
+        "upstream_calls": await metric_total([gateway], "vgate_upstream_requests_total") - calls_before,
+        "worker_requests": await metric_total(workers, "vllm:e2e_request_latency_seconds_count")
         - served_before,
     }
 
@@ -359,7 +363,7 @@ async def run_batching(cfg: BenchConfig, gateway: Gateway, clients: int = 32) ->
         # The gateway merges a model's requests only once it has seen how that model answers.
         warm = {"model": DEFAULT_MODEL, "prompt": "warm up", "max_tokens": 2, "temperature": 0.7}
         (await client.post("/v1/completions", json=warm)).raise_for_status()
-    calls_before = await _gateway_total(gateway, "vgate_upstream_requests_total")
+    calls_before = await metric_total([gateway], "vgate_upstream_requests_total")
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=gateway, timeout=120.0) as client:
         replies = await asyncio.gather(
@@ -379,7 +383,7 @@ async def run_batching(cfg: BenchConfig, gateway: Gateway, clients: int = 32) ->
     return {
         "client_requests": clients,
         "ok": sum(r.status_code == 200 for r in replies),
-        "upstream_calls": await _gateway_total(gateway, "vgate_upstream_requests_total") - calls_before,
+        "upstream_calls": await metric_total([gateway], "vgate_upstream_requests_total") - calls_before,
         "wall_s": time.perf_counter() - started,
     }
 
@@ -399,19 +403,13 @@ def _redis(logs: Path) -> Iterator[str]:
         raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
     cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with (logs / "redis.log").open("ab") as out:
-        proc = subprocess.Popen(
-            _pinned(cmd, _other_cpus()), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode != 0:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start, see {logs / 'redis.log'}")
-                time.sleep(0.05)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            stop_all([proc], group=True)
+    with procs.running(pinned(cmd, other_cpus()), log=logs / "redis.log") as redis:
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode != 0:
+            if time.monotonic() > deadline or not redis.alive():
+                raise RuntimeError(f"redis-server did not start:\n{redis.log_tail()}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 async def _limiter_load(gateway: Gateway, requests: int, concurrency: int) -> dict[str, float]:

@@ -31,7 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vgate.procs import free_port, stop_all, wait_http
+from vgate import procs
+from vgate.procs import free_port
 
 SYSTEMS = ("direct", "nginx", "vgate", "vllm-router", "litellm")
 MODEL = "bench"
@@ -199,27 +200,15 @@ def _pinned(core: int, argv: Sequence[str]) -> list[str]:
 
 
 @contextmanager
-def _process(
-    argv: Sequence[str], log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            list(argv), stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    try:
-        yield proc
-    finally:
-        stop_all([proc], group=True)
-
-
-@contextmanager
-def _nginx(root: Path, name: str, servers: str, core: int) -> Iterator[subprocess.Popen[bytes]]:
+def _nginx(root: Path, name: str, servers: str, core: int) -> Iterator[procs.Child]:
     home = root / name
     home.mkdir(parents=True, exist_ok=True)
     conf = home / "nginx.conf"
     conf.write_text(_nginx_conf(home, servers))
-    with _process(_pinned(core, ["nginx", "-c", str(conf), "-p", str(home)]), home / "log.txt") as proc:
-        yield proc
+    with procs.running(
+        _pinned(core, ["nginx", "-c", str(conf), "-p", str(home)]), log=home / "log.txt"
+    ) as nginx:
+        yield nginx
 
 
 def _session_cpu_s(sid: int) -> float:
@@ -250,12 +239,12 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
     peers = Path(cfg.peers) / "bin"
     url = f"http://127.0.0.1:{upstream}"
     if system == "nginx":
-        with _nginx(root, f"proxy-{port}", _proxy_server(port, upstream), cfg.sut_core) as proc:
-            wait_http(f"http://127.0.0.1:{port}/health", alive=lambda: proc.poll() is None)
-            yield port, proc.pid
+        with _nginx(root, f"proxy-{port}", _proxy_server(port, upstream), cfg.sut_core) as nginx:
+            nginx.wait_ready(f"http://127.0.0.1:{port}/health")
+            yield port, nginx.pid
         return
     if system == "vgate":
-        argv = [sys.executable, "-m", "vgate", "gateway", "--port", str(port), "--endpoint", url]
+        argv = procs.vgate_argv("gateway", "--port", str(port), "--endpoint", url)
         env = {**os.environ, "VGATE_LOG_LEVEL": "warning", "VGATE_WORKERS": str(cfg.vgate_workers)}
         ready = f"http://127.0.0.1:{port}/v1/models"
     elif system == "vllm-router":
@@ -293,11 +282,10 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
         ready = f"http://127.0.0.1:{port}/health/liveliness"
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
-    with _process(_pinned(cfg.sut_core, argv), logs, env) as proc:
-        wait_http(ready, timeout=120, alive=lambda: proc.poll() is None, detail=lambda: _tail(logs))
+    with procs.running(_pinned(cfg.sut_core, argv), ready, env=env, log=logs, timeout=120) as sut:
         if system == "vgate":
             _wait_model(port)
-        yield port, proc.pid
+        yield port, sut.pid
 
 
 def _wait_model(port: int, timeout: float = 30.0) -> None:
@@ -309,13 +297,6 @@ def _wait_model(port: int, timeout: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise TimeoutError("V-Gate never saw the canned upstream as healthy")
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -457,7 +438,7 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
             servers += _upstream_server(upstreams[shape], shape, answers)
         up = stack.enter_context(_nginx(root, "upstream", servers, cfg.load_core))
         for port in upstreams.values():
-            wait_http(f"http://127.0.0.1:{port}/health", alive=lambda: up.poll() is None)
+            up.wait_ready(f"http://127.0.0.1:{port}/health")
         if cfg.clients and "json" in upstreams:
             results["clients"] = compare_clients(cfg, upstreams["json"])
         if "vgate" in cfg.systems:

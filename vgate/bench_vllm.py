@@ -1,7 +1,8 @@
 """``vgate bench --vllm``: the gateway's efficiency measured against real vLLM (its CPU build).
 
-Two real vLLM workers serve V-Gate's tiny Qwen2 model (float16: the CPU build's AWQ kernels
-need AVX-512, and the measurements are about the gateway, not the kernels), started once;
+Two real vLLM workers serve the float16 checkpoint given with ``--model`` (``make bench-vllm``
+writes V-Gate's tiny Qwen2 model with ``hack/tiny_model.py --format float``: the CPU build's AWQ
+kernels need AVX-512, and the measurements are about the gateway, not the kernels), started once;
 a fresh gateway is started for every configuration. Measured, each against its peer in
 the same run:
 
@@ -22,24 +23,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from vgate.bench import Gateway
-from vgate.procs import free_port, stop_all, wait_http
-from vgate_gateway.loadstats import metric_sums
+from vgate import bench
+from vgate.bench import Gateway, metric_total, scrape
 
 MODEL = "tiny-qwen-float"
 # Words the tiny model's tokenizer was trained on: prompts stay a few tokens a word.
@@ -99,6 +97,8 @@ _VLLM_ENV = {
 class VllmBenchConfig:
     """One run's shape (command-line flags)."""
 
+    #: The float16 checkpoint the workers serve (a directory); the prompts use the tiny model's words.
+    model: str = ""
     identical: int = 8
     batch_requests: int = 192
     batch_concurrency: int = 32
@@ -120,41 +120,9 @@ class VllmBenchConfig:
 # -- processes ---------------------------------------------------------------------------
 
 
-def _cores() -> tuple[list[str], list[str]]:
-    """taskset prefixes: the gateway (the system under test) on core 0, workers on the rest."""
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        return [], []
-    rest = ",".join(map(str, cores[1:]))
-    return ["taskset", "-c", str(cores[0])], ["taskset", "-c", rest]
-
-
-@contextmanager
-def _process(
-    prefix: list[str], args: Sequence[str], ready: str, env: dict[str, str], log: Path, timeout: float
-) -> Iterator[str]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [*prefix, sys.executable, "-m", "vgate", *args[:1], "--port", str(port), *args[1:]],
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_http(url + ready, timeout, alive=lambda: proc.poll() is None, detail=lambda: f"see {log}")
-            yield url
-        finally:
-            stop_all([proc], group=True)
-
-
-def make_model(directory: Path) -> Path:
-    """V-Gate's tiny Qwen2 model in float16."""
-    cmd = [sys.executable, "-m", "vgate", "worker", "make-tiny-model", str(directory), "--format", "float"]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
-    return directory
+def _worker(args: list[str], log: Path) -> AbstractContextManager[str]:
+    """A vLLM worker on the cores the gateway does not use; yields its URL once it answers."""
+    return bench.vgate_service(args, "/health", _VLLM_ENV, log, cpus=bench.other_cpus(), timeout=600.0)
 
 
 def _worker_args(cfg: VllmBenchConfig, model: Path) -> list[str]:
@@ -166,37 +134,12 @@ def _worker_args(cfg: VllmBenchConfig, model: Path) -> list[str]:
     ]  # fmt: skip
 
 
-@contextmanager
-def gateway(workers: Sequence[str], env: dict[str, str], logs: Path) -> Iterator[str]:
+def gateway(workers: Sequence[str], env: dict[str, str], logs: Path) -> AbstractContextManager[Gateway]:
     """A fresh gateway in front of ``workers``, pinned to its own core."""
-    pin, _ = _cores()
-    internal_port = free_port()
-    base = {
-        "VGATE_ENDPOINTS": ",".join(workers),
-        "VGATE_LOG_LEVEL": "warning",
-        "VGATE_INTERNAL_PORT": str(internal_port),
-        **env,
-    }
-    with _process(pin, ["gateway"], "/ready", base, logs / "gateway.log", 60.0) as public:
-        # /metrics and /stats are on the internal port: every caller of this URL reads them.
-        url = Gateway(public)
-        url.internal = f"http://127.0.0.1:{internal_port}"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            ups = httpx.get(url.internal + "/stats", timeout=2.0).json().get("upstreams", [])
-            if sum(1 for u in ups if u.get("routable")) >= len(workers):
-                break
-            time.sleep(0.1)
-        yield url
+    return bench.gateway(workers, env, logs, cpus=bench.SUT_CPU)
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-async def _sums(urls: Sequence[str], names: Sequence[str]) -> list[dict[str, float]]:
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        texts = await asyncio.gather(*(client.get(getattr(u, "internal", u) + "/metrics") for u in urls))
-    return [metric_sums(r.text, list(names)) for r in texts]
 
 
 def _text(rng: random.Random, words: int) -> str:
@@ -252,19 +195,14 @@ def _events(raw: bytes) -> list[Any]:
 async def run_dedup(cfg: VllmBenchConfig, gw: str, workers: Sequence[str]) -> dict[str, Any]:
     """``cfg.identical`` identical requests at once: how many calls reach a worker."""
     body = _chat(None, "The quick brown fox", 24, temperature=0)
-    names = ["vllm:request_success_total"]
-    before = sum(s.get(names[0], 0.0) for s in await _sums(workers, names))
-    calls_before = (await _sums([gw], ["vgate_upstream_requests_total"]))[0].get(
-        "vgate_upstream_requests_total", 0
-    )
+    before = await metric_total(workers, "vllm:request_success_total")
+    calls_before = await metric_total([gw], "vgate_upstream_requests_total")
     async with httpx.AsyncClient(base_url=gw, timeout=120.0) as client:
         replies = await asyncio.gather(
             *(client.post("/v1/chat/completions", json=body) for _ in range(cfg.identical))
         )
-    after = sum(s.get(names[0], 0.0) for s in await _sums(workers, names))
-    calls = (await _sums([gw], ["vgate_upstream_requests_total"]))[0][
-        "vgate_upstream_requests_total"
-    ] - calls_before
+    after = await metric_total(workers, "vllm:request_success_total")
+    calls = await metric_total([gw], "vgate_upstream_requests_total") - calls_before
     ok = [r for r in replies if r.status_code == 200]
     return {
         "client_requests": cfg.identical,
@@ -389,12 +327,10 @@ def _on_off(
             with gateway(workers, {setting: "true" if mode == "on" else "false"}, logs) as gw:
                 # One answer first: the gateway merges a model's requests once it has seen how it answers.
                 httpx.post(gw + path, json=bodies[0], headers=bypass, timeout=120.0).raise_for_status()
-                before = asyncio.run(_sums([gw], ["vgate_upstream_requests_total"]))[0]
+                before = asyncio.run(metric_total([gw], "vgate_upstream_requests_total"))
                 result = asyncio.run(_closed_loop(gw, path, bodies, cfg.batch_concurrency, bypass))
-                after = asyncio.run(_sums([gw], ["vgate_upstream_requests_total"]))[0]
-                result["upstream_calls"] = after["vgate_upstream_requests_total"] - before.get(
-                    "vgate_upstream_requests_total", 0
-                )
+                after = asyncio.run(metric_total([gw], "vgate_upstream_requests_total"))
+                result["upstream_calls"] = after - before
                 runs[mode].append(result)
 
     def median(mode: str, key: str) -> float:
@@ -425,13 +361,9 @@ def run_batching(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> di
 
 def run_embeddings(cfg: VllmBenchConfig, model: Path, logs: Path) -> dict[str, Any]:
     """Concurrent single-input embeddings with merging off and on, on two pooling workers."""
-    _, pin = _cores()
     args = [*_worker_args(cfg, model), "--runner", "pooling", "--convert", "embed"]
     with ExitStack() as es:
-        starts = [
-            _process(pin, args, "/health", _VLLM_ENV, logs / f"vllm-embed{i}.log", 600.0) for i in range(2)
-        ]
-        workers = [es.enter_context(s) for s in starts]
+        workers = [es.enter_context(_worker(args, logs / f"vllm-embed{i}.log")) for i in range(2)]
         bodies = [{"model": MODEL, "input": p} for p in _prompts(cfg)]
         result = _on_off(cfg, workers, logs, "VGATE_BATCH_EMBEDDINGS", "/v1/embeddings", bodies)
         return {"direct": asyncio.run(run_direct(cfg, workers[0], "embeddings")), **result}
@@ -467,12 +399,12 @@ def run_routing(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> dic
     ):
         for w in workers:
             httpx.post(w + "/reset_prefix_cache", timeout=30.0).raise_for_status()
-        before = asyncio.run(_sums(workers, names))
+        before = asyncio.run(scrape(workers, names))
         with gateway(used, {"VGATE_ROUTING": strategy}, logs) as gw:
             started = time.perf_counter()
             asyncio.run(_routing_load(cfg, gw))
             wall = time.perf_counter() - started
-        after = asyncio.run(_sums(workers, names))
+        after = asyncio.run(scrape(workers, names))
         delta = [
             {n: a.get(n, 0.0) - b.get(n, 0.0) for n in names} for a, b in zip(after, before, strict=True)
         ]
@@ -491,21 +423,17 @@ def run_routing(cfg: VllmBenchConfig, workers: Sequence[str], logs: Path) -> dic
 
 def run(cfg: VllmBenchConfig, logs: Path) -> dict[str, Any]:
     """Every measurement on one pair of workers; returns the JSON-ready results."""
-    model = make_model(logs / "model")
-    _, pin = _cores()
+    model = Path(cfg.model)
     results: dict[str, Any] = {
         "config": asdict(cfg),
-        "model": "tiny Qwen2, float16 (this CPU has no AVX-512 for AWQ)",
+        "model": f"{model.name}, float16 (this CPU has no AVX-512 for AWQ)",
     }
     sections = set(cfg.sections.split(","))
     with ExitStack() as es:
         if sections & {"dedup", "fidelity", "batching", "routing"}:
             print("vLLM: starting two workers ...", file=sys.stderr, flush=True)
-            starts = [
-                _process(pin, _worker_args(cfg, model), "/health", _VLLM_ENV, logs / f"vllm{i}.log", 600.0)
-                for i in range(2)
-            ]
-            workers = [es.enter_context(s) for s in starts]
+            args = _worker_args(cfg, model)
+            workers = [es.enter_context(_worker(args, logs / f"vllm{i}.log")) for i in range(2)]
         if sections & {"dedup", "fidelity"}:
             print("vLLM: dedup and cache fidelity ...", file=sys.stderr, flush=True)
             with gateway(workers, {}, logs) as gw:
@@ -573,6 +501,13 @@ def main(argv: Sequence[str]) -> int:
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = vars(p.parse_args(list(argv)))
     cfg = VllmBenchConfig(**args)
+    if not Path(cfg.model, "config.json").is_file():
+        print(
+            f"vgate bench --vllm: --model {cfg.model or 'DIR'}: no checkpoint there; "
+            "make bench-vllm writes the tiny one (hack/tiny_model.py DIR --format float)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         import vllm  # noqa: F401
     except ImportError:

@@ -13,14 +13,13 @@ import atexit
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from vgate.procs import ProcessExited, stop_all, wait_http
+from vgate.procs import Child, ProcessExited, start, stop_all, vgate_argv, wait_http
 from vgate_gateway.settings import GatewaySettings
 from vgate_worker.settings import DEFAULT_MODEL
 
@@ -61,8 +60,8 @@ def main(argv: Sequence[str]) -> int:
         return 2
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
     internal_port = args.internal_port or args.port + 1 + args.workers
-    vgate = [sys.executable, "-m", "vgate"]
-    procs: list[subprocess.Popen[bytes]] = []
+    # The components stay in this command's process group: Ctrl-C in the terminal reaches them all.
+    children: list[Child] = []
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -73,8 +72,8 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGINT, stop)
     try:
         for port in worker_ports:
-            cmd = [*vgate, "worker", "--dry-run", "--port", str(port), "--served-model-name", args.model]
-            procs.append(subprocess.Popen([*cmd, *args.worker_arg]))
+            cmd = vgate_argv("worker", "--dry-run", "--port", str(port), "--served-model-name", args.model)
+            children.append(start([*cmd, *args.worker_arg], group=False))
         # The gateway starts once the workers answer, so its first health round finds them up
         # and its /ready means a client's first request is served.
         # A worker that dies or stalls is reported by the loop below; the others still serve.
@@ -83,46 +82,49 @@ def main(argv: Sequence[str]) -> int:
                 wait_http(
                     f"http://127.0.0.1:{port}/health",
                     60.0,
-                    alive=lambda: not stopping and all(p.poll() is None for p in procs),
+                    alive=lambda: not stopping and all(c.alive() for c in children),
                 )
         endpoints = ",".join(f"http://127.0.0.1:{p}" for p in worker_ports)
         env = {**os.environ, "VGATE_ENDPOINTS": endpoints}
         if args.api_key:
             env["VGATE_API_KEYS_FILE"] = _keys_file(args.api_key)
-        gateway_cmd = [*vgate, "gateway", "--port", str(args.port), "--internal-port", str(internal_port)]
+        gateway_cmd = vgate_argv("gateway", "--port", str(args.port), "--internal-port", str(internal_port))
         if args.routing:
             gateway_cmd += ["--routing", args.routing]
-        procs.append(subprocess.Popen(gateway_cmd, env=env))
+        children.append(start(gateway_cmd, env=env, group=False))
         try:
             # /v1/models needs a key when keys are on; /ready is open and says the same.
             wait_http(
                 f"http://127.0.0.1:{args.port}/{'ready' if args.api_key else 'v1/models'}",
                 60.0,
-                alive=lambda: not stopping and all(p.poll() is None for p in procs),
+                alive=lambda: not stopping and all(c.alive() for c in children),
             )
             _banner(args.port, internal_port, args.model, worker_ports, bool(args.api_key))
         except (ProcessExited, TimeoutError):
             pass  # the loop below reports a dead component; a slow one may still come up
-        gateway, workers = procs[-1], procs[:-1]
+        gateway, workers = children[-1], children[:-1]
         reported: set[int] = set()
-        while not stopping and gateway.poll() is None:
+        while not stopping and gateway.alive():
             for port, worker in zip(worker_ports, workers, strict=True):
-                if worker.poll() is not None and port not in reported:
+                if not worker.alive() and port not in reported:
                     reported.add(port)
                     alive = len(workers) - len(reported)
                     print(
-                        f"vgate dev: worker 127.0.0.1:{port} exited (status {worker.returncode}); "
+                        f"vgate dev: worker 127.0.0.1:{port} exited (status {worker.popen.returncode}); "
                         f"the gateway keeps serving on {alive} worker{'s' * (alive != 1)}",
                         file=sys.stderr,
                         flush=True,
                     )
             time.sleep(0.2)
         if not stopping:
-            print(f"vgate dev: the gateway exited (status {gateway.returncode}); stopping", file=sys.stderr)
+            print(
+                f"vgate dev: the gateway exited (status {gateway.popen.returncode}); stopping",
+                file=sys.stderr,
+            )
             return 1
         return 0
     finally:
-        stop_all(procs)
+        stop_all(children)
 
 
 def _keys_file(keys: Sequence[str]) -> str:

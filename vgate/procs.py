@@ -1,7 +1,8 @@
-"""Child processes on loopback: a free port, a readiness poll, and a stop that leaves no orphan.
+"""Child processes on loopback: start one, wait until it answers, stop it without leaving orphans.
 
-``vgate dev``, ``vgate bench`` and the test suite start the same ``vgate`` processes and
-share these helpers.
+``vgate dev``, the benchmarks and the test suite start their ``vgate`` (and redis, nginx)
+processes with these helpers, so every child is stopped the same way: SIGTERM, then SIGKILL
+for what is still running after a grace period, sent to the child's whole process group.
 """
 
 from __future__ import annotations
@@ -10,8 +11,12 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 
@@ -25,6 +30,97 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def vgate_argv(*args: str) -> list[str]:
+    """``vgate ARGS`` run by this interpreter, as a container runs the ``vgate`` entry point."""
+    return [sys.executable, "-m", "vgate", *args]
+
+
+@dataclass
+class Child:
+    """A started process and, where its output goes to a file, that log."""
+
+    popen: subprocess.Popen[bytes]
+    log: Path | None = None
+    #: In a process group of its own: signals reach its children too (uvicorn workers, vLLM's engine).
+    group: bool = True
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, chars: int = 4000) -> str:
+        if self.log is None or not self.log.exists():
+            return ""
+        return self.log.read_text(errors="replace")[-chars:]
+
+    def wait_ready(self, url: str, timeout: float = 30.0, *, status: int = 200) -> None:
+        """Poll ``url`` until it answers ``status``; fail with the log's tail if the process stops."""
+        detail = self.log_tail if self.log is not None else None
+        wait_http(url, timeout, status=status, alive=self.alive, detail=detail)
+
+    def send(self, sig: int) -> None:
+        try:
+            if self.group:
+                os.killpg(self.popen.pid, sig)
+            else:
+                self.popen.send_signal(sig)
+        except ProcessLookupError:
+            pass  # exited between the check and the signal
+
+    def stop(self, grace: float = 10.0, sig: int = signal.SIGTERM) -> int:
+        """Send ``sig`` (SIGTERM), SIGKILL after ``grace`` seconds; returns the exit status."""
+        stop_all([self], grace, sig=sig)
+        return self.popen.returncode
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    group: bool = True,
+    cwd: Path | None = None,
+) -> Child:
+    """Start ``argv``; its output is appended to ``log`` (or goes where this process's goes).
+
+    With ``group`` (the default) it runs in a session of its own, so stopping it stops its
+    children too. ``vgate dev`` keeps its children in its own group instead: a Ctrl-C in the
+    terminal, or a signal to the group, then reaches every component at once.
+    """
+    if log is None:
+        popen = subprocess.Popen(list(argv), env=env, cwd=cwd, start_new_session=group)
+    else:
+        with log.open("ab") as out:  # the child keeps its own copy of the descriptor
+            popen = subprocess.Popen(
+                list(argv), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=group
+            )
+    return Child(popen, log, group)
+
+
+@contextmanager
+def running(
+    argv: Sequence[str],
+    ready_url: str | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    timeout: float = 60.0,
+    grace: float = 10.0,
+    cwd: Path | None = None,
+) -> Iterator[Child]:
+    """Run ``argv`` for the duration of the block, once ``ready_url`` (if any) answers 200."""
+    child = start(argv, env=env, log=log, cwd=cwd)
+    try:
+        if ready_url is not None:
+            child.wait_ready(ready_url, timeout)
+        yield child
+    finally:
+        child.stop(grace)
 
 
 def wait_http(
@@ -62,31 +158,15 @@ def _message(text: str, detail: Callable[[], str] | None) -> str:
     return f"{text}\n{detail()}" if detail is not None else text
 
 
-def stop_all(
-    popens: Sequence[subprocess.Popen[bytes]], timeout: float = 10.0, *, group: bool = False
-) -> None:
-    """SIGTERM every process still running, then SIGKILL those not gone within ``timeout`` in all.
-
-    With ``group`` the signals go to each process's group (started with ``start_new_session``),
-    so grandchildren such as uvicorn workers stop too.
-    """
-    for p in popens:
-        if p.poll() is None:
-            _signal(p, signal.SIGTERM, group)
-    deadline = time.monotonic() + timeout
-    for p in popens:
+def stop_all(children: Sequence[Child], grace: float = 10.0, *, sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to every child still running, then SIGKILL those not gone within ``grace`` in all."""
+    for child in children:
+        if child.alive():
+            child.send(sig)
+    deadline = time.monotonic() + grace
+    for child in children:
         try:
-            p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            child.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _signal(p, signal.SIGKILL, group)
-            p.wait()
-
-
-def _signal(p: subprocess.Popen[bytes], sig: int, group: bool) -> None:
-    try:
-        if group:
-            os.killpg(p.pid, sig)
-        else:
-            p.send_signal(sig)
-    except ProcessLookupError:
-        pass  # exited between the check and the signal
+            child.send(signal.SIGKILL)
+            child.popen.wait()

@@ -190,7 +190,6 @@ def build_app(
                 metrics=metrics,
                 pool=pool,
                 router=router,
-                client=client,
                 admission=admission,
                 health=health,
                 handle=pipeline.handle,

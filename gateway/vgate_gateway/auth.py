@@ -161,8 +161,6 @@ class KeyStore:
         self.reload_interval_s = reload_interval_s
         self._keys: tuple[ApiKey, ...] = ()
         self._stamp: tuple[int, int, int] | None = None
-        self.reloads = 0
-        self.reload_errors = 0
         if path is not None:
             self._keys = tuple(parse_keys(path.read_text(encoding="utf-8"), str(path)))
             self._stamp = _stamp(path)
@@ -200,11 +198,9 @@ class KeyStore:
                 return False
             keys = parse_keys(self.path.read_text(encoding="utf-8"), str(self.path))
         except (OSError, UnicodeDecodeError, KeyFileError) as exc:
-            self.reload_errors += 1
             log.error("API keys not reloaded, the previous %d stay in force: %s", len(self._keys), exc)
             return False
         self._keys, self._stamp = tuple(keys), stamp
-        self.reloads += 1
         log.info("API keys reloaded from %s: %d keys", self.path, len(keys))
         return True
 

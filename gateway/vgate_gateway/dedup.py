@@ -23,7 +23,6 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter
@@ -266,17 +265,6 @@ class Deduplicator:
         self._tokens += 1
         flight.subscribe(self._tokens)
         return Subscription(flight, self._tokens, leader)
-
-    @asynccontextmanager
-    async def subscribe(
-        self, key: str, producer: Producer, endpoint: str = ""
-    ) -> AsyncIterator[Subscription]:
-        """:meth:`join` for the duration of the block."""
-        subscription = self.join(key, producer, endpoint)
-        try:
-            yield subscription
-        finally:
-            subscription.close()
 
     def _start(self, key: str, producer: Producer) -> Flight:
         flight = Flight(key, self.max_lag_bytes)

@@ -92,7 +92,6 @@ class HealthChecker:
             if self._pool.passed(up, served):
                 log.info("worker %s is healthy, serving %s", up.url, sorted(served))
             await self._read_load(up)
-        up.last_checked = self._clock()
         self._metrics.upstream_healthy.labels(up.url).set(1 if up.healthy else 0)
 
     async def _expect_ok(self, url: str) -> bytes:

@@ -138,9 +138,6 @@ class GatewaySettings(BaseSettings):
     #: Peers (CIDRs) whose Forwarded / X-Forwarded-Host / -Proto headers are believed.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    # -- local development
-    dry_run: bool = False
-
     @field_validator("endpoints", mode="before")
     @classmethod
     def _split_endpoints(cls, v: Any) -> Any:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vgate_gateway.admission import Admission
-from vgate_gateway.client import UpstreamClient
 from vgate_gateway.handler import Handler
 from vgate_gateway.health import HealthChecker
 from vgate_gateway.metrics import Metrics
@@ -22,7 +21,6 @@ class GatewayState:
     metrics: Metrics
     pool: UpstreamPool
     router: Router
-    client: UpstreamClient
     admission: Admission
     health: HealthChecker
     handle: Handler

@@ -51,7 +51,6 @@ class Upstream:
     seen_healthy: bool = False
     #: Failures in a row (health checks, connect errors, 5xx answers); reset by any success.
     consecutive_failures: int = 0
-    last_checked: float = 0.0
     #: Requests this gateway has in flight to the endpoint.
     inflight: int = 0
     #: Requests sent to the endpoint, and those that failed to connect or broke.

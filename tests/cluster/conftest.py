@@ -43,9 +43,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         c.create()
         print(f"\ncluster up in {time.monotonic() - started:.1f}s")
-        with kubelet(c, workdir / "kubelet.log") as proc:
+        with kubelet(c, workdir / "kubelet.log") as node:
             time.sleep(2)
-            assert proc.poll() is None, (workdir / "kubelet.log").read_text()[-3000:]
+            assert node.alive(), node.log_tail(3000)
             yield c
     finally:
         c.delete()

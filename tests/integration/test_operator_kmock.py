@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,6 +16,8 @@ import pytest_asyncio
 import yaml
 
 from tests.support.kmock_cluster import KubeCluster
+from vgate import procs
+from vgate.procs import vgate_argv
 
 # One emulated cluster and one operator for the module (each test uses its own namespace):
 # starting the operator costs seconds, the scenarios themselves are quick.
@@ -80,14 +79,7 @@ class Operator:
             "PYTHONUNBUFFERED": "1",
         }
         self.log_path = tmp_path / "operator.log"
-        self._log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vgate", "operator", "--standalone", *args],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.child = procs.start(vgate_argv("operator", "--standalone", *args), env=env, log=self.log_path)
 
     async def watching(self, cluster: KubeCluster) -> Operator:
         """Wait until the operator watches VGateDeployments, so no creation races its start-up."""
@@ -107,15 +99,8 @@ class Operator:
         return self.log_path.read_text(errors="replace")
 
     async def stop(self) -> None:
-        """SIGTERM, then wait without blocking the loop: the emulated API must keep answering."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                await eventually(lambda: self.proc.poll() is not None, what="operator exit", within=15)
-            except AssertionError:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
+        """SIGTERM, SIGKILL after 15 s, waited for in a thread: the emulated API must keep answering."""
+        await asyncio.to_thread(self.child.stop, 15.0)
 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")

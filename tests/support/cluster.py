@@ -16,12 +16,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from vgate import procs
 
 ROOT = Path(__file__).resolve().parents[2]
 POD_CIDR = "10.244.0.0/16"
@@ -215,24 +218,11 @@ class Cluster:
         return len(self.audit_log.read_text().splitlines()) if self.audit_log.exists() else 0
 
 
-@contextlib.contextmanager
-def kubelet(cluster: Cluster, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def kubelet(cluster: Cluster, log_path: Path) -> AbstractContextManager[procs.Child]:
     """Run :mod:`tests.support.kubelet` for the cluster's V-Gate pods until the block ends."""
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.kubelet", "--kubeconfig", str(cluster.kubeconfig),
-             "--workdir", str(cluster.workdir / "pods")],
-            cwd=ROOT, env=cluster.env(), stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        try:
-            yield proc
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    argv = [sys.executable, "-m", "tests.support.kubelet", "--kubeconfig", str(cluster.kubeconfig),
+            "--workdir", str(cluster.workdir / "pods")]  # fmt: skip
+    return procs.running(argv, env=cluster.env(), log=log_path, cwd=ROOT, grace=30.0)
 
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 120.0, interval: float = 0.5) -> Any:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from vgate import procs
@@ -21,7 +20,7 @@ from vgate.procs import free_port
 
 @dataclass
 class Proc:
-    """A running ``vgate`` process and where it listens."""
+    """A ``vgate`` process (started or not yet) and where it listens."""
 
     args: list[str]
     port: int
@@ -29,8 +28,7 @@ class Proc:
     log_path: Path
     #: A gateway's internal port (/metrics, /stats, /docs, /openapi.json).
     internal_port: int | None = None
-    popen: subprocess.Popen[bytes] | None = None
-    _log: object = field(default=None, repr=False)
+    child: procs.Child | None = None
 
     @property
     def url(self) -> str:
@@ -41,16 +39,13 @@ class Proc:
         """The gateway's internal endpoints; other processes serve everything on ``url``."""
         return f"http://127.0.0.1:{self.internal_port}" if self.internal_port else self.url
 
+    @property
+    def popen(self) -> subprocess.Popen[bytes] | None:
+        return self.child.popen if self.child is not None else None
+
     def spawn(self) -> Proc:
         """Start the process without waiting for it (start several, then wait for each)."""
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "vgate", *self.args],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.child = procs.start(procs.vgate_argv(*self.args), env=self.env, log=self.log_path)
         return self
 
     def start(self, ready_path: str = "/health", timeout: float = 30.0) -> Proc:
@@ -59,25 +54,11 @@ class Proc:
         return self
 
     def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
+        return self.child is not None and self.child.alive()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int | None:
-        if self.popen is None:
-            return None
-        if self.popen.poll() is None:
-            try:
-                os.killpg(self.popen.pid, sig)
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout=timeout)
-            except ProcessLookupError:
-                pass
-        rc = self.popen.returncode
-        if self._log is not None:
-            self._log.close()  # type: ignore[attr-defined]
-            self._log = None
-        return rc
+        """Send ``sig`` to the process group, SIGKILL after ``timeout``; the exit status."""
+        return self.child.stop(timeout, sig=sig) if self.child is not None else None
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -85,9 +66,10 @@ class Proc:
 
 def wait_http(url: str, timeout: float = 30.0, proc: Proc | None = None, status: int = 200) -> None:
     """Poll ``url`` until it answers ``status``; fail with the process log if it died."""
-    alive = proc.alive if proc is not None and proc.popen is not None else None
-    detail = (lambda: proc.log()[-4000:]) if proc is not None else None
-    procs.wait_http(url, timeout, status=status, alive=alive, detail=detail)
+    if proc is not None and proc.child is not None:
+        proc.child.wait_ready(url, timeout, status=status)
+    else:
+        procs.wait_http(url, timeout, status=status)
 
 
 def make_proc(

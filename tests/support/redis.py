@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vgate import procs
 from vgate.procs import free_port
 
 
@@ -20,7 +20,7 @@ from vgate.procs import free_port
 class RedisServer:
     port: int
     log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
+    child: procs.Child | None = None
 
     @property
     def url(self) -> str:
@@ -31,14 +31,11 @@ class RedisServer:
         if binary is None:
             pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        with open(self.log_path, "ab") as log:
-            self.popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.child = procs.start(args, log=self.log_path)
         deadline = time.monotonic() + timeout
         while not self.ping():
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"redis-server did not start:\n{self.log_path.read_text(errors='replace')}"
-                )
+            if not self.child.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start:\n{self.child.log_tail()}")
             time.sleep(0.05)
         return self
 
@@ -51,10 +48,9 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            self.popen.terminate()
-            self.popen.wait(timeout=10)
-        self.popen = None
+        if self.child is not None:
+            self.child.stop()
+        self.child = None
 
 
 @contextmanager

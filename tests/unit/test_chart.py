@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from hack.chart_lint import ALL_ON, lint
-from tests.unit.chart_support import CHART, NAMESPACE, RELEASE, ROOT, by_kind, render
+from tests.support.chart import CHART, NAMESPACE, RELEASE, ROOT, by_kind, render
 
 K8S_VERSION = kubernetes_validate.latest_version()
 # Kinds whose schema is not part of Kubernetes itself.

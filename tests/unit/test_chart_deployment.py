@@ -1,23 +1,18 @@
 """The VGateDeployment the chart can create from values, and the ``helm test`` pod that checks it.
 
-The test pod's probe script is taken from the rendered manifest and run for real against
-a dry-run worker on loopback (it serves ``/v1/models`` like the gateway does), so what
-``helm test`` runs in the cluster is what is tested here.
+The test pod's probe script itself runs against a real worker in
+``tests/integration/test_chart_test_pod.py``.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 import yaml
 
-from tests.support.procs import vgate_process
-from tests.unit.chart_support import NAMESPACE, ROOT, by_kind, manifests, render
+from tests.support.chart import NAMESPACE, ROOT, by_kind, manifests, render
 
 CRD = ROOT / "crds" / "vgate.io_vgatedeployments.yaml"
 
@@ -65,16 +60,6 @@ def test_notes_say_how_to_apply_a_deployment_and_reach_its_gateway() -> None:
     assert "helm test rel -n vgate-system" in text
 
 
-def probe_command(values: dict[str, Any], url: str) -> list[str]:
-    """The test pod's command line, run by this Python, with its gateway URL swapped for ``url``."""
-    (pod,) = by_kind(render(values), "Pod")
-    container = pod["spec"]["containers"][0]
-    assert container["command"] == ["python", "-c"]
-    script, in_cluster_url, models = container["args"]
-    assert in_cluster_url.endswith(".svc:8000/v1/models")
-    return [sys.executable, "-c", script, url, models]
-
-
 def test_helm_test_pod_targets_the_gateway_service_of_the_deployment() -> None:
     (pod,) = by_kind(render({"deployment": {"enabled": True, "name": "chat"}}), "Pod")
     assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
@@ -82,27 +67,6 @@ def test_helm_test_pod_targets_the_gateway_service_of_the_deployment() -> None:
     args = pod["spec"]["containers"][0]["args"]
     assert args[1] == "http://chat-gateway.vgate-system.svc:8000/v1/models"
     assert yaml.safe_load(args[2]) == ["qwen"]
-
-
-@pytest.mark.timeout(60)
-def test_helm_test_probe_passes_when_every_model_is_served(tmp_path: Path) -> None:
-    values = {"deployment": {"enabled": True}}
-    with vgate_process(["worker", "--dry-run", "--served-model-name", "qwen"], tmp_path) as worker:
-        command = probe_command(values, f"{worker.url}/v1/models")
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    assert "qwen" in done.stdout
-
-
-@pytest.mark.timeout(60)
-def test_helm_test_probe_fails_naming_the_missing_model(tmp_path: Path) -> None:
-    spec = {"models": [{"name": "qwen"}, {"name": "absent"}], "worker": {"dryRun": True}}
-    values = {"deployment": {"enabled": True, "spec": spec}, "tests": {"timeoutSeconds": 2}}
-    with vgate_process(["worker", "--dry-run", "--served-model-name", "qwen"], tmp_path) as worker:
-        command = probe_command(values, f"{worker.url}/v1/models")
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 1
-    assert "absent" in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from vgate.cli import COMMANDS, main
@@ -21,18 +18,3 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_command_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve-everything"]) == 2
     assert "unknown command 'serve-everything'" in capsys.readouterr().err
-
-
-def test_version() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "vgate", "--version"], capture_output=True, text=True, check=True
-    )
-    assert out.stdout.startswith("vgate ")
-
-
-@pytest.mark.parametrize("command", ["dev", "gateway"])
-def test_subcommand_help(command: str) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "vgate", command, "--help"], capture_output=True, text=True, check=True
-    )
-    assert f"vgate {command}" in out.stdout

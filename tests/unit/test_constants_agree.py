@@ -17,9 +17,9 @@ import pytest
 import uvicorn
 from starlette.testclient import TestClient
 
+from tests.support.chart import by_kind, render
 from tests.support.fake_upstreams import Answer, Call, FakeUpstreams
 from tests.support.waiting import wait_until
-from tests.unit.chart_support import by_kind, render
 from vgate_gateway.app import build_app as build_gateway
 from vgate_gateway.discovery.static import StaticDiscovery
 from vgate_gateway.routing import STRATEGIES

@@ -44,10 +44,13 @@ class Upstream:
 
 
 async def _collect(dedup: Deduplicator, key: str, upstream: Upstream) -> tuple[bool, Head, bytes]:
-    async with dedup.subscribe(key, upstream) as sub:
+    sub = dedup.join(key, upstream)
+    try:
         head = await sub.head()
         body = b"".join([c async for c in sub.chunks()])
         return sub.leader, head, body
+    finally:
+        sub.close()
 
 
 async def _settle() -> None:
@@ -136,9 +139,10 @@ async def test_failure_before_the_head_raises_from_head() -> None:
     async def broken(writer: FlightWriter) -> None:
         raise ConnectionRefusedError("no worker")
 
-    async with dedup.subscribe("k", broken) as sub:
-        with pytest.raises(ConnectionRefusedError):
-            await sub.head()
+    sub = dedup.join("k", broken)
+    with pytest.raises(ConnectionRefusedError):
+        await sub.head()
+    sub.close()
 
 
 async def test_different_keys_do_not_share() -> None:

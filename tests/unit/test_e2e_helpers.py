@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -78,38 +77,6 @@ def test_default_kubeconfig_and_unreadable_files(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.write_text("{not: yaml: at all")
     assert current_context([tmp_path / "missing", broken]) is None
-
-
-def test_plain_pytest_skips_the_suite_without_a_cluster(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "none")}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/e2e", "-q", "-rs", "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "no Kubernetes cluster is configured" in done.stdout
-    assert " passed" not in done.stdout
-
-
-def test_requested_suite_refuses_a_foreign_context(tmp_path: Path) -> None:
-    config = kubeconfig(tmp_path, "config", "prod-cluster")
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(config), "VGATE_E2E": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests/e2e", "-q", "-p", "no:cacheprovider"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode != 0
-    assert "refusing kube-context 'prod-cluster'" in done.stdout + done.stderr
 
 
 # -- conditions and waiting

@@ -1,40 +1,16 @@
-"""The kind end-to-end path as configured: the cluster config, the make pipeline, CI.
+"""The kind end-to-end path as configured: the cluster config and the CI workflow.
 
-``make -n`` prints the commands ``make e2e-kind`` would run without running any, so the
-order of the steps (and what each is given) is checked without docker or a cluster.
+The order of the steps ``make e2e-kind`` runs is checked with ``make -n`` in
+``tests/integration/test_make_targets.py``.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def make_dry_run(*targets: str) -> list[str]:
-    if shutil.which("make") is None:
-        pytest.skip("make is not installed")
-    done = subprocess.run(
-        ["make", "-n", *targets, "KIND_CLUSTER=t", "VENV=.venv"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    # Join recipe continuation lines so each command is one line.
-    return [" ".join(line.split()) for line in done.stdout.replace("\\\n", " ").splitlines() if line.strip()]
-
-
-def index(lines: list[str], needle: str) -> int:
-    found = [i for i, line in enumerate(lines) if needle in line]
-    assert found, f"no command containing {needle!r} in:\n" + "\n".join(lines)
-    return found[0]
 
 
 def test_kind_cluster_exposes_ingress_ports_on_the_ingress_ready_node() -> None:
@@ -44,53 +20,6 @@ def test_kind_cluster_exposes_ingress_ports_on_the_ingress_ready_node() -> None:
     assert "ingress-ready=true" in node["kubeadmConfigPatches"][0]
     ports = {(m["containerPort"], m["hostPort"]) for m in node["extraPortMappings"]}
     assert ports == {(80, 80), (443, 443)}
-
-
-def test_e2e_kind_runs_the_whole_path_in_order() -> None:
-    lines = make_dry_run("e2e-kind")
-    steps = [
-        "kind create cluster --name t --config hack/kind-config.yaml",
-        "docker build -f Dockerfile.gateway -t ghcr.io/vgate/gateway:0.1.0",
-        "docker build -f Dockerfile.worker --target dry-run -t ghcr.io/vgate/worker-dry-run:0.1.0",
-        "kind load docker-image --name t ghcr.io/vgate/gateway:0.1.0 ghcr.io/vgate/worker-dry-run:0.1.0",
-        "cp crds/vgate.io_vgatedeployments.yaml charts/vgate/crds/",
-        "deploy/static/provider/kind/deploy.yaml",
-        "upgrade --install vgate charts/vgate",
-        "test vgate --namespace vgate-system",
-        "-n vgate-e2e apply -f examples/dry-run.yaml",
-        "pytest tests/e2e",
-    ]
-    positions = [index(lines, step) for step in steps]
-    assert positions == sorted(positions)
-    # Every command names its context, helm --wait waits for the rollout, and the suite's
-    # fixture for the example's Ready condition: no context switch, no second wait.
-    assert not any("use-context" in line for line in lines)
-    assert all("--context kind-t" in line for line in lines if line.startswith("kubectl"))
-    assert not any(" wait --for" in line for line in lines)
-    pytest_line = lines[positions[-1]]
-    assert "VGATE_E2E=1" in pytest_line
-    assert "VGATE_E2E_CONTEXT=kind-t" in pytest_line
-    # The GPU worker image is neither built nor loaded: kind nodes have no GPU.
-    assert not any("--target gpu" in line for line in lines)
-
-
-def test_deploy_installs_the_local_images_and_waits() -> None:
-    lines = make_dry_run("deploy")
-    install = lines[index(lines, "upgrade --install")]
-    assert "--kube-context kind-t" in install
-    assert "--set image.tag=0.1.0" in install
-    assert "--wait" in install
-    assert "deployment.enabled" not in install  # only e2e-kind adds its own VGateDeployment
-
-
-def test_images_builds_all_three() -> None:
-    lines = make_dry_run("images")
-    built = sorted(line.split(" -t ")[1].split()[0] for line in lines if line.startswith("docker build"))
-    assert built == [
-        "ghcr.io/vgate/gateway:0.1.0",
-        "ghcr.io/vgate/worker-dry-run:0.1.0",
-        "ghcr.io/vgate/worker:0.1.0",
-    ]
 
 
 def test_ci_workflow_runs_make_e2e_kind_with_kind_and_helm_from_their_actions() -> None:

@@ -22,7 +22,7 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_keep_the_documented_names() -> None:
     s = GatewaySettings()
-    assert (s.batch_size, s.cache_maxsize, s.port, s.log_json, s.dry_run) == (8, 1000, 8000, False, False)
+    assert (s.batch_size, s.cache_maxsize, s.port, s.log_json) == (8, 1000, 8000, False)
 
 
 def test_env_prefix_and_endpoint_list(monkeypatch: pytest.MonkeyPatch) -> None:

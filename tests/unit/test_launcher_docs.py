@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.docs_support import documented_default, table_default
+from tests.support.docs_tables import documented_default, table_default
 from vgate_worker.settings import WorkerSettings
 
 DOC = (Path(__file__).parents[2] / "docs" / "worker.md").read_text()

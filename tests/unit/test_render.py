@@ -1,18 +1,18 @@
-"""``vgate render``: the exact objects the operator applies, valid for a current Kubernetes."""
+"""``vgate render``'s objects (the exact ones the operator applies), valid for a current Kubernetes.
+
+The command itself (files, stdin, errors) runs as a process in ``tests/integration/test_render_cli.py``.
+"""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from vgate_operator.builders import Owner, build_all
-from vgate_operator.render import PLACEHOLDER_UID
-from vgate_operator.spec import parse_spec
+from vgate_operator.render import render
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ["dry-run.yaml", "qwen-awq-gpu.yaml"]
@@ -22,65 +22,21 @@ K8S_VERSION = "1.34"
 K8S_VERSIONS = ["1.30", K8S_VERSION]
 
 
-def vgate(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vgate", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-@pytest.mark.parametrize("example", EXAMPLES)
-def test_render_prints_what_the_builders_build(example: str) -> None:
-    path = ROOT / "examples" / example
-    result = vgate("render", "-f", str(path), "-n", "llm")
-    assert result.returncode == 0, result.stderr
-    rendered = list(yaml.safe_load_all(result.stdout))
-    resource = yaml.safe_load(path.read_text())
-    name = resource["metadata"]["name"]
-    owner = Owner(name=name, namespace="llm", uid=PLACEHOLDER_UID)
-    assert rendered == build_all(owner, parse_spec(name, resource["spec"]))
+def rendered(example: str) -> list[dict[str, Any]]:
+    """What ``vgate render -f examples/EXAMPLE`` prints, as objects."""
+    return render(yaml.safe_load((ROOT / "examples" / example).read_text()))
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
 @pytest.mark.parametrize("example", EXAMPLES)
 def test_rendered_objects_are_valid_kubernetes(example: str, version: str) -> None:
-    result = vgate("render", "-f", str(ROOT / "examples" / example))
-    assert result.returncode == 0, result.stderr
-    for obj in yaml.safe_load_all(result.stdout):
+    for obj in rendered(example):
         kubernetes_validate.validate(obj, version, strict=True)
 
 
 def test_validation_catches_a_malformed_object() -> None:
     """Guard for the test above: the validator does reject what Kubernetes would."""
-    result = vgate("render", "-f", str(ROOT / "examples" / "dry-run.yaml"))
-    deployment = next(o for o in yaml.safe_load_all(result.stdout) if o["kind"] == "Deployment")
+    deployment = next(o for o in rendered("dry-run.yaml") if o["kind"] == "Deployment")
     deployment["spec"]["template"]["spec"]["containers"][0]["ports"][0]["containerPort"] = "http"
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
-
-
-def test_invalid_resource_is_reported_and_fails(tmp_path: Path) -> None:
-    resource = yaml.safe_load((ROOT / "examples" / "dry-run.yaml").read_text())
-    resource["spec"]["models"][0]["resources"]["gpus"] = 1
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(resource))
-    result = vgate("render", "-f", str(path))
-    assert result.returncode == 1
-    assert result.stdout == ""
-    assert "vgate-dry-run: invalid spec" in result.stderr
-    assert "resources.gpus cannot be set with worker.dryRun" in result.stderr
-
-
-def test_render_reads_stdin_and_rejects_other_kinds() -> None:
-    text = (ROOT / "examples" / "dry-run.yaml").read_text()
-    assert vgate("render", "-f", "-", stdin=text).returncode == 0
-    other = vgate("render", "-f", "-", stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
-    assert other.returncode == 1
-    assert "expected a vgate.io VGateDeployment" in other.stderr
-    missing = vgate("render", "-f", "/nonexistent.yaml")
-    assert missing.returncode == 1
-    assert "cannot read" in missing.stderr

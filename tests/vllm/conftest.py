@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from hack import tiny_model as tm
 from tests.support.procs import Proc, make_proc, running
 from vgate_worker import cpu_kernels
 
@@ -132,21 +131,11 @@ class VllmStack:
         return openai.OpenAI(base_url=f"{target.url}/v1", api_key="unused", max_retries=0, timeout=120)
 
 
-def make_tiny_model(directory: Path, fmt: str) -> Path:
-    """Run the product's own ``vgate worker make-tiny-model`` command."""
-    cmd = [sys.executable, "-m", "vgate", "worker", "make-tiny-model", str(directory), "--format", fmt]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    return directory
-
-
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
     """The tiny Qwen2 model written twice from one seed: AWQ 4-bit and float16."""
     root = tmp_path_factory.mktemp("models")
-    return TinyModels(
-        awq=make_tiny_model(root / "awq", "awq"), float=make_tiny_model(root / "float", "float")
-    )
+    return TinyModels(awq=tm.write_model(root / "awq", "awq"), float=tm.write_model(root / "float", "float"))
 
 
 def worker_proc(model: Path, quantization: str, name: str, tmp_path: Path) -> Proc:

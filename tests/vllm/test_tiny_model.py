@@ -1,4 +1,4 @@
-"""``vgate worker make-tiny-model``: the AWQ GEMM checkpoint format, checked tensor by tensor."""
+"""``hack/tiny_model.py``: the AWQ GEMM checkpoint format, checked tensor by tensor."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from hack import tiny_model as tm
 from tests.vllm.conftest import TinyModels
-from vgate_worker import tiny_model as tm
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(300)]
 

@@ -6,14 +6,15 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from hack import tiny_model as tm
 from tests.vllm.conftest import FLOAT_NAME, SERVED_NAME, TinyModels, VllmStack, awq_support
-from vgate_worker import tiny_model as tm
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
@@ -160,16 +161,30 @@ def reference_top1(reference: object, ids: list[int]) -> list[int]:
         return reference(torch.tensor([ids])).logits[0].argmax(-1).tolist()  # type: ignore[operator]
 
 
+def next_token_agreement(sides: Callable[[str], tuple[list[int], list[int]]]) -> tuple[int, int]:
+    """(agreeing, total) next-token choices over the corpus; ``sides(prompt)`` gives both lists."""
+    agree = total = 0
+    for prompt in tm.CORPUS:
+        mine, theirs = sides(prompt)
+        total += len(mine)
+        agree += sum(a == b for a, b in zip(mine, theirs, strict=True))
+    return agree, total
+
+
+def agreement_with_reference(client: openai.OpenAI, model: str) -> tuple[int, int]:
+    """What ``model`` served by ``client`` chooses, against the dequantized reference on the same ids."""
+    reference = dequantized_reference()
+
+    def sides(prompt: str) -> tuple[list[int], list[int]]:
+        ids, served = teacher_forced_top1(client, model, prompt)
+        return served, reference_top1(reference, ids)
+
+    return next_token_agreement(sides)
+
+
 def test_dequantized_reference_follows_the_served_float_model(vllm_stack: VllmStack) -> None:
     """The 4-bit checkpoint, dequantized, keeps most next-token choices of the float16 model vLLM serves."""
-    reference = dequantized_reference()
-    client = vllm_stack.client(vllm_stack.float_worker)
-    total = agree = 0
-    for prompt in tm.CORPUS:
-        ids, served = teacher_forced_top1(client, FLOAT_NAME, prompt)
-        expected = reference_top1(reference, ids)
-        total += len(served)
-        agree += sum(a == b for a, b in zip(served, expected, strict=True))
+    agree, total = agreement_with_reference(vllm_stack.client(vllm_stack.float_worker), FLOAT_NAME)
     # Measured ~0.65 on random weights; a mis-packed checkpoint agrees on ~0.03.
     assert agree / total >= 0.5, f"{agree}/{total} next-token choices agree"
 
@@ -178,12 +193,13 @@ def test_dequantized_reference_follows_the_served_float_model(vllm_stack: VllmSt
 def test_awq_model_follows_the_float_model(vllm_stack: VllmStack) -> None:
     """4-bit weights keep most next-token choices of the float16 weights they were quantized from."""
     awq, fp16 = vllm_stack.client(vllm_stack.workers[0]), vllm_stack.client(vllm_stack.float_worker)
-    total = agree = 0
-    for prompt in tm.CORPUS:
-        _, awq_top = teacher_forced_top1(awq, SERVED_NAME, prompt)
-        _, float_top = teacher_forced_top1(fp16, FLOAT_NAME, prompt)
-        total += len(awq_top)
-        agree += sum(a == f for a, f in zip(awq_top, float_top, strict=True))
+
+    def sides(prompt: str) -> tuple[list[int], list[int]]:
+        return teacher_forced_top1(awq, SERVED_NAME, prompt)[1], teacher_forced_top1(
+            fp16, FLOAT_NAME, prompt
+        )[1]
+
+    agree, total = next_token_agreement(sides)
     # Measured ~0.65 on random weights; a mis-packed checkpoint agrees on ~0.03.
     assert agree / total >= 0.5, f"{agree}/{total} next-token choices agree"
 
@@ -191,12 +207,5 @@ def test_awq_model_follows_the_float_model(vllm_stack: VllmStack) -> None:
 @pytest.mark.awq_kernel
 def test_awq_kernels_compute_exactly_the_dequantized_weights(vllm_stack: VllmStack) -> None:
     """vLLM's AWQ path unpacks the checkpoint to the very weights the reference model uses."""
-    reference = dequantized_reference()
-    client = vllm_stack.client(vllm_stack.workers[1])
-    total = agree = 0
-    for prompt in tm.CORPUS:
-        ids, served = teacher_forced_top1(client, SERVED_NAME, prompt)
-        expected = reference_top1(reference, ids)
-        total += len(served)
-        agree += sum(a == b for a, b in zip(served, expected, strict=True))
+    agree, total = agreement_with_reference(vllm_stack.client(vllm_stack.workers[1]), SERVED_NAME)
     assert agree / total >= 0.95, f"{agree}/{total} next-token choices match the reference"

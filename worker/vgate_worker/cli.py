@@ -1,8 +1,7 @@
-"""``vgate worker``: vLLM launcher, dry-run simulator, and the tiny-model maker.
+"""``vgate worker``: the vLLM launcher, or the dry-run simulator.
 
     vgate worker [launcher flags]          exec vLLM's OpenAI server (production, GPU pods)
     vgate worker --dry-run [sim flags]     the vLLM simulator (no GPU, no model)
-    vgate worker make-tiny-model DIR       write a tiny Qwen2 AWQ model for CPU tests
 
 ``VGATE_DRY_RUN=1`` selects the simulator as ``--dry-run`` does.
 """
@@ -17,10 +16,6 @@ _TRUE = {"1", "true", "yes", "on"}
 
 def main(argv: Sequence[str]) -> int:
     args = list(argv)
-    if args and args[0] == "make-tiny-model":
-        from vgate_worker.tiny_model import main as tiny_main
-
-        return tiny_main(args[1:])
     if "--dry-run" in args or os.environ.get("VGATE_DRY_RUN", "").strip().lower() in _TRUE:
         from vgate_worker.sim.server import main as sim_main
 

@@ -1,4 +1,6 @@
-"""``vgate worker make-tiny-model DIR``: a small Qwen2 checkpoint in real AWQ GEMM format.
+"""A small Qwen2 checkpoint in real AWQ GEMM format, for the real-vLLM tests and benchmark.
+
+    python hack/tiny_model.py DIR [--format awq|float] [--seed N]
 
 vLLM loads it with the same loader and AWQ layers it uses for ``Qwen/Qwen2.5-*-AWQ``, so the
 CPU tier exercises the production code path in about a minute per server instead of needing a
@@ -7,7 +9,8 @@ GPU and a 1 GB download. The float weights come from a seeded RNG and are quanti
 same weights unquantized, so a test can check the AWQ model follows the float one.
 
 torch, safetensors, tokenizers and transformers are imported inside the functions: they are
-installed only in the vLLM environment, and nothing else in the worker needs them.
+installed only in the vLLM environment (run it with ``.venv-vllm/bin/python``), and importing
+this module elsewhere stays cheap.
 """
 
 from __future__ import annotations
@@ -262,9 +265,9 @@ def write_model(directory: Path, fmt: str = "awq", seed: int = 0, shape: TinyQwe
 
 
 def main(argv: Sequence[str]) -> int:
-    """``vgate worker make-tiny-model DIR [--format awq|float] [--seed N]``."""
+    """``python hack/tiny_model.py DIR [--format awq|float] [--seed N]``."""
     p = argparse.ArgumentParser(
-        prog="vgate worker make-tiny-model",
+        prog="hack/tiny_model.py",
         description="Write a tiny Qwen2 model (AWQ 4-bit GEMM, or float16) that vLLM serves on CPU.",
     )
     p.add_argument("directory", type=Path)
@@ -278,7 +281,7 @@ def main(argv: Sequence[str]) -> int:
         import transformers  # noqa: F401
     except ImportError as exc:
         print(
-            f"vgate worker make-tiny-model: error: needs torch, safetensors, tokenizers and "
+            f"hack/tiny_model.py: error: needs torch, safetensors, tokenizers and "
             f"transformers ({exc.name} is missing); `make venv-vllm` installs them in .venv-vllm",
             file=sys.stderr,
         )
@@ -286,3 +289,7 @@ def main(argv: Sequence[str]) -> int:
     path = write_model(args.directory, args.format, args.seed)
     print(path)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
