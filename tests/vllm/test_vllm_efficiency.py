@@ -161,6 +161,18 @@ async def _more(http: httpx.AsyncClient, stack: VllmStack) -> bool:
     return await _running(http, stack) > 0
 
 
+async def _generating(
+    http: httpx.AsyncClient, stack: VllmStack, request: asyncio.Task[httpx.Response]
+) -> bool:
+    """Whether vLLM runs ``request``; fails at once if it was answered without running."""
+    if request.done():
+        answer = request.result()
+        raise AssertionError(
+            f"answered before vLLM was seen running it: {answer.status_code} {answer.text[:500]}"
+        )
+    return await _more(http, stack)
+
+
 async def _idle(http: httpx.AsyncClient, stack: VllmStack) -> bool:
     return await _running(http, stack) == 0
 
@@ -179,7 +191,7 @@ async def test_a_client_leaving_a_completion_stops_vllm(
     async with _http(gateway) as http:
         await eventually(lambda: _idle(http, vllm_stack), within=30)
         leaving = asyncio.create_task(http.post("/v1/completions", json=body))
-        await eventually(lambda: _more(http, vllm_stack), within=60)
+        await eventually(lambda: _generating(http, vllm_stack, leaving), within=60)
         leaving.cancel()
         await asyncio.gather(leaving, return_exceptions=True)
         await eventually(lambda: _idle(http, vllm_stack), within=CANCELLED_WITHIN_S)
