@@ -225,6 +225,7 @@ def build_app(
     guard = GuardConfig(
         max_body_bytes=settings.max_body_bytes,
         max_json_depth=settings.max_json_depth,
+        max_json_containers=settings.max_json_containers,
         default_limits=default_limits(settings),
         trusted_proxies=TrustedProxies(settings.trusted_proxies),
     )

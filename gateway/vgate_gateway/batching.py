@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Histogram
 
 from vgate_gateway.protocol import PROMPT_FIELD, Kind
@@ -97,7 +98,7 @@ def batch_key(kind: Kind, body: Mapping[str, Any], partition: str = "") -> str |
     ):
         return None
     rest = {k: v for k, v in body.items() if k != name}
-    return json.dumps([kind, partition, rest], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps([kind, partition, rest], option=orjson.OPT_SORT_KEYS).decode()
 
 
 def apportion(total: int, weights: Sequence[int]) -> list[int]:

@@ -30,6 +30,7 @@ from vgate_gateway.errors import OpenAIError
 from vgate_gateway.hygiene import TrustedProxies, clean_headers
 from vgate_gateway.jsonbody import ClientGone, declared_length, loads, read_body
 from vgate_gateway.logs import key_id_var
+from vgate_gateway.offload import off_loop_if_large
 from vgate_gateway.ratelimit import Decision, Limiter, Limits, limits_for
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ PAYLOAD_STATE = "json_payload"
 class GuardConfig:
     max_body_bytes: int
     max_json_depth: int
+    max_json_containers: int
     default_limits: Limits
     trusted_proxies: TrustedProxies
 
@@ -124,7 +126,7 @@ class Guard:
         """Read, parse and check the body; returns the bytes to forward and whether usage is stripped."""
         cfg = self.config
         body = await read_body(receive, cfg.max_body_bytes, declared_length(headers.get(b"content-length")))
-        payload = loads(body, cfg.max_json_depth)
+        payload = await off_loop_if_large(len(body), loads, body, cfg.max_json_depth, cfg.max_json_containers)
         scope.setdefault("state", {})[PAYLOAD_STATE] = payload
         if not isinstance(payload, dict):
             return body, False

@@ -18,6 +18,10 @@ from vgate_gateway.errors import OpenAIError, invalid_request
 
 #: ASGI's ``receive`` callable, spelled here so request parsing needs no HTTP framework.
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+#: Deepest nesting, and most arrays and objects, a request body may have (the settings'
+#: defaults; ``max_json_depth`` and ``max_json_containers`` change them).
+DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_CONTAINERS = 100_000
 
 
 class ClientGone(Exception):
@@ -61,28 +65,79 @@ async def read_body(receive: Receive, max_bytes: int, content_length: int | None
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def loads(body: bytes, max_depth: int) -> Any:
-    """Parse ``body`` strictly; every problem is a 400 :class:`OpenAIError` in OpenAI's shape."""
+def loads(body: bytes, max_depth: int, max_containers: int) -> Any:
+    """Parse ``body`` strictly; every problem is a 400 :class:`OpenAIError` in OpenAI's shape.
+
+    A body with more than ``max_containers`` arrays and objects is refused before it is
+    parsed: the parse holds the event loop (orjson keeps the GIL) for a time that grows with
+    the containers it builds, and so does the collector while they live.
+    """
     if not body.strip():
         raise invalid_request("The request body is empty; expected a JSON object.", code="invalid_json")
+    raw_brackets = body.count(b"[") + body.count(b"{")
+    brackets = None
+    if raw_brackets > max_containers:
+        brackets = structure(body)
+        if len(brackets) // 2 > max_containers:
+            raise invalid_request(
+                f"The request body has more than {max_containers} JSON arrays and objects.",
+                code="json_too_complex",
+            )
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if depth_exceeds(payload, max_depth):
+    if raw_brackets > max_depth and nesting_exceeds(
+        brackets if brackets is not None else structure(body), max_depth
+    ):
         raise invalid_request(
             f"The request body is nested deeper than {max_depth} levels.", code="json_too_deep"
         )
     return payload
 
 
-def depth_exceeds(value: Any, max_depth: int) -> bool:
-    """Whether containers nest deeper than ``max_depth`` (iterative: no recursion limit to hit)."""
-    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
-    while stack:
-        container, depth = stack.pop()
-        if depth > max_depth:
-            return True
-        children = container.values() if isinstance(container, dict) else container
-        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
-    return False
+# Only a string's delimiters and the structure survive; `, :` tell an empty string apart.
+_NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'"[]{},:')
+_AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
+
+
+def depth_exceeds(body: bytes, max_depth: int) -> bool:
+    """Whether the containers of ``body``, valid JSON, nest deeper than ``max_depth``.
+
+    Computed on the bytes with a few C-speed passes, never per value in Python (see
+    :func:`structure` and :func:`nesting_exceeds`). A body with at most ``max_depth``
+    brackets (nearly every request) is answered by counting them.
+    """
+    if body.count(b"[") + body.count(b"{") <= max_depth:
+        return False
+    return nesting_exceeds(structure(body), max_depth)
+
+
+def structure(body: bytes) -> bytes:
+    """The brackets of ``body``, valid JSON, outside its strings, objects written as arrays.
+
+    Strings are cut out (escapes first, so every quote left is a delimiter), which leaves
+    the brackets: one ``[`` and one ``]`` per container.
+    """
+    text = body.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURE)
+    text = text.replace(b'""', b"")  # strings with no bracket, comma or colon in them
+    if b'"' in text:
+        text = b"".join(text.split(b'"')[::2])  # what lies outside the strings left
+    return text.translate(_AS_BRACKETS, b",:")
+
+
+def nesting_exceeds(brackets: bytes, max_depth: int) -> bool:
+    """Whether :func:`structure`'s ``brackets`` nest deeper than ``max_depth``.
+
+    Where ``][`` joins two siblings, dropping it merges them without changing the depth;
+    ``]]..][[..`` (k of each) merges k levels at once. Once no sibling is left the brackets
+    read ``[[..]]`` and half their number is the depth.
+    """
+    too_deep = b"[" * (max_depth + 1)
+    steps = [1 << i for i in reversed(range(max_depth.bit_length()))]
+    while too_deep not in brackets:
+        if b"][" not in brackets:
+            return len(brackets) // 2 > max_depth
+        for k in steps:
+            brackets = brackets.replace(b"]" * k + b"[" * k, b"")
+    return True

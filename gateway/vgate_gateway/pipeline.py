@@ -38,6 +38,7 @@ from vgate_gateway.dedup import (
 )
 from vgate_gateway.errors import OpenAIError, invalid_request
 from vgate_gateway.handler import Handler
+from vgate_gateway.offload import off_loop_if_large
 from vgate_gateway.protocol import REQUEST_ID_HEADER, Kind, ParsedRequest
 from vgate_gateway.relay import event_stream
 from vgate_gateway.settings import GatewaySettings
@@ -123,7 +124,9 @@ class Pipeline:
         kind = req.kind
         if not is_cacheable(kind, req.payload, mode):
             return _tagged(await self._uncached(kind, req, headers), "miss")
-        key = request_key(kind, req.model, req.payload, tenant=_tenant(headers))
+        key = await off_loop_if_large(
+            len(req.body), request_key, kind, req.model, req.payload, _tenant(headers)
+        )
         stored = self.cache.get(key, kind) if self.cache.enabled else None
         if stored is not None:
             return _replay(stored, headers)

@@ -7,16 +7,19 @@ obviously bad requests itself with a 400 instead of spending an upstream call.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from vgate_gateway import jsonbody
 from vgate_gateway.errors import invalid_request
 
-DEFAULT_MAX_DEPTH = 64
+#: The most prompt text routing is given: well above what prefix-aware routing hashes
+#: (256 blocks of 64 characters), so a longer prompt routes exactly as its start does.
+PROMPT_TEXT_CHARS = 64 * 1024
 #: The request id: the client's if it sent a valid one, else the gateway's; sent upstream
 #: (vLLM names its response after it) and back to the client.
 REQUEST_ID_HEADER = "x-request-id"
@@ -57,26 +60,50 @@ class ParsedRequest:
     user: str | None
 
     def prompt_text(self) -> str:
-        """The prompt flattened in order, for prefix-aware routing and cache keys."""
+        """The start of the prompt flattened in order, at most :data:`PROMPT_TEXT_CHARS`, for routing.
+
+        Bounded so routing costs the same for any prompt length: a long chat is read only up
+        to the limit, and a token-id prompt is serialized only as far as it can reach.
+        """
+        limit = PROMPT_TEXT_CHARS
         if self.kind is Kind.CHAT:
-            parts = []
+            parts: list[str] = []
+            size = -1  # the length of the text so far: a newline goes before every part but the first
             for m in self.payload.get("messages", []):
+                if size >= limit:
+                    break
                 if isinstance(m, dict):
-                    parts.append(f"<{m.get('role', '')}>")
-                    parts.append(_content_text(m.get("content")))
-            return "\n".join(parts)
+                    role = f"<{m.get('role', '')}>"
+                    content = m.get("content")
+                    text = content[:limit] if isinstance(content, str) else _parts_text(content, limit)
+                    parts.append(role)
+                    parts.append(text)
+                    size += len(role) + len(text) + 2
+            return "\n".join(parts)[:limit]
         value = self.payload.get(PROMPT_FIELD[self.kind])
-        if isinstance(value, list) and value and isinstance(value[0], str):
+        if isinstance(value, list) and value and isinstance(value[0], str | list):
             value = value[0]  # a list of prompts (a merged batch): routed on the first one
-        return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        if isinstance(value, str):
+            return value[:limit]
+        if isinstance(value, list):
+            value = value[:limit]  # each item is at least one character of JSON
+        return orjson.dumps(value)[:limit].decode("utf-8", "ignore")
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
+def _parts_text(content: Any, limit: int) -> str:
+    """The text of a message's text content parts, read up to about ``limit`` characters."""
+    if not isinstance(content, list):
+        return ""
+    texts: list[str] = []
+    size = 0
+    for part in content:
+        if size >= limit:
+            break
+        text = part.get("text") if isinstance(part, dict) else None
+        if isinstance(text, str):
+            texts.append(text[: limit - size])
+            size += len(texts[-1])
+    return "".join(texts)
 
 
 #: ``parse_request``'s ``payload`` when the body has not been parsed yet.
@@ -89,7 +116,7 @@ def parse_request(kind: Kind, body: bytes, payload: Any = NOT_PARSED) -> ParsedR
     ``payload`` is ``body`` already parsed (the guard middleware parses every body strictly).
     """
     if payload is NOT_PARSED:
-        payload = jsonbody.loads(body, DEFAULT_MAX_DEPTH)
+        payload = jsonbody.loads(body, jsonbody.DEFAULT_MAX_DEPTH, jsonbody.DEFAULT_MAX_CONTAINERS)
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.")
     model = payload.get("model")

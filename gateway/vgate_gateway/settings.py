@@ -21,6 +21,8 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from vgate_gateway.jsonbody import DEFAULT_MAX_CONTAINERS, DEFAULT_MAX_DEPTH
+
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
@@ -134,7 +136,10 @@ class GatewaySettings(BaseSettings):
     #: Largest request body; a bigger one is a 413 before it is read.
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     #: Deepest JSON nesting accepted in a request body.
-    max_json_depth: int = Field(64, ge=4, le=512)
+    max_json_depth: int = Field(DEFAULT_MAX_DEPTH, ge=4, le=512)
+    #: Most JSON arrays and objects in a request body, all levels together; more is a 400
+    #: before the body is parsed, which bounds how long one body can hold the event loop.
+    max_json_containers: int = Field(DEFAULT_MAX_CONTAINERS, ge=64)
     #: Peers (CIDRs) whose Forwarded / X-Forwarded-Host / -Proto headers are believed.
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 

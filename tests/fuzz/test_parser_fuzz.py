@@ -14,9 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.nesting import nesting
 from vgate_gateway.cache.policy import request_key
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.jsonbody import loads
+from vgate_gateway.jsonbody import depth_exceeds, loads
 from vgate_gateway.protocol import Kind, parse_request
 
 ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())
@@ -40,7 +41,7 @@ FIELDS = {Kind.CHAT: "messages", Kind.COMPLETIONS: "prompt", Kind.EMBEDDINGS: "i
 def _survive(kind: Kind, body: bytes) -> None:
     refused: OpenAIError | None = None
     try:
-        req = parse_request(kind, body, loads(body, 64))
+        req = parse_request(kind, body, loads(body, 64, 100_000))
     except OpenAIError as exc:
         refused = exc
     if refused is not None:
@@ -79,3 +80,20 @@ def test_any_nesting_depth_is_parsed_or_refused_with_a_400(depth: int, opener: s
 @given(digits=st.integers(min_value=1, max_value=20000))
 def test_any_integer_length_is_parsed_or_refused_with_a_400(digits: int) -> None:
     _survive(Kind.COMPLETIONS, b'{"model": "m", "prompt": "x", "seed": ' + b"7" * digits + b"}")
+
+
+# Strings made of what the depth check on bytes must see through: brackets, quotes, escapes.
+TRICKY = st.text(st.sampled_from('[]{}",:\\ a\u00e9'), max_size=6)
+NESTED = st.recursive(
+    st.none() | st.integers() | TRICKY,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TRICKY, inner, max_size=4),
+    max_leaves=60,
+)
+
+
+@given(doc=NESTED, limit=st.integers(min_value=1, max_value=12), indent=st.sampled_from([None, 0, 2]))
+def test_the_depth_read_from_the_bytes_is_the_depth_of_the_document(
+    doc: Any, limit: int, indent: int | None
+) -> None:
+    body = json.dumps(doc, indent=indent, ensure_ascii=indent is None).encode()
+    assert depth_exceeds(body, limit) == (nesting(doc) > limit)

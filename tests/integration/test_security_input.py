@@ -22,13 +22,14 @@ from tests.support.recorder import Recorder, recorder
 from tests.support.waiting import wait_until
 
 LIMIT = 65536
+CONTAINERS = 1000
 HELLO = [{"role": "user", "content": "Hello!"}]
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A gateway with a small body limit, in front of one dry-run worker."""
-    env = {"VGATE_MAX_BODY_BYTES": str(LIMIT)}
+    env = {"VGATE_MAX_BODY_BYTES": str(LIMIT), "VGATE_MAX_JSON_CONTAINERS": str(CONTAINERS)}
     with ExitStack() as es:
         yield start_stack(es, tmp_path_factory.mktemp("input"), workers=1, gateway_env=env)
 
@@ -100,6 +101,7 @@ def test_a_body_at_the_limit_is_still_served(small: Stack) -> None:
 HOSTILE = {
     "nested 100 deep": b'{"model": "m", "messages": ' + b"[" * 100 + b"]" * 100 + b"}",
     "nested 1100 deep": b"[" * 1100 + b"]" * 1100,
+    "1,001 arrays and objects": b'{"model": "m", "messages": [' + b"[]," * 998 + b"{}]}",
     "5000-digit seed": b'{"model": "m", "messages": [], "seed": ' + b"9" * 5000 + b"}",
     "lone surrogate escape": b'{"model": "m", "messages": [{"role": "user", "content": "\\ud800"}]}',
     "surrogate as UTF-8 bytes": b'{"model": "m", "messages": [{"role": "user", "content": "\xed\xa0\x80"}]}',
@@ -118,6 +120,14 @@ def test_malformed_bodies_are_400_in_openai_shape(small: Stack, body: bytes, pat
     r = httpx.post(f"{small.url}{path}", content=body, headers={"content-type": "application/json"})
     error = _error(r, 400)
     assert error["type"] == "invalid_request_error"
+
+
+def test_too_many_containers_is_its_own_400(small: Stack) -> None:
+    body = HOSTILE["1,001 arrays and objects"]
+    r = httpx.post(f"{small.url}/v1/chat/completions", content=body)
+    assert _error(r, 400)["code"] == "json_too_complex"
+    fits = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}] * 998}  # 1,000
+    assert httpx.post(f"{small.url}/v1/chat/completions", json=fits).status_code == 200
 
 
 def test_no_hostile_body_left_a_traceback(small: Stack) -> None:

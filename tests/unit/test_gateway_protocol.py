@@ -7,10 +7,10 @@ import json
 import pytest
 
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.protocol import Kind, parse_request
+from vgate_gateway.protocol import PROMPT_TEXT_CHARS, Kind, ParsedRequest, parse_request
 
 
-def _parse(kind: Kind, payload: object) -> object:
+def _parse(kind: Kind, payload: object) -> ParsedRequest:
     return parse_request(kind, json.dumps(payload).encode())
 
 
@@ -67,3 +67,24 @@ def test_error_body_and_sse_event_shape() -> None:
     assert event.startswith(b"data: {")
     assert event.endswith(b"\n\n")
     assert json.loads(event[6:]) == err.body()
+
+
+def test_prompt_text_is_the_start_of_a_long_prompt_only() -> None:
+    limit = PROMPT_TEXT_CHARS
+    long_text = _parse(Kind.COMPLETIONS, {"model": "m", "prompt": "ab" * limit})
+    assert long_text.prompt_text() == ("ab" * limit)[:limit]
+    ids = list(range(100_000))
+    text = _parse(Kind.COMPLETIONS, {"model": "m", "prompt": ids}).prompt_text()
+    assert text == json.dumps(ids, separators=(",", ":"))[:limit]
+    batch = _parse(Kind.EMBEDDINGS, {"model": "m", "input": [ids[:5], ids[5:]]}).prompt_text()
+    assert batch == "[0,1,2,3,4]"  # a list of prompts routes on its first
+
+
+def test_prompt_text_of_a_long_chat_stops_at_the_limit_in_message_order() -> None:
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": f"m{i} "}, {"type": "image"}]}
+        for i in range(10_000)
+    ]
+    text = _parse(Kind.CHAT, {"model": "m", "messages": messages}).prompt_text()
+    whole = "\n".join(f"<user>\nm{i} " for i in range(10_000))
+    assert text == whole[:PROMPT_TEXT_CHARS]

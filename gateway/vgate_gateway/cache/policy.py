@@ -8,10 +8,11 @@ request with the ``x-vgate-cache`` header (``bypass`` or ``force``).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
 from enum import Enum
 from typing import Any
+
+import orjson
 
 from vgate_gateway.protocol import Kind
 
@@ -68,10 +69,8 @@ def request_key(kind: Kind, model: str, body: Mapping[str, Any], tenant: str | N
     validates, so it stays).
     """
     normalized = {k: v for k, v in body.items() if not (k == "user" and isinstance(v, str))}
-    canonical = json.dumps(
-        [kind, model, tenant, normalized], sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = orjson.dumps([kind, model, tenant, normalized], option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
 
 
 def response_cacheable(kind: Kind, response: Mapping[str, Any]) -> bool:
