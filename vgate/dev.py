@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vgate.procs import Child, ProcessExited, start, stop_all, vgate_argv, wait_http
+from vgate_gateway.settings import GatewaySettings
 from vgate_worker.settings import DEFAULT_MODEL
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vgate dev", description=__doc__.splitlines()[0])
-    p.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
+    port = GatewaySettings.model_fields["port"].default
+    p.add_argument("--port", type=int, default=port, help=f"gateway port (default {port})")
     p.add_argument("--workers", type=int, default=2, help="number of dry-run workers (default 2)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"served model name (default {DEFAULT_MODEL})")
     p.add_argument(

@@ -19,7 +19,7 @@ from vgate_gateway.admission import Admission
 from vgate_gateway.auth import KeyStore
 from vgate_gateway.client import AiohttpClient, UpstreamClient
 from vgate_gateway.discovery import DiscoverySource
-from vgate_gateway.errors import install_error_handlers
+from vgate_gateway.error_handlers import install_error_handlers
 from vgate_gateway.guard import Guard, GuardConfig
 from vgate_gateway.health import HealthChecker
 from vgate_gateway.hygiene import TrustedProxies

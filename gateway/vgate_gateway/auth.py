@@ -156,7 +156,7 @@ def invalid_key(message: str) -> OpenAIError:
 class KeyStore:
     """The keys in force, reloaded from ``path`` when it changes; no path: the gateway is open."""
 
-    def __init__(self, path: Path | None, reload_interval_s: float = 2.0) -> None:
+    def __init__(self, path: Path | None, reload_interval_s: float) -> None:
         self.path = path
         self.reload_interval_s = reload_interval_s
         self._keys: tuple[ApiKey, ...] = ()

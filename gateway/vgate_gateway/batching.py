@@ -39,12 +39,13 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Histogram
 
-from vgate_gateway.protocol import Kind
+from vgate_gateway.protocol import PROMPT_FIELD, Kind
 
 log = logging.getLogger(__name__)
 
-#: The list-taking field of each batchable endpoint.
-PROMPT_FIELD = {Kind.COMPLETIONS: "prompt", Kind.EMBEDDINGS: "input"}
+#: The endpoints whose prompt field (:data:`~vgate_gateway.protocol.PROMPT_FIELD`) takes a
+#: list, so that one upstream call can carry several clients' prompts.
+BATCHABLE = frozenset({Kind.COMPLETIONS, Kind.EMBEDDINGS})
 
 #: Per-request answer fields a merged answer cannot attribute to one prompt (vLLM reports
 #: ``prompt_tokens_details`` of the last prompt only and drops ``metrics`` for list prompts).
@@ -85,8 +86,10 @@ def batch_key(kind: Kind, body: Mapping[str, Any], partition: str = "") -> str |
     ``partition`` keeps apart requests that must never share an upstream call, such as
     those of different credentials.
     """
-    name = PROMPT_FIELD.get(kind)
-    if name is None or body.get("stream") or not isinstance(body.get(name), str):
+    if kind not in BATCHABLE:
+        return None
+    name = PROMPT_FIELD[kind]
+    if body.get("stream") or not isinstance(body.get(name), str):
         return None
     # With n or best_of above 1 vLLM interleaves choices per prompt; echo with
     # return_token_ids echoes no prompt text. Keep those alone.
@@ -265,7 +268,7 @@ class MicroBatcher:
         *,
         max_batch: int,
         wait_s: float,
-        endpoints: frozenset[Kind] = frozenset({Kind.COMPLETIONS}),
+        endpoints: frozenset[Kind],
         metrics: BatchMetrics | None = None,
     ) -> None:
         self._send = send

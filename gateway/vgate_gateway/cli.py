@@ -7,9 +7,16 @@ import os
 import sys
 import tempfile
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import ValidationError
+
+from vgate_gateway.settings import GatewaySettings, LogLevel, load_settings
+
+
+def _default(name: str) -> Any:
+    """The setting's default, for help texts that would otherwise repeat it."""
+    return GatewaySettings.model_fields[name].default
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -18,10 +25,12 @@ def _parser() -> argparse.ArgumentParser:
         description="OpenAI-compatible gateway in front of vLLM workers. Every flag also reads VGATE_<NAME>.",
     )
     p.add_argument("--config", help="YAML configuration file (also VGATE_CONFIG)")
-    p.add_argument("--host", help="listen address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, help="listen port (default 8000)")
+    p.add_argument("--host", help=f"listen address (default {_default('host')})")
+    p.add_argument("--port", type=int, help=f"listen port (default {_default('port')})")
     p.add_argument(
-        "--internal-port", type=int, help="port of /metrics, /stats, /docs, /openapi.json (default 8081)"
+        "--internal-port",
+        type=int,
+        help=f"port of /metrics, /stats, /docs, /openapi.json (default {_default('internal_port')})",
     )
     p.add_argument("--api-keys-file", help="API keys, one a line (default: none, the gateway is open)")
     p.add_argument(
@@ -31,17 +40,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="static worker base URL, repeatable (also VGATE_ENDPOINTS, comma-separated)",
     )
-    p.add_argument("--routing", help="load-balancing strategy (default prefix-aware)")
-    p.add_argument("--workers", type=int, help="serving processes sharing the port (default 1)")
-    p.add_argument("--log-level", choices=["debug", "info", "warning", "error", "critical"])
+    p.add_argument("--routing", help=f"load-balancing strategy (default {_default('routing')})")
+    p.add_argument(
+        "--workers", type=int, help=f"serving processes sharing the port (default {_default('workers')})"
+    )
+    p.add_argument("--log-level", choices=get_args(LogLevel))
     p.add_argument("--log-json", action="store_const", const=True, help="log JSON lines")
     return p
 
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
-    from vgate_gateway.settings import load_settings
-
     overrides = {k: v for k, v in vars(args).items() if k != "config"}
     try:
         settings = load_settings(args.config, **overrides)

@@ -228,14 +228,18 @@ class DedupMetrics:
         )
 
 
+#: Open flights tracked at once; beyond it identical requests each go upstream.
+MAX_FLIGHTS = 1024
+
+
 class Deduplicator:
     """Tracks open flights by request key."""
 
     def __init__(
         self,
         *,
-        max_flights: int = 1024,
-        max_lag_bytes: int = 256 * 1024,
+        max_lag_bytes: int,
+        max_flights: int = MAX_FLIGHTS,
         metrics: DedupMetrics | None = None,
     ) -> None:
         self.max_flights = max_flights

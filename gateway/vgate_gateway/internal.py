@@ -15,7 +15,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from vgate_gateway.errors import install_error_handlers
+from vgate_gateway.error_handlers import install_error_handlers
 from vgate_gateway.openapi_doc import public_openapi
 from vgate_gateway.routes import ops
 

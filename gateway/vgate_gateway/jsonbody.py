@@ -9,13 +9,15 @@ an exception escaping as a 500.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import orjson
-from starlette.types import Receive
 
 from vgate_gateway.errors import OpenAIError, invalid_request
 
+#: ASGI's ``receive`` callable, spelled here so request parsing needs no HTTP framework.
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 #: Deepest nesting, and most arrays and objects, a request body may have (the settings'
 #: defaults; ``max_json_depth`` and ``max_json_containers`` change them).
 DEFAULT_MAX_DEPTH = 64

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vgate_gateway.logs import key_id_var, request_id_var
 from vgate_gateway.metrics import Metrics
+from vgate_gateway.protocol import REQUEST_ID_HEADER
 
 log = logging.getLogger("vgate.access")
 
@@ -34,6 +35,7 @@ _KNOWN_PATHS = frozenset(
 # A client-supplied id is kept only if it is short and plain (it lands in logs and headers).
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
+_REQUEST_ID = REQUEST_ID_HEADER.encode()  # as ASGI spells header names
 
 
 class RequestContextMiddleware:
@@ -49,7 +51,7 @@ class RequestContextMiddleware:
     def _request_id(self, scope: Scope) -> str:
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         for name, value in headers:
-            if name == b"x-request-id":
+            if name == _REQUEST_ID:
                 incoming = value.decode("latin-1")
                 if _VALID_ID.match(incoming):
                     return incoming
@@ -87,7 +89,7 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [*message.get("headers", []), (_REQUEST_ID, request_id.encode())]
             await send(message)
 
         try:

@@ -12,6 +12,8 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from vgate_gateway.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -116,7 +118,7 @@ def public_openapi(app: FastAPI) -> dict[str, Any]:
             content: dict[str, Any] = {"application/json": {"schema": {"type": "object"}}}
             if "stream" in schema["properties"]:
                 # One schema per SSE event: a data line (JSON chunks, then [DONE]).
-                content["text/event-stream"] = {
+                content[SSE_MEDIA_TYPE] = {
                     "schema": {
                         "type": "object",
                         "required": ["data"],

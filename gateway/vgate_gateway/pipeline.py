@@ -1,6 +1,6 @@
 """The efficiency layer in front of the proxy: result cache -> in-flight dedup -> micro-batching.
 
-A request the cache may answer (see :func:`vgate_gateway.cache.is_cacheable`) is looked up
+A request the cache may answer (see :func:`vgate_gateway.cache.policy.is_cacheable`) is looked up
 first; a hit replays the worker's answer (JSON or stream) under the replaying request's
 id. A miss joins the in-flight call for the same request, or starts it; that call goes
 through the micro-batcher (non-streaming completions and embeddings) or straight to the
@@ -22,21 +22,13 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from starlette.responses import Response, StreamingResponse
 
-from vgate_gateway.batching import PROMPT_FIELD, BatchMetrics, Client, MicroBatcher, Reply
-from vgate_gateway.cache import (
-    CACHE_HEADER,
-    Answer,
-    CacheMetrics,
-    ResponseCache,
-    Restamp,
-    Stamp,
-    StreamRecorder,
-    is_cacheable,
-    parse_cache_mode,
-    request_key,
-    response_complete,
-)
+from vgate_gateway.batching import BATCHABLE, BatchMetrics, Client, MicroBatcher, Reply
+from vgate_gateway.cache.answer import Answer, Restamp, Stamp
+from vgate_gateway.cache.policy import CACHE_HEADER, is_cacheable, parse_cache_mode, request_key
+from vgate_gateway.cache.recorder import StreamRecorder, response_complete
+from vgate_gateway.cache.store import CacheMetrics, ResponseCache
 from vgate_gateway.dedup import (
+    MAX_FLIGHTS,
     Deduplicator,
     DedupMetrics,
     FlightWriter,
@@ -45,18 +37,17 @@ from vgate_gateway.dedup import (
     Subscription,
 )
 from vgate_gateway.errors import OpenAIError, invalid_request
+from vgate_gateway.handler import Handler
 from vgate_gateway.offload import off_loop_if_large
-from vgate_gateway.protocol import Handler, Kind, ParsedRequest
+from vgate_gateway.protocol import REQUEST_ID_HEADER, Kind, ParsedRequest
+from vgate_gateway.relay import event_stream
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.sse import HEADERS as SSE_HEADERS
 from vgate_gateway.sse import MEDIA_TYPE as SSE
-from vgate_gateway.sse import event_stream
 
 log = logging.getLogger(__name__)
 
 _JSON = "application/json"
-#: Open flights tracked at once; beyond it identical requests each go upstream.
-MAX_FLIGHTS = 1024
 #: Sent upstream with a merged call: the request id of every client it answers.
 BATCH_IDS_HEADER = "x-vgate-batch-request-ids"
 
@@ -123,7 +114,7 @@ class Pipeline:
         }
 
     async def handle(self, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
-        """Answer one OpenAI request (a :data:`~vgate_gateway.protocol.Handler`)."""
+        """Answer one OpenAI request (a :data:`~vgate_gateway.handler.Handler`)."""
         try:
             mode = parse_cache_mode(headers.get(CACHE_HEADER))
         except ValueError as exc:
@@ -142,15 +133,15 @@ class Pipeline:
         return await self._shared(kind, key, req, headers)
 
     async def _uncached(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
-        if req.stream or kind not in PROMPT_FIELD:
+        if req.stream or kind not in BATCHABLE:
             return await self._forward(req, headers)
         reply = await self._reply(kind, req, headers)
         return Response(reply.body, status_code=reply.status, headers=dict(reply.headers))
 
     async def _reply(self, kind: Kind, req: ParsedRequest, headers: Mapping[str, str]) -> Reply:
         """A whole non-streaming answer, through the micro-batcher where it applies."""
-        client = Client(headers.get("x-request-id", ""), (req, headers))
-        if kind in PROMPT_FIELD:
+        client = Client(headers.get(REQUEST_ID_HEADER, ""), (req, headers))
+        if kind in BATCHABLE:
             # Requests with different credentials never share an upstream call.
             partition = _tenant(headers) or ""
             return await self.batcher.submit(kind, req.payload, client, partition=partition)
@@ -179,14 +170,14 @@ class Pipeline:
                 body = b"".join([chunk async for chunk in sub.chunks()])
                 sub.close()
                 if not sub.leader and head.status == 200:
-                    body = Stamp.of(body).for_request(headers.get("x-request-id", "")).apply(body)
+                    body = Stamp.of(body).for_request(headers.get(REQUEST_ID_HEADER, "")).apply(body)
                 return Response(body, status_code=head.status, headers={**head.headers, CACHE_HEADER: "miss"})
         except BaseException:
             sub.close()
             raise
         if not sub.leader:
             restamp = Restamp()  # filled from the first chunk
-        return event_stream(_follow(sub, restamp, headers.get("x-request-id", "")), {CACHE_HEADER: "miss"})
+        return event_stream(_follow(sub, restamp, headers.get(REQUEST_ID_HEADER, "")), {CACHE_HEADER: "miss"})
 
     async def _produce(self, call: _Call, writer: FlightWriter) -> None:
         """The upstream call of one flight: publish its answer, then store it if complete."""
@@ -260,7 +251,7 @@ async def _follow(sub: Subscription, restamp: Restamp | None, request_id: str) -
 
 def _replay(stored: Answer, headers: Mapping[str, str]) -> Response:
     """A cache hit: the worker's own answer, under this request's id and the current time."""
-    body = stored.stamp.for_request(headers.get("x-request-id", "")).apply(stored.body)
+    body = stored.stamp.for_request(headers.get(REQUEST_ID_HEADER, "")).apply(stored.body)
     if stored.media_type != SSE:
         return Response(body, media_type=stored.media_type, headers={CACHE_HEADER: "hit"})
     return event_stream(_once(body), {CACHE_HEADER: "hit"})

@@ -7,13 +7,12 @@ obviously bad requests itself with a 400 instead of spending an upstream call.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
-from starlette.responses import Response
 
 from vgate_gateway import jsonbody
 from vgate_gateway.errors import invalid_request
@@ -21,6 +20,9 @@ from vgate_gateway.errors import invalid_request
 #: The most prompt text routing is given: well above what prefix-aware routing hashes
 #: (256 blocks of 64 characters), so a longer prompt routes exactly as its start does.
 PROMPT_TEXT_CHARS = 64 * 1024
+#: The request id: the client's if it sent a valid one, else the gateway's; sent upstream
+#: (vLLM names its response after it) and back to the client.
+REQUEST_ID_HEADER = "x-request-id"
 
 
 class Kind(StrEnum):
@@ -31,11 +33,17 @@ class Kind(StrEnum):
     EMBEDDINGS = "/v1/embeddings"
 
 
-# The field that carries the prompt for each kind, and the JSON types it may have.
-_PROMPT_FIELD: dict[Kind, tuple[str, tuple[type, ...]]] = {
-    Kind.CHAT: ("messages", (list,)),
-    Kind.COMPLETIONS: ("prompt", (str, list)),
-    Kind.EMBEDDINGS: ("input", (str, list)),
+#: The field that carries the prompt for each kind.
+PROMPT_FIELD: Mapping[Kind, str] = {
+    Kind.CHAT: "messages",
+    Kind.COMPLETIONS: "prompt",
+    Kind.EMBEDDINGS: "input",
+}
+#: The JSON types each kind's prompt field may have.
+_PROMPT_TYPES: Mapping[Kind, tuple[type, ...]] = {
+    Kind.CHAT: (list,),
+    Kind.COMPLETIONS: (str, list),
+    Kind.EMBEDDINGS: (str, list),
 }
 
 
@@ -72,8 +80,7 @@ class ParsedRequest:
                     parts.append(text)
                     size += len(role) + len(text) + 2
             return "\n".join(parts)[:limit]
-        field, _ = _PROMPT_FIELD[self.kind]
-        value = self.payload.get(field)
+        value = self.payload.get(PROMPT_FIELD[self.kind])
         if isinstance(value, list) and value and isinstance(value[0], str | list):
             value = value[0]  # a list of prompts (a merged batch): routed on the first one
         if isinstance(value, str):
@@ -81,11 +88,6 @@ class ParsedRequest:
         if isinstance(value, list):
             value = value[:limit]  # each item is at least one character of JSON
         return orjson.dumps(value)[:limit].decode("utf-8", "ignore")
-
-
-#: Answers one parsed OpenAI request, given the headers to send upstream. Each step of the
-#: request path (the efficiency pipeline, the proxy) is one; the proxy is the innermost.
-Handler = Callable[[ParsedRequest, Mapping[str, str]], Awaitable[Response]]
 
 
 def _parts_text(content: Any, limit: int) -> str:
@@ -120,7 +122,7 @@ def parse_request(kind: Kind, body: bytes, payload: Any = NOT_PARSED) -> ParsedR
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise invalid_request("You must provide a model parameter (a non-empty string).", param="model")
-    field, types = _PROMPT_FIELD[kind]
+    field, types = PROMPT_FIELD[kind], _PROMPT_TYPES[kind]
     value = payload.get(field)
     if value is None:
         raise invalid_request(f"Missing required parameter: '{field}'.", param=field)

@@ -24,11 +24,13 @@ from vgate_gateway.client import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from vgate_gateway.error_handlers import error_response
 from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.protocol import ParsedRequest
+from vgate_gateway.protocol import REQUEST_ID_HEADER, ParsedRequest
+from vgate_gateway.relay import event_stream
 from vgate_gateway.routing import Router
-from vgate_gateway.sse import DONE, EventFramer, error_event, event_stream, usage_completion_tokens
+from vgate_gateway.sse import DONE, EventFramer, error_event, usage_completion_tokens
 from vgate_gateway.upstreams import Upstream, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ _HOP_NAMES = frozenset(h.encode() for h in _HOP_HEADERS)  # as ASGI spells them:
 def upstream_headers(raw: Sequence[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
     """The client's headers to send upstream, from the ASGI scope's list, in one pass."""
     out = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k not in _HOP_NAMES}
-    out["x-request-id"] = request_id
+    out[REQUEST_ID_HEADER] = request_id
     # Bytes are relayed as they come: a compressed answer would reach the client undeclared.
     out["accept-encoding"] = "identity"
     return out
@@ -253,4 +255,4 @@ def _relay_error(status: int, body: bytes, content_type: str | None) -> Response
         return Response(body, status_code=status, media_type=content_type or "application/json")
     message = obj.get("message") if isinstance(obj, dict) else None
     message = message or body.decode(errors="replace").strip() or f"The model worker answered HTTP {status}."
-    return OpenAIError(status, str(message), code=f"upstream_{status}").response()
+    return error_response(OpenAIError(status, str(message), code=f"upstream_{status}"))

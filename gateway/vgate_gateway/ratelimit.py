@@ -285,11 +285,11 @@ class RedisLimiter:
         url: str,
         metrics: RateLimitMetrics,
         *,
-        failure_mode: FailureMode = "open",
-        prefix: str = "vgate:",
-        timeout_s: float = 0.5,
+        failure_mode: FailureMode,
+        prefix: str,
+        timeout_s: float,
+        retry_after_s: int,
         flush_interval_s: float = 1.0,
-        retry_after_s: int = 1,
     ) -> None:
         import redis.asyncio as redis
 

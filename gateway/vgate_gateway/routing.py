@@ -307,8 +307,6 @@ STRATEGIES: dict[str, Callable[[], Strategy]] = {
     PrefixAware.name: PrefixAware,
 }
 
-DEFAULT_STRATEGY = PrefixAware.name
-
 
 def build_strategy(name: str) -> Strategy:
     """A fresh strategy instance by its configured name; ValueError for an unknown name."""
@@ -328,8 +326,8 @@ class Router:
         per_model: Mapping[str, str] | None = None,
         *,
         declared_models: Collection[str] = (),
-        session_header: str = "x-session-id",
-        retry_after_s: int = 1,
+        session_header: str,
+        retry_after_s: int,
     ) -> None:
         self._pool = pool
         #: Models configured to exist (Kubernetes discovery's Services), even with no endpoint yet.

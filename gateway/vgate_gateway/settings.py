@@ -64,6 +64,7 @@ class GatewaySettings(BaseSettings):
     panic_threshold: float = Field(0.5, ge=0, le=1)
 
     # -- routing
+    #: A strategy of ``vgate_gateway.routing.STRATEGIES`` (checked when the router is built).
     routing: str = "prefix-aware"
     #: Per-model override of ``routing``.
     routing_per_model: dict[str, str] = Field(default_factory=dict)

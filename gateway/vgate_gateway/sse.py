@@ -1,46 +1,22 @@
-"""Server-sent events, as OpenAI-compatible servers send them, and the response that relays them.
+"""Server-sent events, as OpenAI-compatible servers send them.
 
 The gateway relays events verbatim; it only needs to find event boundaries (so
 an error can follow a complete event, never a torn one) and peek at what an
-event says for metrics.
+event says for metrics. Bytes in, bytes out: the response that relays a stream is
+:mod:`vgate_gateway.relay`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import anyio
-from starlette.responses import StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 DONE = b"data: [DONE]\n\n"
 MEDIA_TYPE = "text/event-stream"
 #: Sent with every stream: no caching, and no buffering by a reverse proxy in front (nginx).
 HEADERS: Mapping[str, str] = {"cache-control": "no-cache", "x-accel-buffering": "no"}
-
-
-class RelayResponse(StreamingResponse):
-    """A streaming response that always closes its source, even when the client left mid-send.
-
-    It does not listen for the client leaving itself (Starlette's version starts a task
-    group per response for that): the OpenAI endpoints watch for it once per request and
-    cancel the whole answer, this stream included.
-    """
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await self.stream_response(send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.body_iterator.aclose()  # type: ignore[attr-defined]
-
-
-def event_stream(events: AsyncIterable[bytes], headers: Mapping[str, str] | None = None) -> RelayResponse:
-    """An SSE response relaying ``events``, with the stream headers plus ``headers``."""
-    return RelayResponse(events, media_type=MEDIA_TYPE, headers={**HEADERS, **(headers or {})})
 
 
 class EventSplitter:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vgate_gateway.admission import Admission
+from vgate_gateway.handler import Handler
 from vgate_gateway.health import HealthChecker
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.protocol import Handler
 from vgate_gateway.routing import Router
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstreams import UpstreamPool

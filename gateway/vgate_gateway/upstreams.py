@@ -84,7 +84,7 @@ class UpstreamPool:
     (:attr:`version`) rather than on every request.
     """
 
-    def __init__(self, *, eject_after: int = 3, panic_threshold: float = 0.5) -> None:
+    def __init__(self, *, eject_after: int, panic_threshold: float) -> None:
         self._upstreams: dict[str, Upstream] = {}
         self.eject_after = eject_after
         self.panic_threshold = panic_threshold

@@ -52,7 +52,11 @@ ALLOWED_INGRESS_ANNOTATIONS = frozenset(
 #: ``auto``: no ``--quantization`` flag, vLLM reads the method from the checkpoint's config and
 #: picks the fastest kernel the GPU supports (``awq_marlin`` for AWQ where it can).
 #: ``none`` declares unquantized weights (vLLM is given no flag either).
+#: The worker's own setting has no ``auto``: its ``none`` (the default) already means "no flag".
 Quantization = Literal["auto", "awq", "awq_marlin", "gptq", "fp8", "none"]
+#: The values that leave the worker at its default, passing vLLM no ``--quantization``; the
+#: spec tells them apart only to check the model id against them.
+NO_QUANTIZATION_FLAG = frozenset({"auto", "none"})
 #: Hub id markers of a checkpoint's quantization: a method that needs such a checkpoint
 #: contradicts an id that names another (or, for a hub id, none at all).
 _CHECKPOINT_METHODS = {"awq": ("awq", "awq_marlin"), "gptq": ("gptq",)}

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from vgate_operator.builders.common import Manifest, Owner
-from vgate_operator.builders.gateway import PORT
+from vgate_operator.builders.common import HTTP_PORT, Manifest, Owner
 from vgate_operator.spec import VGateDeploymentSpec, gateway_name, worker_name
 
 CONDITION_TYPES = ("Ready", "WorkersReady", "GatewayReady", "Degraded")
@@ -195,7 +194,7 @@ def healthy_status(
         "models": [{"name": n, "replicas": r.desired, "readyReplicas": r.ready} for n, r in models.items()],
         "readyWorkers": str(workers),
         "readyGateways": str(gateway),
-        "gatewayURL": f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{PORT}",
+        "gatewayURL": f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{HTTP_PORT}",
         "ingressHost": (spec.ingress.host or "") if spec.ingress.enabled else "",
     }
 

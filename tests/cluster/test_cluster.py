@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from tests.support.cluster import ROOT, Cluster, wait_for
+from vgate_operator.builders.common import HTTP_PORT
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -88,7 +89,7 @@ def gateway_url(cluster: Cluster) -> str:
     pods = cluster.items("pods", NS, "app.kubernetes.io/component=gateway")
     running = [p for p in pods if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")]
     assert running, "no gateway pod"
-    return f"http://{running[0]['status']['podIP']}:8000/v1"
+    return f"http://{running[0]['status']['podIP']}:{HTTP_PORT}/v1"
 
 
 class ReadyWatch:

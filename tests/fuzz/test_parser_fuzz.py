@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.nesting import nesting
-from vgate_gateway.cache import request_key
+from vgate_gateway.cache.policy import request_key
 from vgate_gateway.errors import OpenAIError
 from vgate_gateway.jsonbody import depth_exceeds, loads
 from vgate_gateway.protocol import Kind, parse_request

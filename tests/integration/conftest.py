@@ -11,8 +11,9 @@ import openai
 import pytest
 
 from tests.support.procs import Proc, make_proc, running, vgate_process
+from vgate_worker.settings import DEFAULT_MODEL
 
-MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+MODEL = DEFAULT_MODEL
 # Real timing, a little slower than a GPU (about 8 ms a token), so streams visibly stream.
 WORKER_ARGS = ["worker", "--dry-run", "--served-model-name", MODEL, "--speed", "0.2"]
 

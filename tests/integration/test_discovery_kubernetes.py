@@ -26,6 +26,7 @@ from tests.support.kmock_cluster import SliceAPI, endpoint, endpoint_slice, writ
 from tests.support.procs import free_port
 from tests.support.waiting import eventually
 from vgate_gateway.discovery.kubernetes import KubernetesDiscovery
+from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstreams import DiscoveredEndpoint
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,7 +72,9 @@ def kubeconfig(api: SliceAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 @contextlib.asynccontextmanager
-async def discovery(services: Mapping[str, str], resync_interval_s: float = 30.0) -> AsyncIterator[Snapshots]:
+async def discovery(
+    services: Mapping[str, str], resync_interval_s: float = GatewaySettings().resync_interval_s
+) -> AsyncIterator[Snapshots]:
     """Run the source as the gateway's lifespan does: a task, cancelled at the end."""
     snapshots = Snapshots()
     source = KubernetesDiscovery(services, namespace=NAMESPACE, resync_interval_s=resync_interval_s)
@@ -238,6 +241,6 @@ async def test_falls_back_to_kubeconfig_without_a_service_account(
 async def test_no_cluster_configuration_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    source = KubernetesDiscovery({"qwen": "workers"}, namespace=NAMESPACE)
+    source = KubernetesDiscovery({"qwen": "workers"}, namespace=NAMESPACE, resync_interval_s=30)
     with pytest.raises(ConfigException):
         await source.run(Snapshots())

@@ -13,11 +13,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.procs import Proc, vgate_process
+from vgate_worker.settings import DEFAULT_MODEL
 from vgate_worker.sim import tokenizer
 
 pytestmark = pytest.mark.timeout(60)
 
-NAMES = ["Qwen/Qwen2.5-1.5B-Instruct-AWQ", "qwen-small"]
+NAMES = [DEFAULT_MODEL, "qwen-small"]
 MAX_LEN = 4096
 
 
@@ -190,7 +191,7 @@ def test_unknown_model_is_404(client: openai.OpenAI) -> None:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"{not json", b"[1, 2]", b'{"model": "Qwen/Qwen2.5-1.5B-Instruct-AWQ"}', b'{"messages": "hello"}'],
+    [b"{not json", b"[1, 2]", json.dumps({"model": DEFAULT_MODEL}).encode(), b'{"messages": "hello"}'],
 )
 def test_malformed_requests_are_400(sim: Proc, payload: bytes) -> None:
     r = httpx.post(

@@ -13,10 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.procs import Proc, vgate_process
+from vgate_worker.settings import DEFAULT_MODEL
 
 pytestmark = pytest.mark.timeout(60)
 
-MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
+MODEL = DEFAULT_MODEL
 # About 3,000 tokens: ~150 ms of prefill at the default 20k tokens/s, ~0 when cached.
 LONG_SYSTEM = "You are a meticulous assistant. " + " ".join(f"rule{i} applies." for i in range(1000))
 

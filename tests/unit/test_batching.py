@@ -24,6 +24,7 @@ from vgate_gateway.protocol import Kind
 
 pytestmark = pytest.mark.timeout(10)
 BOTH = frozenset({Kind.COMPLETIONS, Kind.EMBEDDINGS})
+COMPLETIONS = frozenset({Kind.COMPLETIONS})
 
 
 def _ids(prompt: str) -> list[int]:
@@ -230,7 +231,9 @@ async def test_a_lone_request_is_sent_at_once() -> None:
 async def test_requests_arriving_while_the_model_is_busy_are_merged_with_exact_usage() -> None:
     registry = CollectorRegistry()
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01, metrics=BatchMetrics(registry))
+    batcher = MicroBatcher(
+        worker, max_batch=8, wait_s=0.01, metrics=BatchMetrics(registry), endpoints=COMPLETIONS
+    )
     busy = await _busy(worker, batcher)
     prompts = ["one", "three", "four!"]
     replies = await asyncio.gather(
@@ -252,7 +255,7 @@ async def test_requests_arriving_while_the_model_is_busy_are_merged_with_exact_u
 
 async def test_nothing_is_merged_before_an_answer_showed_usage_splits_exactly() -> None:
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01)
+    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01, endpoints=COMPLETIONS)
     worker.gate, worker.hold_all = asyncio.Event(), True
     first = asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body("first"), _client("a")))
     others = [asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body(p), _client(p))) for p in "bc"]
@@ -265,7 +268,7 @@ async def test_nothing_is_merged_before_an_answer_showed_usage_splits_exactly() 
 
 async def test_a_worker_reporting_cached_tokens_is_never_merged() -> None:
     worker = FakeWorker(details=True)
-    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01)
+    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01, endpoints=COMPLETIONS)
     busy = await _busy(worker, batcher)
     await asyncio.gather(*(batcher.submit(Kind.COMPLETIONS, _body(p), _client(p)) for p in "ab"))
     worker.gate.set()  # type: ignore[union-attr]
@@ -292,7 +295,7 @@ async def test_embeddings_are_merged_when_switched_on_with_apportioned_usage() -
 
 async def test_embeddings_are_not_merged_by_default() -> None:
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01)
+    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01, endpoints=COMPLETIONS)
     busy = await _busy(worker, batcher, Kind.EMBEDDINGS)
     await asyncio.gather(
         *(batcher.submit(Kind.EMBEDDINGS, {"model": "m", "input": i}, _client(i)) for i in "ab")
@@ -304,7 +307,7 @@ async def test_embeddings_are_not_merged_by_default() -> None:
 
 async def test_batch_size_bounds_each_upstream_request() -> None:
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=2, wait_s=0.01)
+    batcher = MicroBatcher(worker, max_batch=2, wait_s=0.01, endpoints=COMPLETIONS)
     busy = await _busy(worker, batcher)
     await asyncio.gather(
         *(batcher.submit(Kind.COMPLETIONS, _body(f"p{i}"), _client(str(i))) for i in range(5))
@@ -317,7 +320,7 @@ async def test_batch_size_bounds_each_upstream_request() -> None:
 
 async def test_different_parameters_are_not_merged() -> None:
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01)
+    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01, endpoints=COMPLETIONS)
     busy = await _busy(worker, batcher)
     await asyncio.gather(
         batcher.submit(Kind.COMPLETIONS, _body("a"), _client("a")),
@@ -329,7 +332,7 @@ async def test_different_parameters_are_not_merged() -> None:
 
 
 async def _merged_replies(worker: FakeWorker, prompts: str | list[str]) -> list[Any]:
-    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01)
+    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01, endpoints=COMPLETIONS)
     gate = asyncio.Event()
     worker.gate = gate
     worker_status, worker_raises = worker.status, worker.raises
@@ -368,7 +371,7 @@ async def test_a_transport_failure_reaches_everyone() -> None:
 
 async def test_a_client_leaving_before_the_flush_leaves_the_batch() -> None:
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.05)
+    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.05, endpoints=COMPLETIONS)
     busy = await _busy(worker, batcher)
     staying = asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body("stay"), _client("s")))
     leaving = asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body("leave"), _client("l")))
@@ -383,7 +386,7 @@ async def test_a_client_leaving_before_the_flush_leaves_the_batch() -> None:
 
 async def test_the_upstream_call_is_cancelled_when_its_last_client_leaves() -> None:
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=2, wait_s=0.01)
+    batcher = MicroBatcher(worker, max_batch=2, wait_s=0.01, endpoints=COMPLETIONS)
     busy = await _busy(worker, batcher)
     worker.hold_all = True
     clients = [asyncio.create_task(batcher.submit(Kind.COMPLETIONS, _body(p), _client(p))) for p in "ab"]
@@ -401,7 +404,7 @@ async def test_the_upstream_call_is_cancelled_when_its_last_client_leaves() -> N
 
 async def test_batching_off_sends_every_request_alone() -> None:
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=1, wait_s=0.05)
+    batcher = MicroBatcher(worker, max_batch=1, wait_s=0.05, endpoints=COMPLETIONS)
     busy = await _busy(worker, batcher)
     await asyncio.gather(*(batcher.submit(Kind.COMPLETIONS, _body(p), _client(p)) for p in "abc"))
     worker.gate.set()  # type: ignore[union-attr]
@@ -411,7 +414,7 @@ async def test_batching_off_sends_every_request_alone() -> None:
 
 async def test_partitions_are_never_merged() -> None:
     worker = FakeWorker()
-    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01)
+    batcher = MicroBatcher(worker, max_batch=8, wait_s=0.01, endpoints=COMPLETIONS)
     busy = await _busy(worker, batcher)
     await asyncio.gather(
         batcher.submit(Kind.COMPLETIONS, _body("a"), _client("a"), partition="tenant-1"),

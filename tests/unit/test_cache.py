@@ -5,18 +5,16 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from vgate_gateway.cache import (
-    Answer,
-    CacheMetrics,
+from vgate_gateway.cache.answer import Answer, Stamp
+from vgate_gateway.cache.policy import (
     CacheMode,
-    ResponseCache,
-    Stamp,
-    StreamRecorder,
     is_cacheable,
     parse_cache_mode,
     request_key,
     response_cacheable,
 )
+from vgate_gateway.cache.recorder import StreamRecorder
+from vgate_gateway.cache.store import CacheMetrics, ResponseCache
 from vgate_gateway.protocol import Kind
 
 BODY = {

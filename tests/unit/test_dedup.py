@@ -9,6 +9,9 @@ from prometheus_client import CollectorRegistry
 
 from vgate_gateway.dedup import Deduplicator, DedupMetrics, FlightWriter, Head, SubscriberLagged
 
+#: Far more than any stream these tests write, so no subscriber lags unless a test says so.
+MAX_LAG = 1 << 20
+
 pytestmark = pytest.mark.timeout(10)
 
 
@@ -57,7 +60,7 @@ async def _settle() -> None:
 
 async def test_identical_concurrent_requests_share_one_call() -> None:
     registry = CollectorRegistry()
-    dedup = Deduplicator(metrics=DedupMetrics(registry))
+    dedup = Deduplicator(max_lag_bytes=MAX_LAG, metrics=DedupMetrics(registry))
     upstream = Upstream([b"a", b"b", b"c"])
     tasks = [asyncio.create_task(_collect(dedup, "k", upstream)) for _ in range(50)]
     await _settle()
@@ -71,7 +74,7 @@ async def test_identical_concurrent_requests_share_one_call() -> None:
 
 
 async def test_late_follower_gets_the_chunks_so_far_then_live_ones() -> None:
-    dedup = Deduplicator()
+    dedup = Deduplicator(max_lag_bytes=MAX_LAG)
     upstream = Upstream([b"1", b"2", b"3", b"4"])
     leader = asyncio.create_task(_collect(dedup, "k", upstream))
     await _settle()
@@ -86,7 +89,7 @@ async def test_late_follower_gets_the_chunks_so_far_then_live_ones() -> None:
 
 
 async def test_call_continues_for_followers_when_the_leader_leaves() -> None:
-    dedup = Deduplicator()
+    dedup = Deduplicator(max_lag_bytes=MAX_LAG)
     upstream = Upstream([b"x", b"y", b"z"])
     leader = asyncio.create_task(_collect(dedup, "k", upstream))
     await _settle()
@@ -101,7 +104,7 @@ async def test_call_continues_for_followers_when_the_leader_leaves() -> None:
 
 
 async def test_call_is_cancelled_when_the_last_subscriber_leaves() -> None:
-    dedup = Deduplicator()
+    dedup = Deduplicator(max_lag_bytes=MAX_LAG)
     upstream = Upstream([b"x", b"y"])
     first = asyncio.create_task(_collect(dedup, "k", upstream))
     second = asyncio.create_task(_collect(dedup, "k", upstream))
@@ -120,7 +123,7 @@ async def test_call_is_cancelled_when_the_last_subscriber_leaves() -> None:
 
 
 async def test_upstream_failure_reaches_every_subscriber() -> None:
-    dedup = Deduplicator()
+    dedup = Deduplicator(max_lag_bytes=MAX_LAG)
     upstream = Upstream([b"a", b"b"], fail_after=1)
     tasks = [asyncio.create_task(_collect(dedup, "k", upstream)) for _ in range(5)]
     await _settle()
@@ -131,7 +134,7 @@ async def test_upstream_failure_reaches_every_subscriber() -> None:
 
 
 async def test_failure_before_the_head_raises_from_head() -> None:
-    dedup = Deduplicator()
+    dedup = Deduplicator(max_lag_bytes=MAX_LAG)
 
     async def broken(writer: FlightWriter) -> None:
         raise ConnectionRefusedError("no worker")
@@ -143,7 +146,7 @@ async def test_failure_before_the_head_raises_from_head() -> None:
 
 
 async def test_different_keys_do_not_share() -> None:
-    dedup = Deduplicator()
+    dedup = Deduplicator(max_lag_bytes=MAX_LAG)
     a, b = Upstream([b"a"]), Upstream([b"b"])
     tasks = [asyncio.create_task(_collect(dedup, "ka", a)), asyncio.create_task(_collect(dedup, "kb", b))]
     await _settle()
@@ -153,7 +156,7 @@ async def test_different_keys_do_not_share() -> None:
 
 
 async def test_flight_table_is_bounded() -> None:
-    dedup = Deduplicator(max_flights=1)
+    dedup = Deduplicator(max_lag_bytes=MAX_LAG, max_flights=1)
     a, b = Upstream([b"a"]), Upstream([b"b"])
     tasks = [asyncio.create_task(_collect(dedup, "ka", a))]
     tasks += [asyncio.create_task(_collect(dedup, "kb", b)) for _ in range(2)]

@@ -227,4 +227,4 @@ def test_from_settings() -> None:
 
 def test_no_services_is_refused() -> None:
     with pytest.raises(ValueError, match="model -> Service"):
-        KubernetesDiscovery({})
+        KubernetesDiscovery({}, None, 30)

@@ -1,4 +1,4 @@
-"""The README documents every gateway setting a user can set."""
+"""The README documents every gateway setting a user can set, with the default it has."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.docs_tables import documented_default, table_default
 from vgate_gateway.settings import GatewaySettings
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
@@ -14,3 +15,15 @@ README = (Path(__file__).parents[2] / "README.md").read_text()
 @pytest.mark.parametrize("field", sorted(GatewaySettings.model_fields))
 def test_every_gateway_setting_is_in_the_readme(field: str) -> None:
     assert f"`VGATE_{field.upper()}`" in README
+
+
+SCALAR_DEFAULTS = sorted(
+    name for name, info in GatewaySettings.model_fields.items() if isinstance(info.default, str | int | float)
+)
+
+
+@pytest.mark.parametrize("field", SCALAR_DEFAULTS)
+def test_the_readme_names_each_gateway_settings_default(field: str) -> None:
+    """A default the table writes as a value (not in words, such as "one minute's worth") is the code's."""
+    documented = table_default(README, f"VGATE_{field.upper()}", 0)
+    assert documented in (None, documented_default(GatewaySettings.model_fields[field].default))

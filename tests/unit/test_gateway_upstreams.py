@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
 from vgate_gateway.errors import OpenAIError
 from vgate_gateway.protocol import Kind, ParsedRequest, parse_request
 from vgate_gateway.routing import Router
+from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
+
+DEFAULTS = GatewaySettings()
+
+
+def _pool() -> UpstreamPool:
+    return UpstreamPool(eject_after=DEFAULTS.eject_after_failures, panic_threshold=DEFAULTS.panic_threshold)
+
+
+def _router(pool: UpstreamPool, default: str, per_model: dict[str, str] | None = None, **kw: Any) -> Router:
+    """A router configured as the gateway's defaults configure it, but for ``kw``."""
+    options = {"session_header": DEFAULTS.session_header, "retry_after_s": DEFAULTS.retry_after_s, **kw}
+    return Router(pool, default, per_model, **options)
 
 
 def _healthy_pool(*urls: str, model: str = "m") -> UpstreamPool:
-    pool = UpstreamPool()
+    pool = _pool()
     pool.replace([DiscoveredEndpoint(u) for u in urls])
     for u in pool.all():
         pool.passed(u, frozenset({model}))
@@ -42,7 +56,7 @@ def test_snapshot_adds_updates_and_forgets() -> None:
 
 
 def test_new_endpoints_are_not_routable_until_healthy() -> None:
-    pool = UpstreamPool()
+    pool = _pool()
     pool.replace([DiscoveredEndpoint("http://a:1", models=frozenset({"m"}))])
     assert pool.routable("m") == []
     assert pool.models() == []
@@ -58,23 +72,23 @@ def test_declared_models_win_over_served_ones() -> None:
 
 
 def test_router_round_robin_excludes_tried_endpoints() -> None:
-    router = Router(_healthy_pool("http://a:1", "http://b:1"), "round-robin")
+    router = _router(_healthy_pool("http://a:1", "http://b:1"), "round-robin")
     picks = [router.pick(_req(), {}).url for _ in range(4)]
     assert picks == ["http://a:1", "http://b:1", "http://a:1", "http://b:1"]
     assert router.pick(_req(), {}, exclude=["http://a:1"]).url == "http://b:1"
 
 
 def test_unknown_model_is_404_model_not_found() -> None:
-    router = Router(_healthy_pool("http://a:1"), "round-robin")
+    router = _router(_healthy_pool("http://a:1"), "round-robin")
     with pytest.raises(OpenAIError) as info:
         router.pick(_req("nope"), {})
     assert (info.value.status, info.value.code, info.value.param) == (404, "model_not_found", "model")
 
 
 def test_known_model_without_healthy_worker_is_503_with_retry_after() -> None:
-    pool = UpstreamPool()
+    pool = _pool()
     pool.replace([DiscoveredEndpoint("http://a:1", models=frozenset({"m"}))])  # never passed a check
-    router = Router(pool, "least-request", retry_after_s=2)
+    router = _router(pool, "least-request", retry_after_s=2)
     with pytest.raises(OpenAIError) as info:
         router.pick(_req(), {})
     assert info.value.status == 503
@@ -82,16 +96,16 @@ def test_known_model_without_healthy_worker_is_503_with_retry_after() -> None:
 
 
 def test_per_model_strategy_and_unknown_names() -> None:
-    router = Router(UpstreamPool(), "least-request", {"big": "round-robin"})
+    router = _router(_pool(), "least-request", {"big": "round-robin"})
     assert router.strategy_name("big") == "round-robin"
     assert router.strategy_name("small") == "least-request"
     with pytest.raises(ValueError, match="unknown routing strategy"):
-        Router(UpstreamPool(), "no-such-thing")
+        _router(_pool(), "no-such-thing")
 
 
 def test_a_declared_model_without_endpoints_is_503_not_404() -> None:
     """Mid-rollout, a model the deployment serves has no worker yet: retry, don't give up."""
-    router = Router(UpstreamPool(), "least-request", declared_models={"m"})
+    router = _router(_pool(), "least-request", declared_models={"m"})
     with pytest.raises(OpenAIError) as info:
         router.pick(_req(), {})
     assert (info.value.status, info.value.code) == (503, "no_healthy_upstream")
@@ -101,7 +115,7 @@ def test_a_declared_model_without_endpoints_is_503_not_404() -> None:
 
 
 def test_router_builds_the_route_request_from_the_session_header_or_user() -> None:
-    router = Router(UpstreamPool(), "session", session_header="X-Session-Id")
+    router = _router(_pool(), "session", session_header="X-Session-Id")
     route = router.route_request(_req(user="alice"), {"x-session-id": "s1"})
     assert (route.model, route.session_key) == ("m", "s1")
     assert route.prompt == "<user>\nx"

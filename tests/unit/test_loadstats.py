@@ -59,7 +59,7 @@ def test_metric_sums_skips_malformed_and_non_finite_values() -> None:
 
 
 def _pool(*urls: str) -> UpstreamPool:
-    pool = UpstreamPool()
+    pool = UpstreamPool(eject_after=3, panic_threshold=0.5)
     pool.replace([DiscoveredEndpoint(url=u) for u in urls])
     return pool
 
@@ -119,7 +119,7 @@ async def test_unreachable_worker_is_unhealthy_and_its_load_untouched() -> None:
 
 
 async def test_a_worker_leaves_rotation_only_after_failures_in_a_row_and_returns_on_a_pass() -> None:
-    pool = UpstreamPool(eject_after=3)
+    pool = UpstreamPool(eject_after=3, panic_threshold=0.5)
     pool.replace([DiscoveredEndpoint(url="http://ok:8000")])
     workers = _worker(Answer(200, VLLM_METRICS.encode(), "text/plain"))
     checker = HealthChecker(pool, workers, Metrics("test"), interval_s=60, timeout_s=1)

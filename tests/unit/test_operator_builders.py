@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from vgate_gateway.settings import load_settings
+from vgate_gateway.settings import GatewaySettings, load_settings
 from vgate_operator import __version__
 from vgate_operator.builders import Owner, build_all
+from vgate_operator.builders.common import HTTP_PORT
+from vgate_operator.builders.gateway import INTERNAL_PORT
 from vgate_operator.spec import parse_spec
 from vgate_worker.settings import WorkerSettings
 
@@ -96,7 +98,7 @@ def test_gpu_worker_follows_the_worker_contract() -> None:
     c = container(deployment)
     assert c["image"] == f"ghcr.io/vgate/worker:{__version__}"
     assert c["args"] == ["worker"]
-    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}]
     env = env_of(c)
     assert env["VGATE_WORKER_MODEL"] == "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
     assert env["VGATE_WORKER_SERVED_MODEL_NAME"] == "qwen"
@@ -105,7 +107,7 @@ def test_gpu_worker_follows_the_worker_contract() -> None:
     assert env["VGATE_WORKER_GPU_MEMORY_UTILIZATION"] == "0.85"
     assert env["VGATE_WORKER_MAX_NUM_SEQS"] == "128"
     assert env["VGATE_WORKER_TENSOR_PARALLEL_SIZE"] == "2"
-    assert env["VGATE_WORKER_PORT"] == "8000"
+    assert env["VGATE_WORKER_PORT"] == str(HTTP_PORT)
     assert env["VGATE_WORKER_HOST"] == "0.0.0.0"
     assert shlex.split(env["VGATE_WORKER_EXTRA_ARGS"]) == GPU_SPEC["models"][0]["engineArgs"]
     assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "tok"}}
@@ -189,7 +191,7 @@ def test_dry_run_worker_runs_the_simulator_without_gpus() -> None:
     c = container(deployment)
     assert c["image"] == f"ghcr.io/vgate/worker-dry-run:{__version__}"
     assert c["args"] == [
-        "worker", "--dry-run", "--host", "0.0.0.0", "--port", "8000",
+        "worker", "--dry-run", "--host", "0.0.0.0", "--port", str(HTTP_PORT),
         "--served-model-name", "sim", "--max-model-len", "2048", "--max-num-seqs", "8",
     ]  # fmt: skip
     assert "nvidia.com/gpu" not in str(c["resources"])
@@ -213,7 +215,7 @@ def test_env_loads_with_the_worker_settings(monkeypatch: pytest.MonkeyPatch) -> 
         128,
         0.85,
     )
-    assert (settings.host, settings.port) == ("0.0.0.0", 8000)
+    assert (settings.host, settings.port) == ("0.0.0.0", HTTP_PORT)
     assert settings.download_dir == env["VGATE_WORKER_DOWNLOAD_DIR"]
     assert shlex.split(settings.extra_args) == raw["models"][0]["engineArgs"]
 
@@ -226,7 +228,7 @@ def test_worker_service_selects_only_its_models_pods() -> None:
         service = objs[("Service", f"demo-worker-{model}")]
         pods = objs[("Deployment", f"demo-worker-{model}")]["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["ports"] == [
-            {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"}
+            {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}
         ]
         assert service["spec"]["selector"].items() <= pods.items()
         assert service["spec"]["selector"]["vgate.io/model"] == model
@@ -238,7 +240,7 @@ def test_gateway_config_loads_with_the_gateway_settings(tmp_path: Path) -> None:
     path.write_text(config["data"]["gateway.yaml"])
     settings = load_settings(config=path)
     assert settings.host == "0.0.0.0"
-    assert settings.port == 8000
+    assert settings.port == HTTP_PORT
     assert settings.log_json is True
     assert settings.discovery == "kubernetes"
     assert settings.namespace == "llm"
@@ -260,13 +262,15 @@ def test_gateway_pod_contract() -> None:
     assert c["image"] == f"ghcr.io/vgate/gateway:{__version__}"
     assert c["args"] == ["gateway", "--config", "/etc/vgate/gateway.yaml"]
     assert c["ports"] == [
-        {"name": "http", "containerPort": 8000, "protocol": "TCP"},
-        {"name": "internal", "containerPort": 8081, "protocol": "TCP"},
+        {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
+        {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
     ]
     assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert c["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
-    assert pod["terminationGracePeriodSeconds"] > c["lifecycle"]["preStop"]["sleep"]["seconds"] + 30
+    # Room for the preStop sleep, then the gateway's own graceful shutdown of in-flight streams.
+    shutdown = c["lifecycle"]["preStop"]["sleep"]["seconds"] + GatewaySettings().shutdown_grace_s
+    assert pod["terminationGracePeriodSeconds"] > shutdown
     mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
     assert mount["mountPath"] == "/etc/vgate"
     volume = next(v for v in pod["volumes"] if v["name"] == "config")

@@ -11,6 +11,8 @@ import yaml
 
 from tests.unit.test_operator_builders import DRY_SPEC, objects
 from vgate_gateway.settings import GatewaySettings
+from vgate_operator.builders.common import HTTP_PORT
+from vgate_operator.builders.gateway import INTERNAL_PORT
 from vgate_operator.spec import ALLOWED_INGRESS_ANNOTATIONS, InvalidSpecError, parse_spec
 
 CRD = Path(__file__).parents[2] / "crds" / "vgate.io_vgatedeployments.yaml"
@@ -69,9 +71,9 @@ def test_without_security_settings_nothing_extra_is_mounted() -> None:
 def test_internal_endpoints_have_their_own_port_and_the_ingress_routes_only_v1() -> None:
     objs = objects(DRY_SPEC)
     ports = {p["name"]: p["port"] for p in objs[("Service", "demo-gateway")]["spec"]["ports"]}
-    assert ports == {"http": 8000, "internal": 8081}
+    assert ports == {"http": HTTP_PORT, "internal": INTERNAL_PORT}
     config = yaml.safe_load(objs[("ConfigMap", "demo-gateway")]["data"]["gateway.yaml"])
-    assert config["internal_port"] == 8081
+    assert config["internal_port"] == INTERNAL_PORT
     (path,) = objs[("Ingress", "demo-gateway")]["spec"]["rules"][0]["http"]["paths"]
     assert (path["path"], path["pathType"]) == ("/v1", "Prefix")
     assert path["backend"]["service"]["port"] == {"name": "http"}

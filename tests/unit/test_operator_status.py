@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from vgate_operator.builders import Owner
+from vgate_operator.builders.common import HTTP_PORT
 from vgate_operator.reconcile import controller_of
 from vgate_operator.spec import parse_spec
 from vgate_operator.status import failed_status, healthy_status, status_patch
@@ -64,7 +65,7 @@ def test_nothing_ready_yet() -> None:
     assert status["observedGeneration"] == 3
     assert status["readyWorkers"] == "0/3"
     assert status["readyGateways"] == "0/2"
-    assert status["gatewayURL"] == "http://demo-gateway.llm.svc:8000"
+    assert status["gatewayURL"] == f"http://demo-gateway.llm.svc:{HTTP_PORT}"
     assert status["ingressHost"] == "llm.example.com"
     assert status["models"] == [
         {"name": "a", "replicas": 2, "readyReplicas": 0},

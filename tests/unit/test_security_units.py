@@ -64,7 +64,7 @@ def test_bearer_is_case_insensitive() -> None:
 def test_key_store_keeps_its_keys_when_the_file_turns_bad(tmp_path: Path) -> None:
     path = tmp_path / "keys"
     path.write_text("sk-one id=one\n")
-    store = KeyStore(path)
+    store = KeyStore(path, reload_interval_s=60)  # reloaded by hand below
     assert store.authenticate(b"Bearer sk-one").key_id == "one"
     path.write_text("sk-one id=one\nnot-hex-sha256:zz rpm=x\n")
     assert store.reload_if_changed() is False

@@ -13,7 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
 
-# "none" omits --quantization so vLLM reads the method from the model's config.json.
+# "none" omits --quantization so vLLM reads the method from the model's config.json (the
+# operator's spec calls that "auto", and maps both its "auto" and "none" to this "none").
 Quantization = Literal["awq", "awq_marlin", "gptq", "fp8", "none"]
 QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 Device = Literal["auto", "cuda", "cpu"]

@@ -249,9 +249,7 @@ async def load_api_client() -> client.ApiClient:
 class KubernetesDiscovery:
     """Publishes the endpoints behind the worker Services of ``services`` (model -> Service)."""
 
-    def __init__(
-        self, services: Mapping[str, str], namespace: str | None = None, resync_interval_s: float = 30.0
-    ) -> None:
+    def __init__(self, services: Mapping[str, str], namespace: str | None, resync_interval_s: float) -> None:
         if not services:
             raise ValueError("Kubernetes discovery needs at least one model -> Service mapping")
         self.services = dict(services)

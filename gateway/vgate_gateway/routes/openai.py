@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vgate_gateway.error_handlers import error_response
 from vgate_gateway.errors import OpenAIError
 from vgate_gateway.guard import PAYLOAD_STATE
 from vgate_gateway.protocol import NOT_PARSED, Kind, parse_request
@@ -52,7 +53,7 @@ class OpenAIEndpoint:
             await state.admission.acquire()
         except OpenAIError as exc:
             state.metrics.rejected.inc()
-            await exc.response()(scope, receive, send)
+            await error_response(exc)(scope, receive, send)
             return
         try:
             await self._answer(state, scope, body, receive, send)
@@ -92,7 +93,7 @@ class OpenAIEndpoint:
                 headers = upstream_headers(scope["headers"], scope["state"]["request_id"])
                 response = await state.handle(parsed, headers)
             except OpenAIError as exc:
-                response = exc.response()
+                response = error_response(exc)
             await response(scope, receive, send)
         except asyncio.CancelledError:
             if not left:

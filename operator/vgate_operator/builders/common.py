@@ -22,6 +22,12 @@ MODEL_LABEL = "vgate.io/model"
 MANAGED_BY = "vgate-operator"
 #: uid/gid of the ``vgate`` user in the V-Gate images.
 RUN_AS = 10001
+#: The OpenAI API port of every pod the operator runs, gateway and workers (port name ``http``).
+HTTP_PORT = 8000
+#: Listen address of every pod's server: its pod IP, whatever it is.
+LISTEN_HOST = "0.0.0.0"
+#: Seconds a terminating pod keeps serving while endpoint removal reaches every client.
+PRE_STOP_SLEEP = 5
 
 Manifest = dict[str, Any]
 

@@ -8,6 +8,9 @@ import yaml
 
 from vgate_operator.builders.common import (
     CONFIG_HASH,
+    HTTP_PORT,
+    LISTEN_HOST,
+    PRE_STOP_SLEEP,
     Manifest,
     Owner,
     container_security_context,
@@ -23,23 +26,20 @@ from vgate_operator.builders.common import (
 )
 from vgate_operator.spec import VGateDeploymentSpec, gateway_name, worker_name
 
-PORT = 8000
 #: /metrics, /stats, /docs, /openapi.json: never routed by the Ingress.
 INTERNAL_PORT = 8081
 CONFIG_DIR = "/etc/vgate"
 CONFIG_KEY = "gateway.yaml"
 KEYS_DIR = "/etc/vgate/api-keys"
 KEYS_FILE = "keys"
-#: Seconds a terminating pod keeps serving while endpoint removal reaches every client.
-PRE_STOP_SLEEP = 5
 
 
 def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
     """The gateway's settings file, keyed by ``GatewaySettings`` field names."""
     gw = spec.gateway
     return {
-        "host": "0.0.0.0",
-        "port": PORT,
+        "host": LISTEN_HOST,
+        "port": HTTP_PORT,
         "log_json": True,
         "discovery": "kubernetes",
         "namespace": owner.namespace,
@@ -140,7 +140,7 @@ def build_gateway_service(owner: Owner) -> Manifest:
                 "type": "ClusterIP",
                 "selector": selector_labels(owner, "gateway"),
                 "ports": [
-                    {"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"},
+                    {"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"},
                     {"name": "internal", "port": INTERNAL_PORT, "targetPort": "internal", "protocol": "TCP"},
                 ],
             },
@@ -203,7 +203,7 @@ def _gateway_container(spec: VGateDeploymentSpec) -> Manifest:
         "image": gw.image or image("gateway"),
         "args": ["gateway", "--config", f"{CONFIG_DIR}/{CONFIG_KEY}"],
         "ports": [
-            {"name": "http", "containerPort": PORT, "protocol": "TCP"},
+            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "internal", "containerPort": INTERNAL_PORT, "protocol": "TCP"},
         ],
         "readinessProbe": http_probe("/ready", period=2, failures=2),

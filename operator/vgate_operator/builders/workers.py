@@ -6,7 +6,10 @@ import shlex
 from typing import Any
 
 from vgate_operator.builders.common import (
+    HTTP_PORT,
+    LISTEN_HOST,
     MODEL_LABEL,
+    PRE_STOP_SLEEP,
     Manifest,
     Owner,
     container_security_context,
@@ -21,6 +24,7 @@ from vgate_operator.builders.common import (
     with_spec_hash,
 )
 from vgate_operator.spec import (
+    NO_QUANTIZATION_FLAG,
     ModelSpec,
     TopologySpread,
     VGateDeploymentSpec,
@@ -29,11 +33,8 @@ from vgate_operator.spec import (
     worker_name,
 )
 
-PORT = 8000
 CACHE_MOUNT = "/models"
 GPU_RESOURCE = "nvidia.com/gpu"
-#: Seconds a terminating worker keeps serving while gateways drop it from their pools.
-PRE_STOP_SLEEP = 5
 HOSTNAME_TOPOLOGY = "kubernetes.io/hostname"
 
 
@@ -53,7 +54,7 @@ def build_worker_service(owner: Owner, model: ModelSpec) -> Manifest:
             "spec": {
                 "type": "ClusterIP",
                 "selector": _pod_selector(owner, model),
-                "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}],
+                "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": "http", "protocol": "TCP"}],
             },
         }
     )
@@ -149,7 +150,7 @@ def _container(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
         "name": "worker",
         "image": worker.image or image("worker-dry-run" if dry_run else "worker"),
         "args": _dry_run_args(model) if dry_run else ["worker"],
-        "ports": [{"name": "http", "containerPort": PORT, "protocol": "TCP"}],
+        "ports": [{"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": _resources(spec, model),
         "volumeMounts": [
             {"name": "model-cache", "mountPath": CACHE_MOUNT},
@@ -170,7 +171,7 @@ def _container(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
 
 def _dry_run_args(model: ModelSpec) -> list[str]:
     return [
-        "worker", "--dry-run", "--host", "0.0.0.0", "--port", str(PORT),
+        "worker", "--dry-run", "--host", LISTEN_HOST, "--port", str(HTTP_PORT),
         "--served-model-name", model.name,
         "--max-model-len", str(model.max_model_len),
         "--max-num-seqs", str(model.max_num_seqs),
@@ -185,16 +186,16 @@ def _vllm_env(spec: VGateDeploymentSpec, model: ModelSpec) -> list[Manifest]:
         "VGATE_WORKER_GPU_MEMORY_UTILIZATION": str(model.gpu_memory_utilization),
         "VGATE_WORKER_MAX_NUM_SEQS": str(model.max_num_seqs),
         "VGATE_WORKER_TENSOR_PARALLEL_SIZE": str(gpus_for(model, spec.worker)),
-        "VGATE_WORKER_HOST": "0.0.0.0",
-        "VGATE_WORKER_PORT": str(PORT),
+        "VGATE_WORKER_HOST": LISTEN_HOST,
+        "VGATE_WORKER_PORT": str(HTTP_PORT),
         "VGATE_WORKER_DOWNLOAD_DIR": f"{CACHE_MOUNT}/weights",
         "HF_HOME": f"{CACHE_MOUNT}/hf",
     }
     if model.engine_args:
         values["VGATE_WORKER_EXTRA_ARGS"] = shlex.join(model.engine_args)
-    # "auto" and "none" pass no --quantization: vLLM reads the method from the checkpoint's
-    # config and picks the fastest kernel the GPU has (awq_marlin for AWQ where supported).
-    if model.quantization not in ("auto", "none"):
+    # Without --quantization vLLM reads the method from the checkpoint's config and picks the
+    # fastest kernel the GPU has (awq_marlin for AWQ where supported).
+    if model.quantization not in NO_QUANTIZATION_FLAG:
         values["VGATE_WORKER_QUANTIZATION"] = model.quantization
     env: list[Manifest] = [{"name": k, "value": v} for k, v in values.items()]
     ref = spec.worker.hf_token_secret_ref
