@@ -39,9 +39,16 @@ def index(lines: list[str], needle: str) -> int:
     return found[0]
 
 
+def in_order(lines: list[str], *steps: str) -> list[int]:
+    """Where each step's command stands; fails unless every one is there, in the order given."""
+    positions = [index(lines, step) for step in steps]
+    assert positions == sorted(positions), "\n".join(lines)
+    return positions
+
+
 def test_check_lints_and_type_checks_before_the_tests() -> None:
-    lines = make_dry_run("check")
-    steps = [
+    in_order(
+        make_dry_run("check"),
         ".venv/bin/ruff check .",
         ".venv/bin/ruff format --check .",
         ".venv/bin/lint-imports",
@@ -49,14 +56,13 @@ def test_check_lints_and_type_checks_before_the_tests() -> None:
         ".venv/bin/hadolint Dockerfile.gateway Dockerfile.worker",
         "hack/chart_lint.py charts/vgate",
         ".venv/bin/pytest tests/unit tests/integration",
-    ]
-    positions = [index(lines, step) for step in steps]
-    assert positions == sorted(positions)
+    )
 
 
 def test_e2e_kind_runs_the_whole_path_in_order() -> None:
     lines = make_dry_run("e2e-kind")
-    steps = [
+    positions = in_order(
+        lines,
         "kind create cluster --name t --config hack/kind-config.yaml",
         "docker build -f Dockerfile.gateway -t ghcr.io/vgate/gateway:0.1.0",
         "docker build -f Dockerfile.worker --target dry-run -t ghcr.io/vgate/worker-dry-run:0.1.0",
@@ -67,9 +73,7 @@ def test_e2e_kind_runs_the_whole_path_in_order() -> None:
         "test vgate --namespace vgate-system",
         "-n vgate-e2e apply -f examples/dry-run.yaml",
         "pytest tests/e2e",
-    ]
-    positions = [index(lines, step) for step in steps]
-    assert positions == sorted(positions)
+    )
     # Every command names its context, helm --wait waits for the rollout, and the suite's
     # fixture for the example's Ready condition: no context switch, no second wait.
     assert not any("use-context" in line for line in lines)
