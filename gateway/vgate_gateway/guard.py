@@ -32,6 +32,7 @@ from vgate_gateway.jsonbody import ClientGone, declared_length, loads, read_body
 from vgate_gateway.logs import key_id_var
 from vgate_gateway.offload import off_loop_if_large
 from vgate_gateway.ratelimit import Decision, Limiter, Limits, limits_for
+from vgate_gateway.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +181,9 @@ async def _send_error(send: Send, exc: OpenAIError, extra: list[tuple[bytes, byt
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
+_SSE = SSE_MEDIA_TYPE.encode()
+
+
 class UsageMeter:
     """The tokens one answer used, read from its ``usage`` as it passes."""
 
@@ -194,7 +198,7 @@ class UsageMeter:
     def start(self, message: Message) -> None:
         self._ok = message["status"] == 200
         content_type = dict(message.get("headers", [])).get(b"content-type", b"")
-        self._sse = content_type.startswith(b"text/event-stream")
+        self._sse = content_type.startswith(_SSE)
 
     def feed(self, chunk: bytes) -> bytes:
         if not self._ok or not chunk:
