@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +33,15 @@ class Stack:
 
 
 def start_stack(
-    stack: ExitStack, tmp_path: Path, workers: int = 2, gateway_env: dict[str, str] | None = None
+    stack: ExitStack,
+    tmp_path: Path,
+    workers: int = 2,
+    gateway_env: dict[str, str] | None = None,
+    worker_args: Sequence[str] = WORKER_ARGS,
 ) -> Stack:
     # Workers start together (interpreter start-up dominates), then the gateway in front.
     procs = stack.enter_context(
-        running([make_proc(WORKER_ARGS, tmp_path, name=f"worker{i}") for i in range(workers)])
+        running([make_proc(list(worker_args), tmp_path, name=f"worker{i}") for i in range(workers)])
     )
     env = {
         "VGATE_ENDPOINTS": ",".join(p.url for p in procs),

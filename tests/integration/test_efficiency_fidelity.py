@@ -19,9 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import MODEL, Stack
+from tests.integration.conftest import MODEL, Stack, start_stack
 from tests.support.metrics import ametric
-from tests.support.procs import make_proc, running, vgate_process
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(300)
@@ -37,18 +36,8 @@ def _start(
     es: ExitStack, tmp_path: Path, worker_args: list[str], gateway_env: dict[str, str], workers: int = 2
 ) -> Stack:
     args = ["worker", "--dry-run", "--served-model-name", MODEL, *worker_args]
-    procs = es.enter_context(running([make_proc(args, tmp_path, name=f"worker{i}") for i in range(workers)]))
-    env = {
-        "VGATE_ENDPOINTS": ",".join(p.url for p in procs),
-        "VGATE_HEALTH_INTERVAL_S": "0.2",
-        "VGATE_ROUTING": "round-robin",
-        "VGATE_LOG_JSON": "true",
-        **gateway_env,
-    }
-    gateway = es.enter_context(
-        vgate_process(["gateway"], tmp_path, env=env, ready_path="/ready", name="gateway")
-    )
-    return Stack(gateway=gateway, workers=procs, tmp_path=tmp_path)
+    env = {"VGATE_LOG_JSON": "true", **gateway_env}
+    return start_stack(es, tmp_path, workers, env, worker_args=args)
 
 
 @pytest.fixture(scope="module")
