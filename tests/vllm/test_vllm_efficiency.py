@@ -25,6 +25,10 @@ pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 #: The worker stops generating within this long of the client leaving.
 CANCELLED_WITHIN_S = 1.0
+#: Merging is judged while the model writes another answer, its longest taking the tiny
+#: model about 1.5 s; a slow moment of the machine can outlast it, and then the try is redone.
+MERGE_TRIES = 3
+_BYPASS = {"x-vgate-cache": "bypass"}
 
 
 @pytest.fixture(scope="module")
@@ -126,29 +130,48 @@ async def test_merged_completions_get_the_usage_and_text_they_get_alone(
     vllm_stack: VllmStack, gateway: Proc
 ) -> None:
     model = vllm_stack.model
+    prompts = ["Hi", "The quick brown fox jumps over the lazy dog while the cat", "Numbers: 0 1 2"]
+    bodies = [{"model": model, "prompt": p, "max_tokens": 12, "temperature": 0, "seed": 1} for p in prompts]
     async with _http(gateway) as http:
         warm = {"model": model, "prompt": "warm up", "max_tokens": 2, "temperature": 0.5}
         (await http.post("/v1/completions", json=warm)).raise_for_status()
-        long = {"model": model, "prompt": "busy", "max_tokens": 500, "temperature": 0.5, "ignore_eos": True}
-        busy = asyncio.create_task(http.post("/v1/completions", json=long))
-        await eventually(lambda: _routed(http, gateway), within=60)
-        batches_before = await ametric(http, gateway.internal_url, "vgate_batch_size_count", missing=0)
-        prompts = ["Hi", "The quick brown fox jumps over the lazy dog while the cat", "Numbers: 0 1 2"]
-        bodies = [
-            {"model": model, "prompt": p, "max_tokens": 12, "temperature": 0, "seed": 1} for p in prompts
-        ]
-        headers = {"x-vgate-cache": "bypass"}
-        together = await asyncio.gather(
-            *(http.post("/v1/completions", json=b, headers=headers) for b in bodies)
-        )
-        merged_calls = await ametric(http, gateway.internal_url, "vgate_batch_size_count") - batches_before
-        busy.cancel()
-        await asyncio.gather(busy, return_exceptions=True)
-        await eventually(lambda: _idle(http, vllm_stack), within=30)
-        alone = [await http.post("/v1/completions", json=b, headers=headers) for b in bodies]
+        for _ in range(MERGE_TRIES):
+            outcome = await _while_busy(http, vllm_stack, gateway, bodies)
+            if outcome is not None:
+                break
+        else:
+            pytest.fail(f"the busy request ended before the three were answered, {MERGE_TRIES} times")
+        merged_calls, together = outcome
+        alone = [await http.post("/v1/completions", json=b, headers=_BYPASS) for b in bodies]
     assert merged_calls == 1  # the three went to vLLM as one list request
     for mine, theirs in zip(together, alone, strict=True):
         assert _unstamped(mine.json()) == _unstamped(theirs.json())
+
+
+async def _while_busy(
+    http: httpx.AsyncClient, stack: VllmStack, gateway: Proc, bodies: list[dict[str, Any]]
+) -> tuple[float, list[httpx.Response]] | None:
+    """Send ``bodies`` together while the model is busy with another answer.
+
+    The batcher merges only while the model is busy, so the try counts only if that answer
+    was still being written when all of ``bodies`` were answered: then it returns how many
+    upstream calls they took and their answers, else None.
+    """
+    long = {"model": stack.model, "prompt": "busy", "max_tokens": 500, "temperature": 0.5, "ignore_eos": True}
+    busy = asyncio.create_task(http.post("/v1/completions", json=long))
+    try:
+        await eventually(lambda: _routed(http, gateway), within=60)
+        before = await ametric(http, gateway.internal_url, "vgate_batch_size_count", missing=0)
+        together = await asyncio.gather(
+            *(http.post("/v1/completions", json=b, headers=_BYPASS) for b in bodies)
+        )
+        calls = await ametric(http, gateway.internal_url, "vgate_batch_size_count") - before
+        still_busy = not busy.done()
+    finally:
+        busy.cancel()
+        await asyncio.gather(busy, return_exceptions=True)
+        await eventually(lambda: _idle(http, stack), within=30)
+    return (calls, together) if still_busy else None
 
 
 async def _routed(http: httpx.AsyncClient, gateway: Proc) -> bool:
