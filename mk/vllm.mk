@@ -21,6 +21,8 @@ $(VLLM_VENV)/.stamp-engine:
 	$(VLLM_PIP) install -q $(VLLM_TORCH_SOURCE) $(VLLM_SPEC)
 	@# The registry builds of these do not match the CPU torch and break `transformers` imports.
 	$(VLLM_PIP) uninstall -q -y torchvision torchaudio torchcodec
+	@# Write the ~3.5 GB out now, not while the tier's timed steps run right after it.
+	sync
 	@touch $@
 
 $(VLLM_VENV)/.stamp: $(VLLM_VENV)/.stamp-engine pyproject.toml

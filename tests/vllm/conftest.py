@@ -30,7 +30,10 @@ from vgate_worker import cpu_kernels
 
 SERVED_NAME = "tiny-qwen-awq"
 FLOAT_NAME = "tiny-qwen-float"
-MAX_MODEL_LEN = 512
+MAX_MODEL_LEN = 2048
+#: Tokens of the longest answer the tests ask for: a prompt of a few words fits beside it, and
+#: the tiny model takes seconds to write it, long enough to act on while it is written.
+LONGEST_ANSWER = MAX_MODEL_LEN - 32
 START_TIMEOUT_S = 420.0
 REQUIRE = os.environ.get("VGATE_REQUIRE_VLLM", "") == "1"
 VLLM_MISSING = importlib.util.find_spec("vllm") is None

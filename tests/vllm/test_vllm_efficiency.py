@@ -19,14 +19,14 @@ import pytest
 from tests.support.metrics import ametric, metric
 from tests.support.procs import Proc, make_proc, running
 from tests.support.waiting import eventually
-from tests.vllm.conftest import VllmStack
+from tests.vllm.conftest import LONGEST_ANSWER, VllmStack
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(600)]
 
 #: The worker stops generating within this long of the client leaving.
 CANCELLED_WITHIN_S = 1.0
-#: Merging is judged while the model writes another answer, its longest taking the tiny
-#: model about 1.5 s; a slow moment of the machine can outlast it, and then the try is redone.
+#: Merging is judged while the model writes another, long answer; should a slow moment of the
+#: machine outlast that answer, the try says nothing and is redone.
 MERGE_TRIES = 3
 _BYPASS = {"x-vgate-cache": "bypass"}
 
@@ -157,7 +157,13 @@ async def _while_busy(
     was still being written when all of ``bodies`` were answered: then it returns how many
     upstream calls they took and their answers, else None.
     """
-    long = {"model": stack.model, "prompt": "busy", "max_tokens": 500, "temperature": 0.5, "ignore_eos": True}
+    long = {
+        "model": stack.model,
+        "prompt": "busy",
+        "max_tokens": LONGEST_ANSWER,
+        "temperature": 0.5,
+        "ignore_eos": True,
+    }
     busy = asyncio.create_task(http.post("/v1/completions", json=long))
     try:
         await eventually(lambda: _routed(http, gateway), within=60)
@@ -195,7 +201,7 @@ async def test_a_client_leaving_a_completion_stops_vllm(
     body = {
         "model": vllm_stack.model,
         "prompt": f"leave at temperature {temperature}",
-        "max_tokens": 500,
+        "max_tokens": LONGEST_ANSWER,
         "temperature": temperature,
         "ignore_eos": True,
     }
@@ -204,7 +210,8 @@ async def test_a_client_leaving_a_completion_stops_vllm(
         generated_before = await _generated(http, vllm_stack)
         leaving = asyncio.create_task(http.post("/v1/completions", json=body))
         # The gateway's own view (cheap, local): its call to vLLM is in flight.
-        await eventually(lambda: _routed(http, gateway), within=60)
+        await eventually(lambda: leaving.done() or _routed(http, gateway), within=60)
+        assert not leaving.done(), "the whole answer was written before the gateway was seen sending it"
         leaving.cancel()
         await asyncio.gather(leaving, return_exceptions=True)
         await eventually(lambda: _idle(http, vllm_stack), within=CANCELLED_WITHIN_S)
