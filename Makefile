@@ -23,8 +23,13 @@ venv: $(VENV)/.stamp ## create .venv with V-Gate and its dev tools (runs once, a
 dev: venv ## run the local stack: gateway on 127.0.0.1:8000 + 2 dry-run workers (Ctrl-C stops all)
 	exec $(BIN)/vgate dev
 
-# Cheapest first: a lint slip fails in seconds, before the tests start.
-check: lint lint-docker chart-lint test ## the checks in one go: lint (with mypy), lint-docker, chart-lint, then test
+# Cheapest first: a lint slip fails in seconds, before the tests start. One step after another
+# (not prerequisites), so `make -j check` keeps that order and the tests keep the cores.
+check: venv ## the checks in one go: lint (with mypy), lint-docker, chart-lint, then test
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory lint-docker
+	@$(MAKE) --no-print-directory chart-lint
+	@$(MAKE) --no-print-directory test
 
 test: venv ## unit + integration tests (real processes on loopback, the openai client, KMock)
 	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.docs_tables import documented_default, table_default
+from vgate_gateway.dedup import MAX_FLIGHTS
 from vgate_gateway.settings import GatewaySettings
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
@@ -27,3 +28,9 @@ def test_the_readme_names_each_gateway_settings_default(field: str) -> None:
     """A default the table writes as a value (not in words, such as "one minute's worth") is the code's."""
     documented = table_default(README, f"VGATE_{field.upper()}", 0)
     assert documented in (None, documented_default(GatewaySettings.model_fields[field].default))
+
+
+def test_the_efficiency_doc_states_the_dedup_flight_cap() -> None:
+    """The cap has no setting, so docs/efficiency.md is where a user learns it."""
+    doc = (Path(__file__).parents[2] / "docs" / "efficiency.md").read_text()
+    assert f"At most {MAX_FLIGHTS} calls are shared" in " ".join(doc.split())
