@@ -124,6 +124,8 @@ def test_dev_with_an_api_key_refuses_everyone_else(tmp_path: Path) -> None:
         stranger = openai.OpenAI(base_url=f"{dev.url}/v1", api_key="sk-other", max_retries=0)
         with pytest.raises(openai.AuthenticationError):
             stranger.chat.completions.create(model=MODEL, messages=hello, max_tokens=2)
+        # `vgate dev` prints its banner after its own readiness poll, which may trail the test's.
+        wait_until(lambda: "V-Gate is up" in dev.log(), what="the banner")
         assert "API keys: required" in dev.log()
         assert "sk-dev-key-1" not in dev.log()
     finally:
