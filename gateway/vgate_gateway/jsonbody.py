@@ -74,22 +74,17 @@ def loads(body: bytes, max_depth: int, max_containers: int) -> Any:
     """
     if not body.strip():
         raise invalid_request("The request body is empty; expected a JSON object.", code="invalid_json")
-    raw_brackets = body.count(b"[") + body.count(b"{")
-    brackets = None
-    if raw_brackets > max_containers:
-        brackets = structure(body)
-        if len(brackets) // 2 > max_containers:
-            raise invalid_request(
-                f"The request body has more than {max_containers} JSON arrays and objects.",
-                code="json_too_complex",
-            )
+    containers = Containers(body)
+    if containers.more_than(max_containers):
+        raise invalid_request(
+            f"The request body has more than {max_containers} JSON arrays and objects.",
+            code="json_too_complex",
+        )
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if raw_brackets > max_depth and nesting_exceeds(
-        brackets if brackets is not None else structure(body), max_depth
-    ):
+    if containers.deeper_than(max_depth):
         raise invalid_request(
             f"The request body is nested deeper than {max_depth} levels.", code="json_too_deep"
         )
@@ -101,16 +96,34 @@ _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b'"[]{},:')
 _AS_BRACKETS = bytes.maketrans(b"{}", b"[]")
 
 
-def depth_exceeds(body: bytes, max_depth: int) -> bool:
-    """Whether the containers of ``body``, valid JSON, nest deeper than ``max_depth``.
+class Containers:
+    """The arrays and objects of ``body``, valid JSON, read from its bytes.
 
-    Computed on the bytes with a few C-speed passes, never per value in Python (see
-    :func:`structure` and :func:`nesting_exceeds`). A body with at most ``max_depth``
-    brackets (nearly every request) is answered by counting them.
+    Computed with a few C-speed passes, never per value in Python (see :func:`structure`
+    and :func:`nesting_exceeds`). A count of the brackets, an upper bound since strings may
+    hold brackets too, answers nearly every request; the structure is worked out only when
+    the count can't, and at most once.
     """
-    if body.count(b"[") + body.count(b"{") <= max_depth:
-        return False
-    return nesting_exceeds(structure(body), max_depth)
+
+    __slots__ = ("_body", "_bound", "_brackets")
+
+    def __init__(self, body: bytes) -> None:
+        self._body = body
+        self._bound = body.count(b"[") + body.count(b"{")
+        self._brackets: bytes | None = None
+
+    def more_than(self, count: int) -> bool:
+        """Whether there are more than ``count`` of them, all levels together."""
+        return self._bound > count and len(self._structure()) // 2 > count
+
+    def deeper_than(self, max_depth: int) -> bool:
+        """Whether they nest deeper than ``max_depth``."""
+        return self._bound > max_depth and nesting_exceeds(self._structure(), max_depth)
+
+    def _structure(self) -> bytes:
+        if self._brackets is None:
+            self._brackets = structure(self._body)
+        return self._brackets
 
 
 def structure(body: bytes) -> bytes:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from tests.support.nesting import nesting
 from vgate_gateway.cache.policy import request_key
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.jsonbody import depth_exceeds, loads
+from vgate_gateway.jsonbody import Containers, loads
 from vgate_gateway.protocol import Kind, parse_request
 
 ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())
@@ -96,4 +96,4 @@ def test_the_depth_read_from_the_bytes_is_the_depth_of_the_document(
     doc: Any, limit: int, indent: int | None
 ) -> None:
     body = json.dumps(doc, indent=indent, ensure_ascii=indent is None).encode()
-    assert depth_exceeds(body, limit) == (nesting(doc) > limit)
+    assert Containers(body).deeper_than(limit) == (nesting(doc) > limit)

@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.nesting import nesting
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.jsonbody import depth_exceeds, loads
+from vgate_gateway.jsonbody import Containers, loads
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ from vgate_gateway.jsonbody import depth_exceeds, loads
 def test_depth_is_read_from_the_bytes(body: bytes, depth: int) -> None:
     assert nesting(json.loads(body)) == depth
     for limit in (1, 2, 3, 4, 5, 6, 64, 65):
-        assert depth_exceeds(body, limit) == (depth > limit), limit
+        assert Containers(body).deeper_than(limit) == (depth > limit), limit
 
 
 def test_siblings_of_every_depth_merge_to_the_deepest() -> None:
@@ -42,14 +42,14 @@ def test_siblings_of_every_depth_merge_to_the_deepest() -> None:
         parts = ["[" * d + "]" * d for d in (rng.randrange(1, 70) for _ in range(rng.randrange(1, 12)))]
         body = ("[" + ",".join(parts) + "]").encode()
         depth = nesting(json.loads(body))
-        assert depth_exceeds(body, 64) == (depth > 64)
-        assert depth_exceeds(body, depth) is False
-        assert depth_exceeds(body, depth - 1) is True
+        assert Containers(body).deeper_than(64) == (depth > 64)
+        assert Containers(body).deeper_than(depth) is False
+        assert Containers(body).deeper_than(depth - 1) is True
 
 
 def test_a_very_deep_body_is_refused_without_recursion() -> None:
     deep = b"[" * 100_000 + b"]" * 100_000
-    assert depth_exceeds(deep, 64)
+    assert Containers(deep).deeper_than(64)
     with pytest.raises(OpenAIError) as caught:
         loads(b'{"a": ' + b"[" * 900 + b"]" * 900 + b"}", 64, 100_000)
     assert (caught.value.status, caught.value.code) == (400, "json_too_deep")
