@@ -32,8 +32,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vgate import procs
 from vgate.procs import free_port, vgate_argv
-from vgate_gateway.loadstats import metric_sums
-from vgate_gateway.routing import STRATEGIES as _ROUTING
+from vgate_gateway.upstream.loadstats import metric_sums
+from vgate_gateway.upstream.routing import STRATEGIES as _ROUTING
 from vgate_worker.settings import DEFAULT_MODEL
 
 STRATEGIES = tuple(_ROUTING)

@@ -82,7 +82,8 @@ async def measure(body: bytes, answer: bytes, requests: int) -> dict[str, Any]:
     app = build_app(settings, discovery=endpoints, clients=lambda: (workers, workers))
     inbox, lifespan = await _lifespan(app)
     try:
-        state = app.state.gateway
+        state = app.state
+        assert state is not None
         deadline = time.monotonic() + 10
         while not state.pool.models():
             if time.monotonic() > deadline:

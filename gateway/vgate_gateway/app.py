@@ -1,4 +1,10 @@
-"""The gateway application: ``build_app(settings)`` and the lifespan that owns its resources."""
+"""The gateway application: ``build_app(settings)`` and the lifespan that owns its resources.
+
+One ASGI app serves both ports. Requests that arrived on the internal port go to the
+internal FastAPI app (:mod:`vgate_gateway.ops`); every other request to the front door
+(:mod:`vgate_gateway.front.door`), whose generation requests pass the efficiency layer
+(:mod:`vgate_gateway.efficiency`) on their way to the proxy (:mod:`vgate_gateway.upstream`).
+"""
 
 from __future__ import annotations
 
@@ -7,38 +13,33 @@ import gc
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
-from starlette.types import ASGIApp
-
 from vgate_gateway import __version__
-from vgate_gateway.admission import Admission
-from vgate_gateway.auth import KeyStore
-from vgate_gateway.client import AiohttpClient, UpstreamClient
 from vgate_gateway.discovery import DiscoverySource
-from vgate_gateway.error_handlers import install_error_handlers
-from vgate_gateway.guard import Guard, GuardConfig
-from vgate_gateway.health import HealthChecker
-from vgate_gateway.hygiene import TrustedProxies
-from vgate_gateway.internal import PortDispatch, build_internal_app
+from vgate_gateway.efficiency.pipeline import Pipeline, PipelineMetrics
+from vgate_gateway.front.admission import Admission
+from vgate_gateway.front.auth import KeyStore
+from vgate_gateway.front.body import BodyLimits
+from vgate_gateway.front.door import Door, DoorConfig, Services
+from vgate_gateway.front.edge import Receive, Send
+from vgate_gateway.front.hygiene import TrustedProxies
+from vgate_gateway.front.ratelimit import Limiter, Limits, LocalLimiter, RateLimitMetrics, RedisLimiter
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.middleware import RequestContextMiddleware
-from vgate_gateway.openapi_doc import public_openapi
-from vgate_gateway.pipeline import Pipeline, PipelineMetrics
-from vgate_gateway.proxy import Proxy
-from vgate_gateway.ratelimit import Limiter, Limits, LocalLimiter, RateLimitMetrics, RedisLimiter
-from vgate_gateway.routes import openai, ops
-from vgate_gateway.routing import Router
+from vgate_gateway.ops.app import build_internal_app
+from vgate_gateway.ops.state import GatewayState
 from vgate_gateway.settings import GatewaySettings
-from vgate_gateway.state import GatewayState
-from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
+from vgate_gateway.upstream.client import AiohttpClient, UpstreamClient
+from vgate_gateway.upstream.health import HealthChecker
+from vgate_gateway.upstream.pool import DiscoveredEndpoint, UpstreamPool
+from vgate_gateway.upstream.proxy import Proxy
+from vgate_gateway.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
-#: How ``vgate gateway --workers N`` hands its validated settings to each serving process.
+#: How ``vgate gateway`` with several processes hands its validated settings to each.
 SETTINGS_ENV = "_VGATE_GATEWAY_SETTINGS"
 
 
@@ -99,27 +100,51 @@ def make_limiter(settings: GatewaySettings, metrics: RateLimitMetrics, keys: Key
     return LocalLimiter(metrics) if limited or keys.enabled else None
 
 
-class GatewayApp(FastAPI):
-    """FastAPI with the gateway's own middleware in front of the framework's.
+Scope = MutableMapping[str, Any]
 
-    The generation routes are answered inside that front, so they skip the framework's
-    error, telemetry and body-limit layers, which the gateway's own guard replaces; every
-    other route goes on through the whole framework stack.
-    """
 
-    def __init__(self, front: Callable[[ASGIApp], ASGIApp], **kwargs: Any) -> None:
-        self._front = front
-        super().__init__(**kwargs)
+class Gateway:
+    """The ASGI app of one serving process: the lifespan, then each request to its port's app."""
 
-    def build_middleware_stack(self) -> ASGIApp:
-        return self._front(super().build_middleware_stack())
+    def __init__(self, settings: GatewaySettings, running: Callable[[Gateway], Any]) -> None:
+        self.settings = settings
+        self._running = running
+        #: The internal port's app (FastAPI): /metrics, /stats, /docs, /openapi.json, probes.
+        self.internal = build_internal_app()
+        #: The public port's app, once the lifespan has started.
+        self.door: Door | None = None
+        self.state: GatewayState | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        server = scope.get("server")
+        if server is not None and server[1] == self.settings.internal_port:
+            await self.internal(scope, receive, send)
+        elif self.door is not None:
+            await self.door(scope, receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        await receive()  # lifespan.startup
+        started = False
+        try:
+            async with self._running(self):
+                started = True
+                await send({"type": "lifespan.startup.complete"})
+                await receive()  # lifespan.shutdown
+        except BaseException as exc:
+            failed = "lifespan.shutdown.failed" if started else "lifespan.startup.failed"
+            await send({"type": failed, "message": repr(exc)})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
 
 
 def build_app(
     settings: GatewaySettings,
     discovery: DiscoverySource | None = None,
     clients: Callable[[], tuple[UpstreamClient, UpstreamClient]] | None = None,
-) -> FastAPI:
+) -> Gateway:
     """The gateway for ``settings``.
 
     ``discovery`` replaces the configured discovery source, and ``clients`` makes the
@@ -140,9 +165,14 @@ def build_app(
         session_header=settings.session_header,
         retry_after_s=settings.retry_after_s,
     )
+    config = DoorConfig(
+        body=BodyLimits(settings.max_body_bytes, settings.max_json_depth, settings.max_json_containers),
+        default_limits=default_limits(settings),
+        trusted_proxies=TrustedProxies(settings.trusted_proxies),
+    )
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def running(gateway: Gateway) -> AsyncIterator[None]:
         source = discovery or make_discovery(settings)
         client, health_client = (
             clients() if clients else (make_client(settings), make_health_client(settings))
@@ -176,25 +206,31 @@ def build_app(
                 settings.admission_queue_timeout_s,
                 settings.retry_after_s,
             )
-            sections = {
-                **pipeline.stats_sections(),
-                "admission": lambda: {
-                    "max_inflight": admission.limit,
-                    "inflight": admission.inflight,
-                    "queued": admission.queued,
-                    "rejected": admission.rejected_total,
-                },
-            }
-            app.state.gateway = GatewayState(
+
+            def model_cards() -> list[dict[str, Any]]:
+                return [{**health.model_cards.get(m, {}), "id": m} for m in pool.models()]
+
+            def readiness() -> tuple[bool, list[str]]:
+                return health.settled.is_set(), pool.models()
+
+            services = Services(pipeline.handle, admission, model_cards, readiness, settings.retry_after_s)
+            gateway.door = Door(services, keys=keys, limiter=limiter, config=config, metrics=metrics)
+            gateway.state = gateway.internal.state.gateway = GatewayState(
                 settings=settings,
                 metrics=metrics,
                 pool=pool,
                 router=router,
-                admission=admission,
-                health=health,
-                handle=pipeline.handle,
+                readiness=readiness,
                 started_at=time.monotonic(),
-                stats_sections=sections,
+                stats_sections={
+                    **pipeline.stats_sections(),
+                    "admission": lambda: {
+                        "max_inflight": admission.limit,
+                        "inflight": admission.inflight,
+                        "queued": admission.queued,
+                        "rejected": admission.rejected_total,
+                    },
+                },
             )
             tasks = [
                 _background(source.run(publish), "discovery"),
@@ -222,46 +258,11 @@ def build_app(
             await client.close()
             await health_client.close()
 
-    guard = GuardConfig(
-        max_body_bytes=settings.max_body_bytes,
-        max_json_depth=settings.max_json_depth,
-        max_json_containers=settings.max_json_containers,
-        default_limits=default_limits(settings),
-        trusted_proxies=TrustedProxies(settings.trusted_proxies),
-    )
-
-    def front(framework: ASGIApp) -> ASGIApp:
-        # Outermost first: request ids and the access log, then keys, limits and the body
-        # checks (inside, so their answers carry x-request-id), then the generation routes;
-        # everything else goes on to the framework.
-        hot = openai.HotRoutes(framework)
-        return RequestContextMiddleware(Guard(hot, keys=keys, limiter=limiter, config=guard), metrics=metrics)
-
-    # /docs and /openapi.json are served on the internal port only (vgate_gateway.internal).
-    # The gateway exports its own Prometheus metrics; the framework's OpenTelemetry hooks
-    # would cost a provider lookup on every request.
-    telemetry = {"tracing": False, "metrics": False, "logs": False}
-    app = GatewayApp(
-        front,
-        title="V-Gate",
-        version=__version__,
-        lifespan=lifespan,
-        docs_url=None,
-        redoc_url=None,
-        openapi_url=None,
-        telemetry=telemetry,
-    )
-    app.openapi = lambda: public_openapi(app)  # type: ignore[method-assign]
-    install_error_handlers(app)
-    app.include_router(openai.router)
-    app.include_router(ops.router)
-    app.state.internal_app = build_internal_app(app)
-    app.state.gateway_settings = settings
-    return app
+    return Gateway(settings, running)
 
 
-def app_from_env() -> FastAPI:
-    """The app of one serving process started by ``vgate gateway --workers N``."""
+def app_from_env() -> Gateway:
+    """The app of one serving process started by ``vgate gateway`` with several processes."""
     from vgate_gateway.logs import setup_logging
 
     settings = GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV])
@@ -293,12 +294,6 @@ def tune_gc() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
-
-
-def dispatch_from_env() -> PortDispatch:
-    """Both ports of one serving process started by ``vgate gateway --workers N``."""
-    app = app_from_env()
-    return PortDispatch(app, app.state.internal_app, app.state.gateway_settings.internal_port)
 
 
 def _background(coro: object, name: str) -> asyncio.Task[None]:

@@ -64,10 +64,10 @@ def main(argv: Sequence[str]) -> int:
     import uvicorn
 
     from vgate_gateway.app import SETTINGS_ENV, build_app, tune_gc
-    from vgate_gateway.auth import KeyFileError
-    from vgate_gateway.internal import PortDispatch, bind
+    from vgate_gateway.front.auth import KeyFileError
     from vgate_gateway.logs import setup_logging
     from vgate_gateway.metrics import MULTIPROCESS_ENV
+    from vgate_gateway.ops.app import bind
 
     try:
         app = build_app(settings)
@@ -98,7 +98,7 @@ def main(argv: Sequence[str]) -> int:
         "server_header": False,
     }
     if settings.workers == 1:
-        config = uvicorn.Config(PortDispatch(app, app.state.internal_app, settings.internal_port), **common)
+        config = uvicorn.Config(app, **common)
         tune_gc()
         uvicorn.Server(config).run(sockets=sockets)
         return 0
@@ -111,7 +111,7 @@ def main(argv: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vgate-metrics-") as metrics_dir:
         os.environ.setdefault(MULTIPROCESS_ENV, metrics_dir)
         config = uvicorn.Config(
-            "vgate_gateway.app:dispatch_from_env", factory=True, workers=settings.workers, **common
+            "vgate_gateway.app:app_from_env", factory=True, workers=settings.workers, **common
         )
         Multiprocess(config, sockets=sockets).run()
     return 0

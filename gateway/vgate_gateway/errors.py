@@ -4,14 +4,17 @@ Every failure the gateway produces — its own validation, the framework's 404/4
 upstream trouble — leaves in this shape with the matching HTTP status. Inside a
 stream that has already started, the same object travels as one SSE ``data:`` event.
 
-This module is the error as data, with no HTTP framework: the efficiency layer raises
-it. :mod:`vgate_gateway.error_handlers` turns it into a response.
+This module is the error as data and its one rendering (:meth:`OpenAIError.json_bytes`),
+with no HTTP framework: every layer raises it, and the front door and the internal app
+send those bytes.
 """
 
 from __future__ import annotations
 
 import json
 from typing import Any
+
+import orjson
 
 # The ``type`` OpenAI uses for each status class.
 _TYPES: dict[int, str] = {
@@ -56,7 +59,12 @@ class OpenAIError(Exception):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
+    def json_bytes(self) -> bytes:
+        """The error as the JSON body of an answer (compact, UTF-8)."""
+        return orjson.dumps(self.body())
+
     def sse_event(self) -> bytes:
+        """The error as one SSE event, once a stream has started."""
         return b"data: " + json.dumps(self.body()).encode() + b"\n\n"
 
 
@@ -72,4 +80,14 @@ def unavailable(message: str, code: str, retry_after_s: int) -> OpenAIError:
         code=code,
         type_="service_unavailable_error",
         headers={"Retry-After": str(retry_after_s)},
+    )
+
+
+def model_not_found(model: str) -> OpenAIError:
+    """404 for a model that is not served (or that the caller's key may not see: the same answer)."""
+    return OpenAIError(
+        404,
+        f"The model '{model}' does not exist or is not served here. See GET /v1/models.",
+        code="model_not_found",
+        param="model",
     )

@@ -8,12 +8,19 @@ control characters escaped, so a client-chosen path or field cannot forge a line
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from contextvars import ContextVar
 
 from pythonjsonlogger.json import JsonFormatter
 
-from vgate_gateway.hygiene import escape
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """``text`` on one line: control characters (CR, LF, ESC, ...) as visible escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
 
 #: The id of the request being handled by the current task, or "-".
 request_id_var: ContextVar[str] = ContextVar("vgate_request_id", default="-")

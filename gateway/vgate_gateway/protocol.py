@@ -1,21 +1,25 @@
-"""What the gateway reads from OpenAI requests.
+"""The typed Request and Answer every step of the request path speaks.
 
-The proxy forwards the client's body bytes untouched; it parses only the fields
-that routing, caching and metrics need, and validates just enough to answer
-obviously bad requests itself with a 400 instead of spending an upstream call.
+The front door reads, limits and parses a body once into a :class:`Request` and passes it
+explicitly to the efficiency layer and on to the proxy. Every step answers with one
+:class:`Answer`: a status, headers, and a body that is either bytes or an async iterator of
+whole SSE events. Nothing here knows an HTTP framework; an answer becomes ASGI only at the
+edge (:mod:`vgate_gateway.front.edge`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 import orjson
 
-from vgate_gateway import jsonbody
-from vgate_gateway.errors import invalid_request
+from vgate_gateway.errors import OpenAIError, invalid_request
+from vgate_gateway.sse import HEADERS as SSE_HEADERS
+from vgate_gateway.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 
 #: The most prompt text routing is given: well above what prefix-aware routing hashes
 #: (256 blocks of 64 characters), so a longer prompt routes exactly as its start does.
@@ -23,6 +27,9 @@ PROMPT_TEXT_CHARS = 64 * 1024
 #: The request id: the client's if it sent a valid one, else the gateway's; sent upstream
 #: (vLLM names its response after it) and back to the client.
 REQUEST_ID_HEADER = "x-request-id"
+#: How a client asks the result cache to act (``bypass``, ``force``); answers say ``hit``/``miss``.
+CACHE_HEADER = "x-vgate-cache"
+JSON_MEDIA_TYPE = "application/json"
 
 
 class Kind(StrEnum):
@@ -47,9 +54,14 @@ _PROMPT_TYPES: Mapping[Kind, tuple[type, ...]] = {
 }
 
 
-@dataclass(frozen=True)
-class ParsedRequest:
-    """The parts of an OpenAI request body the gateway acts on."""
+@dataclass(slots=True)
+class Request:
+    """One OpenAI request, read and checked once at the front door.
+
+    ``body`` is what goes upstream: the client's bytes untouched, or (only for a merged
+    micro-batch, or a stream whose usage the gateway must count) bytes made for it.
+    ``payload`` is the client's parsed body; ``headers`` are the ones sent upstream.
+    """
 
     kind: Kind
     body: bytes
@@ -58,6 +70,62 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     user: str | None
+    request_id: str
+    headers: dict[str, str]
+    #: The short, non-secret id of the caller's API key (``"-"`` when keys are off).
+    key_id: str = "-"
+    #: The client's ``x-vgate-cache`` header, if any (the cache interprets it).
+    cache_mode: str | None = None
+    #: The gateway asked the worker for a usage chunk the client did not ask for (to charge
+    #: the key's tokens); the edge keeps it from the client.
+    strip_usage: bool = False
+    _tenant: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def checked(
+        cls,
+        kind: Kind,
+        body: bytes,
+        payload: Any,
+        *,
+        request_id: str = "",
+        headers: dict[str, str] | None = None,
+        key_id: str = "-",
+        cache_mode: str | None = None,
+        count_usage: bool = False,
+    ) -> Request:
+        """The request for ``body`` (parsed: ``payload``), its essentials checked (a 400 otherwise).
+
+        ``count_usage``: the key's tokens are limited, so a stream must end with a usage chunk.
+        """
+        essentials = check_payload(kind, payload)
+        strip_usage = count_usage and essentials.stream and not essentials.include_usage
+        return cls(
+            kind=kind,
+            body=with_usage_requested(body, essentials.stream_options) if strip_usage else body,
+            payload=payload,
+            model=essentials.model,
+            stream=essentials.stream,
+            include_usage=essentials.include_usage,
+            user=essentials.user,
+            request_id=request_id,
+            headers=headers if headers is not None else {REQUEST_ID_HEADER: request_id},
+            key_id=key_id,
+            cache_mode=cache_mode,
+            strip_usage=strip_usage,
+        )
+
+    @property
+    def tenant(self) -> str | None:
+        """Who is asking, as far as a worker can tell: a digest of the credentials, never the key.
+
+        Answers are shared (cache, dedup, batches) only among requests with the same
+        credentials, so a client can never read an answer a worker would have refused it.
+        """
+        if self._tenant is None:
+            credentials = self.headers.get("authorization")
+            self._tenant = hashlib.sha256(credentials.encode()).hexdigest() if credentials else ""
+        return self._tenant or None
 
     def prompt_text(self) -> str:
         """The start of the prompt flattened in order, at most :data:`PROMPT_TEXT_CHARS`, for routing.
@@ -106,28 +174,30 @@ def _parts_text(content: Any, limit: int) -> str:
     return "".join(texts)
 
 
-#: ``parse_request``'s ``payload`` when the body has not been parsed yet.
-NOT_PARSED: Any = object()
+@dataclass(frozen=True, slots=True)
+class Essentials:
+    """What :func:`check_payload` found in a body: the fields every step acts on."""
+
+    model: str
+    stream: bool
+    include_usage: bool
+    stream_options: dict[str, Any]
+    user: str | None
 
 
-def parse_request(kind: Kind, body: bytes, payload: Any = NOT_PARSED) -> ParsedRequest:
-    """Validate the essentials of ``body`` or raise a 400 :class:`OpenAIError`.
-
-    ``payload`` is ``body`` already parsed (the guard middleware parses every body strictly).
-    """
-    if payload is NOT_PARSED:
-        payload = jsonbody.loads(body, jsonbody.DEFAULT_MAX_DEPTH, jsonbody.DEFAULT_MAX_CONTAINERS)
+def check_payload(kind: Kind, payload: Any) -> Essentials:
+    """Validate the essentials of a parsed body or raise a 400 :class:`OpenAIError`."""
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.")
     model = payload.get("model")
     if not isinstance(model, str) or not model:
         raise invalid_request("You must provide a model parameter (a non-empty string).", param="model")
-    field, types = PROMPT_FIELD[kind], _PROMPT_TYPES[kind]
-    value = payload.get(field)
+    name, types = PROMPT_FIELD[kind], _PROMPT_TYPES[kind]
+    value = payload.get(name)
     if value is None:
-        raise invalid_request(f"Missing required parameter: '{field}'.", param=field)
+        raise invalid_request(f"Missing required parameter: '{name}'.", param=name)
     if not isinstance(value, types) or (isinstance(value, list) and not value):
-        raise invalid_request(f"Invalid '{field}': expected a non-empty {_describe(types)}.", param=field)
+        raise invalid_request(f"Invalid '{name}': expected a non-empty {_describe(types)}.", param=name)
     stream = payload.get("stream", False)
     if not isinstance(stream, bool):
         raise invalid_request("Invalid 'stream': expected a boolean.", param="stream")
@@ -137,17 +207,155 @@ def parse_request(kind: Kind, body: bytes, payload: Any = NOT_PARSED) -> ParsedR
     if not isinstance(options, dict):
         raise invalid_request("Invalid 'stream_options': expected an object.", param="stream_options")
     user = payload.get("user")
-    return ParsedRequest(
-        kind=kind,
-        body=body,
-        payload=payload,
-        model=model,
-        stream=stream,
-        include_usage=bool(options.get("include_usage")),
-        user=user if isinstance(user, str) else None,
+    return Essentials(
+        model, stream, bool(options.get("include_usage")), options, user if isinstance(user, str) else None
     )
+
+
+def with_usage_requested(body: bytes, stream_options: dict[str, Any]) -> bytes:
+    """``body`` (a JSON object) asking for the stream's usage chunk too.
+
+    The field is appended before the closing brace, the client's bytes before it untouched:
+    a repeated key's last value is the one JSON parsers (vLLM's included) keep.
+    """
+    end = body.rstrip().rfind(b"}")
+    extra = b',"stream_options":' + orjson.dumps({**stream_options, "include_usage": True})
+    return body[:end] + extra + body[end:]
 
 
 def _describe(types: tuple[type, ...]) -> str:
     names: dict[type, str] = {list: "array", str: "string"}
     return " or ".join(names[t] for t in types)
+
+
+@dataclass(slots=True)
+class Usage:
+    """The tokens one answer used, read once from its ``usage`` and shared by every reader.
+
+    Filled by whoever produces the answer: from a JSON body when first asked, from a
+    stream's usage chunk as it passes. A stream cut short before its usage chunk counts one
+    token per event received.
+    """
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    events: int = 0
+
+    def total(self) -> int:
+        """Tokens to charge: the reported total, else one per event seen."""
+        return self.total_tokens if self.total_tokens is not None else self.events
+
+    def take(self, usage: Any) -> None:
+        """Record a ``usage`` object as a worker wrote it (ignored if it is not one)."""
+        if not isinstance(usage, dict):
+            return
+        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            value = usage.get(name)
+            if isinstance(value, int) and not isinstance(value, bool):
+                setattr(self, name, value)
+
+
+_USAGE = b'"usage"'
+_DECODER: Callable[[bytes], Any] = orjson.loads
+
+
+def usage_of_json(body: bytes) -> Usage:
+    """The ``usage`` of a whole JSON answer, found by a search from its end, not a full parse.
+
+    vLLM writes ``usage`` last; an answer whose text mentions ``"usage"`` is still read
+    right, since only an object that parses as a usage object is taken.
+    """
+    usage = Usage()
+    at = body.rfind(_USAGE)
+    while at >= 0:
+        colon = body.find(b":", at + len(_USAGE))
+        start = body.find(b"{", colon)
+        end = _object_end(body, start) if start >= 0 else -1
+        if colon >= 0 and end >= 0 and not body[at + len(_USAGE) : colon].strip():
+            try:
+                usage.take(_DECODER(body[start : end + 1]))
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                if usage.total_tokens is not None:
+                    return usage
+        at = body.rfind(_USAGE, 0, at)
+    return usage
+
+
+def _object_end(body: bytes, start: int) -> int:
+    """Where the object opening at ``start`` closes (nested ones counted), or -1."""
+    end = body.find(b"}", start)
+    while end >= 0 and body.count(b"{", start, end + 1) > body.count(b"}", start, end + 1):
+        end = body.find(b"}", end + 1)
+    return end
+
+
+class Answer:
+    """One answer, whoever produced it: a worker, a merged batch, a shared call, the cache.
+
+    ``body`` holds a whole answer; a stream has ``events`` instead, an async iterator of
+    runs of whole SSE events. ``usage`` is read once and shared (limits, cache, metrics).
+    """
+
+    __slots__ = ("_usage", "body", "events", "headers", "status")
+
+    def __init__(
+        self,
+        status: int,
+        body: bytes = b"",
+        *,
+        events: AsyncIterator[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        usage: Usage | None = None,
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.events = events
+        self.headers = headers if headers is not None else {"content-type": JSON_MEDIA_TYPE}
+        self._usage = usage
+
+    @classmethod
+    def stream(cls, events: AsyncIterator[bytes], usage: Usage, headers: Mapping[str, str] = {}) -> Answer:
+        """A 200 SSE answer relaying ``events``."""
+        return cls(
+            200,
+            events=events,
+            headers={"content-type": SSE_MEDIA_TYPE, **SSE_HEADERS, **headers},
+            usage=usage,
+        )
+
+    @classmethod
+    def error(cls, exc: OpenAIError) -> Answer:
+        """``exc`` in OpenAI's error shape, with its status and headers."""
+        return cls(exc.status, exc.json_bytes(), headers={"content-type": JSON_MEDIA_TYPE, **exc.headers})
+
+    @property
+    def is_stream(self) -> bool:
+        return self.events is not None
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", JSON_MEDIA_TYPE)
+
+    @property
+    def usage(self) -> Usage:
+        """The answer's usage; for a whole 200 answer, read from its body on first use."""
+        if self._usage is None:
+            self._usage = usage_of_json(self.body) if self.status == 200 and self.body else Usage()
+        return self._usage
+
+    async def read(self) -> bytes:
+        """The whole body: ``body``, or a stream's events joined (the stream is closed)."""
+        if self.events is None:
+            return self.body
+        try:
+            return b"".join([run async for run in self.events])
+        finally:
+            await self.events.aclose()  # type: ignore[attr-defined]
+
+
+#: Answers one request. Each step of the request path (the efficiency pipeline, the proxy)
+#: is one; the proxy is the innermost.
+Handler = Callable[[Request], Awaitable[Answer]]

@@ -21,7 +21,10 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
-from vgate_gateway.jsonbody import DEFAULT_MAX_CONTAINERS, DEFAULT_MAX_DEPTH
+#: Deepest nesting, and most arrays and objects, a request body may have (the defaults of
+#: ``max_json_depth`` and ``max_json_containers``).
+DEFAULT_MAX_DEPTH = 64
+DEFAULT_MAX_CONTAINERS = 100_000
 
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
@@ -64,7 +67,7 @@ class GatewaySettings(BaseSettings):
     panic_threshold: float = Field(0.5, ge=0, le=1)
 
     # -- routing
-    #: A strategy of ``vgate_gateway.routing.STRATEGIES`` (checked when the router is built).
+    #: A strategy of ``vgate_gateway.upstream.routing.STRATEGIES`` (checked when the router is built).
     routing: str = "prefix-aware"
     #: Per-model override of ``routing``.
     routing_per_model: dict[str, str] = Field(default_factory=dict)

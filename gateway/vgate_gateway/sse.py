@@ -78,24 +78,23 @@ class EventFramer:
         return self._buf
 
 
-_COMPLETION_TOKENS = b'"completion_tokens":'
+def usage_in(events: bytes) -> Any:
+    """The ``usage`` object of the last event in ``events`` that reports one, or None.
 
-
-def usage_completion_tokens(events: bytes) -> int | None:
-    """``usage.completion_tokens`` of the last usage chunk among ``events``, if any.
-
-    A search, not a parse: vLLM sends usage once, in the last chunk before ``[DONE]``.
+    Only events that may hold one are parsed: vLLM sends usage once, in the last chunk
+    before ``[DONE]`` (every chunk with ``continuous_usage_stats``).
     """
-    at = events.rfind(_COMPLETION_TOKENS)
-    if at < 0:
-        return None
-    digits = events[at + len(_COMPLETION_TOKENS) : at + len(_COMPLETION_TOKENS) + 24].lstrip()
-    n = 0
-    for i, c in enumerate(digits):
-        if not 48 <= c <= 57:
-            return n if i else None
-        n = n * 10 + c - 48
-    return n if digits else None
+    for event in reversed(EventSplitter().feed(events)):
+        if b'"completion_tokens"' not in event:
+            continue
+        try:
+            obj: Any = json.loads(event_data(event))
+        except ValueError:
+            continue
+        usage = obj.get("usage") if isinstance(obj, dict) else None
+        if isinstance(usage, dict):
+            return usage
+    return None
 
 
 def error_event(events: bytes) -> bool:

@@ -15,10 +15,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support.nesting import nesting
-from vgate_gateway.cache.policy import request_key
+from vgate_gateway.efficiency.cache.policy import request_key
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.jsonbody import Containers, loads
-from vgate_gateway.protocol import Kind, parse_request
+from vgate_gateway.front.body import Containers, loads
+from vgate_gateway.protocol import Kind, Request
 
 ANY_CHAR = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())
 SCALARS = st.one_of(
@@ -41,7 +41,7 @@ FIELDS = {Kind.CHAT: "messages", Kind.COMPLETIONS: "prompt", Kind.EMBEDDINGS: "i
 def _survive(kind: Kind, body: bytes) -> None:
     refused: OpenAIError | None = None
     try:
-        req = parse_request(kind, body, loads(body, 64, 100_000))
+        req = Request.checked(kind, body, loads(body, 64, 100_000))
     except OpenAIError as exc:
         refused = exc
     if refused is not None:

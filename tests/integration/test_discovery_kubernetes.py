@@ -27,7 +27,7 @@ from tests.support.procs import free_port
 from tests.support.waiting import eventually
 from vgate_gateway.discovery.kubernetes import KubernetesDiscovery
 from vgate_gateway.settings import GatewaySettings
-from vgate_gateway.upstreams import DiscoveredEndpoint
+from vgate_gateway.upstream.pool import DiscoveredEndpoint
 
 pytestmark = pytest.mark.timeout(60)
 

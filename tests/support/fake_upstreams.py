@@ -1,4 +1,4 @@
-"""In-memory workers behind the gateway's :class:`~vgate_gateway.client.UpstreamClient` interface.
+"""In-memory workers behind the gateway's :class:`~vgate_gateway.upstream.client.UpstreamClient` interface.
 
 Unit tests hand ``FakeUpstreams`` to ``build_app(clients=...)`` or to a ``HealthChecker``.
 A handler sees each request and returns a :class:`Answer` (or raises one of the
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from vgate_gateway.client import Unreachable, UpstreamError
+from vgate_gateway.upstream.client import Unreachable, UpstreamError
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from vgate_gateway.loadstats import metric_sums
+from vgate_gateway.upstream.loadstats import metric_sums
 
 
 def metric_in(text: str, name: str, *, missing: float | None = None) -> float:

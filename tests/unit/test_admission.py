@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from vgate_gateway.admission import Admission
 from vgate_gateway.errors import OpenAIError
+from vgate_gateway.front.admission import Admission
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -10,17 +10,16 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from vgate_gateway.batching import (
+from vgate_gateway.efficiency.batching import (
     BatchMetrics,
     Client,
     MicroBatcher,
     NotExact,
-    Reply,
     apportion,
     batch_key,
     split_response,
 )
-from vgate_gateway.protocol import Kind
+from vgate_gateway.protocol import Answer, Kind
 
 pytestmark = pytest.mark.timeout(10)
 BOTH = frozenset({Kind.COMPLETIONS, Kind.EMBEDDINGS})
@@ -51,7 +50,7 @@ class FakeWorker:
         self.gate: asyncio.Event | None = None
         self.hold_all = False
 
-    async def __call__(self, kind: Kind, body: dict[str, Any], clients: Sequence[Client]) -> Reply:
+    async def __call__(self, kind: Kind, body: dict[str, Any], clients: Sequence[Client]) -> Answer:
         self.calls.append(body)
         self.clients.append([c.request_id for c in clients])
         try:
@@ -65,9 +64,9 @@ class FakeWorker:
         field = "prompt" if kind is Kind.COMPLETIONS else "input"
         prompts = body[field] if isinstance(body[field], list) else [body[field]]
         if self.status is not None:
-            return Reply(self.status, b'{"error": {"message": "unavailable"}}')
+            return Answer(self.status, b'{"error": {"message": "unavailable"}}')
         if any("BAD" in p for p in prompts):
-            return Reply(400, b'{"error": {"message": "prompt too long", "code": 400}}')
+            return Answer(400, b'{"error": {"message": "prompt too long", "code": 400}}')
         tokens = sum(len(p) for p in prompts)
         usage: dict[str, Any] = {"prompt_tokens": tokens, "total_tokens": tokens}
         details = {"cached_tokens": 0} if self.details else None
@@ -91,7 +90,7 @@ class FakeWorker:
                 {"index": i, "object": "embedding", "embedding": [len(p)]} for i, p in enumerate(prompts)
             ]
             answer = {"id": f"embd-{request_id}", "object": "list", "model": "m", "data": items}
-        return Reply(200, json.dumps({**answer, "usage": usage}).encode())
+        return Answer(200, json.dumps({**answer, "usage": usage}).encode())
 
 
 def _body(prompt: str, **extra: Any) -> dict[str, Any]:
@@ -104,7 +103,7 @@ def _client(name: str) -> Client:
 
 async def _busy(
     worker: FakeWorker, batcher: MicroBatcher, kind: Kind = Kind.COMPLETIONS
-) -> asyncio.Task[Reply]:
+) -> asyncio.Task[Answer]:
     """Learn the model's answers (one lone call), then hold a call in flight on the gate."""
     body = _body("warm") if kind is Kind.COMPLETIONS else {"model": "m", "input": "warm"}
     await batcher.submit(kind, body, _client("warm"))

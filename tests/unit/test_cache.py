@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from vgate_gateway.cache.answer import Answer, Stamp
-from vgate_gateway.cache.policy import (
+from vgate_gateway.efficiency.cache.entry import Entry, Stamp
+from vgate_gateway.efficiency.cache.policy import (
     CacheMode,
     is_cacheable,
     parse_cache_mode,
     request_key,
     response_cacheable,
 )
-from vgate_gateway.cache.recorder import StreamRecorder
-from vgate_gateway.cache.store import CacheMetrics, ResponseCache
+from vgate_gateway.efficiency.cache.recorder import StreamRecorder
+from vgate_gateway.efficiency.cache.store import CacheMetrics, ResponseCache
 from vgate_gateway.protocol import Kind
 
 BODY = {
@@ -33,8 +33,8 @@ class Clock:
         return self.now
 
 
-def _a(body: bytes) -> Answer:
-    return Answer(body, Stamp())
+def _a(body: bytes) -> Entry:
+    return Entry(body, Stamp())
 
 
 def test_key_ignores_key_order_and_the_end_users_name() -> None:
@@ -237,7 +237,7 @@ def test_a_replay_is_restamped_with_the_requests_id_and_the_current_time() -> No
     assert fresh[0] != fresh[1]  # without a request id, a fresh id each time
 
 
-def _recorded(*events: bytes, step: int = 7) -> Answer | None:
+def _recorded(*events: bytes, step: int = 7) -> Entry | None:
     recorder = StreamRecorder(max_bytes=10**6)
     raw = b"".join(events)
     for i in range(0, len(raw), step):

@@ -22,8 +22,8 @@ from tests.support.fake_upstreams import Answer, Call, FakeUpstreams
 from tests.support.waiting import wait_until
 from vgate_gateway.app import build_app as build_gateway
 from vgate_gateway.discovery.static import StaticDiscovery
-from vgate_gateway.routing import STRATEGIES
 from vgate_gateway.settings import GatewaySettings, load_settings
+from vgate_gateway.upstream.routing import STRATEGIES
 from vgate_operator import spec as operator_spec
 from vgate_operator.builders import Owner, build_all
 from vgate_operator.builders.common import HTTP_PORT

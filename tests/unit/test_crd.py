@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from vgate_gateway.routing import STRATEGIES
+from vgate_gateway.upstream.routing import STRATEGIES
 from vgate_operator.spec import VGateDeploymentSpec, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 from prometheus_client import CollectorRegistry
 
-from vgate_gateway.dedup import Deduplicator, DedupMetrics, FlightWriter, Head, SubscriberLagged
+from vgate_gateway.efficiency.dedup import Deduplicator, DedupMetrics, FlightWriter, SubscriberLagged
+from vgate_gateway.protocol import Answer
 
 #: Far more than any stream these tests write, so no subscriber lags unless a test says so.
 MAX_LAG = 1 << 20
@@ -32,7 +33,7 @@ class Upstream:
     async def __call__(self, writer: FlightWriter) -> None:
         self.calls += 1
         try:
-            writer.start(Head(200, {"content-type": "text/event-stream"}))
+            writer.start(Answer(200, headers={"content-type": "text/event-stream"}))
             for i, chunk in enumerate(self.chunks):
                 await self.gate.acquire()
                 if self.fail_after is not None and i >= self.fail_after:
@@ -43,7 +44,7 @@ class Upstream:
             raise
 
 
-async def _collect(dedup: Deduplicator, key: str, upstream: Upstream) -> tuple[bool, Head, bytes]:
+async def _collect(dedup: Deduplicator, key: str, upstream: Upstream) -> tuple[bool, Answer, bytes]:
     sub = dedup.join(key, upstream)
     try:
         head = await sub.head()

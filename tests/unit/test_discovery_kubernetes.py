@@ -17,7 +17,7 @@ from vgate_gateway.discovery.kubernetes import (
     slice_port,
 )
 from vgate_gateway.settings import GatewaySettings
-from vgate_gateway.upstreams import DiscoveredEndpoint
+from vgate_gateway.upstream.pool import DiscoveredEndpoint
 
 QWEN = frozenset({"qwen"})
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.docs_tables import documented_default, table_default
-from vgate_gateway.dedup import MAX_FLIGHTS
+from vgate_gateway.efficiency.dedup import MAX_FLIGHTS
 from vgate_gateway.settings import GatewaySettings
 
 README = (Path(__file__).parents[2] / "README.md").read_text()

@@ -7,10 +7,11 @@ import json
 import pytest
 
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.protocol import PROMPT_TEXT_CHARS, Kind, ParsedRequest, parse_request
+from vgate_gateway.front.body import parse_request
+from vgate_gateway.protocol import PROMPT_TEXT_CHARS, Kind, Request
 
 
-def _parse(kind: Kind, payload: object) -> ParsedRequest:
+def _parse(kind: Kind, payload: object) -> Request:
     return parse_request(kind, json.dumps(payload).encode())
 
 

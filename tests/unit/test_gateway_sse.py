@@ -43,11 +43,15 @@ def test_framer_passes_whole_events_on_and_holds_back_a_torn_one() -> None:
     assert framer.pending == b""
 
 
-def test_usage_is_read_from_the_usage_chunk_without_parsing() -> None:
-    from vgate_gateway.sse import error_event, usage_completion_tokens
+def test_usage_is_read_from_the_usage_chunk_only() -> None:
+    from vgate_gateway.sse import error_event, usage_in
 
     usage = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens": 42,"total_tokens":45}}\n\n'
-    assert usage_completion_tokens(b"data: {}\n\n" + usage + b"data: [DONE]\n\n") == 42
-    assert usage_completion_tokens(b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n') is None
+    assert usage_in(b"data: {}\n\n" + usage + b"data: [DONE]\n\n") == {
+        "prompt_tokens": 3,
+        "completion_tokens": 42,
+        "total_tokens": 45,
+    }
+    assert usage_in(b'data: {"choices":[{"delta":{"content":"x"}}],"usage":null}\n\n') is None
     assert error_event(b'data: {"error": {"message": "boom"}}\n\n')
     assert not error_event(b'data: {"choices":[{"delta":{"content":"\\"error\\": no"}}]}\n\n')

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.protocol import Kind, ParsedRequest, parse_request
-from vgate_gateway.routing import Router
+from vgate_gateway.front.body import parse_request
+from vgate_gateway.protocol import Kind, Request
 from vgate_gateway.settings import GatewaySettings
-from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
+from vgate_gateway.upstream.pool import DiscoveredEndpoint, UpstreamPool
+from vgate_gateway.upstream.routing import Router
 
 DEFAULTS = GatewaySettings()
 
@@ -34,11 +35,11 @@ def _healthy_pool(*urls: str, model: str = "m") -> UpstreamPool:
     return pool
 
 
-def _req(model: str = "m", user: str | None = None) -> ParsedRequest:
+def _req(model: str = "m", user: str | None = None, headers: dict[str, str] | None = None) -> Request:
     body = {"model": model, "messages": [{"role": "user", "content": "x"}]}
     if user:
         body["user"] = user
-    return parse_request(Kind.CHAT, json.dumps(body).encode())
+    return parse_request(Kind.CHAT, json.dumps(body).encode(), headers=headers)
 
 
 def test_snapshot_adds_updates_and_forgets() -> None:
@@ -73,15 +74,15 @@ def test_declared_models_win_over_served_ones() -> None:
 
 def test_router_round_robin_excludes_tried_endpoints() -> None:
     router = _router(_healthy_pool("http://a:1", "http://b:1"), "round-robin")
-    picks = [router.pick(_req(), {}).url for _ in range(4)]
+    picks = [router.pick(_req()).url for _ in range(4)]
     assert picks == ["http://a:1", "http://b:1", "http://a:1", "http://b:1"]
-    assert router.pick(_req(), {}, exclude=["http://a:1"]).url == "http://b:1"
+    assert router.pick(_req(), exclude=["http://a:1"]).url == "http://b:1"
 
 
 def test_unknown_model_is_404_model_not_found() -> None:
     router = _router(_healthy_pool("http://a:1"), "round-robin")
     with pytest.raises(OpenAIError) as info:
-        router.pick(_req("nope"), {})
+        router.pick(_req("nope"))
     assert (info.value.status, info.value.code, info.value.param) == (404, "model_not_found", "model")
 
 
@@ -90,7 +91,7 @@ def test_known_model_without_healthy_worker_is_503_with_retry_after() -> None:
     pool.replace([DiscoveredEndpoint("http://a:1", models=frozenset({"m"}))])  # never passed a check
     router = _router(pool, "least-request", retry_after_s=2)
     with pytest.raises(OpenAIError) as info:
-        router.pick(_req(), {})
+        router.pick(_req())
     assert info.value.status == 503
     assert info.value.headers["Retry-After"] == "2"
 
@@ -107,20 +108,20 @@ def test_a_declared_model_without_endpoints_is_503_not_404() -> None:
     """Mid-rollout, a model the deployment serves has no worker yet: retry, don't give up."""
     router = _router(_pool(), "least-request", declared_models={"m"})
     with pytest.raises(OpenAIError) as info:
-        router.pick(_req(), {})
+        router.pick(_req())
     assert (info.value.status, info.value.code) == (503, "no_healthy_upstream")
     with pytest.raises(OpenAIError) as info:
-        router.pick(_req("other"), {})
+        router.pick(_req("other"))
     assert info.value.status == 404
 
 
 def test_router_builds_the_route_request_from_the_session_header_or_user() -> None:
     router = _router(_pool(), "session", session_header="X-Session-Id")
-    route = router.route_request(_req(user="alice"), {"x-session-id": "s1"})
+    route = router.route_request(_req(user="alice", headers={"x-session-id": "s1"}))
     assert (route.model, route.session_key) == ("m", "s1")
     assert route.prompt == "<user>\nx"
-    assert router.route_request(_req(user="alice"), {}).session_key == "alice"
-    assert router.route_request(_req(), {}).session_key is None
+    assert router.route_request(_req(user="alice")).session_key == "alice"
+    assert router.route_request(_req()).session_key is None
 
 
 def test_ejection_needs_failures_in_a_row_and_a_success_resets_the_count() -> None:

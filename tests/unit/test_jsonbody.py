@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.nesting import nesting
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.jsonbody import Containers, loads
+from vgate_gateway.front.body import Containers, loads
 
 
 @pytest.mark.parametrize(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from tests.support.fake_upstreams import Answer, Call, FakeUpstreams
-from vgate_gateway.client import Unreachable
-from vgate_gateway.health import HealthChecker
-from vgate_gateway.loadstats import metric_sums, parse_load
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.upstreams import DiscoveredEndpoint, LoadStats, UpstreamPool
+from vgate_gateway.upstream.client import Unreachable
+from vgate_gateway.upstream.health import HealthChecker
+from vgate_gateway.upstream.loadstats import metric_sums, parse_load
+from vgate_gateway.upstream.pool import DiscoveredEndpoint, LoadStats, UpstreamPool
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from vgate_gateway.routing import (
+from vgate_gateway.upstream.pool import LoadStats, Upstream
+from vgate_gateway.upstream.routing import (
     STRATEGIES,
     ConsistentHash,
     LeastLoad,
@@ -17,7 +18,6 @@ from vgate_gateway.routing import (
     RouteRequest,
     build_strategy,
 )
-from vgate_gateway.upstreams import LoadStats, Upstream
 
 SYSTEM_A = "You are a meticulous assistant for a shipping company. " * 8
 SYSTEM_B = "You translate legal documents from German into plain English. " * 8

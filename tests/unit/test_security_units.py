@@ -9,15 +9,17 @@ import pytest
 from prometheus_client import CollectorRegistry
 from starlette.testclient import TestClient
 
-from vgate_gateway.app import build_app
-from vgate_gateway.auth import KeyFileError, KeyStore, bearer_token, parse_keys
-from vgate_gateway.discovery.static import StaticDiscovery
 from vgate_gateway.errors import OpenAIError
-from vgate_gateway.guard import UsageMeter
-from vgate_gateway.hygiene import TrustedProxies, clean_headers, escape
-from vgate_gateway.jsonbody import loads
-from vgate_gateway.ratelimit import Limits, LocalLimiter, RateLimitMetrics, duration
-from vgate_gateway.settings import GatewaySettings
+from vgate_gateway.front.admission import Admission
+from vgate_gateway.front.auth import KeyFileError, KeyStore, bearer_token, parse_keys
+from vgate_gateway.front.body import DEFAULT_LIMITS, loads
+from vgate_gateway.front.door import Door, DoorConfig, Services
+from vgate_gateway.front.edge import without_usage_chunk
+from vgate_gateway.front.hygiene import TrustedProxies, clean_headers
+from vgate_gateway.front.ratelimit import Limits, LocalLimiter, RateLimitMetrics, duration
+from vgate_gateway.logs import escape
+from vgate_gateway.metrics import Metrics
+from vgate_gateway.protocol import Answer, Request
 
 
 def test_keys_file_lines_plain_hashed_and_options() -> None:
@@ -157,27 +159,28 @@ def test_strict_parse_turns_every_problem_into_a_400(body: bytes) -> None:
     assert caught.value.status == 400
 
 
-def test_usage_meter_reads_json_and_strips_the_requested_usage_chunk() -> None:
-    meter = UsageMeter(strip_usage=False)
-    meter.start({"status": 200, "headers": [(b"content-type", b"application/json")]})
-    meter.feed(b'{"choices": [{"text": "\\"usage\\""}], "usage": {"prompt_tokens": 3, "total_tokens": 12}}')
-    assert meter.tokens() == 12
-    stream = UsageMeter(strip_usage=True)
-    stream.start({"status": 200, "headers": [(b"content-type", b"text/event-stream")]})
-    assert stream.feed(b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\n') != b""
-    assert stream.feed(b'data: {"choices": [], "usage": {"total_tokens": 7}}\n\n') == b""
-    assert stream.tokens() == 7
+def test_usage_is_read_from_a_json_answer_and_the_unrequested_usage_chunk_is_stripped() -> None:
+    body = b'{"choices": [{"text": "\\"usage\\""}], "usage": {"prompt_tokens": 3, "total_tokens": 12, "prompt_tokens_details": {"cached_tokens": 2}}}'
+    assert Answer(200, body).usage.total() == 12
+    assert Answer(400, body).usage.total() == 0
+    events = b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: {"choices": [], "usage": {"total_tokens": 7}}\n\ndata: [DONE]\n\n'
+    assert (
+        without_usage_chunk(events)
+        == b'data: {"choices": [{"delta": {"content": "hi"}}]}\n\ndata: [DONE]\n\n'
+    )
 
 
 def test_an_unhandled_error_is_a_500_in_openai_shape_with_a_request_id() -> None:
-    app = build_app(GatewaySettings(health_interval_s=60), discovery=StaticDiscovery([]))
-
-    @app.get("/v1/boom")
-    async def boom() -> None:
+    async def broken(_req: Request) -> Answer:
         raise RuntimeError("kaboom")
 
-    with TestClient(app, raise_server_exceptions=False) as client:
-        r = client.get("/v1/boom")
+    services = Services(broken, Admission(4, 4, 0.05, 1), list, lambda: (True, []), 1)
+    config = DoorConfig(DEFAULT_LIMITS, Limits(), TrustedProxies())
+    door = Door(services, keys=KeyStore(None, 2), limiter=None, config=config, metrics=Metrics("test"))
+    client = TestClient(door, raise_server_exceptions=False)
+    r = client.post(
+        "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    )
     assert r.status_code == 500
     assert r.headers["x-request-id"]
     assert r.json()["error"]["code"] == "internal_error"

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from vgate_gateway.upstreams import DiscoveredEndpoint
+from vgate_gateway.upstream.pool import DiscoveredEndpoint
 
 Publish = Callable[[Sequence[DiscoveredEndpoint]], None]
 

@@ -32,7 +32,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubernetes_asyncio.config.config_exception import ConfigException
 
 from vgate_gateway.discovery import Publish
-from vgate_gateway.upstreams import DiscoveredEndpoint
+from vgate_gateway.upstream.pool import DiscoveredEndpoint
 
 if TYPE_CHECKING:
     from vgate_gateway.settings import GatewaySettings

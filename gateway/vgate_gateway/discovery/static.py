@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from vgate_gateway.discovery import Publish
-from vgate_gateway.upstreams import DiscoveredEndpoint
+from vgate_gateway.upstream.pool import DiscoveredEndpoint
 
 
 class StaticDiscovery:

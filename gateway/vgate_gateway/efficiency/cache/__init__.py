@@ -8,7 +8,7 @@ An entry is the worker's own answer, byte for byte: the JSON body of a non-strea
 answer, or every SSE event of a stream (usage chunks, ``continuous_usage_stats`` and all).
 A replay carries every field the worker sent, with two changes: the response ``id`` is
 the one the worker gives the replaying request (vLLM names a response after its request
-id) and ``created`` is the current time (:class:`~.answer.Stamp`).
+id) and ``created`` is the current time (:class:`~.entry.Stamp`).
 
 The key covers the whole request body (``stream`` and ``stream_options`` included, so a
 stream and a JSON answer are different entries, and a request that the worker would
@@ -16,6 +16,6 @@ reject can never hit an entry that an accepted one filled); only a string ``user
 left out, since it does not change what the worker answers.
 
 Its parts: :mod:`.policy` (what is cacheable, and the key), :mod:`.store` (the bounded
-LRU), :mod:`.answer` (an entry, and re-stamping it for another request) and
+LRU), :mod:`.entry` (an entry, and re-stamping it for another request) and
 :mod:`.recorder` (an entry assembled from a worker's answer as it passes by).
 """

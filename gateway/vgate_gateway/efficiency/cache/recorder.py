@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from vgate_gateway.cache.answer import Answer, Stamp
-from vgate_gateway.cache.policy import CACHEABLE_FINISH, response_cacheable
-from vgate_gateway.protocol import Kind
+from vgate_gateway.efficiency.cache.entry import Entry, Stamp
+from vgate_gateway.efficiency.cache.policy import CACHEABLE_FINISH, response_cacheable
+from vgate_gateway.protocol import Kind, Usage
 from vgate_gateway.sse import MEDIA_TYPE, EventSplitter, event_data
 
 
@@ -71,10 +71,10 @@ class StreamRecorder:
             if reason is not None or index not in self._finished:
                 self._finished[index] = reason
 
-    def result(self) -> Answer | None:
-        """The stream as an entry, or None when it should not be replayed."""
+    def result(self, usage: Usage | None = None) -> Entry | None:
+        """The stream as an entry (with the ``usage`` read as it passed), or None when it should not be replayed."""
         if self._failed or not self._done or not self._finished:
             return None
         if any(reason not in CACHEABLE_FINISH for reason in self._finished.values()):
             return None
-        return Answer(b"".join(self._parts), Stamp.of(self._first), MEDIA_TYPE)
+        return Entry(b"".join(self._parts), Stamp.of(self._first), MEDIA_TYPE, usage)

@@ -1,4 +1,4 @@
-"""Operational endpoints: liveness and readiness (both ports); metrics and a JSON summary (internal port)."""
+"""The internal port's endpoints: the probes (as on the public port), metrics and a JSON summary."""
 
 from __future__ import annotations
 
@@ -9,37 +9,31 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.responses import JSONResponse, Response
 
 from vgate_gateway import __version__
-from vgate_gateway.state import GatewayState
+from vgate_gateway.front import probes
+from vgate_gateway.ops.state import GatewayState
+from vgate_gateway.protocol import Answer
 
 router = APIRouter()
 #: Served only on the internal port: worker URLs and load are not for the Internet.
 internal_router = APIRouter()
 
 
-@router.get("/health")
-async def health() -> JSONResponse:
-    """Liveness: the process serves HTTP. Says nothing about workers."""
-    return JSONResponse({"status": "ok", "version": __version__})
+def _answer(answer: Answer) -> Response:
+    return Response(answer.body, status_code=answer.status, headers=answer.headers)
 
 
-@router.get("/ready")
-async def ready(request: Request) -> JSONResponse:
-    """Readiness: the gateway can answer, once it has checked the workers it was told of.
+@router.get(probes.HEALTH_PATH)
+async def health() -> Response:
+    """Liveness, as on the public port."""
+    return _answer(probes.health())
 
-    It stays ready while it runs, whatever its workers do: a model without a healthy
-    worker answers its own 503, and taking the gateway out of its Service would only turn
-    that into connection errors for every model. Only before the first round of health
-    checks (a new pod) is it not ready, so it gets no traffic it would have to refuse.
-    """
+
+@router.get(probes.READY_PATH)
+async def ready(request: Request) -> Response:
+    """Readiness, as on the public port."""
     state: GatewayState = request.app.state.gateway
-    models = state.pool.models()
-    if state.health.settled.is_set():
-        return JSONResponse({"status": "ready", "models": models})
-    return JSONResponse(
-        {"status": "starting", "models": models, "reason": "the first health checks are still running"},
-        status_code=503,
-        headers={"Retry-After": str(state.settings.retry_after_s)},
-    )
+    settled, models = state.readiness()
+    return _answer(probes.ready(settled, models, state.settings.retry_after_s))
 
 
 @internal_router.get("/metrics")

@@ -1,7 +1,7 @@
-"""OpenAI errors as HTTP responses, and the app's exception handlers that answer with them.
+"""The internal app's exception handlers: every error it answers leaves in OpenAI's shape.
 
-Every exception that reaches the framework — an :class:`~vgate_gateway.errors.OpenAIError`,
-the framework's own 404/405/422, or a bug — leaves in OpenAI's error shape.
+An :class:`~vgate_gateway.errors.OpenAIError`, the framework's own 404/405/422, or a bug:
+each is rendered by the one renderer, :meth:`OpenAIError.json_bytes`.
 """
 
 from __future__ import annotations
@@ -11,20 +11,20 @@ from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
 
 from vgate_gateway.errors import OpenAIError, invalid_request
 
 log = logging.getLogger(__name__)
 
 
-def error_response(error: OpenAIError) -> JSONResponse:
+def error_response(error: OpenAIError) -> Response:
     """``error`` as a JSON response with its status and headers."""
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    return Response(error.json_bytes(), error.status, error.headers, media_type="application/json")
 
 
-def _http_exception(_: Request, exc: Exception) -> JSONResponse:
+def _http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     if status == 404:
@@ -39,19 +39,19 @@ def _http_exception(_: Request, exc: Exception) -> JSONResponse:
     return error_response(OpenAIError(status, message, code=code, headers=dict(exc.headers or {})))
 
 
-def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     return error_response(invalid_request(first.get("msg", "Invalid request"), param=".".join(loc) or None))
 
 
-def _openai_error(_: Request, exc: Exception) -> JSONResponse:
+def _openai_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, OpenAIError)
     return error_response(exc)
 
 
-def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+def _unhandled(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return error_response(OpenAIError(500, "Internal server error", code="internal_error"))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from vgate_gateway.upstreams import LoadStats
+from vgate_gateway.upstream.pool import LoadStats
 
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"

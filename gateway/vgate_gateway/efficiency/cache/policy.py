@@ -14,11 +14,7 @@ from typing import Any
 
 import orjson
 
-from vgate_gateway.protocol import Kind
-
-#: Request header a client sets to bypass or force the cache; the response carries hit/miss.
-CACHE_HEADER = "x-vgate-cache"
-
+from vgate_gateway.protocol import CACHE_HEADER, Kind
 
 #: Finish reasons of answers worth replaying; ``tool_calls``, ``abort`` etc. are not cached.
 CACHEABLE_FINISH = frozenset({"stop", "length"})

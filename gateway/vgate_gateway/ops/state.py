@@ -1,4 +1,4 @@
-"""What the routes reach through ``app.state.gateway``: the objects the lifespan owns."""
+"""What the internal endpoints read: the objects the gateway's lifespan owns."""
 
 from __future__ import annotations
 
@@ -6,13 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from vgate_gateway.admission import Admission
-from vgate_gateway.handler import Handler
-from vgate_gateway.health import HealthChecker
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.routing import Router
 from vgate_gateway.settings import GatewaySettings
-from vgate_gateway.upstreams import UpstreamPool
+from vgate_gateway.upstream.pool import UpstreamPool
+from vgate_gateway.upstream.routing import Router
 
 
 @dataclass
@@ -21,9 +18,8 @@ class GatewayState:
     metrics: Metrics
     pool: UpstreamPool
     router: Router
-    admission: Admission
-    health: HealthChecker
-    handle: Handler
+    #: Whether the first health checks are done, and the models served now.
+    readiness: Callable[[], tuple[bool, list[str]]]
     started_at: float
     #: Extra sections for GET /stats, each a callable returning JSON-able data.
     stats_sections: dict[str, Callable[[], Any]] = field(default_factory=dict)

@@ -24,8 +24,8 @@ from typing import Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from vgate_gateway.auth import ApiKey
 from vgate_gateway.errors import OpenAIError
+from vgate_gateway.front.auth import ApiKey
 
 log = logging.getLogger(__name__)
 

@@ -26,9 +26,9 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from vgate_gateway.errors import OpenAIError, unavailable
-from vgate_gateway.protocol import ParsedRequest
-from vgate_gateway.upstreams import Upstream, UpstreamPool
+from vgate_gateway.errors import model_not_found, unavailable
+from vgate_gateway.protocol import Request
+from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 
 
 @dataclass(frozen=True)
@@ -348,19 +348,19 @@ class Router:
     def strategy_for(self, model: str) -> Strategy:
         return self._per_model.get(model, self._default)
 
-    def route_request(self, req: ParsedRequest, headers: Mapping[str, str]) -> RouteRequest:
+    def route_request(self, req: Request) -> RouteRequest:
         """What the strategies may know about ``req``."""
         return RouteRequest(
             model=req.model,
-            session_key=headers.get(self._session_header) or req.user,
+            session_key=req.headers.get(self._session_header) or req.user,
             prompt=req.prompt_text(),
         )
 
-    def pick(self, req: ParsedRequest, headers: Mapping[str, str], exclude: Sequence[str] = ()) -> Upstream:
+    def pick(self, req: Request, exclude: Sequence[str] = ()) -> Upstream:
         """The upstream for ``req``, or an OpenAI error: 404 unknown model, 503 none healthy."""
         candidates = self._pool.routable(req.model, exclude=exclude)
         if candidates:
-            return self.strategy_for(req.model).choose(candidates, self.route_request(req, headers))
+            return self.strategy_for(req.model).choose(candidates, self.route_request(req))
         known = req.model in self._declared or self._pool.known_model(req.model)
         if known or self._models_unknown():
             raise unavailable(
@@ -368,12 +368,7 @@ class Router:
                 code="no_healthy_upstream",
                 retry_after_s=self._retry_after,
             )
-        raise OpenAIError(
-            404,
-            f"The model '{req.model}' does not exist or is not served here. See GET /v1/models.",
-            code="model_not_found",
-            param="model",
-        )
+        raise model_not_found(req.model)
 
     def _models_unknown(self) -> bool:
         """Some worker has never answered, so the model may well be one it serves."""

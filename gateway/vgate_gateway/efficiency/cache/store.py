@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from vgate_gateway.cache.answer import Answer
+from vgate_gateway.efficiency.cache.entry import Entry
 
 #: Rough per-entry bookkeeping cost, so a flood of tiny answers still respects ``max_bytes``.
 _ENTRY_OVERHEAD = 256
@@ -64,7 +64,7 @@ class CacheStats:
 
 @dataclass
 class _Entry:
-    value: Answer
+    value: Entry
     size: int
     expires_at: float
 
@@ -103,7 +103,7 @@ class ResponseCache:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, key: str, endpoint: str = "") -> Answer | None:
+    def get(self, key: str, endpoint: str = "") -> Entry | None:
         """The stored answer for ``key``, refreshed as most recently used; counts a hit or miss."""
         entry = self._entries.get(key)
         if entry is not None and entry.expires_at <= self._clock():
@@ -120,7 +120,7 @@ class ResponseCache:
             self._metrics.hits.labels(endpoint).inc()
         return entry.value
 
-    def put(self, key: str, value: Answer) -> bool:
+    def put(self, key: str, value: Entry) -> bool:
         """Store an answer; returns False when it can never fit (or the cache is disabled)."""
         size = len(value.body) + len(key) + _ENTRY_OVERHEAD
         if not self.enabled or size > self.max_bytes:

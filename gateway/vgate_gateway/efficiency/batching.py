@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from prometheus_client import CollectorRegistry, Histogram
 
-from vgate_gateway.protocol import PROMPT_FIELD, Kind
+from vgate_gateway.protocol import PROMPT_FIELD, Answer, Kind
 
 log = logging.getLogger(__name__)
 
@@ -51,17 +51,6 @@ BATCHABLE = frozenset({Kind.COMPLETIONS, Kind.EMBEDDINGS})
 #: ``prompt_tokens_details`` of the last prompt only and drops ``metrics`` for list prompts).
 UNSPLITTABLE = ("metrics", "kv_transfer_params", "ec_transfer_params")
 
-_JSON = {"content-type": "application/json"}
-
-
-@dataclass(frozen=True)
-class Reply:
-    """An upstream answer to a whole (non-streaming) request."""
-
-    status: int
-    body: bytes
-    headers: Mapping[str, str] = field(default_factory=dict)
-
 
 @dataclass(frozen=True)
 class Client:
@@ -71,9 +60,9 @@ class Client:
     meta: Any = None
 
 
-#: Sends one request upstream: (endpoint, JSON body, the clients it answers) -> reply.
+#: Sends one request upstream: (endpoint, JSON body, the clients it answers) -> its whole answer.
 #: The first client's ``meta`` carries the call; every client's request id goes with it.
-Send = Callable[[Kind, dict[str, Any], Sequence[Client]], Awaitable[Reply]]
+Send = Callable[[Kind, dict[str, Any], Sequence[Client]], Awaitable[Answer]]
 
 
 class NotExact(ValueError):
@@ -246,7 +235,7 @@ class BatchMetrics:
 class _Item:
     body: dict[str, Any]
     client: Client
-    future: asyncio.Future[Reply]
+    future: asyncio.Future[Answer]
 
 
 @dataclass
@@ -284,7 +273,7 @@ class MicroBatcher:
         self.merged_batches = 0
         self.merged_requests = 0
 
-    async def submit(self, kind: Kind, body: dict[str, Any], client: Client, partition: str = "") -> Reply:
+    async def submit(self, kind: Kind, body: dict[str, Any], client: Client, partition: str = "") -> Answer:
         """Answer one client's request, merged with others when that costs it nothing.
 
         Cancelling the caller (the client left) withdraws the request; the upstream call
@@ -335,7 +324,7 @@ class MicroBatcher:
         if group.timer is not None:
             group.timer.cancel()
 
-    async def _lone(self, kind: Kind, model: str, body: dict[str, Any], client: Client) -> Reply:
+    async def _lone(self, kind: Kind, model: str, body: dict[str, Any], client: Client) -> Answer:
         if self._metrics is not None:
             self._metrics.size.labels(kind).observe(1)
         self._busy[model] = self._busy.get(model, 0) + 1
@@ -372,7 +361,7 @@ class MicroBatcher:
             self._metrics.size.labels(kind).observe(len(items))
         self._busy[group.model] = self._busy.get(group.model, 0) + 1
         try:
-            replies: list[Reply | BaseException]
+            replies: list[Answer | BaseException]
             if len(items) == 1:
                 replies = [await self._send(kind, items[0].body, [items[0].client])]
             else:
@@ -391,7 +380,7 @@ class MicroBatcher:
         if self._metrics is not None:
             self._metrics.seconds.labels(kind).observe(time.perf_counter() - started)
 
-    async def _send_merged(self, group: _Group) -> list[Reply | BaseException]:
+    async def _send_merged(self, group: _Group) -> list[Answer | BaseException]:
         kind, items = group.kind, group.items
         name = PROMPT_FIELD[kind]
         prompts = [item.body[name] for item in items]
@@ -425,7 +414,7 @@ class MicroBatcher:
                 log.warning("merged %s answer did not split (%s); resending singly", kind, exc)
             else:
                 encoded = [json.dumps(p, separators=(",", ":"), ensure_ascii=False).encode() for p in parts]
-                return [Reply(200, body, _JSON) for body in encoded]
+                return [Answer(200, body) for body in encoded]
         elif reply.status not in (400, 422):
             return [reply] * len(items)
         # One bad prompt fails the whole list, or the answer did not split: ask one by one.

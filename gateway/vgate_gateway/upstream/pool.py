@@ -3,8 +3,10 @@
 Discovery sources publish *complete* snapshots of the endpoints they know
 (level-based, like a Kubernetes controller), and the pool reconciles its state
 against each snapshot: an endpoint missing from a snapshot is gone, whatever
-events were missed on the way. Health checking and request accounting mutate
-the per-endpoint :class:`Upstream` records the pool owns.
+events were missed on the way. The pool is the one writer of the per-endpoint
+:class:`Upstream` records it owns: health checks and the proxy tell it what happened
+(:meth:`UpstreamPool.passed`, :meth:`~UpstreamPool.failed`, :meth:`~UpstreamPool.begin`,
+:meth:`~UpstreamPool.end`, :meth:`~UpstreamPool.set_load`) and read the records.
 """
 
 from __future__ import annotations
@@ -124,8 +126,10 @@ class UpstreamPool:
             return True
         return False
 
-    def failed(self, up: Upstream) -> bool:
-        """A health check or request failed; True when this ejects the endpoint."""
+    def failed(self, up: Upstream, *, traffic: bool = False) -> bool:
+        """A health check (or, with ``traffic``, a request) failed; True when this ejects the endpoint."""
+        if traffic:
+            up.failures_total += 1
         up.consecutive_failures += 1
         if up.healthy and up.consecutive_failures >= self.eject_after:
             up.healthy = False
@@ -133,6 +137,19 @@ class UpstreamPool:
             self.version += 1
             return True
         return False
+
+    def begin(self, up: Upstream) -> None:
+        """A request is sent to ``up``."""
+        up.inflight += 1
+        up.requests_total += 1
+
+    def end(self, up: Upstream) -> None:
+        """A request to ``up`` is over (answered, failed or abandoned)."""
+        up.inflight -= 1
+
+    def set_load(self, up: Upstream, load: LoadStats) -> None:
+        """The load ``up`` reported itself (its vLLM metrics)."""
+        up.load = load
 
     def get(self, url: str) -> Upstream | None:
         return self._upstreams.get(url.rstrip("/"))

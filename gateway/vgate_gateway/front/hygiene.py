@@ -1,4 +1,4 @@
-"""Request hygiene: headers a client must not control, and log text a client must not shape.
+"""Request hygiene: headers a client must not control (log text a client must not shape: :mod:`vgate_gateway.logs`).
 
 * Hop-by-hop headers, and every header the client names in ``Connection``, end at the gateway.
   The standard hop-by-hop ones stay in the ASGI scope (the server and framework frame the
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable, Sequence
 
 Headers = list[tuple[bytes, bytes]]
@@ -81,11 +80,3 @@ def clean_headers(
     if forwarded_for:
         out.append((b"x-forwarded-for", b", ".join(v for v in forwarded_for if v)))
     return out
-
-
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def escape(text: str) -> str:
-    """``text`` on one line: control characters (CR, LF, ESC, ...) as visible escapes."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)

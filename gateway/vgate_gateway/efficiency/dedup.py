@@ -22,20 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry, Counter
 
+from vgate_gateway.protocol import Answer
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Head:
-    """Status and headers of the shared response."""
-
-    status: int
-    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class FlightWriter:
@@ -44,8 +37,8 @@ class FlightWriter:
     def __init__(self, flight: Flight) -> None:
         self._flight = flight
 
-    def start(self, head: Head) -> None:
-        """Publish the response head (exactly once, before any chunk)."""
+    def start(self, head: Answer) -> None:
+        """Publish the answer's head: status, headers and usage (exactly once, before any chunk)."""
         self._flight.set_head(head)
 
     def push(self, chunk: bytes) -> None:
@@ -66,7 +59,7 @@ class Flight:
 
     def __init__(self, key: str, max_lag_bytes: int) -> None:
         self.key = key
-        self.head: Head | None = None
+        self.head: Answer | None = None
         self.error: BaseException | None = None
         self.done = False
         #: Still joinable by new followers.
@@ -92,7 +85,7 @@ class Flight:
         """Bytes held for subscribers that have not read them yet."""
         return self._pushed - self._base_offset
 
-    def set_head(self, head: Head) -> None:
+    def set_head(self, head: Answer) -> None:
         if self.head is not None:
             raise RuntimeError("the response head was already sent")
         self.head = head
@@ -148,7 +141,7 @@ class Flight:
             self._base_offset += len(self._chunks.popleft())
         self._base += upto
 
-    async def wait_head(self) -> Head:
+    async def wait_head(self) -> Answer:
         while self.head is None:
             if self.done:
                 raise self.error or RuntimeError("the upstream call ended without a response")
@@ -195,7 +188,7 @@ class Subscription:
         #: Whether this request started the upstream call.
         self.leader = leader
 
-    async def head(self) -> Head:
+    async def head(self) -> Answer:
         """Wait for the response head; raises the upstream error if the call failed first."""
         return await self._flight.wait_head()
 

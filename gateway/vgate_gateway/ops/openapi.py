@@ -1,4 +1,8 @@
-"""The public API's OpenAPI document: the routes read raw bodies, so their schemas are added here.
+"""The public API's OpenAPI document, made from the front door's route table.
+
+The public port is answered by :mod:`vgate_gateway.front.door`, not by FastAPI; FastAPI
+writes this document from the door's routes, and the request and error schemas of what
+the gateway itself checks are added here.
 
 Served on the internal port (``/openapi.json``, ``/docs``); ``make fuzz`` drives the gateway from it.
 Request schemas describe what the gateway itself checks (the workers check the rest); every
@@ -7,11 +11,14 @@ error a route can answer is listed with OpenAI's error object.
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
-from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 
+from vgate_gateway import __version__
+from vgate_gateway.front.door import ROUTES
 from vgate_gateway.sse import MEDIA_TYPE as SSE_MEDIA_TYPE
 
 _ERROR = {
@@ -25,8 +32,7 @@ _ERROR = {
                 "message": {"type": "string"},
                 "type": {"type": "string"},
                 "param": {"type": ["string", "null"]},
-                # A worker's own errors are relayed as vLLM writes them: a numeric code.
-                "code": {"type": ["string", "integer", "null"]},
+                "code": {"type": ["string", "null"]},
             },
         }
     },
@@ -86,17 +92,26 @@ _ERRORS = {
 }
 
 
-def public_openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document of ``app``'s public routes, with request and error schemas filled in."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
-    # The generation endpoints are raw ASGI routes, which the framework does not document.
-    for path in _BODIES:
-        name = path.removeprefix("/v1/").replace("/", "_")
-        doc.setdefault("paths", {}).setdefault(
-            path, {"post": {"summary": name.replace("_", " ").title(), "operationId": name, "responses": {}}}
-        )
+_SUMMARIES = {
+    "/health": "Liveness: the process serves HTTP",
+    "/ready": "Readiness: 503 until the first health checks of the workers are done",
+    "/v1/models": "The models served now (those the API key may use)",
+}
+
+
+def _documented() -> None:
+    """Never called: the door answers these routes; FastAPI only writes them down."""
+
+
+@cache
+def public_openapi(title: str = "V-Gate") -> dict[str, Any]:
+    """The OpenAPI document of the public port, with request and error schemas filled in."""
+    routes = []
+    for path, method in ROUTES.items():
+        name = path.strip("/").removeprefix("v1/").replace("/", "_")
+        summary = _SUMMARIES.get(path) or name.replace("_", " ").title()
+        routes.append(APIRoute(path, _documented, methods=[method], summary=summary, operation_id=name))
+    doc = get_openapi(title=title, version=__version__, routes=routes)
     doc.setdefault("components", {}).setdefault("schemas", {})["Error"] = _ERROR
     doc["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     error_ref = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -129,5 +144,4 @@ def public_openapi(app: FastAPI) -> dict[str, Any]:
                 "description": "The answer (an SSE stream when stream is true)",
                 "content": content,
             }
-    app.openapi_schema = doc
     return doc

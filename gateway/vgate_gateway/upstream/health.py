@@ -21,10 +21,10 @@ from typing import Any
 
 import orjson
 
-from vgate_gateway.client import UpstreamClient, UpstreamError
-from vgate_gateway.loadstats import parse_load
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.upstreams import Upstream, UpstreamPool
+from vgate_gateway.upstream.client import UpstreamClient, UpstreamError
+from vgate_gateway.upstream.loadstats import parse_load
+from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class HealthChecker:
             return
         load = parse_load(text, self._clock())
         if load is not None:
-            up.load = load
+            self._pool.set_load(up, load)
 
 
 class _StatusError(UpstreamError):

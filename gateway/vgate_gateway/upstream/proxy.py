@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator
 
 import orjson
-from starlette.responses import Response
 
-from vgate_gateway.client import (
+from vgate_gateway.errors import OpenAIError, unavailable
+from vgate_gateway.metrics import Metrics
+from vgate_gateway.protocol import Answer, Request, Usage
+from vgate_gateway.sse import DONE, EventFramer, error_event, usage_in
+from vgate_gateway.upstream.client import (
     StaleConnection,
     Unreachable,
     UpstreamClient,
@@ -24,46 +27,10 @@ from vgate_gateway.client import (
     UpstreamResponse,
     UpstreamTimeout,
 )
-from vgate_gateway.error_handlers import error_response
-from vgate_gateway.errors import OpenAIError, unavailable
-from vgate_gateway.metrics import Metrics
-from vgate_gateway.protocol import REQUEST_ID_HEADER, ParsedRequest
-from vgate_gateway.relay import event_stream
-from vgate_gateway.routing import Router
-from vgate_gateway.sse import DONE, EventFramer, error_event, usage_completion_tokens
-from vgate_gateway.upstreams import Upstream, UpstreamPool
+from vgate_gateway.upstream.pool import Upstream, UpstreamPool
+from vgate_gateway.upstream.routing import Router
 
 log = logging.getLogger(__name__)
-
-# Not forwarded: hop-by-hop headers, and those the client sets for the new connection.
-_HOP_HEADERS = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-        "accept-encoding",
-    }
-)
-
-
-_HOP_NAMES = frozenset(h.encode() for h in _HOP_HEADERS)  # as ASGI spells them: lower-case bytes
-
-
-def upstream_headers(raw: Sequence[tuple[bytes, bytes]], request_id: str) -> dict[str, str]:
-    """The client's headers to send upstream, from the ASGI scope's list, in one pass."""
-    out = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw if k not in _HOP_NAMES}
-    out[REQUEST_ID_HEADER] = request_id
-    # Bytes are relayed as they come: a compressed answer would reach the client undeclared.
-    out["accept-encoding"] = "identity"
-    return out
 
 
 class Proxy:
@@ -84,12 +51,13 @@ class Proxy:
         self._idle = stream_idle_timeout_s
         self._retry_after = retry_after_s
 
-    async def forward(self, req: ParsedRequest, headers: Mapping[str, str]) -> Response:
-        """Answer ``req`` from a worker."""
+    async def forward(self, req: Request) -> Answer:
+        """Answer ``req`` from a worker (a :data:`~vgate_gateway.protocol.Handler`)."""
         started = time.monotonic()
-        up, resp = await self._open(req, headers)
+        up, resp = await self._open(req)
         if req.stream and resp.status == 200:
-            return event_stream(self._relay(up, resp, req, started))
+            usage = Usage()
+            return Answer.stream(self._relay(up, resp, req, started, usage), usage)
         try:
             body = await resp.read()
         except UpstreamError as exc:
@@ -97,20 +65,20 @@ class Proxy:
             raise OpenAIError(502, f"The model worker broke off its answer: {exc}") from None
         finally:
             await resp.release()
-            up.inflight -= 1
+            self._pool.end(up)
         self._metrics.count_upstream(up.url, resp.status)
         if resp.status >= 500:
             self._pool.failed(up)
         else:
             self._pool.passed(up)
-        if resp.status == 200:
-            self._count_usage(req.model, body)
-            return Response(body, status_code=200, media_type=resp.content_type)
-        return _relay_error(resp.status, body, resp.content_type)
+        if resp.status != 200:
+            return Answer.error(relayed_error(resp.status, body))
+        answer = Answer(200, body, headers={"content-type": resp.content_type})
+        if answer.usage.completion_tokens:
+            self._metrics.per_model(req.model)[2].inc(answer.usage.completion_tokens)
+        return answer
 
-    async def _open(
-        self, req: ParsedRequest, headers: Mapping[str, str]
-    ) -> tuple[Upstream, UpstreamResponse]:
+    async def _open(self, req: Request) -> tuple[Upstream, UpstreamResponse]:
         """Send the request; a worker that can't be reached is tried elsewhere once.
 
         A pooled connection the worker closed before answering is retried once on a fresh
@@ -119,21 +87,20 @@ class Proxy:
         tried: list[str] = []
         stale_retried = False
         while True:
-            up = self._router.pick(req, headers, exclude=tried)
-            up.inflight += 1
-            up.requests_total += 1
+            up = self._router.pick(req, exclude=tried)
+            self._pool.begin(up)
             try:
                 return up, await self._client.post(
-                    up.url + req.kind.value, req.body, headers, stream=req.stream
+                    up.url + req.kind.value, req.body, req.headers, stream=req.stream
                 )
             except StaleConnection:
-                up.inflight -= 1
+                self._pool.end(up)
                 if stale_retried:
                     raise self._broken(up, "stale connection twice") from None
                 stale_retried = True
                 log.debug("worker %s closed a pooled connection; sending again", up.url)
             except Unreachable as exc:
-                up.inflight -= 1
+                self._pool.end(up)
                 self._failed(up, "connect_error")
                 log.warning("worker %s unreachable (%s), attempt %d", up.url, exc, len(tried) + 1)
                 tried.append(up.url)
@@ -145,16 +112,16 @@ class Proxy:
                         retry_after_s=self._retry_after,
                     ) from None
             except UpstreamTimeout:
-                up.inflight -= 1
+                self._pool.end(up)
                 self._failed(up, "timeout")
                 raise OpenAIError(
                     504, "The model worker did not answer in time.", code="upstream_timeout"
                 ) from None
             except UpstreamError as exc:
-                up.inflight -= 1
+                self._pool.end(up)
                 raise self._broken(up, str(exc)) from None
             except BaseException:
-                up.inflight -= 1
+                self._pool.end(up)
                 raise
 
     def _broken(self, up: Upstream, why: str) -> OpenAIError:
@@ -162,20 +129,23 @@ class Proxy:
         return OpenAIError(502, f"The model worker failed: {why}", code="upstream_error")
 
     def _failed(self, up: Upstream, outcome: str) -> None:
-        up.failures_total += 1
         self._metrics.count_upstream(up.url, outcome)
-        if self._pool.failed(up):
+        if self._pool.failed(up, traffic=True):
             self._metrics.ejections.inc()
             log.warning("worker %s ejected after %d failures in a row", up.url, up.consecutive_failures)
 
     async def _relay(
-        self, up: Upstream, resp: UpstreamResponse, req: ParsedRequest, started: float
+        self, up: Upstream, resp: UpstreamResponse, req: Request, started: float, usage: Usage
     ) -> AsyncIterator[bytes]:
-        """The worker's events as they arrive, in runs of whole events: constant work per chunk."""
+        """The worker's events as they arrive, in runs of whole events: constant work per chunk.
+
+        The usage chunk is read here, once, into ``usage``, which the answer shares with
+        everyone who needs it (the key's token limit, the cache, the metrics).
+        """
         framer = EventFramer()
         first_at: float | None = None
         last_at = started
-        tokens, usage_tokens, done, outcome = 0, None, False, "200"
+        done, outcome = False, "200"
         try:
             async for chunk in resp.chunks():
                 events = framer.feed(chunk)
@@ -184,9 +154,9 @@ class Proxy:
                 last_at = time.monotonic()
                 if first_at is None:
                     first_at = last_at
-                tokens += _tokens_in(events)
+                usage.events += _tokens_in(events)
                 if b'"completion_tokens"' in events:
-                    usage_tokens = usage_completion_tokens(events)
+                    usage.take(usage_in(events))
                 done = DONE in events or error_event(events)
                 yield events
                 if done:
@@ -207,12 +177,14 @@ class Proxy:
             yield _stream_error(502, f"Lost the model worker mid-stream: {exc}.", "upstream_error")
         finally:
             await resp.release()
-            up.inflight -= 1
+            self._pool.end(up)
             if outcome == "200":
                 self._pool.passed(up)
             if outcome:
                 self._metrics.count_upstream(up.url, outcome)
-            self._observe_stream(req.model, started, first_at, last_at, usage_tokens or tokens)
+            self._observe_stream(
+                req.model, started, first_at, last_at, usage.completion_tokens or usage.events
+            )
 
     def _observe_stream(
         self, model: str, started: float, first_at: float | None, last_at: float, tokens: int
@@ -224,11 +196,6 @@ class Proxy:
         if tokens > 1:
             tpot.observe((last_at - first_at) / (tokens - 1))
         generated.inc(tokens)
-
-    def _count_usage(self, model: str, body: bytes) -> None:
-        completion = usage_completion_tokens(body)
-        if completion:
-            self._metrics.per_model(model)[2].inc(completion)
 
 
 def _tokens_in(events: bytes) -> int:
@@ -245,14 +212,31 @@ def _stream_error(status: int, message: str, code: str) -> bytes:
     return OpenAIError(status, message, code=code).sse_event()
 
 
-def _relay_error(status: int, body: bytes, content_type: str | None) -> Response:
-    """A worker's error goes back with its status; its body too, in OpenAI's shape."""
+def relayed_error(status: int, body: bytes) -> OpenAIError:
+    """A worker's error in the gateway's own dialect: its status, message, type and param kept.
+
+    vLLM writes ``code`` as the HTTP status (a number) where OpenAI's schema and the
+    gateway's own errors have a string or null: it becomes ``upstream_<status>``, as for a
+    worker that answered no OpenAI error at all.
+    """
     try:
         obj = orjson.loads(body)
     except orjson.JSONDecodeError:
         obj = None
-    if isinstance(obj, dict) and isinstance(obj.get("error"), dict):
-        return Response(body, status_code=status, media_type=content_type or "application/json")
-    message = obj.get("message") if isinstance(obj, dict) else None
-    message = message or body.decode(errors="replace").strip() or f"The model worker answered HTTP {status}."
-    return error_response(OpenAIError(status, str(message), code=f"upstream_{status}"))
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(error, dict):
+        error = obj if isinstance(obj, dict) else {}  # vLLM's older flat shape: {"object": "error", ...}
+    message = (
+        error.get("message")
+        or body.decode(errors="replace").strip()
+        or f"The model worker answered HTTP {status}."
+    )
+    code = error.get("code")
+    kind, param = error.get("type"), error.get("param")
+    return OpenAIError(
+        status,
+        str(message),
+        code=code if isinstance(code, str) and code else f"upstream_{status}",
+        param=param if isinstance(param, str) else None,
+        type_=kind if isinstance(kind, str) and kind else None,
+    )

@@ -1,4 +1,4 @@
-"""A cached answer, and how its bytes are re-stamped for the request that replays it.
+"""A cache entry, and how its bytes are re-stamped for the request that replays it.
 
 A replay carries every field the worker sent, with two changes: the response ``id`` is
 the one the worker gives the replaying request (vLLM names a response after its request
@@ -13,14 +13,18 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from vgate_gateway.protocol import Usage
+
 
 @dataclass(frozen=True)
-class Answer:
-    """A stored answer: the worker's bytes, how to re-stamp them, and their media type."""
+class Entry:
+    """A stored answer: the worker's bytes, how to re-stamp them, their media type and usage."""
 
     body: bytes
     stamp: Stamp
     media_type: str = "application/json"
+    #: A stream's usage as read when it passed (a JSON answer's is read from its body).
+    usage: Usage | None = None
 
 
 _ID = re.compile(rb'"id":\s*"([^"\\]*)"')

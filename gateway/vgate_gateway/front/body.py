@@ -1,4 +1,4 @@
-"""Reading and parsing request bodies that may be hostile.
+"""Reading a request once: the body, limited and parsed strictly, into the typed Request.
 
 The body is read up to ``max_bytes``: a ``Content-Length`` above it is refused before a byte
 is read, and a chunked body is refused as soon as it passes it, so an oversized request never
@@ -9,23 +9,139 @@ an exception escaping as a 500.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from vgate_gateway.errors import OpenAIError, invalid_request
+from vgate_gateway.offload import OFF_LOOP_BYTES
+from vgate_gateway.protocol import CACHE_HEADER, REQUEST_ID_HEADER, Kind, Request
+from vgate_gateway.settings import DEFAULT_MAX_CONTAINERS, DEFAULT_MAX_DEPTH
 
 #: ASGI's ``receive`` callable, spelled here so request parsing needs no HTTP framework.
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-#: Deepest nesting, and most arrays and objects, a request body may have (the settings'
-#: defaults; ``max_json_depth`` and ``max_json_containers`` change them).
-DEFAULT_MAX_DEPTH = 64
-DEFAULT_MAX_CONTAINERS = 100_000
 
 
 class ClientGone(Exception):
     """The client disconnected before its body arrived."""
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """How large and how complex a request body may be (validated settings)."""
+
+    max_bytes: int
+    max_depth: int
+    max_containers: int
+
+
+# Not forwarded: hop-by-hop headers, those the client sets for its own connection, and the
+# gateway's own request header (the cache reads it from the Request).
+_NOT_FORWARDED = frozenset(
+    h.encode()
+    for h in (
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        CACHE_HEADER,
+    )
+)
+_CACHE = CACHE_HEADER.encode()
+_CONTENT_LENGTH = b"content-length"
+
+
+async def read_request(
+    kind: Kind,
+    receive: Receive,
+    headers: Sequence[tuple[bytes, bytes]],
+    limits: BodyLimits,
+    *,
+    request_id: str,
+    key_id: str,
+    count_usage: bool,
+) -> Request:
+    """The request on ``receive``: read once, limited, parsed strictly and checked (4xx otherwise).
+
+    ``headers`` are the client's, already cleaned (:mod:`~vgate_gateway.front.hygiene`).
+    ``count_usage``: the key's tokens are limited, so a stream must end with a usage chunk.
+    """
+    length: bytes | None = None
+    cache_mode: str | None = None
+    upstream: dict[str, str] = {}
+    for name, value in headers:
+        if name == _CONTENT_LENGTH:
+            length = value
+        elif name == _CACHE:
+            cache_mode = value.decode("latin-1")
+        if name not in _NOT_FORWARDED:
+            upstream[name.decode("latin-1")] = value.decode("latin-1")
+    upstream[REQUEST_ID_HEADER] = request_id
+    # Bytes are relayed as they come: a compressed answer would reach the client undeclared.
+    upstream["accept-encoding"] = "identity"
+    body = await read_body(receive, limits.max_bytes, declared_length(length))
+    if len(body) < OFF_LOOP_BYTES:
+        return parse_request(
+            kind,
+            body,
+            limits,
+            request_id=request_id,
+            headers=upstream,
+            key_id=key_id,
+            cache_mode=cache_mode,
+            count_usage=count_usage,
+        )
+    return await asyncio.to_thread(
+        parse_request,
+        kind,
+        body,
+        limits,
+        request_id=request_id,
+        headers=upstream,
+        key_id=key_id,
+        cache_mode=cache_mode,
+        count_usage=count_usage,
+    )
+
+
+#: The body limits of the default settings.
+DEFAULT_LIMITS = BodyLimits(8 * 1024 * 1024, DEFAULT_MAX_DEPTH, DEFAULT_MAX_CONTAINERS)
+
+
+def parse_request(
+    kind: Kind,
+    body: bytes,
+    limits: BodyLimits = DEFAULT_LIMITS,
+    *,
+    request_id: str = "",
+    headers: dict[str, str] | None = None,
+    key_id: str = "-",
+    cache_mode: str | None = None,
+    count_usage: bool = False,
+) -> Request:
+    """``body`` parsed strictly and checked into a Request, or a 400 :class:`OpenAIError`."""
+    payload = loads(body, limits.max_depth, limits.max_containers)
+    return Request.checked(
+        kind,
+        body,
+        payload,
+        request_id=request_id,
+        headers=headers,
+        key_id=key_id,
+        cache_mode=cache_mode,
+        count_usage=count_usage,
+    )
 
 
 def too_large(max_bytes: int) -> OpenAIError:

@@ -1,0 +1,120 @@
+"""Where an :class:`~vgate_gateway.protocol.Answer` becomes ASGI messages, and nowhere else.
+
+The edge adds the headers every answer carries (``x-request-id``, the key's
+``x-ratelimit-*``), sends a whole body with its length or relays a stream run by run, and
+always closes a stream's source, even when the client left mid-send (which closes the
+upstream call, so the worker stops generating).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import anyio
+import orjson
+
+from vgate_gateway.protocol import Answer
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+
+#: nginx's "client closed request": logged when the client left before the answer.
+CLIENT_CLOSED = 499
+#: How long an answer runs before the gateway starts watching for its client to leave.
+#: A client that left sooner is noticed then: its worker generates at most this long for it.
+WATCH_AFTER_S = 0.2
+
+
+class Edge:
+    """Sends one answer on ``send``; remembers its status and whether it has started."""
+
+    __slots__ = ("_send", "extra", "started", "status")
+
+    def __init__(self, send: Send, request_id: bytes) -> None:
+        self._send = send
+        self.status = 500
+        self.started = False
+        #: Headers every answer on this connection's request carries.
+        self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id)]
+
+    async def send(self, answer: Answer, *, strip_usage: bool = False) -> None:
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+        headers += self.extra
+        self.status = answer.status
+        self.started = True
+        if answer.events is None:
+            headers.append((b"content-length", str(len(answer.body)).encode()))
+            await self._send({"type": "http.response.start", "status": answer.status, "headers": headers})
+            await self._send({"type": "http.response.body", "body": answer.body, "more_body": False})
+            return
+        events = answer.events
+        try:
+            await self._send({"type": "http.response.start", "status": answer.status, "headers": headers})
+            async for run in events:
+                if strip_usage and b'"usage"' in run:
+                    run = without_usage_chunk(run)
+                await self._send({"type": "http.response.body", "body": run, "more_body": True})
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            with anyio.CancelScope(shield=True):
+                await events.aclose()  # type: ignore[attr-defined]
+
+    async def closed(self) -> None:
+        """The client left before its answer: recorded (and sent, if anyone still listens) as 499."""
+        if not self.started:
+            await self.send(Answer(CLIENT_CLOSED, headers={}))
+
+
+def without_usage_chunk(run: bytes) -> bytes:
+    """``run`` of SSE events less the usage-only chunk (choices empty) the client did not ask for."""
+    kept = []
+    for event in run.split(b"\n\n"):
+        if b'"usage"' in event and event.startswith(b"data: "):
+            try:
+                chunk = orjson.loads(event[6:])
+            except orjson.JSONDecodeError:
+                chunk = None
+            if isinstance(chunk, dict) and chunk.get("usage") is not None and not chunk.get("choices"):
+                continue
+        kept.append(event)
+    return b"\n\n".join(kept)
+
+
+async def watching(receive: Receive, work: Awaitable[None]) -> bool:
+    """Run ``work``, cancelling it if the client leaves; True if it left.
+
+    Most answers are done before anyone could leave: the watcher (a task) starts only for
+    those still running after :data:`WATCH_AFTER_S`; a timer costs far less than a task.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    left = False
+    watcher: asyncio.Future[Message] | None = None
+
+    def on_message(done: asyncio.Future[Message]) -> None:
+        nonlocal left
+        if not done.cancelled() and done.exception() is None and done.result()["type"] == "http.disconnect":
+            left = True
+            task.cancel()
+
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(receive())
+        watcher.add_done_callback(on_message)
+
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not left:
+            raise
+        task.uncancel()
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.remove_done_callback(on_message)
+            watcher.cancel()
+    return left
