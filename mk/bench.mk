@@ -7,7 +7,7 @@ BENCH_ARGS ?=
 .PHONY: bench
 
 bench: venv ## benchmark on dry-run workers, then on real vLLM when .venv-vllm exists (JSON in bench-results/)
-	$(BIN)/vgate bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.efficiency $(BENCH_ARGS)
 	@if [ -f $(VLLM_VENV)/.stamp ]; then $(MAKE) --no-print-directory bench-vllm; \
 	else echo "real-vLLM section skipped: no $(VLLM_VENV) (make bench-vllm builds it and runs it)"; fi
 
@@ -18,7 +18,7 @@ BENCH_VLLM_ARGS ?=
 .PHONY: bench-vllm
 
 bench-vllm: venv-vllm tiny-model ## benchmark dedup, cache fidelity, batching and routing quality on real vLLM (CPU)
-	$(VLLM_BIN)/vgate bench --vllm --model $(TINY_MODEL) $(BENCH_VLLM_ARGS)
+	$(VLLM_BIN)/python -m bench.real_vllm --model $(TINY_MODEL) $(BENCH_VLLM_ARGS)
 
 # The data plane against the proxies users compare it with (Debian's nginx and wrk; vllm-router,
 # LiteLLM and py-spy pinned in a virtualenv of their own). Each system under test gets one core.
@@ -46,4 +46,4 @@ bench-tools: $(BENCH_VENV)/.stamp ## install what bench-proxy needs: nginx and w
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
 
 bench-proxy: venv bench-tools ## data plane vs nginx, vllm-router, LiteLLM: rps/core, p50/p99, SSE events/s (bench/results/)
-	$(BIN)/vgate bench-proxy --peers $(BENCH_VENV) $(BENCH_PROXY_ARGS)
+	$(BIN)/python -m bench.proxy --peers $(BENCH_VENV) $(BENCH_PROXY_ARGS)

@@ -1,20 +1,28 @@
-"""``vgate bench`` end to end, shrunk to a few seconds of load."""
+"""``make bench`` (bench/efficiency.py) end to end, shrunk to a few seconds of load."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
+
 pytestmark = pytest.mark.timeout(120)
 
 
 def _bench(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "vgate", "bench", *args], cwd=cwd, capture_output=True, text=True, timeout=110
+        [sys.executable, "-m", "bench.efficiency", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=110,
     )
 
 

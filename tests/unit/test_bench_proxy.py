@@ -1,12 +1,12 @@
-"""``vgate bench-proxy``'s pure parts: reading wrk, the canned answers, the table, the profile summary
+"""``make bench-proxy``'s pure parts: reading wrk, the canned answers, the table, the profile summary
 and the in-process run of the gateway's own layers."""
 
 from __future__ import annotations
 
 import json
 
-from vgate.bench_own import measure as measure_own
-from vgate.bench_proxy import EVENTS, _body, _chat_json, _chat_stream, parse_wrk, render, summarize_profile
+from bench.own import measure as measure_own
+from bench.proxy import EVENTS, _body, _chat_json, _chat_stream, parse_wrk, render, summarize_profile
 
 WRK = """\
 Running 8s test @ http://127.0.0.1:40000/v1/chat/completions

@@ -10,7 +10,7 @@ from vgate.cli import COMMANDS, main
 def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
-    for name in ("dev", "gateway", "worker", "operator", "render", "bench"):
+    for name in ("dev", "gateway", "worker", "operator", "render"):
         assert name in COMMANDS
         assert f"  {name} " in out
 

@@ -34,3 +34,18 @@ def test_the_efficiency_doc_states_the_dedup_flight_cap() -> None:
     """The cap has no setting, so docs/efficiency.md is where a user learns it."""
     doc = (Path(__file__).parents[2] / "docs" / "efficiency.md").read_text()
     assert f"At most {MAX_FLIGHTS} calls are shared" in " ".join(doc.split())
+
+
+def test_the_gateway_doc_names_the_owner_of_every_module_on_the_request_path() -> None:
+    """A newcomer finds each step's module from docs/gateway.md alone."""
+    package = Path(__file__).parents[2] / "gateway" / "vgate_gateway"
+    doc = (Path(__file__).parents[2] / "docs" / "gateway.md").read_text()
+    on_path = [
+        p.relative_to(package).as_posix()
+        for room in ("front", "efficiency", "upstream")
+        for p in sorted((package / room).glob("*.py"))
+        if p.name != "__init__.py"
+    ]
+    on_path += ["protocol.py", "errors.py", "sse.py"]
+    missing = [m for m in on_path if f"`{m}`" not in doc and f"`{m.split('/')[-1]}`" not in doc]
+    assert not missing, f"docs/gateway.md does not say who owns {missing}"

@@ -1,11 +1,11 @@
-"""Upstream HTTP clients compared the way the gateway uses one (run by ``vgate bench-proxy --clients``).
+"""Upstream HTTP clients compared the way the gateway uses one (run by ``make bench-proxy`` with ``--clients``).
 
 Each client sends the same POST (a chat completion body) to the canned nginx upstream
 from ``concurrency`` tasks sharing one pooled client, in one process pinned to one
 core on uvloop, and reports requests per second and CPU per request. Run with the
 benchmark virtualenv's interpreter, which has every candidate installed::
 
-    python -m vgate.bench_clients URL [--requests N] [--concurrency C]
+    python -m bench.clients URL [--requests N] [--concurrency C]
 
 Prints one JSON object: client name -> {"rps", "cpu_us_per_request", "version"}.
 """

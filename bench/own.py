@@ -151,7 +151,7 @@ async def measure(body: bytes, answer: bytes, requests: int) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m vgate.bench_own BODY_FILE ANSWER_FILE [REQUESTS]``"""
+    """``python -m bench.own BODY_FILE ANSWER_FILE [REQUESTS]``"""
     import uvloop
 
     body = open(argv[0], "rb").read()  # noqa: SIM115

@@ -1,4 +1,4 @@
-"""``vgate bench``: measure the gateway's routing, dedup, cache and batching on the simulator.
+"""``python -m bench.efficiency`` (``make bench``): measure the gateway's routing, dedup, cache and batching on the simulator.
 
 Everything runs on loopback: dry-run workers (``vgate worker --dry-run``) with a bounded
 KV cache and the real gateway, restarted for every measurement so no run inherits a
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import shutil
 import statistics
@@ -30,8 +29,9 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.stack import SUT_CPU, Gateway, gateway, metric_total, other_cpus, pinned, vgate_service
 from vgate import procs
-from vgate.procs import free_port, vgate_argv
+from vgate.procs import free_port
 from vgate_gateway.upstream.loadstats import metric_sums
 from vgate_gateway.upstream.routing import STRATEGIES as _ROUTING
 from vgate_worker.settings import DEFAULT_MODEL
@@ -98,71 +98,6 @@ class BenchConfig:
     limiter_rounds: int = 3
 
 
-# -- processes ---------------------------------------------------------------------------
-
-
-class Gateway(str):
-    """A gateway's public URL; ``internal`` is where its /metrics and /stats are."""
-
-    internal: str
-
-
-#: The gateway under test runs alone on this core; workers and Redis on the others.
-SUT_CPU = "0"
-
-
-def pinned(cmd: list[str], cpus: str | None) -> list[str]:
-    """``cmd`` run on ``cpus`` (a taskset list), or as it is without them or without taskset."""
-    if cpus is None or shutil.which("taskset") is None:
-        return cmd
-    return ["taskset", "-c", cpus, *cmd]
-
-
-def other_cpus() -> str | None:
-    """The cores besides :data:`SUT_CPU`, for the workers and Redis."""
-    others = sorted(os.sched_getaffinity(0) - {int(SUT_CPU)})
-    return ",".join(map(str, others)) if others else None
-
-
-@contextmanager
-def vgate_service(
-    args: Sequence[str],
-    ready: str,
-    env: dict[str, str],
-    log: Path,
-    *,
-    cpus: str | None = None,
-    timeout: float = 60.0,
-) -> Iterator[str]:
-    """Run ``vgate SUBCOMMAND --port P ARGS...`` until the block ends; yields its URL.
-
-    The port goes right after the subcommand, so pass-through arguments after ``--`` stay last.
-    """
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = pinned(vgate_argv(args[0], "--port", str(port), *args[1:]), cpus)
-    with procs.running(argv, url + ready, env={**os.environ, **env}, log=log, timeout=timeout):
-        yield url
-
-
-@contextmanager
-def gateway(
-    workers: Sequence[str], env: dict[str, str], logs: Path, *, cpus: str | None = None
-) -> Iterator[Gateway]:
-    """A fresh gateway in front of ``workers``; yields once it routes to every one of them."""
-    internal_port = free_port()
-    base = {
-        "VGATE_ENDPOINTS": ",".join(workers),
-        "VGATE_LOG_LEVEL": "warning",
-        "VGATE_INTERNAL_PORT": str(internal_port),
-    }
-    with vgate_service(["gateway"], "/ready", {**base, **env}, logs / "gateway.log", cpus=cpus) as url:
-        gw = Gateway(url)
-        gw.internal = f"http://127.0.0.1:{internal_port}"
-        wait_routable(gw, len(workers))
-        yield gw
-
-
 @contextmanager
 def stack(
     cfg: BenchConfig,
@@ -191,29 +126,6 @@ def stack(
         ]
         gw = es.enter_context(gateway(urls, env, logs, cpus=SUT_CPU if pin else None))
         yield gw, urls
-
-
-def wait_routable(gateway: Gateway, workers: int, timeout: float = 30.0) -> None:
-    """Wait until the gateway's /stats counts ``workers`` routable upstreams."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        upstreams = httpx.get(gateway.internal + "/stats", timeout=2.0).json().get("upstreams", [])
-        if sum(1 for u in upstreams if u.get("routable")) >= workers:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"not all {workers} workers became routable at {gateway}")
-
-
-async def scrape(urls: Sequence[str], names: Sequence[str]) -> list[dict[str, float]]:
-    """Each URL's /metrics (a gateway's internal one), summed over labels for ``names``."""
-    async with httpx.AsyncClient(timeout=10.0) as client:
-        texts = await asyncio.gather(*(client.get(getattr(u, "internal", u) + "/metrics") for u in urls))
-    return [metric_sums(r.text, list(names)) for r in texts]
-
-
-async def metric_total(urls: Sequence[str], name: str) -> float:
-    """The metric ``name`` summed over ``urls``."""
-    return sum(s.get(name, 0.0) for s in await scrape(urls, [name]))
 
 
 # -- workload ----------------------------------------------------------------------------
@@ -620,7 +532,7 @@ def render_limiter(limiter: dict[str, Any]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     d = BenchConfig()
-    p = argparse.ArgumentParser(prog="vgate bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.efficiency", description=__doc__.splitlines()[0])
     p.add_argument("--workers", default=",".join(map(str, d.workers)), help="worker counts (default 2,4)")
     p.add_argument("--strategies", default=",".join(d.strategies), help="routing strategies to compare")
     p.add_argument("--requests", type=int, default=d.requests, help="requests per routing run")
@@ -644,24 +556,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run the benchmark; prints the table and writes ``<out>/bench-<time>.json``.
-
-    ``--vllm`` runs the real-vLLM section instead (:mod:`vgate.bench_vllm`).
-    """
-    if list(argv[:1]) == ["--vllm"]:
-        from vgate import bench_vllm
-
-        return bench_vllm.main(argv[1:])
+    """Run the benchmark; prints the table and writes ``<out>/bench-<time>.json``."""
     args = _parser().parse_args(list(argv))
     strategies = tuple(s for s in args.strategies.split(",") if s)
     unknown = sorted(set(strategies) - set(STRATEGIES))
     if unknown:
-        print(f"vgate bench: unknown strategies {unknown}; choose from {list(STRATEGIES)}", file=sys.stderr)
+        print(f"bench: unknown strategies {unknown}; choose from {list(STRATEGIES)}", file=sys.stderr)
         return 2
     try:
         workers = tuple(int(n) for n in args.workers.split(",") if n)
     except ValueError:
-        print("vgate bench: --workers takes comma-separated numbers, e.g. 2,4", file=sys.stderr)
+        print("bench: --workers takes comma-separated numbers, e.g. 2,4", file=sys.stderr)
         return 2
     cfg = BenchConfig(
         workers=workers, strategies=strategies, requests=args.requests, concurrency=args.concurrency,
@@ -680,3 +585,7 @@ def main(argv: Sequence[str]) -> int:
     print(render(results))
     print(f"\nresults: {path} ({results['wall_s']}s)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""``vgate bench --vllm``: the gateway's efficiency measured against real vLLM (its CPU build).
+"""``python -m bench.real_vllm`` (``make bench-vllm``): the gateway's efficiency measured against real vLLM (its CPU build).
 
 Two real vLLM workers serve the float16 checkpoint given with ``--model`` (``make bench-vllm``
 writes V-Gate's tiny Qwen2 model with ``hack/tiny_model.py --format float``: the CPU build's AWQ
@@ -36,8 +36,8 @@ from typing import Any
 
 import httpx
 
-from vgate import bench
-from vgate.bench import Gateway, metric_total, scrape
+from bench import stack
+from bench.stack import Gateway, metric_total, scrape
 
 MODEL = "tiny-qwen-float"
 # Words the tiny model's tokenizer was trained on: prompts stay a few tokens a word.
@@ -122,7 +122,7 @@ class VllmBenchConfig:
 
 def _worker(args: list[str], log: Path) -> AbstractContextManager[str]:
     """A vLLM worker on the cores the gateway does not use; yields its URL once it answers."""
-    return bench.vgate_service(args, "/health", _VLLM_ENV, log, cpus=bench.other_cpus(), timeout=600.0)
+    return stack.vgate_service(args, "/health", _VLLM_ENV, log, cpus=stack.other_cpus(), timeout=600.0)
 
 
 def _worker_args(cfg: VllmBenchConfig, model: Path) -> list[str]:
@@ -136,7 +136,7 @@ def _worker_args(cfg: VllmBenchConfig, model: Path) -> list[str]:
 
 def gateway(workers: Sequence[str], env: dict[str, str], logs: Path) -> AbstractContextManager[Gateway]:
     """A fresh gateway in front of ``workers``, pinned to its own core."""
-    return bench.gateway(workers, env, logs, cpus=bench.SUT_CPU)
+    return stack.gateway(workers, env, logs, cpus=stack.SUT_CPU)
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -497,14 +497,14 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> int:
     """Run the real-vLLM section; prints the summary and writes ``<out>/bench-vllm-<time>.json``."""
     d = VllmBenchConfig()
-    p = argparse.ArgumentParser(prog="vgate bench --vllm", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.real_vllm", description=__doc__.splitlines()[0])
     for name, value in asdict(d).items():
         p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value)
     args = vars(p.parse_args(list(argv)))
     cfg = VllmBenchConfig(**args)
     if not Path(cfg.model, "config.json").is_file():
         print(
-            f"vgate bench --vllm: --model {cfg.model or 'DIR'}: no checkpoint there; "
+            f"bench: --model {cfg.model or 'DIR'}: no checkpoint there; "
             "make bench-vllm writes the tiny one (hack/tiny_model.py DIR --format float)",
             file=sys.stderr,
         )
@@ -513,7 +513,7 @@ def main(argv: Sequence[str]) -> int:
         import vllm  # noqa: F401
     except ImportError:
         print(
-            "vgate bench --vllm: vLLM is not installed here; run it in .venv-vllm (make bench-vllm)",
+            "bench: vLLM is not installed here; run it in .venv-vllm (make bench-vllm)",
             file=sys.stderr,
         )
         return 2
@@ -533,3 +533,7 @@ def main(argv: Sequence[str]) -> int:
     print(render(results))
     print(f"\nresults: {path} ({results['wall_s']}s)")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""``vgate bench-proxy``: V-Gate's data plane against the proxies users compare it with.
+"""``python -m bench.proxy`` (``make bench-proxy``): V-Gate's data plane against the proxies users compare it with.
 
 One canned-response upstream (Debian's nginx answering with vLLM-shaped JSON, or a
 stream of SSE events written at once) stands in for the workers, so what is measured is
@@ -61,7 +61,7 @@ class BenchConfig:
     peers: str = ".venv-bench"
     vgate_workers: int = 1
     profile: bool = False
-    #: Also compare the candidate upstream HTTP clients (vgate/bench_clients.py).
+    #: Also compare the candidate upstream HTTP clients (bench/clients.py).
     clients: bool = False
     out: str = "bench/results"
     extra: dict[str, Any] = field(default_factory=dict)
@@ -467,7 +467,7 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
 
 def compare_clients(cfg: BenchConfig, upstream: int) -> dict[str, Any]:
     """Each candidate upstream client, pinned to the SUT core, against the canned JSON upstream."""
-    script = Path(__file__).with_name("bench_clients.py")
+    script = Path(__file__).with_name("clients.py")
     url = f"http://127.0.0.1:{upstream}/v1/chat/completions"
     results: dict[str, Any] = {}
     for work_us in (0, 200):  # alone, and beside as much Python work as the gateway does per request
@@ -482,11 +482,11 @@ def compare_clients(cfg: BenchConfig, upstream: int) -> dict[str, Any]:
 
 
 def own_cost(cfg: BenchConfig, root: Path) -> dict[str, Any]:
-    """V-Gate's own layers in-process, pinned to the SUT core (vgate/bench_own.py)."""
+    """V-Gate's own layers in-process, pinned to the SUT core (bench/own.py)."""
     body, answer = root / "own-body.json", root / "own-answer.json"
     body.write_text(_body(False))
     answer.write_text(_chat_json())
-    argv = [sys.executable, "-m", "vgate.bench_own", str(body), str(answer)]
+    argv = [sys.executable, "-m", "bench.own", str(body), str(answer)]
     done = subprocess.run(_pinned(cfg.sut_core, argv), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"the in-process run failed: {done.stderr[-2000:]}")
@@ -589,7 +589,7 @@ def _ratios(systems: dict[str, Any], peer: str) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     d = BenchConfig()
-    p = argparse.ArgumentParser(prog="vgate bench-proxy", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__.splitlines()[0])
     p.add_argument("--systems", default=",".join(d.systems), help="systems under test, comma-separated")
     p.add_argument("--cases", default=",".join(d.cases), help="cases, comma-separated")
     p.add_argument("--duration", type=int, default=d.duration_s, help="seconds measured per case")
@@ -621,9 +621,7 @@ def main(argv: Sequence[str]) -> int:
     )
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
-            print(
-                f"vgate bench-proxy: {tool} is not installed (make bench-proxy installs it)", file=sys.stderr
-            )
+            print(f"bench-proxy: {tool} is not installed (make bench-proxy installs it)", file=sys.stderr)
             return 2
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="vgate-bench-proxy-") as tmp:
@@ -635,3 +633,7 @@ def main(argv: Sequence[str]) -> int:
     Path(cfg.out, f"proxy-{stamp}.md").write_text(table + "\n")
     print(f"\nresults: {cfg.out}/proxy-{stamp}.json")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
