@@ -98,21 +98,22 @@ class Request:
 
         ``count_usage``: the key's tokens are limited, so a stream must end with a usage chunk.
         """
-        essentials = check_payload(kind, payload)
-        strip_usage = count_usage and essentials.stream and not essentials.include_usage
+        model, stream, options, user = check_payload(kind, payload)
+        include_usage = bool(options.get("include_usage")) if options else False
+        strip_usage = count_usage and stream and not include_usage
         return cls(
-            kind=kind,
-            body=with_usage_requested(body, essentials.stream_options) if strip_usage else body,
-            payload=payload,
-            model=essentials.model,
-            stream=essentials.stream,
-            include_usage=essentials.include_usage,
-            user=essentials.user,
-            request_id=request_id,
-            headers=headers if headers is not None else {REQUEST_ID_HEADER: request_id},
-            key_id=key_id,
-            cache_mode=cache_mode,
-            strip_usage=strip_usage,
+            kind,
+            with_usage_requested(body, options) if strip_usage else body,
+            payload,
+            model,
+            stream,
+            include_usage,
+            user,
+            request_id,
+            headers if headers is not None else {REQUEST_ID_HEADER: request_id},
+            key_id,
+            cache_mode,
+            strip_usage,
         )
 
     @property
@@ -174,15 +175,8 @@ def _parts_text(content: Any, limit: int) -> str:
     return "".join(texts)
 
 
-@dataclass(frozen=True, slots=True)
-class Essentials:
-    """What :func:`check_payload` found in a body: the fields every step acts on."""
-
-    model: str
-    stream: bool
-    include_usage: bool
-    stream_options: dict[str, Any]
-    user: str | None
+#: What :func:`check_payload` finds in a body: model, stream, stream_options, user.
+Essentials = tuple[str, bool, dict[str, Any], str | None]
 
 
 def check_payload(kind: Kind, payload: Any) -> Essentials:
@@ -207,9 +201,7 @@ def check_payload(kind: Kind, payload: Any) -> Essentials:
     if not isinstance(options, dict):
         raise invalid_request("Invalid 'stream_options': expected an object.", param="stream_options")
     user = payload.get("user")
-    return Essentials(
-        model, stream, bool(options.get("include_usage")), options, user if isinstance(user, str) else None
-    )
+    return model, stream, options, user if isinstance(user, str) else None
 
 
 def with_usage_requested(body: bytes, stream_options: dict[str, Any]) -> bytes:

@@ -107,6 +107,8 @@ class Door:
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count()
         self._series: dict[tuple[str, str, str], Any] = {}
+        #: The limits of each key seen (by identity: a reloaded keys file makes new keys).
+        self._limits: dict[int, tuple[ApiKey, Limits]] = {}
         self._latency: dict[str, Any] = {}
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
@@ -178,7 +180,7 @@ class Door:
     ) -> None:
         key = self.keys.authenticate(_header(headers, _AUTHORIZATION))
         key_id_var.set(key.key_id)
-        limits = limits_for(key, self.config.default_limits)
+        limits = self._limits_of(key)
         metered = self.limiter is not None and limits.active
         if self.limiter is not None and metered:
             decision = await self.limiter.admit(key.key_id, limits)
@@ -223,6 +225,16 @@ class Door:
             admission.release()
             if self.limiter is not None and metered and limits.tpm and answer is not None:
                 self.limiter.charge(key.key_id, limits, answer.usage.total())
+
+    def _limits_of(self, key: ApiKey) -> Limits:
+        known = self._limits.get(id(key))
+        if known is not None and known[0] is key:
+            return known[1]
+        if len(self._limits) >= 4096:
+            self._limits.clear()
+        limits = limits_for(key, self.config.default_limits)
+        self._limits[id(key)] = (key, limits)
+        return limits
 
     def _models(self, key: ApiKey) -> Answer:
         """``GET /v1/models``: the models served now that ``key`` may use."""

@@ -41,7 +41,7 @@ class Edge:
         self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id)]
 
     async def send(self, answer: Answer, *, strip_usage: bool = False) -> None:
-        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+        headers = [_ENCODED.get(item) or _encode(item) for item in answer.headers.items()]
         headers += self.extra
         self.status = answer.status
         self.started = True
@@ -66,6 +66,17 @@ class Edge:
         """The client left before its answer: recorded (and sent, if anyone still listens) as 499."""
         if not self.started:
             await self.send(Answer(CLIENT_CLOSED, headers={}))
+
+
+#: Header lines already encoded: most answers carry the same few (content type, cache result).
+_ENCODED: dict[tuple[str, str], tuple[bytes, bytes]] = {}
+
+
+def _encode(item: tuple[str, str]) -> tuple[bytes, bytes]:
+    encoded = (item[0].encode("latin-1"), item[1].encode("latin-1"))
+    if len(_ENCODED) < 256:
+        _ENCODED[item] = encoded
+    return encoded
 
 
 def without_usage_chunk(run: bytes) -> bytes:
