@@ -32,6 +32,7 @@ from vgate_gateway.ops.app import build_internal_app
 from vgate_gateway.ops.state import GatewayState
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstream.client import AiohttpClient, UpstreamClient
+from vgate_gateway.upstream.dispatch import Dispatcher, QueueMetrics
 from vgate_gateway.upstream.health import HealthChecker
 from vgate_gateway.upstream.pool import DiscoveredEndpoint, UpstreamPool
 from vgate_gateway.upstream.proxy import Proxy
@@ -48,8 +49,10 @@ def make_discovery(settings: GatewaySettings) -> DiscoverySource:
         from vgate_gateway.discovery.kubernetes import KubernetesDiscovery
 
         return KubernetesDiscovery.from_settings(settings)
-    from vgate_gateway.discovery.static import StaticDiscovery
+    from vgate_gateway.discovery.static import FileDiscovery, StaticDiscovery
 
+    if settings.endpoints_file is not None:
+        return FileDiscovery(settings.endpoints_file)
     return StaticDiscovery(settings.endpoints)
 
 
@@ -161,10 +164,11 @@ def build_app(
         pool,
         settings.routing,
         settings.routing_per_model,
-        declared_models=settings.services,
+        declared_models=settings.declared_models(),
         session_header=settings.session_header,
         retry_after_s=settings.retry_after_s,
     )
+    dispatcher = Dispatcher(settings, pool, router, QueueMetrics(metrics.registry))
     config = DoorConfig(
         body=BodyLimits(settings.max_body_bytes, settings.max_json_depth, settings.max_json_containers),
         default_limits=default_limits(settings),
@@ -192,7 +196,7 @@ def build_app(
 
             proxy = Proxy(
                 client,
-                router,
+                dispatcher,
                 pool,
                 metrics,
                 stream_idle_timeout_s=settings.stream_idle_timeout_s,
@@ -220,9 +224,11 @@ def build_app(
                 metrics=metrics,
                 pool=pool,
                 router=router,
+                dispatcher=dispatcher,
                 readiness=readiness,
                 started_at=time.monotonic(),
                 stats_sections={
+                    "queues": dispatcher.stats,
                     **pipeline.stats_sections(),
                     "admission": lambda: {
                         "max_inflight": admission.limit,

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -26,7 +26,19 @@ from pydantic_settings import (
 DEFAULT_MAX_DEPTH = 64
 DEFAULT_MAX_CONTAINERS = 100_000
 
+T = TypeVar("T")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
+
+class ModelSettings(BaseModel):
+    """One model's own capacity and queue bounds (unset: the gateway-wide setting)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    capacity: int | None = Field(None, ge=1)
+    queue_max_requests: int | None = Field(None, ge=0)
+    queue_max_bytes: int | None = Field(None, ge=0)
+    queue_timeout_s: float | None = Field(None, ge=0)
 
 
 class GatewaySettings(BaseSettings):
@@ -50,6 +62,9 @@ class GatewaySettings(BaseSettings):
     discovery: Literal["static", "kubernetes"] = "static"
     #: Static discovery: worker base URLs (env: comma-separated or a JSON list).
     endpoints: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Static discovery: a file of worker URLs, one a line, re-read when it changes (in
+    #: place of ``endpoints``; ``vgate dev --autoscale`` writes it as it starts and stops workers).
+    endpoints_file: Path | None = None
     #: Kubernetes discovery: namespace of the worker Services (default: the pod's own).
     namespace: str | None = None
     #: Kubernetes discovery: served model name -> its worker Service.
@@ -65,6 +80,23 @@ class GatewaySettings(BaseSettings):
     #: Panic mode: when more than this share of a model's workers is out, route to all of
     #: them (the health view is more likely wrong than most of the fleet down at once).
     panic_threshold: float = Field(0.5, ge=0, le=1)
+
+    # -- the model queues
+    #: Models served, known before any worker is: a request for one of them waits in its
+    #: queue while no worker is ready (scaled to zero, starting, rolling) instead of a 404.
+    #: Kubernetes discovery's ``services`` and ``model_settings`` declare models too.
+    models: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Requests one worker may have in flight from this gateway process before it counts as
+    #: saturated (vLLM's ``max_num_seqs``; the operator divides it among gateway replicas).
+    worker_capacity: int = Field(256, ge=1)
+    #: Requests one model's queue holds; beyond it, refused at once with 503 (0: no queue).
+    queue_max_requests: int = Field(1000, ge=0)
+    #: Request body bytes one model's queue holds; beyond it, refused at once with 503.
+    queue_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
+    #: The longest a request waits for a worker (outlasting a GPU worker's cold start).
+    queue_timeout_s: float = Field(300.0, ge=0)
+    #: Per-model overrides of ``worker_capacity`` and the queue settings.
+    model_settings: dict[str, ModelSettings] = Field(default_factory=dict)
 
     # -- routing
     #: A strategy of ``vgate_gateway.upstream.routing.STRATEGIES`` (checked when the router is built).
@@ -155,6 +187,22 @@ class GatewaySettings(BaseSettings):
             return [p.strip() for p in v.split(",") if p.strip()]
         return v
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            if v.lstrip().startswith("["):
+                return json.loads(v)
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v
+
+    @field_validator("endpoints_file")
+    @classmethod
+    def _check_endpoints_file(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"endpoints file {str(v)!r} does not exist")
+        return v
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _split_proxies(cls, v: Any) -> Any:
@@ -206,12 +254,28 @@ class GatewaySettings(BaseSettings):
             raise ValueError(
                 "internal_port must differ from port (internal endpoints stay off the public one)"
             )
+        if self.endpoints_file is not None and self.endpoints:
+            raise ValueError("set either 'endpoints' or 'endpoints_file', not both")
         if self.max_inflight > self.max_connections:
             # Admission control must refuse before the upstream pool would make requests wait.
             raise ValueError(
                 f"max_inflight ({self.max_inflight}) must not exceed max_connections ({self.max_connections})"
             )
         return self
+
+    def for_model(self, model: str) -> ModelSettings:
+        """``model``'s capacity and queue bounds: its own where set, the gateway-wide ones otherwise."""
+        own = self.model_settings.get(model) or ModelSettings()
+        return ModelSettings(
+            capacity=own.capacity or self.worker_capacity,
+            queue_max_requests=_first(own.queue_max_requests, self.queue_max_requests),
+            queue_max_bytes=_first(own.queue_max_bytes, self.queue_max_bytes),
+            queue_timeout_s=_first(own.queue_timeout_s, self.queue_timeout_s),
+        )
+
+    def declared_models(self) -> frozenset[str]:
+        """Every model this gateway is told it serves, before any worker says so."""
+        return frozenset(self.models) | frozenset(self.services) | frozenset(self.model_settings)
 
     @classmethod
     def settings_customise_sources(
@@ -230,6 +294,10 @@ class GatewaySettings(BaseSettings):
 
 
 _CONFIG_PATH: Path | None = None
+
+
+def _first(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def _config_path() -> Path | None:

@@ -42,6 +42,13 @@ async def metrics(request: Request) -> Response:
     return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
+@internal_router.get("/load")
+async def load(request: Request) -> JSONResponse:
+    """Each model's requests in flight and queued, and its routable workers: what the autoscaler reads."""
+    state: GatewayState = request.app.state.gateway
+    return JSONResponse({"timestamp": time.time(), "models": state.dispatcher.load()})
+
+
 @internal_router.get("/stats")
 async def stats(request: Request) -> JSONResponse:
     state: GatewayState = request.app.state.gateway

@@ -8,6 +8,7 @@ from typing import Any
 
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.settings import GatewaySettings
+from vgate_gateway.upstream.dispatch import Dispatcher
 from vgate_gateway.upstream.pool import UpstreamPool
 from vgate_gateway.upstream.routing import Router
 
@@ -18,6 +19,7 @@ class GatewayState:
     metrics: Metrics
     pool: UpstreamPool
     router: Router
+    dispatcher: Dispatcher
     #: Whether the first health checks are done, and the models served now.
     readiness: Callable[[], tuple[bool, list[str]]]
     started_at: float

@@ -11,7 +11,7 @@ events were missed on the way. The pool is the one writer of the per-endpoint
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -94,6 +94,15 @@ class UpstreamPool:
         self.version = 0
         self._candidates: dict[str, tuple[int, list[Upstream], bool]] = {}
         self._sorted: tuple[int, list[Upstream]] = (-1, [])
+        self._listeners: list[Callable[[], None]] = []
+
+    def listen(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever endpoints may have become able to take requests."""
+        self._listeners.append(callback)
+
+    def _grew(self) -> None:
+        for callback in self._listeners:
+            callback()
 
     def replace(self, endpoints: Iterable[DiscoveredEndpoint]) -> None:
         """Reconcile against a full snapshot from discovery."""
@@ -112,18 +121,24 @@ class UpstreamPool:
             up.ready = ep.ready
             up.terminating = ep.terminating
         self.version += 1
+        self._grew()
 
     def passed(self, up: Upstream, served_models: frozenset[str] | None = None) -> bool:
         """A health check (or a request) succeeded; True when this readmits the endpoint."""
         readmitted = not up.healthy
         up.consecutive_failures = 0
+        grew = False
         if served_models is not None and served_models != up.served_models:
             up.served_models = served_models
             self.version += 1
+            grew = True
         if readmitted and served_models is not None:  # only a probe readmits, never traffic
             up.healthy = up.seen_healthy = True
             self.version += 1
+            self._grew()
             return True
+        if grew:
+            self._grew()
         return False
 
     def failed(self, up: Upstream, *, traffic: bool = False) -> bool:

@@ -27,8 +27,8 @@ from vgate_gateway.upstream.client import (
     UpstreamResponse,
     UpstreamTimeout,
 )
+from vgate_gateway.upstream.dispatch import Dispatcher
 from vgate_gateway.upstream.pool import Upstream, UpstreamPool
-from vgate_gateway.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class Proxy:
     def __init__(
         self,
         client: UpstreamClient,
-        router: Router,
+        dispatch: Dispatcher,
         pool: UpstreamPool,
         metrics: Metrics,
         *,
@@ -45,7 +45,7 @@ class Proxy:
         retry_after_s: int = 1,
     ) -> None:
         self._client = client
-        self._router = router
+        self._dispatch = dispatch
         self._pool = pool
         self._metrics = metrics
         self._idle = stream_idle_timeout_s
@@ -65,7 +65,7 @@ class Proxy:
             raise OpenAIError(502, f"The model worker broke off its answer: {exc}") from None
         finally:
             await resp.release()
-            self._pool.end(up)
+            self._dispatch.release(req.model, up)
         self._metrics.count_upstream(up.url, resp.status)
         if resp.status >= 500:
             self._pool.failed(up)
@@ -87,20 +87,19 @@ class Proxy:
         tried: list[str] = []
         stale_retried = False
         while True:
-            up = self._router.pick(req, exclude=tried)
-            self._pool.begin(up)
+            up = await self._dispatch.acquire(req, tried)
             try:
                 return up, await self._client.post(
                     up.url + req.kind.value, req.body, req.headers, stream=req.stream
                 )
             except StaleConnection:
-                self._pool.end(up)
+                self._dispatch.release(req.model, up)
                 if stale_retried:
                     raise self._broken(up, "stale connection twice") from None
                 stale_retried = True
                 log.debug("worker %s closed a pooled connection; sending again", up.url)
             except Unreachable as exc:
-                self._pool.end(up)
+                self._dispatch.release(req.model, up)
                 self._failed(up, "connect_error")
                 log.warning("worker %s unreachable (%s), attempt %d", up.url, exc, len(tried) + 1)
                 tried.append(up.url)
@@ -112,16 +111,16 @@ class Proxy:
                         retry_after_s=self._retry_after,
                     ) from None
             except UpstreamTimeout:
-                self._pool.end(up)
+                self._dispatch.release(req.model, up)
                 self._failed(up, "timeout")
                 raise OpenAIError(
                     504, "The model worker did not answer in time.", code="upstream_timeout"
                 ) from None
             except UpstreamError as exc:
-                self._pool.end(up)
+                self._dispatch.release(req.model, up)
                 raise self._broken(up, str(exc)) from None
             except BaseException:
-                self._pool.end(up)
+                self._dispatch.release(req.model, up)
                 raise
 
     def _broken(self, up: Upstream, why: str) -> OpenAIError:
@@ -177,7 +176,7 @@ class Proxy:
             yield _stream_error(502, f"Lost the model worker mid-stream: {exc}.", "upstream_error")
         finally:
             await resp.release()
-            self._pool.end(up)
+            self._dispatch.release(req.model, up)
             if outcome == "200":
                 self._pool.passed(up)
             if outcome:

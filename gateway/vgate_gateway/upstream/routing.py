@@ -370,6 +370,21 @@ class Router:
             )
         raise model_not_found(req.model)
 
+    def pick_free(self, req: Request, capacity: int, exclude: Sequence[str] = ()) -> Upstream | None:
+        """The upstream for ``req`` among those with fewer than ``capacity`` requests in flight, if any."""
+        candidates = self._pool.routable(req.model, exclude=exclude)
+        for u in candidates:
+            if u.inflight >= capacity:
+                candidates = [u for u in candidates if u.inflight < capacity]
+                break
+        if not candidates:
+            return None
+        return self.strategy_for(req.model).choose(candidates, self.route_request(req))
+
+    def may_serve(self, model: str) -> bool:
+        """Whether ``model`` is served here, or may be once a worker is up (else a 404)."""
+        return model in self._declared or self._pool.known_model(model) or self._models_unknown()
+
     def _models_unknown(self) -> bool:
         """Some worker has never answered, so the model may well be one it serves."""
         return any(not u.models for u in self._pool.all())

@@ -1,0 +1,139 @@
+"""The model queue: dispatch at once while a worker can take a request, FIFO while none can, bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from vgate_gateway.errors import OpenAIError
+from vgate_gateway.front.body import parse_request
+from vgate_gateway.protocol import Kind, Request
+from vgate_gateway.settings import GatewaySettings, ModelSettings
+from vgate_gateway.upstream.dispatch import Dispatcher, QueueMetrics
+from vgate_gateway.upstream.pool import DiscoveredEndpoint, UpstreamPool
+from vgate_gateway.upstream.queue import Bounds, ModelQueue, QueueFull, Waiting, next_index
+from vgate_gateway.upstream.routing import Router
+
+
+def _req(model: str = "m", prompt: str = "x") -> Request:
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    return parse_request(Kind.CHAT, json.dumps(body).encode())
+
+
+def _fleet(**settings: object) -> tuple[Dispatcher, UpstreamPool]:
+    config = GatewaySettings(models=["m"], routing="round-robin", **settings)  # type: ignore[arg-type]
+    pool = UpstreamPool(eject_after=3, panic_threshold=0.5)
+    router = Router(
+        pool, "round-robin", declared_models=config.declared_models(), session_header="x", retry_after_s=1
+    )
+    return Dispatcher(config, pool, router, QueueMetrics(CollectorRegistry())), pool
+
+
+def _up(pool: UpstreamPool, *urls: str) -> None:
+    """Workers serving ``m`` join and pass their first health check."""
+    pool.replace([*(DiscoveredEndpoint(u.url) for u in pool.all()), *(DiscoveredEndpoint(u) for u in urls)])
+    for u in pool.all():
+        if not u.healthy:
+            pool.passed(u, frozenset({"m"}))
+
+
+async def test_a_free_worker_takes_the_request_at_once_and_nothing_is_queued() -> None:
+    dispatch, pool = _fleet(worker_capacity=2)
+    _up(pool, "http://a")
+    ups = [await dispatch.acquire(_req()) for _ in range(2)]
+    assert [u.url for u in ups] == ["http://a", "http://a"]
+    assert dispatch.load()["m"] == {"inflight": 2, "queued": 0, "ready_workers": 1}
+    assert dispatch.stats() == {}  # no queue was ever needed
+
+
+async def test_a_declared_model_with_no_worker_waits_and_is_dispatched_fifo_when_one_appears() -> None:
+    dispatch, pool = _fleet(worker_capacity=1)
+    first = asyncio.create_task(dispatch.acquire(_req(prompt="first")))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(dispatch.acquire(_req(prompt="second")))
+    await asyncio.sleep(0)
+    assert dispatch.load()["m"]["queued"] == 2
+    _up(pool, "http://a")  # scaled from zero: one worker, room for one request
+    up = await first
+    assert up.url == "http://a"
+    assert not second.done()
+    dispatch.release("m", up)  # the first answer ends: the second takes its place
+    assert (await second).url == "http://a"
+    assert dispatch.stats()["m"]["dispatched"] == 2
+
+
+async def test_a_saturated_fleet_queues_and_a_newcomer_never_jumps_the_queue() -> None:
+    dispatch, pool = _fleet(worker_capacity=1)
+    _up(pool, "http://a")
+    busy = await dispatch.acquire(_req())
+    waiting = asyncio.create_task(dispatch.acquire(_req(prompt="waiting")))
+    await asyncio.sleep(0)
+    _up(pool, "http://b")  # a second worker: the one already waiting gets it
+    assert (await waiting).url == "http://b"
+    dispatch.release("m", busy)
+    assert (await dispatch.acquire(_req())).url == "http://a"
+
+
+async def test_a_client_that_leaves_while_queued_is_removed_at_once() -> None:
+    dispatch, pool = _fleet()
+    waiting = asyncio.create_task(dispatch.acquire(_req()))
+    await asyncio.sleep(0)
+    assert dispatch.load()["m"]["queued"] == 1
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert dispatch.load()["m"] == {"inflight": 0, "queued": 0, "ready_workers": 0}
+    _up(pool, "http://a")
+    assert pool.get("http://a").requests_total == 0  # type: ignore[union-attr]
+
+
+async def test_bounds_refuse_at_once_and_a_wait_ends_in_a_503_with_retry_after() -> None:
+    dispatch, _ = _fleet(queue_max_requests=1, queue_timeout_s=0.05)
+    waiting = asyncio.create_task(dispatch.acquire(_req()))
+    await asyncio.sleep(0)
+    with pytest.raises(OpenAIError) as full:
+        await dispatch.acquire(_req())
+    assert (full.value.status, full.value.code, full.value.headers["Retry-After"]) == (503, "queue_full", "1")
+    with pytest.raises(OpenAIError) as late:
+        await waiting
+    assert (late.value.status, late.value.code) == (503, "queue_timeout")
+    stats = dispatch.stats()["m"]
+    assert (stats["depth"], stats["refused"], stats["timed_out"]) == (0, 1, 1)
+
+
+async def test_the_queue_is_bounded_in_bytes_and_per_model_settings_apply() -> None:
+    dispatch, _ = _fleet(model_settings={"m": ModelSettings(queue_max_bytes=100, queue_timeout_s=5)})
+    small = asyncio.create_task(dispatch.acquire(_req()))
+    await asyncio.sleep(0)
+    with pytest.raises(OpenAIError) as big:
+        await dispatch.acquire(_req(prompt="x" * 200))
+    assert big.value.code == "queue_full"
+    small.cancel()
+
+
+async def test_an_undeclared_model_is_404_not_queued() -> None:
+    dispatch, pool = _fleet()
+    _up(pool, "http://a")
+    with pytest.raises(OpenAIError) as info:
+        await dispatch.acquire(_req("other"))
+    assert info.value.status == 404
+
+
+def test_the_queue_holds_its_bounds_and_serves_the_longest_waiting_first() -> None:
+    queue = ModelQueue("m", Bounds(max_requests=2, max_bytes=10_000, timeout_s=1))
+    loop = asyncio.new_event_loop()
+    try:
+        items = [Waiting(_req(prompt=str(i)), float(i), loop.create_future()) for i in range(3)]
+        queue.add(items[0])
+        queue.add(items[1])
+        with pytest.raises(QueueFull):
+            queue.add(items[2])
+        assert queue.take(next_index(queue.waiting)) is items[0]
+        assert queue.drop(items[1])
+        assert not queue.drop(items[1])
+        assert (len(queue), queue.bytes, queue.rejected) == (0, 0, 1)
+    finally:
+        loop.close()
