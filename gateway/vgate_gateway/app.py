@@ -38,7 +38,7 @@ from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
 
 log = logging.getLogger(__name__)
 
-#: How ``vgate gateway --workers N`` hands its validated settings to each serving process.
+#: How ``vgate gateway --processes N`` hands its validated settings to each serving process.
 SETTINGS_ENV = "_VGATE_GATEWAY_SETTINGS"
 
 
@@ -261,7 +261,7 @@ def build_app(
 
 
 def app_from_env() -> FastAPI:
-    """The app of one serving process started by ``vgate gateway --workers N``."""
+    """The app of one serving process started by ``vgate gateway --processes N``."""
     from vgate_gateway.logs import setup_logging
 
     settings = GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV])
@@ -296,7 +296,7 @@ def tune_gc() -> None:
 
 
 def dispatch_from_env() -> PortDispatch:
-    """Both ports of one serving process started by ``vgate gateway --workers N``."""
+    """Both ports of one serving process started by ``vgate gateway --processes N``."""
     app = app_from_env()
     return PortDispatch(app, app.state.internal_app, app.state.gateway_settings.internal_port)
 

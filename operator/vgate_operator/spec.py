@@ -12,7 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -62,6 +62,24 @@ NO_QUANTIZATION_FLAG = frozenset({"auto", "none"})
 _CHECKPOINT_METHODS = {"awq": ("awq", "awq_marlin"), "gptq": ("gptq",)}
 Routing = Literal["round-robin", "least-request", "least-load", "session", "prefix-aware"]
 Quantity = int | str
+
+
+#: ``gateway.workers``, the old name of ``gateway.processes``, defaulted to 1 in the schema, so
+#: the API server stored it in every resource created before the rename.
+OLD_WORKERS_DEFAULT = 1
+REMOVE_WORKERS = (
+    'kubectl patch vgd {name} --type json -p \'[{{"op": "remove", "path": "/spec/gateway/workers"}}]\' '
+    "removes it"
+)
+
+
+def no_schema_default(schema: dict[str, Any]) -> None:
+    """Keeps a field's default out of the CRD: the operator applies it, the API server does not.
+
+    For a field that an older name may still set: a default stored by the API server would
+    stand beside the old name's value as if both had been written.
+    """
+    schema.pop("default", None)
 
 
 class InvalidSpecError(ValueError):
@@ -184,8 +202,11 @@ class ResourceRequirements(_Model):
 
 class GatewaySpec(_Model):
     replicas: int = Field(2, ge=0, le=100)
-    #: Serving processes in each gateway pod (VGATE_WORKERS), each about one core under load.
-    workers: int = Field(1, ge=1, le=64)
+    #: Serving processes in each gateway pod (VGATE_PROCESSES), each about one core under load.
+    processes: int = Field(1, ge=1, le=64, json_schema_extra=no_schema_default)
+    #: The old name of ``processes`` ("worker" means a vLLM pod everywhere else): accepted for
+    #: one release, reported by :func:`deprecations`; both set and different is an invalid spec.
+    workers: int | None = Field(None, ge=1, le=64)
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
@@ -204,6 +225,23 @@ class GatewaySpec(_Model):
     api_keys_secret_ref: ApiKeysSecretRef | None = None
     rate_limit: RateLimit | None = None
     redis: RedisSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _take_the_old_processes_name(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or data.get("workers") is None:
+            return data
+        old, new = data["workers"], data.get("processes")
+        if new is None:
+            return {**data, "processes": old}
+        # Every resource created before the rename carries workers: 1, the old schema default
+        # the API server stored: beside a processes set since, it is no disagreement.
+        if new != old and old != OLD_WORKERS_DEFAULT:
+            raise ValueError(
+                f"gateway.processes ({new}) and its deprecated name gateway.workers ({old}) disagree: "
+                f"set gateway.processes only ({REMOVE_WORKERS.format(name='NAME')})"
+            )
+        return data
 
 
 class IngressTLS(_Model):
@@ -302,6 +340,18 @@ def _check_quantization(where: str, model: ModelSpec) -> list[str]:
 
 def _is_hub_id(model: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
+
+
+def deprecations(name: str, spec: VGateDeploymentSpec) -> list[str]:
+    """Old field names the spec still uses: each works for one more release, with this warning."""
+    gw = spec.gateway
+    if gw.workers is None:
+        return []
+    return [
+        f"gateway.workers is deprecated and goes in the next release: set gateway.processes: {gw.processes} "
+        f"and remove gateway.workers (resources created before this release carry workers: 1, the old "
+        f"default; {REMOVE_WORKERS.format(name=name)})"
+    ]
 
 
 def worker_name(resource: str, model: str) -> str:

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from vgate_operator.builders.common import HTTP_PORT, Manifest, Owner
-from vgate_operator.spec import VGateDeploymentSpec, gateway_name, worker_name
+from vgate_operator.spec import VGateDeploymentSpec, deprecations, gateway_name, worker_name
 
 CONDITION_TYPES = ("Ready", "WorkersReady", "GatewayReady", "Degraded")
+#: Present only while the spec uses an old field name (True, reason ``DeprecatedFields``).
+DEPRECATED = "Deprecated"
 #: Status keys this operator owns (kopf keeps its own bookkeeping beside them).
 OWNED_KEYS = (
     "observedGeneration", "conditions", "models", "readyWorkers", "readyGateways", "gatewayURL", "ingressHost",
@@ -188,6 +190,9 @@ def healthy_status(
             generation,
         ),
     ]
+    old_names = deprecations(owner.name, spec)
+    if old_names:
+        conditions.append(_condition(DEPRECATED, True, "DeprecatedFields", "; ".join(old_names), generation))
     return {
         "observedGeneration": generation,
         "conditions": conditions,
@@ -197,6 +202,18 @@ def healthy_status(
         "gatewayURL": f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{HTTP_PORT}",
         "ingressHost": (spec.ingress.host or "") if spec.ingress.enabled else "",
     }
+
+
+def new_deprecation(previous: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The ``Deprecated`` condition's message when ``new`` brings it or changes it, else None:
+    worth one log line, not one per resync."""
+
+    def message(status: Mapping[str, Any]) -> str | None:
+        found = [c for c in status.get("conditions") or [] if c.get("type") == DEPRECATED]
+        return str(found[0].get("message")) if found else None
+
+    now = message(new)
+    return now if now is not None and now != message(previous) else None
 
 
 def failed_status(previous: Mapping[str, Any], reason: str, message: str, generation: int) -> dict[str, Any]:

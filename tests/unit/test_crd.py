@@ -17,7 +17,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from vgate_gateway.routing import STRATEGIES
-from vgate_operator.spec import VGateDeploymentSpec, parse_spec
+from vgate_operator.spec import VGateDeploymentSpec, no_schema_default, parse_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "vgate.io_vgatedeployments.yaml").read_text())
@@ -87,6 +87,8 @@ def _scalar_equal(a: Any, b: Any) -> bool:
 
 def _default_drift(field: FieldInfo, node: dict[str, Any], path: str) -> list[str]:
     default = field.get_default(call_default_factory=True)
+    if field.json_schema_extra is no_schema_default:
+        default = None  # the operator applies it, the API server must not
     if default is None or default is PydanticUndefined:
         return [f"{path}: CRD default {node['default']!r}, spec has none"] if "default" in node else []
     if isinstance(default, BaseModel):
