@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from vgate import procs
 from vgate.procs import free_port, vgate_argv
+from vgate.waiting import wait_for
 from vgate_gateway.loadstats import metric_sums
 from vgate_gateway.routing import STRATEGIES as _ROUTING
 from vgate_worker.settings import DEFAULT_MODEL
@@ -195,13 +196,12 @@ def stack(
 
 def wait_routable(gateway: Gateway, workers: int, timeout: float = 30.0) -> None:
     """Wait until the gateway's /stats counts ``workers`` routable upstreams."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def routable() -> bool:
         upstreams = httpx.get(gateway.internal + "/stats", timeout=2.0).json().get("upstreams", [])
-        if sum(1 for u in upstreams if u.get("routable")) >= workers:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"not all {workers} workers became routable at {gateway}")
+        return sum(1 for u in upstreams if u.get("routable")) >= workers
+
+    wait_for(routable, f"all {workers} workers to become routable at {gateway}", within=timeout)
 
 
 async def scrape(urls: Sequence[str], names: Sequence[str]) -> list[dict[str, float]]:
@@ -404,11 +404,13 @@ def _redis(logs: Path) -> Iterator[str]:
     port = free_port()
     cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     with procs.running(pinned(cmd, other_cpus()), log=logs / "redis.log") as redis:
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode != 0:
-            if time.monotonic() > deadline or not redis.alive():
-                raise RuntimeError(f"redis-server did not start:\n{redis.log_tail()}")
-            time.sleep(0.05)
+
+        def pong() -> bool:
+            if not redis.alive():
+                raise RuntimeError(f"redis-server stopped:\n{redis.log_tail()}")
+            return subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0
+
+        wait_for(pong, "redis-server to answer PING", within=10, interval=0.05)
         yield f"redis://127.0.0.1:{port}/0"
 
 

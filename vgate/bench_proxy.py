@@ -33,6 +33,7 @@ from typing import Any
 
 from vgate import procs
 from vgate.procs import free_port
+from vgate.waiting import wait_for
 
 SYSTEMS = ("direct", "nginx", "vgate", "vllm-router", "litellm")
 MODEL = "bench"
@@ -291,12 +292,11 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
 def _wait_model(port: int, timeout: float = 30.0) -> None:
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if MODEL in httpx.get(f"http://127.0.0.1:{port}/v1/models").text:
-            return
-        time.sleep(0.1)
-    raise TimeoutError("V-Gate never saw the canned upstream as healthy")
+    wait_for(
+        lambda: MODEL in httpx.get(f"http://127.0.0.1:{port}/v1/models").text,
+        "V-Gate to see the canned upstream as healthy",
+        within=timeout,
+    )
 
 
 # -- load -----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from tests.support import waiting
 from tests.support.kmock_cluster import KubeCluster
 from vgate import procs
 from vgate.procs import vgate_argv
@@ -38,14 +39,7 @@ def dry_run_example() -> dict[str, Any]:
 
 async def eventually(check: Callable[[], Any], what: str = "condition", within: float = 20.0) -> Any:
     """Poll ``check`` until it returns something truthy (the operator works asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await waiting.eventually(check, within=within, interval=0.05, what=what)
 
 
 async def resyncs(operator: Operator, ns: str, count: int) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import shutil
 import socket
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vgate import procs
+from vgate import procs, waiting
 from vgate.procs import free_port
 
 
@@ -39,11 +38,14 @@ class RedisServer:
             pytest.fail("redis-server is not installed: run `make test`, which installs it (mk/redis.mk)")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.child = procs.start(args, log=self.log_path)
-        deadline = time.monotonic() + timeout
-        while not self.ping():
-            if not self.child.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start:\n{self.child.log_tail()}")
-            time.sleep(0.05)
+        child = self.child
+
+        def pong() -> bool:
+            if not child.alive():
+                raise RuntimeError(f"redis-server stopped:\n{child.log_tail()}")
+            return self.ping()
+
+        waiting.wait_for(pong, "redis-server to answer PING", within=timeout, interval=0.05)
         return self
 
     def ping(self) -> bool:
