@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from vgate_operator.autoscale.spec import AutoscalingSpec, QueueSpec
+
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
 #: Longest child name we create: Service names are DNS-1035 labels (63 characters).
@@ -91,6 +93,10 @@ class ModelSpec(_Model):
     resources: ModelResources = Field(default_factory=ModelResources)
     #: Per-model override of ``gateway.routing``.
     routing: Routing | None = None
+    #: Scale the workers on load; ``replicas`` is then ignored (see docs/autoscaling.md).
+    autoscaling: AutoscalingSpec | None = None
+    #: How the gateways hold this model's requests while no worker can take them.
+    queue: QueueSpec = Field(default_factory=QueueSpec)
 
 
 class SecretKeyRef(_Model):
