@@ -242,7 +242,6 @@ class KubeApi:
             "message": message[:1024],
             "type": kind,
             "source": {"component": FIELD_MANAGER},
-            "reportingComponent": FIELD_MANAGER,
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,
