@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-dim", type=int)
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
     p.add_argument(
-        "--startup-delay-s", type=float, help="seconds before listening, like vLLM loading a model (default 0)"
+        "--startup-delay-s",
+        type=float,
+        help="seconds before listening, like vLLM loading a model (default 0)",
     )
     p.add_argument("--log-level")
     # Accepted for command-line compatibility with vLLM; they change nothing here.
