@@ -223,6 +223,34 @@ async def test_an_operator_restart_mid_scale_neither_resets_nor_drops_the_worker
     assert old not in new
 
 
+def test_turning_autoscaling_off_and_on_hands_the_count_over_without_a_reset(
+    release: Cluster, replicas: ReplicaWatch
+) -> None:
+    # Off: the operator's apply takes the count back (replicas: 2).
+    off = [
+        {"op": "remove", "path": "/spec/models/0/autoscaling"},
+        {"op": "replace", "path": "/spec/models/0/replicas", "value": 2},
+    ]
+    release.kubectl("patch", "vgatedeployment", NAME, "-n", NS, "--type=json", "-p", json.dumps(off))
+    wait_for(lambda: replicas.now == 2, "the fixed count", timeout=120)
+    # On again, with a floor of 2: the operator stops sending replicas, which server-side apply
+    # would reset to 1 had the count not been handed over to the autoscaler first.
+    mark = time.monotonic()
+    applied = release.get("deployment", WORKER, NS)["metadata"]["annotations"]["vgate.io/spec-hash"]
+    auto = {**RESOURCE["spec"]["models"][0]["autoscaling"], "minReplicas": 2}  # type: ignore[index]
+    on = [{"op": "add", "path": "/spec/models/0/autoscaling", "value": auto}]
+    release.kubectl("patch", "vgatedeployment", NAME, "-n", NS, "--type=json", "-p", json.dumps(on))
+    wait_for(
+        lambda: release.get("deployment", WORKER, NS)["metadata"]["annotations"]["vgate.io/spec-hash"] != applied,
+        "the operator's apply of the autoscaled Deployment", timeout=60,
+    )  # fmt: skip
+    time.sleep(6)  # a few autoscaler rounds and a resync
+    assert all(r == 2 for t, r in replicas.seen if t > mark), replicas.seen
+    managers = {m["manager"]: m for m in release.get("deployment", WORKER, NS)["metadata"]["managedFields"]}
+    assert "f:replicas" in managers["vgate-autoscaler"]["fieldsV1"]["f:spec"]
+    assert "f:replicas" not in (managers["vgate-operator"]["fieldsV1"].get("f:spec") or {})
+
+
 def test_deleting_the_resource_and_the_release(release: Cluster) -> None:
     release.kubectl("delete", "vgatedeployment", NAME, "-n", NS, "--wait=true", "--timeout=120s")
     release.helm("uninstall", RELEASE, "--namespace", SYSTEM, "--wait", "--timeout", "300s", timeout=360)
