@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -53,7 +54,28 @@ def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
         "dedup": gw.dedup,
         "internal_port": INTERNAL_PORT,
         "processes": gw.processes,
+        **_model_settings(spec),
         **_security_settings(owner, spec),
+    }
+
+
+def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
+    """Every model, and what each gateway replica may send it and queue for it.
+
+    A worker runs ``maxNumSeqs`` requests at once; each gateway replica counts only its own
+    in-flight requests, so it takes an equal share before it holds the rest in its queue.
+    """
+    replicas = max(1, spec.gateway.replicas)
+    return {
+        "models": [m.name for m in spec.models],
+        "model_settings": {
+            m.name: {
+                "capacity": math.ceil(m.max_num_seqs / replicas),
+                "queue_max_requests": m.queue.max_requests,
+                "queue_timeout_s": m.queue.timeout_seconds,
+            }
+            for m in spec.models
+        },
     }
 
 
