@@ -87,6 +87,13 @@ class ModelSpec(_Model):
     max_model_len: int = Field(4096, ge=16)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1)
+    #: Tokens one engine step may process; unset: vLLM's default for the hardware.
+    max_num_batched_tokens: int | None = Field(None, ge=16)
+    #: Split long prefills across steps; unset: vLLM's default (on).
+    enable_chunked_prefill: bool | None = None
+    enable_prefix_caching: bool = True
+    #: ``fp8`` halves the KV cache's memory; unset: the model's dtype.
+    kv_cache_dtype: Literal["auto", "fp8"] | None = None
     engine_args: list[str] = Field(default_factory=list)
     resources: ModelResources = Field(default_factory=ModelResources)
     #: Per-model override of ``gateway.routing``.
