@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vgate_operator.render",
         "print the Kubernetes objects the operator would apply for a resource",
     ),
-    "tune": ("vgate.tune.cli", "find the engine settings that serve a workload best within its latency targets"),
+    "tune": (
+        "vgate.tune.cli",
+        "find the engine settings that serve a workload best within its latency targets",
+    ),
     "bench": ("vgate.bench", "benchmark the gateway's routing, cache and dedup on the simulator"),
     "bench-proxy": ("vgate.bench_proxy", "benchmark the data plane against nginx, vllm-router and LiteLLM"),
 }

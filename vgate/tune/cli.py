@@ -13,6 +13,7 @@ and vLLM is installed). docs/tune.md explains the workload language, strategies 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -32,17 +33,28 @@ from vgate.tune.tuner import Budget, read_run, tune, write_run
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="vgate tune", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="vgate tune",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     what = p.add_argument_group("what to tune")
-    what.add_argument("-f", "--filename", help="a VGateDeployment manifest: the model and its engine settings")
+    what.add_argument(
+        "-f", "--filename", help="a VGateDeployment manifest: the model and its engine settings"
+    )
     what.add_argument("--model-name", help="which spec.models[] entry (default: the first)")
     what.add_argument("--model", help="model id or directory, without a manifest")
     what.add_argument("--engine", choices=("sim", "vllm"), help="simulator (default) or real vLLM")
-    what.add_argument("--worker-arg", action="append", default=[], metavar="ARG", help="extra `vgate worker` argument")
+    what.add_argument(
+        "--worker-arg", action="append", default=[], metavar="ARG", help="extra `vgate worker` argument"
+    )
     what.add_argument("--engine-arg", action="append", default=[], metavar="ARG", help="extra vLLM argument")
+    what.add_argument(
+        "--sim-profile", help="simulator timing fitted to a real engine (python -m vgate.tune.calibrate)"
+    )
     load = p.add_argument_group("workload")
-    load.add_argument("--scenario", default="D(100,100)", help="D(in,out), N(m,sd)/(m,sd), U(a,b)/(a,b) or FILE.jsonl")
+    load.add_argument(
+        "--scenario", default="D(100,100)", help="D(in,out), N(m,sd)/(m,sd), U(a,b)/(a,b) or FILE.jsonl"
+    )
     sweep = load.add_mutually_exclusive_group()
     sweep.add_argument("--concurrency", help="clients per level, e.g. 1,4,16 (default 1,4)")
     sweep.add_argument("--rate", help="requests/s per level (Poisson), e.g. 1,2,4")
@@ -53,10 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     goal.add_argument("--ttft-p99-ms", type=float, help="p99 time to first token")
     goal.add_argument("--tpot-p99-ms", type=float, help="p99 time per output token")
     goal.add_argument("--e2e-p99-ms", type=float, help="p99 end-to-end latency")
-    goal.add_argument("--max-error-rate", type=float, default=0.0, help="allowed share of failed requests (0)")
-    goal.add_argument("--objective", choices=OBJECTIVES, default="goodput", help="goodput req/s or output tok/s")
+    goal.add_argument(
+        "--max-error-rate", type=float, default=0.0, help="allowed share of failed requests (0)"
+    )
+    goal.add_argument(
+        "--objective", choices=OBJECTIVES, default="goodput", help="goodput req/s or output tok/s"
+    )
     how = p.add_argument_group("search")
-    how.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2", help="a setting and its values")
+    how.add_argument(
+        "--grid", action="append", default=[], metavar="NAME=V1,V2", help="a setting and its values"
+    )
     how.add_argument("--strategy", choices=search.STRATEGIES, default="grid")
     how.add_argument("--max-trials", type=int, help="trial budget (default: grid size; bayes: 40%% of it)")
     how.add_argument("--max-time", type=float, help="time budget in seconds")
@@ -83,17 +101,24 @@ def _targets(args: argparse.Namespace) -> Targets:
     return Targets(seconds[0], seconds[1], seconds[2], args.max_error_rate)
 
 
-def build(args: argparse.Namespace) -> tuple[TrialPlan, TuneTarget, list[dict[str, space.Value]], dict[str, Any]]:
+def build(
+    args: argparse.Namespace,
+) -> tuple[TrialPlan, TuneTarget, list[dict[str, space.Value]], dict[str, Any]]:
     """Everything a run needs, validated; raises ScenarioError, SpaceError or ManifestError."""
     target = load_target(args.filename, args.model_name, args.model, args.engine)
     scenario = parse_scenario(args.scenario)
-    sweep = parse_sweep("rate", args.rate) if args.rate else parse_sweep("concurrency", args.concurrency or "1,4")
+    sweep = (
+        parse_sweep("rate", args.rate) if args.rate else parse_sweep("concurrency", args.concurrency or "1,4")
+    )
     if args.requests < 1:
         raise ScenarioError("--requests must be at least 1")
     grid = space.parse_grid(args.grid)
     candidates = space.expand(grid)
     targets = _targets(args)
-    shapes = {lv: sample(scenario, requests_for(sweep, lv, args.requests), args.seed + i) for i, lv in enumerate(sweep.levels)}
+    shapes = {
+        lv: sample(scenario, requests_for(sweep, lv, args.requests), args.seed + i)
+        for i, lv in enumerate(sweep.levels)
+    }
     plan = TrialPlan(
         engine=target.engine,
         model=target.model,
@@ -102,7 +127,7 @@ def build(args: argparse.Namespace) -> tuple[TrialPlan, TuneTarget, list[dict[st
         shapes=shapes,
         targets=targets,
         objective=args.objective,
-        worker_args=(*target.worker_args, *args.worker_arg),
+        worker_args=(*target.worker_args, *_profile_args(args.sim_profile, target.engine), *args.worker_arg),
         engine_args=(*target.engine_args, *args.engine_arg),
         env=target.env,
         start_timeout_s=args.start_timeout,
@@ -125,6 +150,17 @@ def build(args: argparse.Namespace) -> tuple[TrialPlan, TuneTarget, list[dict[st
     return plan, target, candidates, run
 
 
+def _profile_args(path: str | None, engine: str) -> list[str]:
+    """The simulator flags of a calibration profile (nothing for real vLLM, which needs none)."""
+    if path is None or engine != "sim":
+        return []
+    try:
+        args: list[str] = json.loads(Path(path).read_text())["sim_args"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ScenarioError(f"--sim-profile {path}: not a calibration profile ({exc})") from None
+    return args
+
+
 def _budget(args: argparse.Namespace, size: int) -> Budget:
     default = math.ceil(0.4 * size) if args.strategy == "bayes" else size
     trials = args.max_trials if args.max_trials is not None else default
@@ -136,7 +172,9 @@ def _budget(args: argparse.Namespace, size: int) -> Budget:
 def main(argv: Sequence[str]) -> int:
     args = list(argv)
     parsed = _parser().parse_args(args)
-    results = Path(parsed.report or parsed.resume or parsed.results or f"tune-results/{time.strftime('%Y%m%dT%H%M%S')}")
+    results = Path(
+        parsed.report or parsed.resume or parsed.results or f"tune-results/{time.strftime('%Y%m%dT%H%M%S')}"
+    )
     try:
         if parsed.report or parsed.resume:
             saved = read_run(results)
@@ -153,7 +191,7 @@ def main(argv: Sequence[str]) -> int:
             grid = space.parse_grid(parsed.grid)
             points = [space.coordinates(grid, c) for c in candidates]
             strategy = search.make(parsed.strategy, points, parsed.seed)
-            baseline = None if parsed.no_baseline else {}
+            baseline: dict[str, space.Value] | None = None if parsed.no_baseline else {}
             tune(plan, candidates, strategy, _budget(parsed, len(candidates)), results, baseline=baseline)
     except (ScenarioError, space.SpaceError, ManifestError, FileNotFoundError) as exc:
         print(f"vgate tune: error: {exc}", file=sys.stderr)
@@ -170,8 +208,12 @@ def _finish(results: Path, run: dict[str, Any], target: TuneTarget) -> int:
     if best is None:
         print("No configuration met the targets; relax them or widen the grid.")
         return 1
-    patch = report.manifest_patch(target.manifest, target.served_name, best.config)
+    patch = report.manifest_patch(target.manifest, target.served_name, best.config, target.model)
     (results / "patch.yaml").write_text(yaml.safe_dump(patch, sort_keys=False))
-    print(f"Winner: {space.key(best.config) or 'engine defaults'} (score {best.score:.3g} {run['objective']})")
-    print(f"Report: {results / report.REPORT_MD}; apply the winner: kubectl apply -f {results / 'patch.yaml'}")
+    print(
+        f"Winner: {space.key(best.config) or 'engine defaults'} (score {best.score:.3g} {run['objective']})"
+    )
+    print(
+        f"Report: {results / report.REPORT_MD}; apply the winner: kubectl apply -f {results / 'patch.yaml'}"
+    )
     return 0

@@ -23,7 +23,15 @@ MANIFEST_MOUNT = "/etc/vgate-tune"
 #: Seconds a pod with an emptyDir for results waits after the run, for ``kubectl cp``.
 HOLD_S = 3600
 # Flags that shape the Job itself, not the tuning inside it.
-_JOB_FLAGS = {"--render-job": 0, "--image": 1, "--namespace": 1, "--results-claim": 1, "--results": 1, "-f": 1, "--filename": 1}
+_JOB_FLAGS = {
+    "--render-job": 0,
+    "--image": 1,
+    "--namespace": 1,
+    "--results-claim": 1,
+    "--results": 1,
+    "-f": 1,
+    "--filename": 1,
+}
 
 
 def tune_args(argv: Sequence[str]) -> list[str]:
@@ -53,7 +61,10 @@ def render_job(argv: Sequence[str], target: TuneTarget, args: argparse.Namespace
     name = job_name(tune_args(argv))
     command = ["vgate", "tune", *tune_args(argv), "--results", f"{RESULTS_MOUNT}/{name}"]
     docs: list[dict[str, Any]] = []
-    mounts: list[dict[str, Any]] = [{"name": "results", "mountPath": RESULTS_MOUNT}, {"name": "tmp", "mountPath": "/tmp"}]
+    mounts: list[dict[str, Any]] = [
+        {"name": "results", "mountPath": RESULTS_MOUNT},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
     volumes: list[dict[str, Any]] = [
         {"name": "results", **_results_volume(args.results_claim)},
         {"name": "tmp", "emptyDir": {}},
@@ -86,7 +97,9 @@ def render_job(argv: Sequence[str], target: TuneTarget, args: argparse.Namespace
     return docs
 
 
-def _job(name: str, namespace: str, container: dict[str, Any], volumes: list[dict[str, Any]]) -> dict[str, Any]:
+def _job(
+    name: str, namespace: str, container: dict[str, Any], volumes: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

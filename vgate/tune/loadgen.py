@@ -22,11 +22,57 @@ from vgate.tune.scenario import Shape
 
 # Words the tiny test model's tokenizer (hack/tiny_model.py) and the simulator's both count as
 # one token each, so a synthesised prompt of N words is close to N tokens on either.
-_WORDS = (
-    "the gateway routes each request to a healthy worker and relays its answer prefix caching lets "
-    "repeated prompts skip work the engine has already done workers run with weights four bits per "
-    "value one scale per group quick brown fox jumps over lazy dog while cat sleeps in sun"
-).split()
+_WORDS = [
+    "the",
+    "gateway",
+    "routes",
+    "each",
+    "request",
+    "to",
+    "a",
+    "healthy",
+    "worker",
+    "and",
+    "relays",
+    "its",
+    "answer",
+    "prefix",
+    "caching",
+    "lets",
+    "repeated",
+    "prompts",
+    "skip",
+    "work",
+    "the",
+    "engine",
+    "has",
+    "already",
+    "done",
+    "workers",
+    "run",
+    "with",
+    "weights",
+    "four",
+    "bits",
+    "per",
+    "value",
+    "one",
+    "scale",
+    "per",
+    "group",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "while",
+    "cat",
+    "sleeps",
+    "in",
+    "sun",
+]
 
 
 def synthesise(tokens: int, rng: random.Random) -> str:
@@ -52,20 +98,26 @@ async def _one(client: httpx.AsyncClient, model: str, prompt: str, shape: Shape,
         async with client.stream("POST", "/v1/completions", json=body) as response:
             if response.status_code != 200:
                 text = (await response.aread()).decode(errors="replace")[:300]
-                return RequestRecord(start - t0, None, time.perf_counter() - start, 0, 0, f"{response.status_code} {text}")
+                return RequestRecord(
+                    start - t0, None, time.perf_counter() - start, 0, 0, f"{response.status_code} {text}"
+                )
             async for line in response.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 event = orjson.loads(line[6:])
                 if "error" in event:
-                    return RequestRecord(start - t0, ttft, time.perf_counter() - start, 0, 0, str(event["error"]))
+                    return RequestRecord(
+                        start - t0, ttft, time.perf_counter() - start, 0, 0, str(event["error"])
+                    )
                 if event.get("choices") and event["choices"][0].get("text"):
                     chunks += 1
                     if ttft is None:
                         ttft = time.perf_counter() - start
                 usage = event.get("usage") or usage
     except httpx.HTTPError as exc:
-        return RequestRecord(start - t0, ttft, time.perf_counter() - start, 0, 0, f"{type(exc).__name__}: {exc}")
+        return RequestRecord(
+            start - t0, ttft, time.perf_counter() - start, 0, 0, f"{type(exc).__name__}: {exc}"
+        )
     return RequestRecord(
         start=start - t0,
         ttft=ttft,
@@ -97,7 +149,12 @@ async def run_level(
 
 
 async def _closed_loop(
-    client: httpx.AsyncClient, model: str, prompts: list[str], shapes: Sequence[Shape], clients: int, t0: float
+    client: httpx.AsyncClient,
+    model: str,
+    prompts: list[str],
+    shapes: Sequence[Shape],
+    clients: int,
+    t0: float,
 ) -> list[RequestRecord]:
     queue = list(range(len(shapes)))
     queue.reverse()

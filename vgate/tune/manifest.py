@@ -45,7 +45,9 @@ def model_worker_args(model: ModelSpec) -> list[str]:
     if model.max_num_batched_tokens is not None:
         argv += ["--max-num-batched-tokens", str(model.max_num_batched_tokens)]
     if model.enable_chunked_prefill is not None:
-        argv.append("--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill")
+        argv.append(
+            "--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill"
+        )
     argv.append("--enable-prefix-caching" if model.enable_prefix_caching else "--no-enable-prefix-caching")
     if model.kv_cache_dtype is not None:
         argv += ["--kv-cache-dtype", model.kv_cache_dtype]
@@ -63,7 +65,9 @@ def _read(path: str) -> dict[str, Any]:
     return found[0]
 
 
-def load_target(filename: str | None, model_name: str | None, model: str | None, engine: str | None) -> TuneTarget:
+def load_target(
+    filename: str | None, model_name: str | None, model: str | None, engine: str | None
+) -> TuneTarget:
     """The model to tune and its starting settings; the simulator unless ``engine`` is ``vllm``."""
     chosen: runner.Engine = "vllm" if engine == "vllm" else "sim"
     if filename is None:

@@ -109,7 +109,9 @@ def summarise(level: float, records: Sequence[RequestRecord], targets: Targets) 
     """Percentiles and rates of one level's requests, and whether they meet ``targets``."""
     ok = [r for r in records if r.error is None]
     errors = [r for r in records if r.error is not None]
-    duration = max((r.start + r.e2e for r in records), default=0.0) - min((r.start for r in records), default=0.0)
+    duration = max((r.start + r.e2e for r in records), default=0.0) - min(
+        (r.start for r in records), default=0.0
+    )
     duration = max(duration, 1e-6)
     ttfts = [r.ttft for r in ok if r.ttft is not None]
     tpots = [t for r in ok if (t := r.tpot) is not None]

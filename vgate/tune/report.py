@@ -7,6 +7,7 @@ so ``vgate tune --report DIR`` rebuilds the same report from a results directory
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,21 +118,51 @@ def winner(trials: Sequence[TrialResult]) -> TrialResult | None:
     return top[0] if top and top[0].status == "ok" and top[0].score > 0 else None
 
 
-def manifest_patch(manifest: dict[str, Any] | None, model_name: str, config: space.Config) -> dict[str, Any]:
-    """The manifest with the winner's settings on ``model_name`` (a full object for ``kubectl apply``)."""
-    fields = space.cr_fields(config)
+def manifest_patch(
+    manifest: dict[str, Any] | None, model_name: str, config: space.Config, model_id: str = ""
+) -> dict[str, Any]:
+    """The manifest with the winner's settings on ``model_name`` (a full object for ``kubectl apply``).
+
+    Settings the CR has a field for set that field; the others (``kv-cache-memory-bytes``)
+    replace their flag in the model's ``engineArgs``. Without a manifest, a minimal resource
+    to fill in.
+    """
     if manifest is None:
-        return {
+        name = re.sub(r"[^a-z0-9]+", "-", model_name.lower().rsplit("/", 1)[-1]).strip("-") or "model"
+        manifest = {
             "apiVersion": "vgate.io/v1alpha1",
             "kind": "VGateDeployment",
             "metadata": {"name": "CHANGE-ME"},
-            "spec": {"models": [{"name": model_name, **fields}]},
+            "spec": {"models": [{"name": name[:40], "model": model_id or model_name}]},
         }
-    patched = json.loads(json.dumps(manifest))
+        model_name = name[:40]
+    patched: dict[str, Any] = json.loads(json.dumps(manifest))
     for model in patched["spec"]["models"]:
         if model.get("name") == model_name:
-            model.update(fields)
+            model.update(space.cr_fields(config))
+            model_args = _replace_flags(model.get("engineArgs", []), config)
+            if model_args:
+                model["engineArgs"] = model_args
     return patched
+
+
+def _replace_flags(args: list[str], config: space.Config) -> list[str]:
+    """``args`` with each CR-less setting of ``config`` as its flag, any earlier value dropped."""
+    extra = {n: v for n, v in config.items() if space.PARAMS[n].cr_field is None}
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        flag = arg.split("=", 1)[0].removeprefix("--")
+        if flag in extra:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    for name, value in extra.items():
+        out += space.PARAMS[name].flag(value)
+    return out
 
 
 def write_report(out: Path, run: dict[str, Any], trials: Sequence[TrialResult]) -> str:
@@ -153,7 +184,9 @@ def write_plots(out: Path, trials: Sequence[TrialResult]) -> None:
     points = [(lv.output_tps, lv.ttft_p99 or 0.0, t) for t in trials if t.status == "ok" for lv in t.levels]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if points:
-        ax.scatter([p[1] * 1000 for p in points], [p[0] for p in points], s=18, c="#8aa", label="trial x load level")
+        ax.scatter(
+            [p[1] * 1000 for p in points], [p[0] for p in points], s=18, c="#8aa", label="trial x load level"
+        )
         front = sorted((points[i] for i in pareto([(p[0], p[1]) for p in points])), key=lambda p: p[1])
         ax.plot([p[1] * 1000 for p in front], [p[0] for p in front], "o-", c="#c33", label="Pareto front")
     ax.set_xlabel("p99 TTFT (ms)")

@@ -15,7 +15,8 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -92,7 +93,7 @@ def engine_message(log_text: str) -> str:
 
 def worker_command(plan: TrialPlan, config: space.Config, port: int) -> tuple[list[str], dict[str, str]]:
     """``vgate worker`` for one trial, and the environment it runs with."""
-    flags, env = space.worker_args(config)
+    flags = space.worker_args(config)
     argv = procs.vgate_argv("worker")
     if plan.engine == "sim":
         argv.append("--dry-run")
@@ -100,7 +101,7 @@ def worker_command(plan: TrialPlan, config: space.Config, port: int) -> tuple[li
     argv += ["--model", plan.model, *plan.worker_args, *flags]
     if plan.engine_args:
         argv += ["--", *plan.engine_args]
-    return argv, {**os.environ, **plan.env, **env}
+    return argv, {**os.environ, **plan.env}
 
 
 def gateway_command(worker_port: int, port: int, internal_port: int) -> tuple[list[str], dict[str, str]]:
@@ -118,39 +119,50 @@ def gateway_command(worker_port: int, port: int, internal_port: int) -> tuple[li
     return argv, env
 
 
-def run_trial(plan: TrialPlan, index: int, config: space.Config, trial_dir: Path) -> TrialResult:
-    """Start, warm, measure every level, stop; an engine that does not start is infeasible."""
+class EngineFailed(Exception):
+    """The worker exited or never became ready; the message is the engine's own reason."""
+
+
+@contextmanager
+def serving(plan: TrialPlan, config: space.Config, trial_dir: Path) -> Iterator[tuple[str, float]]:
+    """A worker with ``config`` and the gateway in front: yields the gateway's URL and the start time."""
     trial_dir.mkdir(parents=True, exist_ok=True)
-    result = TrialResult(index, dict(config), "ok")
     worker_port, gateway_port, internal_port = procs.free_port(), procs.free_port(), procs.free_port()
     argv, env = worker_command(plan, config, worker_port)
     log = trial_dir / "worker.log"
     log.write_text("")
     began = time.monotonic()
-    worker = procs.start(argv, env=env, log=log)
-    children = [worker]
+    children = [procs.start(argv, env=env, log=log)]
     try:
         try:
-            worker.wait_ready(f"http://127.0.0.1:{worker_port}/health", plan.start_timeout_s)
+            children[0].wait_ready(f"http://127.0.0.1:{worker_port}/health", plan.start_timeout_s)
         except (procs.ProcessExited, TimeoutError) as exc:
-            result.status = "infeasible"
-            late = isinstance(exc, TimeoutError)
-            why = f"not ready within {plan.start_timeout_s:g} s; " if late else ""
-            result.reason = why + engine_message(log.read_text(errors="replace"))
-            return result
-        result.start_s = time.monotonic() - began
+            late = f"not ready within {plan.start_timeout_s:g} s; " if isinstance(exc, TimeoutError) else ""
+            raise EngineFailed(late + engine_message(log.read_text(errors="replace"))) from None
+        started = time.monotonic() - began
         gw_argv, gw_env = gateway_command(worker_port, gateway_port, internal_port)
-        gateway = procs.start(gw_argv, env=gw_env, log=trial_dir / "gateway.log")
-        children.append(gateway)
+        children.append(procs.start(gw_argv, env=gw_env, log=trial_dir / "gateway.log"))
         base = f"http://127.0.0.1:{gateway_port}"
-        gateway.wait_ready(f"{base}/ready", 60.0)
-        loaded = time.monotonic()
-        result.levels, result.repeats = _measure(plan, base, trial_dir)
-        result.load_s = time.monotonic() - loaded
-        result.score = score(result.levels, plan.objective)
-        return result
+        children[1].wait_ready(f"{base}/ready", 60.0)
+        yield base, started
     finally:
         procs.stop_all(children, grace=15.0)
+
+
+def run_trial(plan: TrialPlan, index: int, config: space.Config, trial_dir: Path) -> TrialResult:
+    """Start, warm, measure every level, stop; an engine that does not start is infeasible."""
+    result = TrialResult(index, dict(config), "ok")
+    try:
+        with serving(plan, config, trial_dir) as (base, started):
+            result.start_s = started
+            loaded = time.monotonic()
+            result.levels, result.repeats = _measure(plan, base, trial_dir)
+            result.load_s = time.monotonic() - loaded
+    except EngineFailed as exc:
+        result.status, result.reason = "infeasible", str(exc)
+        return result
+    result.score = score(result.levels, plan.objective)
+    return result
 
 
 def _measure(plan: TrialPlan, base: str, trial_dir: Path) -> tuple[list[LevelResult], int]:

@@ -150,7 +150,9 @@ def load_prompts(path: Path) -> Prompts:
             row = json.loads(line)
             prompt, out = row["prompt"], int(row.get("output_tokens", 128))
         except (ValueError, KeyError, TypeError) as exc:
-            raise ScenarioError(f"{path}:{number}: expected {{'prompt': str, 'output_tokens': int}} ({exc})") from None
+            raise ScenarioError(
+                f"{path}:{number}: expected {{'prompt': str, 'output_tokens': int}} ({exc})"
+            ) from None
         if not isinstance(prompt, str) or not prompt or out < 1:
             raise ScenarioError(f"{path}:{number}: the prompt must be text and output_tokens at least 1")
         entries.append(Shape(len(prompt.split()), out, prompt))

@@ -102,7 +102,7 @@ class BayesSearch:
     length: float = 0.35
     noise: float = 0.05
     #: A candidate this likely to fail to start is not tried at all.
-    min_feasible: float = 0.25
+    min_feasible: float = 0.35
 
     def propose(self, observed: Sequence[Observation]) -> int | None:
         seen = {o.index for o in observed}
@@ -111,10 +111,9 @@ class BayesSearch:
             return None
         if len(observed) < self.initial:
             return self._spread(untried, seen)
-        feasible = [o for o in observed if o.score is not None]
-        if not feasible:
+        if all(o.score is None for o in observed):
             return self._spread(untried, seen)
-        scored = [(self._acquisition(i, observed, feasible), -i) for i in untried]
+        scored = [(self._acquisition(i, observed), -i) for i in untried]
         best, neg_index = max(scored)
         return -neg_index if best > 0 else None
 
@@ -126,8 +125,8 @@ class BayesSearch:
         return max(untried, key=lambda i: (min(_dist(self.points[i], self.points[j]) for j in seen), -i))
 
     def feasibility(self, index: int, observed: Sequence[Observation]) -> float:
-        """Kernel-weighted share of nearby configurations that started (one pseudo-count each way)."""
-        ok = bad = 1.0
+        """Kernel-weighted share of nearby configurations that started (half a pseudo-count each way)."""
+        ok = bad = 0.5
         for o in observed:
             weight = _kernel(self.points[index], self.points[o.index], self.length)
             if o.score is None:
@@ -136,22 +135,26 @@ class BayesSearch:
                 ok += weight
         return ok / (ok + bad)
 
-    def _acquisition(self, index: int, observed: Sequence[Observation], feasible: list[Observation]) -> float:
+    def _acquisition(self, index: int, observed: Sequence[Observation]) -> float:
         p_ok = self.feasibility(index, observed)
         if p_ok < self.min_feasible:
             return 0.0
-        mean, sd, best = self._predict(index, feasible)
+        mean, sd, best = self._predict(index, observed)
         if sd <= 1e-9:
             return 0.0
         z = (mean - best) / sd
         return p_ok * ((mean - best) * _normal_cdf(z) + sd * _normal_pdf(z))
 
-    def _predict(self, index: int, feasible: list[Observation]) -> tuple[float, float, float]:
-        """Posterior mean and deviation at ``index``, and the best score, all scaled to the best."""
-        top = max(abs(o.score or 0.0) for o in feasible) or 1.0
-        ys = [(o.score or 0.0) / top for o in feasible]
+    def _predict(self, index: int, observed: Sequence[Observation]) -> tuple[float, float, float]:
+        """Posterior mean and deviation at ``index``, and the best score, all scaled to the best.
+
+        A configuration that failed to start counts as scoring zero: it pulls its neighbours'
+        predictions down as well as making them unlikely to start.
+        """
+        top = max(abs(o.score or 0.0) for o in observed) or 1.0
+        ys = [(o.score or 0.0) / top for o in observed]
         prior = sum(ys) / len(ys)
-        xs = [self.points[o.index] for o in feasible]
+        xs = [self.points[o.index] for o in observed]
         gram = [
             [_kernel(a, b, self.length) + (self.noise**2 if i == j else 0.0) for j, b in enumerate(xs)]
             for i, a in enumerate(xs)

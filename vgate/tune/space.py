@@ -1,10 +1,9 @@
 """The search space: the vLLM engine settings a VGateDeployment carries, and the values to try.
 
 A setting is named as vLLM names its flag (``max-num-seqs``); ``--grid name=v1,v2`` gives the
-values, and the grid is their product. Each setting knows how it reaches an engine: a
-``vgate worker`` flag (the launcher passes it to vLLM, the simulator honours it), or for the
-CPU backend's KV-cache size an environment variable; and which ``spec.models[]`` field of the
-VGateDeployment carries it, so the winner becomes a patch.
+values, and the grid is their product. Each setting reaches an engine as that ``vgate worker``
+flag (the launcher passes it to vLLM, the simulator honours it), and knows which
+``spec.models[]`` field of the VGateDeployment carries it, so the winner becomes a patch.
 """
 
 from __future__ import annotations
@@ -28,8 +27,6 @@ class Param:
     kind: Literal["int", "float", "bool", "str"]
     #: ``spec.models[]`` field (camelCase) of a VGateDeployment; ``None``: not carried by the CR.
     cr_field: str | None
-    #: Environment variable the engine reads it from (vLLM's CPU backend); ``None``: a flag.
-    env: str | None = None
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[str, ...] = ()
@@ -65,7 +62,9 @@ class Param:
 PARAMS: dict[str, Param] = {
     p.name: p
     for p in (
-        Param("max-num-seqs", "int", "maxNumSeqs", minimum=1, maximum=4096, help="sequences batched per step"),
+        Param(
+            "max-num-seqs", "int", "maxNumSeqs", minimum=1, maximum=4096, help="sequences batched per step"
+        ),
         Param(
             "max-num-batched-tokens",
             "int",
@@ -82,17 +81,21 @@ PARAMS: dict[str, Param] = {
             maximum=1.0,
             help="share of GPU memory vLLM takes; what weights and activations leave is KV cache",
         ),
-        Param("enable-chunked-prefill", "bool", "enableChunkedPrefill", help="split long prefills over steps"),
-        Param("enable-prefix-caching", "bool", "enablePrefixCaching", help="reuse KV blocks of shared prefixes"),
+        Param(
+            "enable-chunked-prefill", "bool", "enableChunkedPrefill", help="split long prefills over steps"
+        ),
+        Param(
+            "enable-prefix-caching", "bool", "enablePrefixCaching", help="reuse KV blocks of shared prefixes"
+        ),
         Param("kv-cache-dtype", "str", "kvCacheDtype", choices=("auto", "fp8"), help="fp8 halves KV memory"),
         Param(
-            "cpu-kvcache-space",
-            "float",
+            "kv-cache-memory-bytes",
+            "int",
             None,
-            env="VLLM_CPU_KVCACHE_SPACE",
-            minimum=0.01,
-            maximum=4096,
-            help="GiB of KV cache on vLLM's CPU backend (it has no GPU memory to share out)",
+            minimum=1 << 20,
+            maximum=1 << 44,
+            help="KV cache size outright; vLLM's CPU backend sizes its cache this way "
+            "(VLLM_CPU_KVCACHE_SPACE is its older, whole-GiB form)",
         ),
     )
 }
@@ -142,20 +145,18 @@ def key(config: Config) -> str:
 
 
 def _text(value: Value) -> str:
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+    return (
+        str(value).lower()
+        if isinstance(value, bool)
+        else f"{value:g}"
+        if isinstance(value, float)
+        else str(value)
+    )
 
 
-def worker_args(config: Config) -> tuple[list[str], dict[str, str]]:
-    """The ``vgate worker`` flags and environment variables that apply ``config``."""
-    argv: list[str] = []
-    env: dict[str, str] = {}
-    for name, value in config.items():
-        param = PARAMS[name]
-        if param.env is not None:
-            env[param.env] = _text(value)
-        else:
-            argv += param.flag(value)
-    return argv, env
+def worker_args(config: Config) -> list[str]:
+    """The ``vgate worker`` flags that apply ``config`` (the launcher passes them on to vLLM)."""
+    return [arg for name, value in config.items() for arg in PARAMS[name].flag(value)]
 
 
 def cr_fields(config: Config) -> dict[str, Value]:

@@ -66,7 +66,9 @@ def build_vllm_argv(settings: WorkerSettings, passthrough: Sequence[str] = ()) -
     argv += ["--dtype", settings.dtype, "--tensor-parallel-size", str(settings.tensor_parallel_size)]
     argv.append("--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching")
     if settings.enable_chunked_prefill is not None:
-        argv.append("--enable-chunked-prefill" if settings.enable_chunked_prefill else "--no-enable-chunked-prefill")
+        argv.append(
+            "--enable-chunked-prefill" if settings.enable_chunked_prefill else "--no-enable-chunked-prefill"
+        )
     argv += ["--host", settings.host, "--port", str(settings.port)]
     return argv + shlex.split(settings.extra_args) + list(passthrough)
 

@@ -69,6 +69,8 @@ class Engine:
         self.settings = settings
         self.metrics = metrics
         self.cache = PrefixCache(settings.kv_capacity_tokens, settings.block_size)
+        # vLLM's own start-up line, so tools that read it (vgate tune's calibration) read ours too.
+        log.info("KV cache size: %s tokens", f"{settings.kv_capacity_tokens:,}")
         self.waiting: deque[SimSequence] = deque()
         self.running: list[SimSequence] = []
         #: Embedding requests being computed (outside the decode batch).
@@ -123,7 +125,9 @@ class Engine:
         if not self.alive:
             raise RuntimeError("the simulated engine is not running")
         # Without prefix caching no block is shared: every one is the sequence's own.
-        hashes = block_hashes(prompt_ids, self.settings.block_size) if self.settings.enable_prefix_caching else []
+        hashes = (
+            block_hashes(prompt_ids, self.settings.block_size) if self.settings.enable_prefix_caching else []
+        )
         seq = SimSequence(key, prompt_ids, hashes, max(1, output_len), sink, finish_reason)
         self.waiting.append(seq)
         self._publish()

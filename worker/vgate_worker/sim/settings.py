@@ -41,8 +41,9 @@ class SimSettings(BaseSettings):
     #: 28 layers x 2 KV heads x 128 dims x (key + value) x 2 bytes.
     kv_bytes_per_token: int = Field(28_672, ge=1)
     kv_cache_dtype: Literal["auto", "fp8"] = "auto"
-    #: vLLM's CPU backend: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE); replaces the GPU share.
-    cpu_kvcache_space_gib: float | None = Field(None, gt=0)
+    #: vLLM's ``--kv-cache-memory-bytes``: the KV cache's size outright, instead of the GPU share
+    #: (its CPU backend also takes it as VLLM_CPU_KVCACHE_SPACE, in whole GiB).
+    kv_cache_memory_bytes: int | None = Field(None, gt=0)
     enable_chunked_prefill: bool = True
     enable_prefix_caching: bool = True
     # Seconds per decode step with one running sequence (1 / 650 tokens/s).
@@ -86,7 +87,7 @@ class SimSettings(BaseSettings):
                 "max_num_batched_tokens and makes vLLM reject longer sequences. Please increase "
                 "max_num_batched_tokens or decrease max_model_len."
             )
-        if self.kv_cache_tokens is None and self.cpu_kvcache_space_gib is None:
+        if self.kv_cache_tokens is None and self.kv_cache_memory_bytes is None:
             if self.gpu_memory_utilization * self.gpu_memory_gib <= self.non_kv_memory_gib:
                 raise ValueError(
                     "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
@@ -107,12 +108,14 @@ class SimSettings(BaseSettings):
         """Tokens the KV cache holds: set outright, or what the memory left for it divides into."""
         if self.kv_cache_tokens is not None:
             return self.kv_cache_tokens
-        if self.cpu_kvcache_space_gib is not None:
-            free_gib = self.cpu_kvcache_space_gib
+        if self.kv_cache_memory_bytes is not None:
+            free = float(self.kv_cache_memory_bytes)
         else:
-            free_gib = max(0.0, self.gpu_memory_utilization * self.gpu_memory_gib - self.non_kv_memory_gib)
+            free = (
+                max(0.0, self.gpu_memory_utilization * self.gpu_memory_gib - self.non_kv_memory_gib) * 2**30
+            )
         per_token = self.kv_bytes_per_token / (2 if self.kv_cache_dtype == "fp8" else 1)
-        return int(free_gib * 2**30 / per_token)
+        return int(free / per_token)
 
     @property
     def model_name(self) -> str:
@@ -142,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--non-kv-memory-gib", type=float, help="weights and activations")
     p.add_argument("--kv-bytes-per-token", type=int)
     p.add_argument("--kv-cache-dtype", choices=("auto", "fp8"))
-    p.add_argument("--cpu-kvcache-space-gib", type=float, help="as VLLM_CPU_KVCACHE_SPACE (read too)")
+    p.add_argument(
+        "--kv-cache-memory-bytes", type=int, help="KV cache size (VLLM_CPU_KVCACHE_SPACE GiB is read too)"
+    )
     for flag in ("enable-chunked-prefill", "enable-prefix-caching"):
         p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction)
     p.add_argument("--decode-step-s", type=float, help="seconds per decode step at batch 1")
@@ -171,8 +176,8 @@ def settings_from_argv(argv: Sequence[str]) -> SimSettings:
     # vLLM serves a model under its --model id when no --served-model-name is given.
     if "_model" in ns and "served_model_name" not in given:
         given["served_model_name"] = [ns["_model"]]
-    # vLLM's CPU backend sizes its KV cache from this variable; so does the simulator.
+    # vLLM's CPU backend sizes its KV cache from this variable (whole GiB); so does the simulator.
     cpu_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
-    if cpu_space and "cpu_kvcache_space_gib" not in given:
-        given["cpu_kvcache_space_gib"] = cpu_space
+    if cpu_space and "kv_cache_memory_bytes" not in given:
+        given["kv_cache_memory_bytes"] = int(cpu_space) * 2**30
     return SimSettings(**given)
