@@ -81,7 +81,7 @@ def _median_of(records: Sequence[Any], attr: str) -> float:
     if not values:
         errors = [r.error for r in records if r.error]
         raise RuntimeError(f"no successful requests to measure {attr}: {errors[:1]}")
-    return statistics.median(values)
+    return float(statistics.median(values))
 
 
 def measure(base: str, model: str) -> dict[str, Any]:

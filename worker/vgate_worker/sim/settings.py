@@ -87,12 +87,12 @@ class SimSettings(BaseSettings):
                 "max_num_batched_tokens and makes vLLM reject longer sequences. Please increase "
                 "max_num_batched_tokens or decrease max_model_len."
             )
-        if self.kv_cache_tokens is None and self.kv_cache_memory_bytes is None:
-            if self.gpu_memory_utilization * self.gpu_memory_gib <= self.non_kv_memory_gib:
-                raise ValueError(
-                    "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
-                    "when initializing the engine."
-                )
+        sized_by_share = self.kv_cache_tokens is None and self.kv_cache_memory_bytes is None
+        if sized_by_share and self.gpu_memory_utilization * self.gpu_memory_gib <= self.non_kv_memory_gib:
+            raise ValueError(
+                "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                "when initializing the engine."
+            )
         capacity = self.kv_capacity_tokens
         if capacity < self.max_model_len + self.block_size:
             raise ValueError(
