@@ -54,7 +54,8 @@ def test_a_small_tuning_on_the_simulator_ranks_reports_and_patches(tmp_path: Pat
     assert wide["goodput"] > 2 * narrow["goodput"]
     assert rows[0]["status"] == "ok"
     assert rows[0]["config"].get("max-num-seqs", 64) > 1
-    assert "| 1 |" in done.stdout and "Winner:" in done.stdout
+    assert "| 1 |" in done.stdout
+    assert "Winner:" in done.stdout
     for png in ("throughput-vs-ttft.png", "winner-latency.png"):
         assert (results / png).read_bytes().startswith(b"\x89PNG")
     patch = yaml.safe_load((results / "patch.yaml").read_text())
@@ -78,4 +79,5 @@ def test_bad_input_is_one_clear_line() -> None:
     ):
         done = _tune(*args)
         assert done.returncode == 2
-        assert done.stderr.startswith("vgate tune: error: ") and message in done.stderr
+        assert done.stderr.startswith("vgate tune: error: ")
+        assert message in done.stderr
