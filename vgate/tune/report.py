@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -176,7 +177,11 @@ def write_report(out: Path, run: dict[str, Any], trials: Sequence[TrialResult]) 
 
 def write_plots(out: Path, trials: Sequence[TrialResult]) -> None:
     """Throughput vs p99 TTFT for every measured level (Pareto front marked), the winner's latencies."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("vgate tune: no plots: matplotlib is not installed (pip install 'vgate[tune]')", file=sys.stderr)
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -1,0 +1,198 @@
+"""``make bench-tune``: the tuner on real vLLM (CPU, tiny model) against the full grid and the simulator.
+
+    python -m vgate.tune.bench --model .venv-vllm/tiny-qwen-float --out bench/results/tune
+
+Steps, each a real ``vgate tune`` (or calibration) process whose results directory is kept:
+
+1. calibrate the simulator against this vLLM (``sim-profile.json``);
+2. the full grid on vLLM, with a baseline trial at vLLM's default settings (``vllm-grid/``);
+3. Bayesian optimisation on vLLM with 40 % of the grid's trials (``vllm-bayes/``);
+4. the same grid on the calibrated simulator (``sim-grid/``);
+5. ``summary.md``/``summary.json``: smart vs grid, winner vs defaults, simulator vs vLLM ranking
+   (Spearman), and the strategies replayed against the recorded vLLM grid over many seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vgate.tune import search, space
+from vgate.tune.runner import TrialResult
+from vgate.tune.tuner import load_trials, read_run
+
+GRID = ["--grid", "max-num-seqs=2,4,8,16", "--grid", "max-num-batched-tokens=64,128,512,2048"]
+WORKLOAD = ["--scenario", "N(384,128)/(48,16)", "--concurrency", "2,4,8,16", "--requests", "24"]
+TARGETS = ["--ttft-p99-ms", "1500", "--tpot-p99-ms", "120"]
+#: vLLM's CPU build, started as the real-vLLM tests start it: no core pinning, eager mode.
+ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
+ENGINE_ARGS = ["--enforce-eager", "--distributed-executor-backend", "uni"]
+WORKER_ARGS = ["--max-model-len", "2048", "--kv-cache-memory-bytes", str(256 << 20)]
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (average ranks for ties)."""
+
+    def ranks(xs: Sequence[float]) -> list[float]:
+        order = sorted(range(len(xs)), key=lambda i: xs[i])
+        out = [0.0] * len(xs)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2
+            i = j + 1
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb, strict=True))
+    var = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return cov / var if var else 0.0
+
+
+def _worker_flags(args: Sequence[str]) -> list[str]:
+    return [f"--worker-arg={a}" for a in args]
+
+
+def _engine_flags(args: Sequence[str]) -> list[str]:
+    return [f"--engine-arg={a}" for a in args]
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> None:
+    print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    subprocess.run(cmd, env=env, check=False)
+
+
+def run_all(model: str, out: Path, steps: set[str]) -> None:
+    env = {**os.environ, **ENGINE_ENV}
+    tune = [sys.executable, "-m", "vgate", "tune", *WORKLOAD, *TARGETS, *GRID]
+    real = ["--engine", "vllm", "--model", model, *_worker_flags(WORKER_ARGS), *_engine_flags(ENGINE_ARGS)]
+    profile = out / "sim-profile.json"
+    if "calibrate" in steps:
+        cal = [sys.executable, "-m", "vgate.tune.calibrate", "--model", model, "--out", str(profile)]
+        _run([*cal, *_worker_flags(WORKER_ARGS[:2]), *_engine_flags(ENGINE_ARGS)], env)
+    if "grid" in steps:
+        _run([*tune, *real, "--strategy", "grid", "--results", str(out / "vllm-grid")], env)
+    if "bayes" in steps:
+        _run([*tune, *real, "--strategy", "bayes", "--no-baseline", "--results", str(out / "vllm-bayes")], env)
+    if "sim" in steps:
+        sim = ["--engine", "sim", "--model", model, "--sim-profile", str(profile), *_worker_flags(WORKER_ARGS)]
+        _run([*tune, *sim, "--strategy", "grid", "--results", str(out / "sim-grid")], env)
+
+
+def _scores(trials: Sequence[TrialResult]) -> dict[str, float | None]:
+    return {space.key(t.config): (t.score if t.status == "ok" else None) for t in trials if t.index >= 0}
+
+
+def replay_study(run: dict[str, Any], scores: dict[str, float | None], seeds: int = 50) -> dict[str, Any]:
+    """Each strategy against the recorded grid: how often, and in how many trials, it gets within 5 %."""
+    grid = {k: tuple(v) for k, v in run["grid"].items()}
+    candidates = space.expand(grid)
+    table = [scores.get(space.key(c)) for c in candidates]
+    best = max((s for s in table if s is not None), default=0.0)
+    budget = math.ceil(0.4 * len(candidates))
+    points = [space.coordinates(grid, c) for c in candidates]
+    out: dict[str, Any] = {"grid_size": len(candidates), "budget": budget}
+    for name in ("random", "bayes"):
+        hits, needed = 0, []
+        for seed in range(seeds if name == "random" else 1):
+            observed = search.replay(search.make(name, points, seed), table, len(candidates))
+            running = 0.0
+            for n, o in enumerate(observed, 1):
+                running = max(running, o.score or 0.0)
+                if running >= 0.95 * best:
+                    needed.append(n)
+                    hits += n <= budget
+                    break
+        runs = seeds if name == "random" else 1
+        out[name] = {"within_5pct_at_budget": hits / runs, "mean_trials_to_5pct": statistics.fmean(needed)}
+    return out
+
+
+def summarise(out: Path) -> dict[str, Any]:
+    grid_run, grid = read_run(out / "vllm-grid"), load_trials(out / "vllm-grid")
+    bayes = load_trials(out / "vllm-bayes")
+    sim = load_trials(out / "sim-grid")
+    real_scores, sim_scores = _scores(grid), _scores(sim)
+    feasible = [t for t in grid if t.index >= 0 and t.status == "ok"]
+    best = max(feasible, key=lambda t: t.score)
+    default = next(t for t in grid if t.index < 0)
+    smart_best = max((t for t in bayes if t.status == "ok"), key=lambda t: t.score)
+    common = [k for k in real_scores if k in sim_scores]
+    sim_best_key = max(common, key=lambda k: sim_scores[k] or 0.0)
+    summary = {
+        "grid": {"trials": len(feasible), "best": space.key(best.config), "goodput": best.score},
+        "bayes": {
+            "trials": sum(t.index >= 0 for t in bayes),
+            "best": space.key(smart_best.config),
+            "goodput": smart_best.score,
+            "share_of_grid_best": smart_best.score / best.score,
+            "grid_goodput_of_its_pick": real_scores.get(space.key(smart_best.config)),
+        },
+        "default": {"goodput": default.score, "winner_over_default": best.score / default.score if default.score else None},
+        "sim_vs_vllm": {
+            "spearman": spearman([real_scores[k] or 0.0 for k in common], [sim_scores[k] or 0.0 for k in common]),
+            "sim_winner": sim_best_key,
+            "vllm_goodput_of_sim_winner": real_scores[sim_best_key],
+            "share_of_vllm_best": (real_scores[sim_best_key] or 0.0) / best.score,
+            "rows": [{"settings": k, "vllm": real_scores[k], "sim": sim_scores[k]} for k in common],
+        },
+        "replay": replay_study(grid_run, real_scores),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(s: dict[str, Any]) -> str:
+    g, b, d, c, r = s["grid"], s["bayes"], s["default"], s["sim_vs_vllm"], s["replay"]
+    lines = [
+        "| | trials | best settings | goodput (req/s) |",
+        "|---|---|---|---|",
+        f"| full grid | {g['trials']} | {g['best']} | {g['goodput']:.3f} |",
+        f"| bayes | {b['trials']} | {b['best']} | {b['goodput']:.3f} ({b['share_of_grid_best']:.1%} of the grid's best) |",
+        f"| vLLM defaults | 1 | (none) | {d['goodput']:.3f} |",
+        "",
+        f"Winner over vLLM's defaults: {d['winner_over_default'] or 0:.2f}x goodput.",
+        "",
+        f"Simulator vs vLLM on the same grid: Spearman {c['spearman']:.2f}; the simulator's winner "
+        f"({c['sim_winner']}) scores {c['share_of_vllm_best']:.1%} of vLLM's best on vLLM.",
+        "",
+        "| settings | vLLM goodput | simulator goodput |",
+        "|---|---|---|",
+        *[f"| {row['settings']} | {row['vllm'] or 0:.3f} | {row['sim'] or 0:.3f} |" for row in c["rows"]],
+        "",
+        f"Replayed against the recorded vLLM grid ({r['grid_size']} points, budget {r['budget']} trials): "
+        f"bayes within 5 % at the budget: {r['bayes']['within_5pct_at_budget']:.0%} "
+        f"(after {r['bayes']['mean_trials_to_5pct']:.1f} trials); random search over 50 seeds: "
+        f"{r['random']['within_5pct_at_budget']:.0%} (mean {r['random']['mean_trials_to_5pct']:.1f} trials).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vgate.tune.bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", default="bench/results/tune")
+    p.add_argument("--steps", default="calibrate,grid,bayes,sim", help="which steps to run (then summary)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_all(args.model, out, set(filter(None, args.steps.split(","))))
+    print(summary_markdown(summarise(out)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
