@@ -31,7 +31,8 @@ from vgate.tune.tuner import load_trials, read_run
 
 GRID = ["--grid", "max-num-seqs=2,4,8,16", "--grid", "max-num-batched-tokens=64,128,512,2048"]
 WORKLOAD = ["--scenario", "N(384,128)/(48,16)", "--concurrency", "2,4,8,16", "--requests", "24"]
-TARGETS = ["--ttft-p99-ms", "1500", "--tpot-p99-ms", "120"]
+#: The workload's mean request, for targets scaled to the engine's own speed.
+MEAN_PROMPT, MEAN_OUTPUT = 384, 48
 #: vLLM's CPU build, started as the real-vLLM tests start it: no core pinning, eager mode.
 ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
 ENGINE_ARGS = ["--enforce-eager", "--distributed-executor-backend", "uni"]
@@ -61,6 +62,20 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return cov / var if var else 0.0
 
 
+def targets_for(profile: dict[str, Any]) -> list[str]:
+    """Targets in the engine's own units, so the benchmark asks the same of a fast and a slow machine.
+
+    TPOT: 1.6 times the step time of a batch of eight (a wider batch, or prefill chunks the size
+    of whole prompts in a step, misses it). TTFT: two of the workload's mean requests served
+    alone, one after the other (a request may wait for about one other ahead of it).
+    """
+    sim = profile["sim"]
+    step, slope, rate = sim["decode-step-s"], sim["decode-batch-slope"], sim["prefill-tokens-per-s"]
+    tpot = 1.6 * step * (1 + slope * 7)
+    alone = MEAN_PROMPT / rate + MEAN_OUTPUT * step
+    return ["--ttft-p99-ms", f"{2000 * alone:.0f}", "--tpot-p99-ms", f"{1000 * tpot:.1f}"]
+
+
 def _worker_flags(args: Sequence[str]) -> list[str]:
     return [f"--worker-arg={a}" for a in args]
 
@@ -76,12 +91,13 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
 
 def run_all(model: str, out: Path, steps: set[str]) -> None:
     env = {**os.environ, **ENGINE_ENV}
-    tune = [sys.executable, "-m", "vgate", "tune", *WORKLOAD, *TARGETS, *GRID]
     real = ["--engine", "vllm", "--model", model, *_worker_flags(WORKER_ARGS), *_engine_flags(ENGINE_ARGS)]
     profile = out / "sim-profile.json"
     if "calibrate" in steps:
         cal = [sys.executable, "-m", "vgate.tune.calibrate", "--model", model, "--out", str(profile)]
         _run([*cal, *_worker_flags(WORKER_ARGS[:2]), *_engine_flags(ENGINE_ARGS)], env)
+    targets = targets_for(json.loads(profile.read_text()))
+    tune = [sys.executable, "-m", "vgate", "tune", *WORKLOAD, *targets, *GRID]
     if "grid" in steps:
         _run([*tune, *real, "--strategy", "grid", "--results", str(out / "vllm-grid")], env)
     if "bayes" in steps:
