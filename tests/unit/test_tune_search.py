@@ -95,3 +95,40 @@ def test_bayes_survives_only_failures_and_stops_when_nothing_is_left() -> None:
 def test_unknown_strategy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown strategy"):
         search.make("annealing", POINTS)
+
+
+def test_spearman_rank_correlation() -> None:
+    from vgate.tune.bench import spearman
+
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9487, abs=1e-4)  # ties share a rank
+
+
+def test_replaying_a_recorded_grid_measures_each_strategy() -> None:
+    from vgate.tune.bench import replay_study
+
+    run = {"grid": {k: list(v) for k, v in GRID.items()}}
+    scores = {space.key(c): s for c, s in zip(CANDIDATES, _smooth_scores(), strict=True)}
+    study = replay_study(run, scores, seeds=20)
+    assert study["grid_size"] == 30
+    assert study["budget"] == 12
+    assert study["bayes"]["within_5pct_at_budget"] == 1.0
+    assert study["bayes"]["mean_trials_to_5pct"] < study["random"]["mean_trials_to_5pct"]
+
+
+def test_vllm_bench_serves_detailed_results_become_records() -> None:
+    from vgate.tune.vllm_bench import records
+
+    result = {
+        "start_times": [100.0, 100.5],
+        "latencies": [1.0, 2.0],
+        "ttfts": [0.1, 0.0],
+        "input_lens": [10, 12],
+        "output_lens": [5, 0],
+        "errors": ["", "Bad Request"],
+    }
+    ok, failed = records(result)
+    assert (ok.start, ok.ttft, ok.e2e, ok.output_tokens, ok.error) == (0.0, 0.1, 1.0, 5, None)
+    assert ok.tpot == pytest.approx(0.225)
+    assert (failed.start, failed.ttft, failed.error) == (0.5, None, "Bad Request")
