@@ -4,7 +4,7 @@
 #
 #   flock /tmp/vgate-heavy.lock make bench-tune
 #   make bench-tune BENCH_TUNE_STEPS=sim        only re-run the simulator's grid, then the summary
-BENCH_TUNE_STEPS ?= calibrate,grid,bayes,sim
+BENCH_TUNE_STEPS ?= calibrate,grid,bayes,sim,loadgens
 BENCH_TUNE_OUT ?= bench/results/tune
 
 .PHONY: bench-tune

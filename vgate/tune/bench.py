@@ -15,6 +15,7 @@ Steps, each a real ``vgate tune`` (or calibration) process whose results directo
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -25,8 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vgate.tune import search, space
-from vgate.tune.runner import TrialResult
+from vgate.tune import loadgen, search, space, vllm_bench
+from vgate.tune.measure import Targets, summarise
+from vgate.tune.runner import TrialPlan, TrialResult, serving
+from vgate.tune.scenario import parse_scenario, parse_sweep, sample
 from vgate.tune.tuner import load_trials, read_run
 
 GRID = ["--grid", "max-num-seqs=2,4,8,16", "--grid", "max-num-batched-tokens=64,128,512,2048"]
@@ -101,10 +104,62 @@ def run_all(model: str, out: Path, steps: set[str]) -> None:
     if "grid" in steps:
         _run([*tune, *real, "--strategy", "grid", "--results", str(out / "vllm-grid")], env)
     if "bayes" in steps:
-        _run([*tune, *real, "--strategy", "bayes", "--no-baseline", "--results", str(out / "vllm-bayes")], env)
+        _run(
+            [*tune, *real, "--strategy", "bayes", "--no-baseline", "--results", str(out / "vllm-bayes")], env
+        )
+    if "loadgens" in steps:
+        compare_loadgens(model, out)
     if "sim" in steps:
-        sim = ["--engine", "sim", "--model", model, "--sim-profile", str(profile), *_worker_flags(WORKER_ARGS)]
+        sim = [
+            "--engine",
+            "sim",
+            "--model",
+            model,
+            "--sim-profile",
+            str(profile),
+            *_worker_flags(WORKER_ARGS),
+        ]
         _run([*tune, *sim, "--strategy", "grid", "--results", str(out / "sim-grid")], env)
+
+
+def compare_loadgens(model: str, out: Path) -> dict[str, Any]:
+    """One vLLM worker at its defaults, one level measured by our load generator and by vLLM's."""
+    scenario = parse_scenario(WORKLOAD[1])
+    shapes = sample(scenario, 48, seed=11)
+    plan = TrialPlan(
+        engine="vllm",
+        model=model,
+        served_name="tiny",
+        sweep=parse_sweep("concurrency", "8"),
+        shapes={8.0: shapes},
+        targets=Targets(),
+        objective="throughput",
+        worker_args=tuple(WORKER_ARGS),
+        engine_args=tuple(ENGINE_ARGS),
+        env=ENGINE_ENV,
+    )
+    work = out / "loadgens"
+    result: dict[str, Any] = {"scenario": scenario.text(), "concurrency": 8, "requests": len(shapes)}
+    with serving(plan, {}, work) as (base, _):
+        asyncio.run(
+            loadgen.run_level(base, plan.served_name, shapes[:4], "concurrency", 2, seed=1)
+        )  # warm-up
+        drivers = {
+            "vgate": lambda: asyncio.run(
+                loadgen.run_level(base, plan.served_name, shapes, "concurrency", 8, 3)
+            ),
+            "vllm-bench": lambda: vllm_bench.driver(plan.served_name, base, model, work)(
+                "concurrency", 8, shapes, 3
+            ),
+        }
+        for name, drive in drivers.items():
+            level = summarise(8, drive(), Targets())
+            result[name] = {
+                k: getattr(level, k)
+                for k in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "output_tps")
+            }
+    (out / "loadgens.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 def _scores(trials: Sequence[TrialResult]) -> dict[str, float | None]:
@@ -136,7 +191,7 @@ def replay_study(run: dict[str, Any], scores: dict[str, float | None], seeds: in
     return out
 
 
-def summarise(out: Path) -> dict[str, Any]:
+def summarise_run(out: Path) -> dict[str, Any]:
     grid_run, grid = read_run(out / "vllm-grid"), load_trials(out / "vllm-grid")
     bayes = load_trials(out / "vllm-bayes")
     sim = load_trials(out / "sim-grid")
@@ -156,16 +211,25 @@ def summarise(out: Path) -> dict[str, Any]:
             "share_of_grid_best": smart_best.score / best.score,
             "grid_goodput_of_its_pick": real_scores.get(space.key(smart_best.config)),
         },
-        "default": {"goodput": default.score, "winner_over_default": best.score / default.score if default.score else None},
+        "default": {
+            "goodput": default.score,
+            "winner_over_default": best.score / default.score if default.score else None,
+        },
         "sim_vs_vllm": {
-            "spearman": spearman([real_scores[k] or 0.0 for k in common], [sim_scores[k] or 0.0 for k in common]),
+            "spearman": spearman(
+                [real_scores[k] or 0.0 for k in common], [sim_scores[k] or 0.0 for k in common]
+            ),
             "sim_winner": sim_best_key,
             "vllm_goodput_of_sim_winner": real_scores[sim_best_key],
             "share_of_vllm_best": (real_scores[sim_best_key] or 0.0) / best.score,
             "rows": [{"settings": k, "vllm": real_scores[k], "sim": sim_scores[k]} for k in common],
         },
         "replay": replay_study(grid_run, real_scores),
+        "targets": grid_run["targets_text"],
+        "workload": f"{grid_run['scenario']}, {grid_run['sweep_kind']} {grid_run['levels']}",
     }
+    if (out / "loadgens.json").exists():
+        summary["loadgens"] = json.loads((out / "loadgens.json").read_text())
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
@@ -174,6 +238,8 @@ def summarise(out: Path) -> dict[str, Any]:
 def summary_markdown(s: dict[str, Any]) -> str:
     g, b, d, c, r = s["grid"], s["bayes"], s["default"], s["sim_vs_vllm"], s["replay"]
     lines = [
+        f"Workload {s['workload']}; targets: {s['targets']}; objective: goodput per worker.",
+        "",
         "| | trials | best settings | goodput (req/s) |",
         "|---|---|---|---|",
         f"| full grid | {g['trials']} | {g['best']} | {g['goodput']:.3f} |",
@@ -194,19 +260,40 @@ def summary_markdown(s: dict[str, Any]) -> str:
         f"(after {r['bayes']['mean_trials_to_5pct']:.1f} trials); random search over 50 seeds: "
         f"{r['random']['within_5pct_at_budget']:.0%} (mean {r['random']['mean_trials_to_5pct']:.1f} trials).",
     ]
+    if "loadgens" in s:
+        lines += ["", *_loadgen_lines(s["loadgens"])]
     return "\n".join(lines) + "\n"
+
+
+def _loadgen_lines(lg: dict[str, Any]) -> list[str]:
+    head = f"The two load generators on one vLLM worker at its defaults, {lg['scenario']}, {lg['concurrency']} clients:"
+    rows = [
+        head,
+        "",
+        "| load generator | TTFT p50/p99 ms | TPOT p50/p99 ms | E2E p50 ms | out tok/s |",
+        "|---|---|---|---|---|",
+    ]
+    for name in ("vgate", "vllm-bench"):
+        m = lg[name]
+        rows.append(
+            f"| {name} | {m['ttft_p50'] * 1000:.0f}/{m['ttft_p99'] * 1000:.0f} | {m['tpot_p50'] * 1000:.1f}/{m['tpot_p99'] * 1000:.1f} "
+            f"| {m['e2e_p50'] * 1000:.0f} | {m['output_tps']:.1f} |"
+        )
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m vgate.tune.bench", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True)
     p.add_argument("--out", default="bench/results/tune")
-    p.add_argument("--steps", default="calibrate,grid,bayes,sim", help="which steps to run (then summary)")
+    p.add_argument(
+        "--steps", default="calibrate,grid,bayes,sim,loadgens", help="which steps to run (then summary)"
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     run_all(args.model, out, set(filter(None, args.steps.split(","))))
-    print(summary_markdown(summarise(out)))
+    print(summary_markdown(summarise_run(out)))
     return 0
 
 

@@ -180,7 +180,9 @@ def write_plots(out: Path, trials: Sequence[TrialResult]) -> None:
     try:
         import matplotlib
     except ImportError:
-        print("vgate tune: no plots: matplotlib is not installed (pip install 'vgate[tune]')", file=sys.stderr)
+        print(
+            "vgate tune: no plots: matplotlib is not installed (pip install 'vgate[tune]')", file=sys.stderr
+        )
         return
 
     matplotlib.use("Agg")
