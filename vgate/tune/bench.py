@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from vgate.tune import loadgen, search, space, vllm_bench
-from vgate.tune.measure import Targets, summarise
+from vgate.tune.measure import RequestRecord, Targets, summarise
 from vgate.tune.runner import TrialPlan, TrialResult, serving
 from vgate.tune.scenario import parse_scenario, parse_sweep, sample
 from vgate.tune.tuner import load_trials, read_run
@@ -144,16 +144,11 @@ def compare_loadgens(model: str, out: Path) -> dict[str, Any]:
         asyncio.run(
             loadgen.run_level(base, plan.served_name, shapes[:4], "concurrency", 2, seed=1)
         )  # warm-up
-        drivers = {
-            "vgate": lambda: asyncio.run(
-                loadgen.run_level(base, plan.served_name, shapes, "concurrency", 8, 3)
-            ),
-            "vllm-bench": lambda: vllm_bench.driver(plan.served_name, base, model, work)(
-                "concurrency", 8, shapes, 3
-            ),
-        }
-        for name, drive in drivers.items():
-            level = summarise(8, drive(), Targets())
+        ours = asyncio.run(loadgen.run_level(base, plan.served_name, shapes, "concurrency", 8, 3))
+        theirs = vllm_bench.driver(plan.served_name, base, model, work)("concurrency", 8, shapes, 3)
+        measured: dict[str, list[RequestRecord]] = {"vgate": ours, "vllm-bench": theirs}
+        for name, records in measured.items():
+            level = summarise(8, records, Targets())
             result[name] = {
                 k: getattr(level, k)
                 for k in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "output_tps")
