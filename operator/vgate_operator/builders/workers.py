@@ -180,7 +180,9 @@ def _dry_run_args(model: ModelSpec) -> list[str]:
     if model.max_num_batched_tokens is not None:
         args += ["--max-num-batched-tokens", str(model.max_num_batched_tokens)]
     if model.enable_chunked_prefill is not None:
-        args.append("--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill")
+        args.append(
+            "--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill"
+        )
     if not model.enable_prefix_caching:
         args.append("--no-enable-prefix-caching")
     return args
