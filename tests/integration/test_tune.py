@@ -69,6 +69,14 @@ def test_a_small_tuning_on_the_simulator_ranks_reports_and_patches(tmp_path: Pat
     rebuilt = _tune("--report", str(results))
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert rebuilt.stdout.split("\n| 1 |")[1] == done.stdout.split("\n| 1 |")[1]
+    assert (results / "trials.jsonl").read_text() == trials
+
+    # New targets re-score the saved requests without a new trial: an impossible TPOT fails everyone.
+    strict = _tune("--report", str(results), "--tpot-p99-ms", "0.001")
+    assert strict.returncode == 1
+    assert "No configuration met the targets" in strict.stdout
+    assert "p99 TPOT" in strict.stdout
+    assert len((results / "trials.jsonl").read_text().splitlines()) == len(trials.splitlines())
 
 
 def test_bad_input_is_one_clear_line() -> None:

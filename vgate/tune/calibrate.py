@@ -8,7 +8,7 @@ and measured with three probes, each chosen so one parameter dominates:
 - decode: 64-token answers to 8-token prompts at 1, 4 and 16 clients; the median TPOT against
   the batch size is a line whose intercept is the single-sequence step time and whose slope,
   relative to it, is the simulator's ``decode_batch_slope``;
-- prefill: one-token answers to prompts of 256 and 1,024 tokens, one at a time; the TTFT
+- prefill: one-token answers to prompts of 128 and 512 tokens, one at a time; the TTFT
   difference over the token difference is the prefill rate;
 - KV size: the tokens vLLM's log says its KV cache holds for the bytes it was given.
 
@@ -35,7 +35,9 @@ from vgate.tune.scenario import Shape, parse_sweep
 
 KV_BYTES = 256 << 20
 DECODE_CLIENTS = (1, 4, 16)
-PREFILL_TOKENS = (256, 1024)
+#: Around the prompts a tuning sends: on CPU, attention makes a prefill grow faster than linearly
+#: beyond them (1,024 tokens took 16x as long as 256 on the tiny model), and the simulator's rate is linear.
+PREFILL_TOKENS = (128, 512)
 # vLLM's start-up line: "GPU KV cache size: 123,456 tokens" (the CPU backend says GPU too).
 _KV_LINE = re.compile(r"KV cache size: ([\d,]+) tokens")
 

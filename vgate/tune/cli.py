@@ -28,7 +28,7 @@ from vgate.tune.manifest import ManifestError, TuneTarget, load_target
 from vgate.tune.measure import OBJECTIVES, Targets
 from vgate.tune.runner import TrialPlan
 from vgate.tune.scenario import ScenarioError, parse_scenario, parse_sweep, requests_for, sample
-from vgate.tune.tuner import Budget, read_run, tune, write_run
+from vgate.tune.tuner import Budget, read_run, rescore, tune, write_run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -169,25 +169,54 @@ def _budget(args: argparse.Namespace, size: int) -> Budget:
     return Budget(min(trials, size), args.max_time)
 
 
+#: Flags ``--report``/``--resume`` may change: the targets and objective re-score saved requests.
+_SCORING = ("--ttft-p99-ms", "--tpot-p99-ms", "--e2e-p99-ms", "--max-error-rate", "--objective")
+
+
+def _scoring_overrides(argv: Sequence[str]) -> list[str]:
+    """The scoring flags (and values) given on this command line."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        name = arg.split("=", 1)[0]
+        if name in _SCORING:
+            out += [arg] if "=" in arg else [arg, *argv[i + 1 : i + 2]]
+    return out
+
+
+def _without_results(args: Sequence[str]) -> list[str]:
+    """``args`` less ``--results DIR``: the saved command line works wherever the directory moves."""
+    out: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--results":
+            skip = True
+        elif not arg.startswith("--results="):
+            out.append(arg)
+    return out
+
+
 def main(argv: Sequence[str]) -> int:
+    first = _parser().parse_args(list(argv))
+    where = first.report or first.resume or first.results
+    results = Path(where or f"tune-results/{time.strftime('%Y%m%dT%H%M%S')}")
     args = list(argv)
-    parsed = _parser().parse_args(args)
-    results = Path(
-        parsed.report or parsed.resume or parsed.results or f"tune-results/{time.strftime('%Y%m%dT%H%M%S')}"
-    )
     try:
-        if parsed.report or parsed.resume:
-            saved = read_run(results)
-            args = [*saved["argv"], "--results", str(results)]
-            parsed = _parser().parse_args(args)
+        if first.report or first.resume:
+            # The saved command line, with any new targets after it (argparse keeps the last).
+            args = [*read_run(results)["argv"], *_scoring_overrides(argv)]
+        parsed = _parser().parse_args([*args, "--results", str(results)])
         plan, target, candidates, run = build(parsed)
         if parsed.render_job:
             from vgate.tune.job import render_job
 
             print(yaml.safe_dump_all(render_job(args, target, parsed), sort_keys=False), end="")
             return 0
-        if not (parsed.report):
-            write_run(results, {**run, "argv": [a for a in args if a not in {"--results", str(results)}]})
+        write_run(results, {**run, "argv": _without_results(args)})
+        if first.report:
+            rescore(results, plan.targets, plan.objective)
+        else:
             grid = space.parse_grid(parsed.grid)
             points = [space.coordinates(grid, c) for c in candidates]
             strategy = search.make(parsed.strategy, points, parsed.seed)

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vgate.tune import search, space
-from vgate.tune.runner import TrialPlan, TrialResult, run_trial, trial_dir
+from vgate.tune.measure import Objective, Targets, score, summarise
+from vgate.tune.runner import TrialPlan, TrialResult, load_records, run_trial, trial_dir
 
 TRIALS_FILE = "trials.jsonl"
 BASELINE_INDEX = -1
@@ -132,3 +133,20 @@ def read_run(results: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{results} holds no tuning run (no run.json)")
     data: dict[str, Any] = json.loads(path.read_text())
     return data
+
+
+def rescore(results: Path, targets: Targets, objective: Objective) -> list[TrialResult]:
+    """Score the saved trials again, from their saved requests, against new targets.
+
+    The measurements do not depend on the targets, so trying stricter or looser ones needs no
+    new trial: ``vgate tune --report DIR --tpot-p99-ms 30``.
+    """
+    trials = load_trials(results)
+    for trial in trials:
+        levels = []
+        for level in trial.levels:
+            records = load_records(trial_dir(results, trial.index), level.level)
+            levels.append(summarise(level.level, records, targets) if records else level)
+        trial.levels, trial.score = levels, score(levels, objective) if trial.status == "ok" else 0.0
+    (results / TRIALS_FILE).write_text("".join(json.dumps(t.to_json()) + "\n" for t in trials))
+    return trials
