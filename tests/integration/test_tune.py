@@ -61,6 +61,10 @@ def test_a_small_tuning_on_the_simulator_ranks_reports_and_patches(tmp_path: Pat
     patch = yaml.safe_load((results / "patch.yaml").read_text())
     parse_spec(patch["metadata"]["name"], patch["spec"])  # the operator accepts the winner
 
+    # The same directory is not silently reused by a new run.
+    reused = _tune(*args)
+    assert reused.returncode == 2
+    assert "already holds a run" in reused.stderr
     # A finished run resumes without repeating a trial, and its report is rebuilt from disk.
     trials = (results / "trials.jsonl").read_text()
     again = _tune("--resume", str(results))

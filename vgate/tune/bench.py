@@ -19,6 +19,7 @@ import asyncio
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -89,6 +90,8 @@ def _engine_flags(args: Sequence[str]) -> list[str]:
 
 def _run(cmd: list[str], env: dict[str, str]) -> None:
     print("+", " ".join(cmd), file=sys.stderr, flush=True)
+    if "--results" in cmd:  # a step run again starts over
+        shutil.rmtree(cmd[cmd.index("--results") + 1], ignore_errors=True)
     subprocess.run(cmd, env=env, check=False)
 
 

@@ -28,7 +28,7 @@ from vgate.tune.manifest import ManifestError, TuneTarget, load_target
 from vgate.tune.measure import OBJECTIVES, Targets
 from vgate.tune.runner import TrialPlan
 from vgate.tune.scenario import ScenarioError, parse_scenario, parse_sweep, requests_for, sample
-from vgate.tune.tuner import Budget, read_run, rescore, tune, write_run
+from vgate.tune.tuner import TRIALS_FILE, Budget, read_run, rescore, tune, write_run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -206,6 +206,10 @@ def main(argv: Sequence[str]) -> int:
         if first.report or first.resume:
             # The saved command line, with any new targets after it (argparse keeps the last).
             args = [*read_run(results)["argv"], *_scoring_overrides(argv)]
+        elif (results / TRIALS_FILE).exists():
+            raise ScenarioError(
+                f"{results} already holds a run: --resume {results}, or choose another --results"
+            )
         parsed = _parser().parse_args([*args, "--results", str(results)])
         plan, target, candidates, run = build(parsed)
         if parsed.render_job:
