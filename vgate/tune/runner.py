@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -63,7 +64,8 @@ class TrialPlan:
 class TrialResult:
     index: int
     config: dict[str, space.Value]
-    status: Literal["ok", "infeasible"]
+    #: ``infeasible``: the engine did not start; ``error``: the gateway or load generator failed.
+    status: Literal["ok", "infeasible", "error"]
     reason: str = ""
     levels: list[LevelResult] = field(default_factory=list)
     score: float = 0.0
@@ -160,6 +162,10 @@ def run_trial(plan: TrialPlan, index: int, config: space.Config, trial_dir: Path
             result.load_s = time.monotonic() - loaded
     except EngineFailed as exc:
         result.status, result.reason = "infeasible", str(exc)
+        return result
+    except (subprocess.CalledProcessError, OSError, TimeoutError, procs.ProcessExited) as exc:
+        # The gateway or the load generator failed, not the engine: recorded, and the run goes on.
+        result.status, result.reason = "error", f"{type(exc).__name__}: {exc}"[:500]
         return result
     result.score = score(result.levels, plan.objective)
     return result
