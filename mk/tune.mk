@@ -9,5 +9,10 @@ BENCH_TUNE_OUT ?= bench/results/tune
 
 .PHONY: bench-tune
 
-bench-tune: venv-vllm tiny-model ## vgate tune on real vLLM (CPU): grid vs Bayesian, winner vs defaults, simulator vs vLLM ranking
+# `vllm bench serve` reads custom datasets with pandas, which vLLM lists under its "bench" extra.
+$(VLLM_VENV)/.stamp-bench: $(VLLM_VENV)/.stamp
+	$(VLLM_PIP) install -q pandas
+	@touch $@
+
+bench-tune: venv-vllm tiny-model $(VLLM_VENV)/.stamp-bench ## vgate tune on real vLLM (CPU): grid vs Bayesian, winner vs defaults, simulator vs vLLM ranking
 	$(VLLM_BIN)/python -m vgate.tune.bench --model $(TINY_MODEL) --out $(BENCH_TUNE_OUT) --steps $(BENCH_TUNE_STEPS)

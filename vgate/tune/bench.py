@@ -176,7 +176,7 @@ def replay_study(run: dict[str, Any], scores: dict[str, float | None], seeds: in
     candidates = space.expand(grid)
     table = [scores.get(space.key(c)) for c in candidates]
     best = max((s for s in table if s is not None), default=0.0)
-    budget = math.ceil(0.4 * len(candidates))
+    budget = max(1, math.floor(0.4 * len(candidates)))
     points = [space.coordinates(grid, c) for c in candidates]
     out: dict[str, Any] = {"grid_size": len(candidates), "budget": budget}
     for name in ("random", "bayes"):
@@ -195,9 +195,31 @@ def replay_study(run: dict[str, Any], scores: dict[str, float | None], seeds: in
     return out
 
 
+def repeatability(
+    first: dict[str, float | None], second: dict[str, float | None], sim: dict[str, float | None]
+) -> dict[str, Any]:
+    """vLLM against itself: the configurations both vLLM runs measured, scored twice.
+
+    The simulator cannot agree with vLLM better than vLLM agrees with itself; this is that floor.
+    """
+    common = [k for k in second if k in first and k in sim]
+    a, b, c = ([d[k] or 0.0 for k in common] for d in (first, second, sim))
+    return {
+        "configurations": len(common),
+        "spearman_vllm_vs_vllm": spearman(a, b),
+        "mean_relative_difference": statistics.fmean(
+            abs(x - y) / max(x, y, 1e-9) for x, y in zip(a, b, strict=True)
+        ),
+        "spearman_sim_vs_vllm_mean": spearman(c, [(x + y) / 2 for x, y in zip(a, b, strict=True)]),
+    }
+
+
 def summarise_run(out: Path) -> dict[str, Any]:
     grid_run, grid = read_run(out / "vllm-grid"), load_trials(out / "vllm-grid")
-    bayes = load_trials(out / "vllm-bayes")
+    # At most 40 % of the grid: a run with a larger --max-trials is cut to its first trials,
+    # which are exactly what a run with that budget would have tried (the strategy is deterministic).
+    budget = max(1, math.floor(0.4 * sum(t.index >= 0 for t in grid)))
+    bayes = [t for t in load_trials(out / "vllm-bayes") if t.index >= 0][:budget]
     sim = load_trials(out / "sim-grid")
     real_scores, sim_scores = _scores(grid), _scores(sim)
     feasible = [t for t in grid if t.index >= 0 and t.status == "ok"]
@@ -232,6 +254,9 @@ def summarise_run(out: Path) -> dict[str, Any]:
         "targets": grid_run["targets_text"],
         "workload": f"{grid_run['scenario']}, {grid_run['sweep_kind']} {grid_run['levels']}",
     }
+    summary["repeatability"] = repeatability(
+        real_scores, _scores(load_trials(out / "vllm-bayes")), sim_scores
+    )
     if (out / "loadgens.json").exists():
         summary["loadgens"] = json.loads((out / "loadgens.json").read_text())
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -247,7 +272,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
         "| | trials | best settings | goodput (req/s) |",
         "|---|---|---|---|",
         f"| full grid | {g['trials']} | {g['best']} | {g['goodput']:.3f} |",
-        f"| bayes | {b['trials']} | {b['best']} | {b['goodput']:.3f} ({b['share_of_grid_best']:.1%} of the grid's best) |",
+        f"| bayes | {b['trials']} | {b['best']} | {b['goodput']:.3f} ({b['share_of_grid_best']:.1%} of the grid's best; "
+        f"the grid run measured the same settings at {(b['grid_goodput_of_its_pick'] or 0) / g['goodput']:.1%}) |",
         f"| vLLM defaults | 1 | (none) | {d['goodput']:.3f} |",
         "",
         f"Winner over vLLM's defaults: {d['winner_over_default'] or 0:.2f}x goodput.",
@@ -263,6 +289,13 @@ def summary_markdown(s: dict[str, Any]) -> str:
         f"bayes within 5 % at the budget: {r['bayes']['within_5pct_at_budget']:.0%} "
         f"(after {r['bayes']['mean_trials_to_5pct']:.1f} trials); random search over 50 seeds: "
         f"{r['random']['within_5pct_at_budget']:.0%} (mean {r['random']['mean_trials_to_5pct']:.1f} trials).",
+    ]
+    rep = s["repeatability"]
+    lines += [
+        "",
+        f"vLLM against itself: the {rep['configurations']} configurations both vLLM runs measured (grid, then bayes) "
+        f"rank with Spearman {rep['spearman_vllm_vs_vllm']:.2f} and differ by {rep['mean_relative_difference']:.0%} "
+        f"in goodput on average; the simulator against the mean of the two: Spearman {rep['spearman_sim_vs_vllm_mean']:.2f}.",
     ]
     if "loadgens" in s:
         lines += ["", *_loadgen_lines(s["loadgens"])]

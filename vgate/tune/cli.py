@@ -162,7 +162,7 @@ def _profile_args(path: str | None, engine: str) -> list[str]:
 
 
 def _budget(args: argparse.Namespace, size: int) -> Budget:
-    default = math.ceil(0.4 * size) if args.strategy == "bayes" else size
+    default = max(1, math.floor(0.4 * size)) if args.strategy == "bayes" else size
     trials = args.max_trials if args.max_trials is not None else default
     if trials < 1:
         raise ScenarioError("--max-trials must be at least 1")
