@@ -20,6 +20,7 @@ from vgate_gateway.auth import KeyStore
 from vgate_gateway.client import AiohttpClient, UpstreamClient
 from vgate_gateway.discovery import DiscoverySource
 from vgate_gateway.error_handlers import install_error_handlers
+from vgate_gateway.fleet_metrics import FleetCollector
 from vgate_gateway.guard import Guard, GuardConfig
 from vgate_gateway.health import HealthChecker
 from vgate_gateway.hygiene import TrustedProxies
@@ -34,6 +35,7 @@ from vgate_gateway.routes import openai, ops
 from vgate_gateway.routing import Router
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.state import GatewayState
+from vgate_gateway.status_page import RecentErrors, RecentErrorsMiddleware
 from vgate_gateway.upstreams import DiscoveredEndpoint, UpstreamPool
 
 log = logging.getLogger(__name__)
@@ -131,6 +133,8 @@ def build_app(
     keys = KeyStore(settings.api_keys_file, settings.api_keys_reload_s)
     limiter = make_limiter(settings, RateLimitMetrics(metrics.registry), keys)
     pool = UpstreamPool(eject_after=settings.eject_after_failures, panic_threshold=settings.panic_threshold)
+    metrics.register_live(FleetCollector(pool, settings.services))
+    recent_errors = RecentErrors()
     # Built here, not in the lifespan, so an unknown strategy name fails before serving.
     router = Router(
         pool,
@@ -184,6 +188,7 @@ def build_app(
                     "queued": admission.queued,
                     "rejected": admission.rejected_total,
                 },
+                "errors": recent_errors.snapshot,
             }
             app.state.gateway = GatewayState(
                 settings=settings,
@@ -235,7 +240,8 @@ def build_app(
         # checks (inside, so their answers carry x-request-id), then the generation routes;
         # everything else goes on to the framework.
         hot = openai.HotRoutes(framework)
-        return RequestContextMiddleware(Guard(hot, keys=keys, limiter=limiter, config=guard), metrics=metrics)
+        guarded = Guard(hot, keys=keys, limiter=limiter, config=guard)
+        return RequestContextMiddleware(RecentErrorsMiddleware(guarded, recent_errors), metrics=metrics)
 
     # /docs and /openapi.json are served on the internal port only (vgate_gateway.internal).
     # The gateway exports its own Prometheus metrics; the framework's OpenTelemetry hooks

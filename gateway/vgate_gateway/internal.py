@@ -1,4 +1,4 @@
-"""The internal port: ``/metrics``, ``/stats``, ``/docs``, ``/openapi.json`` (and the probes).
+"""The internal port: ``/metrics``, ``/stats``, ``/status``, ``/docs``, ``/openapi.json`` (and the probes).
 
 One uvicorn server listens on both sockets and one lifespan owns every resource; requests
 are dispatched by the local port they arrived on, which a client cannot forge. The
@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vgate_gateway.error_handlers import install_error_handlers
 from vgate_gateway.openapi_doc import public_openapi
 from vgate_gateway.routes import ops
+from vgate_gateway.status_page import router as status_page_router
 
 
 def build_internal_app(public: FastAPI) -> FastAPI:
@@ -27,6 +28,7 @@ def build_internal_app(public: FastAPI) -> FastAPI:
     install_error_handlers(internal)
     internal.include_router(ops.router)
     internal.include_router(ops.internal_router)
+    internal.include_router(status_page_router)
 
     @internal.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:

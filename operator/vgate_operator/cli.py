@@ -1,6 +1,6 @@
 """``vgate operator``: run the VGateDeployment operator (kopf, embedded).
 
-    vgate operator [--namespace NS]... [--peering NAME | --standalone] [--liveness URL]
+    vgate operator [--namespace NS]... [--peering NAME | --standalone] [--liveness URL] [--metrics-port PORT]
     vgate operator [--namespace NS]... --uninstall [--timeout S]
 
 Without ``--namespace`` it serves every namespace. Credentials come from the pod's
@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="serve Prometheus metrics (vgate_operator_reconciles_total) on 0.0.0.0:PORT/metrics",
+    )
     parser.add_argument("--verbose", action="store_true", help="log at debug level")
     parser.add_argument(
         "--uninstall",
@@ -51,6 +57,16 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=300.0, metavar="S", help="with --uninstall: seconds to wait"
     )
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
 
 
 async def _credentials_problem() -> str | None:
@@ -96,7 +112,12 @@ def main(argv: Sequence[str]) -> int:
         return asyncio.run(uninstall(args.namespace, args.timeout))
     kopf.configure(verbose=args.verbose, log_prefix=True)
     registry = kopf.get_default_registry()
-    register(registry, config)
+    from vgate_operator.metrics import OperatorMetrics, serve
+
+    metrics = OperatorMetrics()
+    if args.metrics_port is not None:
+        serve(metrics, args.metrics_port)
+    register(registry, config, metrics)
     kopf.run(
         registry=registry,
         clusterwide=not args.namespace,
