@@ -151,8 +151,16 @@ def _control_cases(rules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     )
     refusing = _alert(admit, {"namespace": NS}, f"The gateway refuses 1 requests/s at admission in {NS}")
     other_gw = {**GW, "pod": "gw-1", "instance": "10.244.0.10:8081"}
+    no_redis = {**GW, "pod": "gw-2", "instance": "10.244.0.11:8081"}
     limiter = (
-        Series().gauge("vgate_ratelimit_redis_up", GW, 0).gauge("vgate_ratelimit_redis_up", other_gw, 1)
+        Series()
+        .gauge("vgate_ratelimit_redis_up", GW, 0)
+        .counter("vgate_ratelimit_decisions_total", {**GW, "result": "failed_open"}, 30)
+        .gauge("vgate_ratelimit_redis_up", other_gw, 1)
+        .counter("vgate_ratelimit_decisions_total", {**other_gw, "result": "allowed"}, 30)
+        # A gateway without Redis reads 0 as well, and decides in process: no alert.
+        .gauge("vgate_ratelimit_redis_up", no_redis, 0)
+        .counter("vgate_ratelimit_decisions_total", {**no_redis, "result": "allowed"}, 30)
     )
     lost = _alert(
         redis,
