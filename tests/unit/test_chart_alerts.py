@@ -11,6 +11,7 @@ from typing import Any
 from hack.chart_lint import ALL_ON
 from tests.support.alert_rules import alert_rules
 from tests.support.chart import by_kind, render
+from vgate.monitoring import METRICS_PATH, Targets, scrape_config
 
 ALERTS = {
     "VGateGatewayErrorRatioHigh",
@@ -70,3 +71,16 @@ def test_the_operator_serves_its_metrics_where_its_pod_monitor_scrapes() -> None
     ][0]
     labels = operator["spec"]["template"]["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+def test_the_local_prometheus_scrapes_what_the_chart_monitors_scrape() -> None:
+    """``vgate dev --monitoring`` and the dashboard tests read what a cluster's Prometheus reads."""
+    docs = render(ALL_ON)
+    (gateways,) = by_kind(docs, "ServiceMonitor")
+    (workers,) = [d for d in by_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith("-workers")]
+    assert gateways["spec"]["endpoints"][0]["port"] == "internal"  # Targets.gateway: the internal port
+    assert workers["spec"]["podMetricsEndpoints"][0]["port"] == "http"  # Targets.workers: the serving port
+    assert gateways["spec"]["endpoints"][0]["path"] == METRICS_PATH
+    assert workers["spec"]["podMetricsEndpoints"][0]["path"] == METRICS_PATH
+    config = scrape_config(Targets("127.0.0.1:9", ["127.0.0.1:10"]))
+    assert {job["metrics_path"] for job in config["scrape_configs"]} == {METRICS_PATH}
