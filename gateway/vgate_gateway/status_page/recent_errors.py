@@ -25,9 +25,9 @@ MAX_MODEL_CHARS = 80
 #: Error bodies longer than this are not parsed for their code (the gateway's own are short).
 MAX_PARSED_BODY = 4096
 #: The paths named as they are; any other becomes "other" (a client chooses paths).
-KNOWN_PATHS = frozenset(
-    {"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/health", "/ready"}
-)
+KNOWN_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models"})
+#: Probes answer 503 by design while the gateway starts: that is not an error a client saw.
+PROBES = frozenset({"/health", "/ready"})
 #: nginx's "client closed request": the client left, no answer was sent to anyone.
 CLIENT_CLOSED = 499
 
@@ -119,6 +119,6 @@ class RecentErrorsMiddleware:
         try:
             await self.app(scope, receive, sniff)
         finally:
-            if status >= 400 and status != CLIENT_CLOSED:
+            if status >= 400 and status != CLIENT_CLOSED and scope["path"] not in PROBES:
                 payload = scope.get("state", {}).get(PAYLOAD_STATE)
                 self.errors.record(status, body, payload, scope["path"])
