@@ -117,7 +117,9 @@ def main(argv: Sequence[str]) -> int:
             )
             prometheus_url = None
             if args.monitoring:
-                prometheus_url = _start_prometheus(args.prometheus_port, internal_port, worker_ports, children)
+                prometheus_url = _start_prometheus(
+                    args.prometheus_port, internal_port, worker_ports, children
+                )
             _banner(args.port, internal_port, args.model, worker_ports, bool(args.api_key), prometheus_url)
         except (ProcessExited, TimeoutError):
             pass  # the loop below reports a dead component; a slow one may still come up

@@ -69,7 +69,13 @@ def prometheus_binary() -> str | None:
 
 
 def start_prometheus(
-    targets: Targets, port: int, workdir: Path, *, interval: str = "5s", log: Path | None = None, group: bool = True
+    targets: Targets,
+    port: int,
+    workdir: Path,
+    *,
+    interval: str = "5s",
+    log: Path | None = None,
+    group: bool = True,
 ) -> Child:
     """Start Prometheus on 127.0.0.1:``port`` scraping ``targets``; its data lives in ``workdir``."""
     binary = prometheus_binary()

@@ -96,4 +96,6 @@ def register(
     async def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         if memo.kube.closed:
             return  # kopf may fire a timer once more while exiting: the next operator resyncs
-        await _counted(counts, reconcile(body, patch, memo.kube, retry_delay=config.retry_delay_s, timer=True))
+        await _counted(
+            counts, reconcile(body, patch, memo.kube, retry_delay=config.retry_delay_s, timer=True)
+        )

@@ -61,7 +61,9 @@ def _gateway_cases(rules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         .counter("vgate_requests_total", {**quiet, **ok}, 99)
         .counter("vgate_requests_total", {**quiet, **failed}, 1)  # 1 %
         # Probes are not traffic: a storm of failing readiness probes alone fires nothing.
-        .counter("vgate_requests_total", {**quiet, "endpoint": "/ready", "method": "GET", "status": "503"}, 600)
+        .counter(
+            "vgate_requests_total", {**quiet, "endpoint": "/ready", "method": "GET", "status": "503"}, 600
+        )
     )
     fired = _alert(err, {"namespace": NS}, f"V-Gate answers 10% of requests with a 5xx in {NS}")
     other = "Other/Model"
@@ -127,7 +129,11 @@ def _worker_cases(rules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     cache = (
         Series()
         .gauge("vllm:kv_cache_usage_perc", {**WORKER, "model_name": MODEL}, 0.98)
-        .gauge("vllm:kv_cache_usage_perc", {**WORKER, "pod": "qwen-1", "instance": "10.244.0.6:8000", "model_name": MODEL}, 0.5)
+        .gauge(
+            "vllm:kv_cache_usage_perc",
+            {**WORKER, "pod": "qwen-1", "instance": "10.244.0.6:8000", "model_name": MODEL},
+            0.5,
+        )
     )
     full = _alert(
         kv,
@@ -179,19 +185,26 @@ def _control_cases(rules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         .once("vgate_operator_reconciles_total", {**op, "result": "error"}, 2)
         .counter("vgate_operator_reconciles_total", {**op, "result": "ok"}, 1)
     )
-    failing = _alert(operator, {"namespace": "vgate-system"}, "The V-Gate operator keeps failing to reconcile")
+    failing = _alert(
+        operator, {"namespace": "vgate-system"}, "The V-Gate operator keeps failing to reconcile"
+    )
     return [
         _case(refused, [("3m", admit["alert"], []), ("10m", admit["alert"], [refusing])]),
         _case(limiter, [("30s", redis["alert"], []), ("5m", redis["alert"], [lost])]),
         _case(reconciles, [("10m", operator["alert"], []), ("30m", operator["alert"], [failing])]),
-        _case(blip, [("5m", operator["alert"], []), ("20m", operator["alert"], []), ("35m", operator["alert"], [])]),
+        _case(
+            blip,
+            [("5m", operator["alert"], []), ("20m", operator["alert"], []), ("35m", operator["alert"], [])],
+        ),
     ]
 
 
 def _promtool() -> str:
     binary = shutil.which("promtool")
     if binary is None:
-        pytest.fail("promtool is not installed: `make test` installs Debian's prometheus package (mk/monitoring.mk)")
+        pytest.fail(
+            "promtool is not installed: `make test` installs Debian's prometheus package (mk/monitoring.mk)"
+        )
     return binary
 
 
@@ -204,7 +217,11 @@ def test_every_alert_fires_and_stays_quiet_as_promtool_evaluates_it(tmp_path: Pa
     spec = {"rule_files": ["rules.yaml"], "evaluation_interval": "30s", "tests": tests}
     (tmp_path / "tests.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     done = subprocess.run(
-        [_promtool(), "test", "rules", "tests.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+        [_promtool(), "test", "rules", "tests.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
 
@@ -212,7 +229,11 @@ def test_every_alert_fires_and_stays_quiet_as_promtool_evaluates_it(tmp_path: Pa
 def test_the_rendered_rules_pass_promtool_check(tmp_path: Path) -> None:
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rendered_rules()))
     done = subprocess.run(
-        [_promtool(), "check", "rules", "rules.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        [_promtool(), "check", "rules", "rules.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"SUCCESS: {len(alert_rules())} rules found" in done.stdout

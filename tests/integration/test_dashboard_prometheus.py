@@ -48,13 +48,15 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
             workers=[f"127.0.0.1:{w.port}" for w in stack.workers],
         )
         prom = es.enter_context(prometheus(targets, tmp))
-        wait_until(prom.targets_up, within=30, interval=0.5, what="Prometheus scraping the gateway and both workers")
+        wait_until(
+            prom.targets_up, within=30, interval=0.5, what="Prometheus scraping the gateway and both workers"
+        )
         asyncio.run(_traffic(stack))
         # Every family the traffic fed, scraped at least twice since (rate() needs two samples).
         prom.wait_for("vgate_batch_size_count > 0")
         prom.wait_for("count(vgate_deduplicated_requests_total) > 0")
         prom.wait_for("sum(vgate_ttft_seconds_count) > 0")
-        prom.wait_for('count(count_over_time(vllm:time_to_first_token_seconds_count[10s]) >= 3)')
+        prom.wait_for("count(count_over_time(vllm:time_to_first_token_seconds_count[10s]) >= 3)")
         yield stack, prom
 
 
@@ -65,10 +67,15 @@ async def _traffic(stack: Stack) -> None:
     try:
         await client.completions.create(model=MODEL, prompt="warm-up", max_tokens=2, temperature=0.5)
         await asyncio.gather(
-            *(client.completions.create(model=MODEL, prompt=f"batch {i}", max_tokens=8, temperature=0.5) for i in range(6))
+            *(
+                client.completions.create(model=MODEL, prompt=f"batch {i}", max_tokens=8, temperature=0.5)
+                for i in range(6)
+            )
         )
         same = [{"role": "user", "content": "everyone asks this"}]
-        await asyncio.gather(*(chat.create(model=MODEL, messages=same, max_tokens=16, temperature=0) for _ in range(10)))
+        await asyncio.gather(
+            *(chat.create(model=MODEL, messages=same, max_tokens=16, temperature=0) for _ in range(10))
+        )
         await chat.create(model=MODEL, messages=same, max_tokens=16, temperature=0)  # a cache hit
         for i in range(4):
             stream = await chat.create(
@@ -135,7 +142,7 @@ def test_every_panel_query_returns_series_with_its_legend_labels(monitored: tupl
 def test_the_error_ratio_panel_reads_zero_when_nothing_failed(monitored: tuple[Stack, Prometheus]) -> None:
     _, prom = monitored
     (expr,) = [e for t, e, _ in _panel_queries() if t == "Error ratio (5xx)"]
-    assert not prom.query(f'vgate_requests_total{{status=~"5.."}}'), "the traffic had a 5xx"
+    assert not prom.query('vgate_requests_total{status=~"5.."}'), "the traffic had a 5xx"
     (series,) = prom.query(_concrete(expr, LOCAL_NAMESPACE))
     assert float(series["value"][1]) == 0.0
 
@@ -148,7 +155,9 @@ def test_every_alert_reads_existing_metrics_and_is_quiet_on_a_healthy_fleet(
         firing = prom.query(rule["expr"])
         assert not firing, f"{name} would fire on a healthy fleet: {firing}"
         for metric in metric_names(rule["expr"]) - PENDING_SERIES.keys() - NOT_IN_LOCAL_STACK.keys():
-            assert prom.query(f"count({{__name__={metric!r}}})"), f"{name} reads {metric}, which nobody exports"
+            assert prom.query(f"count({{__name__={metric!r}}})"), (
+                f"{name} reads {metric}, which nobody exports"
+            )
 
 
 def test_a_dead_worker_shows_in_the_alert_and_the_panel(monitored: tuple[Stack, Prometheus]) -> None:

@@ -149,7 +149,8 @@ def test_dev_monitoring_runs_prometheus_scraping_the_stack_and_the_status_page(t
         assert f"Status page: {internal}/status" in banner
         assert len(_children(dev.popen.pid)) == 4  # the gateway, two workers and Prometheus
         page = httpx.get(f"{internal}/status")
-        assert page.status_code == 200 and "/stats" in page.text
+        assert page.status_code == 200
+        assert "/stats" in page.text
 
         def scraped() -> bool:
             targets = httpx.get(f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]
@@ -158,7 +159,8 @@ def test_dev_monitoring_runs_prometheus_scraping_the_stack_and_the_status_page(t
         wait_until(scraped, within=30, interval=0.5, what="Prometheus scraping the gateway and both workers")
         query = httpx.get(f"{prometheus}/api/v1/query", params={"query": "vgate_model_healthy_upstreams"})
         (series,) = query.json()["data"]["result"]
-        assert series["metric"]["model"] == MODEL and series["value"][1] == "2"
+        assert series["metric"]["model"] == MODEL
+        assert series["value"][1] == "2"
         children = _children(dev.popen.pid)
         dev.popen.send_signal(signal.SIGTERM)
         assert dev.popen.wait(timeout=20) == 0

@@ -37,9 +37,13 @@ def live(tmp_path: Path) -> Iterator[tuple[Stack, Page]]:
         stack = start_stack(es, tmp_path, workers=2)
         client = stack.client()
         for i in range(6):
-            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=8)
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"hi {i}"}], max_tokens=8
+            )
         for _ in range(2):  # the second is a cache hit
-            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "same"}], temperature=0)
+            client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "same"}], temperature=0
+            )
         with pytest.raises(openai.NotFoundError):
             client.chat.completions.create(model="no-such-model", messages=[{"role": "user", "content": "?"}])
         page = es.enter_context(chromium(tmp_path))
@@ -52,20 +56,30 @@ def _rows(page: Page) -> list[list[str]]:
     return rows
 
 
-def test_the_page_shows_the_workers_follows_a_death_and_logs_no_error(live: tuple[Stack, Page], tmp_path: Path) -> None:
+def test_the_page_shows_the_workers_follows_a_death_and_logs_no_error(
+    live: tuple[Stack, Page], tmp_path: Path
+) -> None:
     stack, page = live
     urls = sorted(w.url for w in stack.workers)
-    page.wait_for(f"{ROWS} === {json.dumps(json.dumps([[u, 'healthy'] for u in urls], separators=(',', ':')))}")
+    page.wait_for(
+        f"{ROWS} === {json.dumps(json.dumps([[u, 'healthy'] for u in urls], separators=(',', ':')))}"
+    )
     assert page.evaluate("document.getElementById('conn').textContent") == "live"
     title = page.evaluate(f"document.querySelector('h3[data-model=\"{MODEL}\"]').textContent")
     assert "2/2 healthy replicas" in title
     # The rejected model is in the recent errors, with its status and code.
     error = page.wait_for("document.querySelector('#errors tr[data-status=\"404\"]')?.textContent")
-    assert "model_not_found" in error and "no-such-model" in error
-    assert page.evaluate("document.getElementById('errors').textContent").count("/ready") == 0, "probes are not errors"
+    assert "model_not_found" in error
+    assert "no-such-model" in error
+    assert page.evaluate("document.getElementById('errors').textContent").count("/ready") == 0, (
+        "probes are not errors"
+    )
     # Routing split: seven upstream requests spread over both workers, shares adding up to 100 %.
-    shares = page.evaluate("[...document.querySelectorAll('#routing .bar em')].map(e => parseFloat(e.textContent))")
-    assert len(shares) == 2 and abs(sum(shares) - 100) < 0.2
+    shares = page.evaluate(
+        "[...document.querySelectorAll('#routing .bar em')].map(e => parseFloat(e.textContent))"
+    )
+    assert len(shares) == 2
+    assert abs(sum(shares) - 100) < 0.2
 
     dead = stack.workers[0]
     dead.stop(signal.SIGKILL)
@@ -96,7 +110,10 @@ def test_the_page_draws_a_queues_section_generically(live: tuple[Stack, Page]) -
             return {head, cells: [...row.children].map(td => td.textContent)};
         })()"""
     )
-    assert cells == {"head": ["model", "depth", "wait p50 s", "wait p95 s"], "cells": ["m", "3", "0.250", "1.50"]}
+    assert cells == {
+        "head": ["model", "depth", "wait p50 s", "wait p95 s"],
+        "cells": ["m", "3", "0.250", "1.50"],
+    }
     assert page.errors == []
 
 

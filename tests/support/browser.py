@@ -115,7 +115,13 @@ def chromium(tmp_path: Path, width: int = 1280, height: int = 900) -> Iterator[P
             page = Page(ws)
             for domain in ("Runtime", "Log", "Page"):
                 page.send(f"{domain}.enable")
-            page.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+            page.send(
+                "Emulation.setDeviceMetricsOverride",
+                width=width,
+                height=height,
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             yield page
     finally:
         child.stop(5.0)

@@ -31,7 +31,8 @@ class Prometheus:
         """An instant query's result vector; a PromQL error fails the test with Prometheus' message."""
         response = httpx.get(f"{self.url}/api/v1/query", params={"query": promql}, timeout=10)
         body = response.json()
-        assert response.status_code == 200 and body["status"] == "success", f"{promql}\n{body}"
+        assert response.status_code == 200, f"{promql}\n{body}"
+        assert body["status"] == "success", f"{promql}\n{body}"
         result: list[dict[str, Any]] = body["data"]["result"]
         assert body["data"]["resultType"] == "vector", promql
         return result
@@ -62,7 +63,9 @@ def prometheus(targets: Targets, tmp_path: Path, interval: str = "1s") -> Iterat
     if prometheus_binary() is None:
         pytest.fail(INSTALL_HINT)
     port = free_port()
-    child = start_prometheus(targets, port, tmp_path / "prometheus", interval=interval, log=tmp_path / "prometheus.log")
+    child = start_prometheus(
+        targets, port, tmp_path / "prometheus", interval=interval, log=tmp_path / "prometheus.log"
+    )
     try:
         wait_ready(child, port)
         yield Prometheus(f"http://127.0.0.1:{port}", child)

@@ -29,7 +29,10 @@ ALERTS = {
 
 def test_the_rule_is_off_by_default_and_carries_the_selection_labels() -> None:
     assert not by_kind(render(), "PrometheusRule")
-    (rule,) = by_kind(render({"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}}), "PrometheusRule")
+    (rule,) = by_kind(
+        render({"metrics": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}}),
+        "PrometheusRule",
+    )
     assert rule["metadata"]["labels"]["release"] == "kps"
 
 
@@ -66,9 +69,10 @@ def test_the_operator_serves_its_metrics_where_its_pod_monitor_scrapes() -> None
     port = int(args[args.index("--metrics-port") + 1])
     assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
     (monitor,) = [d for d in by_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith("-operator")]
-    assert monitor["spec"]["podMetricsEndpoints"][0] | {"port": "metrics", "path": "/metrics"} == monitor["spec"][
-        "podMetricsEndpoints"
-    ][0]
+    assert (
+        monitor["spec"]["podMetricsEndpoints"][0] | {"port": "metrics", "path": "/metrics"}
+        == monitor["spec"]["podMetricsEndpoints"][0]
+    )
     labels = operator["spec"]["template"]["metadata"]["labels"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
