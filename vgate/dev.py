@@ -71,6 +71,9 @@ def main(argv: Sequence[str]) -> int:
     if args.workers < 1:
         print("vgate dev: --workers must be at least 1", file=sys.stderr)
         return 2
+    if not 1 <= args.prometheus_port <= 65535:
+        print("vgate dev: --prometheus-port must be a TCP port (1-65535)", file=sys.stderr)
+        return 2
     if args.monitoring and prometheus_binary() is None:
         print(f"vgate dev: --monitoring: {INSTALL_HINT}", file=sys.stderr)
         return 2

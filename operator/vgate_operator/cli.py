@@ -1,6 +1,6 @@
 """``vgate operator``: run the VGateDeployment operator (kopf, embedded).
 
-    vgate operator [--namespace NS]... [--peering NAME | --standalone] [--liveness URL] [--metrics-port PORT]
+    vgate operator [--namespace NS]... [--peering NAME | --standalone] [--liveness URL] [--metrics HOST:PORT]
     vgate operator [--namespace NS]... --uninstall [--timeout S]
 
 Without ``--namespace`` it serves every namespace. Credentials come from the pod's
@@ -41,10 +41,11 @@ def _parser() -> argparse.ArgumentParser:
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
     parser.add_argument(
-        "--metrics-port",
-        type=_port,
-        metavar="PORT",
-        help="serve Prometheus metrics (vgate_operator_reconciles_total) on 0.0.0.0:PORT/metrics",
+        "--metrics",
+        type=_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (vgate_operator_reconciles_total) at http://HOST:PORT/metrics, "
+        "e.g. 0.0.0.0:8081",
     )
     parser.add_argument("--verbose", action="store_true", help="log at debug level")
     parser.add_argument(
@@ -59,14 +60,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        port = 0
-    if not 1 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
-    return port
+def _address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port); argparse turns the error into a usage message."""
+    host, _, port_text = text.rpartition(":")
+    port = int(port_text) if port_text.isdigit() else 0
+    if not host or not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port 1-65535")
+    return host.strip("[]"), port
 
 
 async def _credentials_problem() -> str | None:
@@ -115,8 +115,8 @@ def main(argv: Sequence[str]) -> int:
     from vgate_operator.metrics import OperatorMetrics, serve
 
     metrics = OperatorMetrics()
-    if args.metrics_port is not None:
-        serve(metrics, args.metrics_port)
+    if args.metrics is not None:
+        serve(metrics, args.metrics[1], args.metrics[0])
     register(registry, config, metrics)
     kopf.run(
         registry=registry,

@@ -33,6 +33,6 @@ class OperatorMetrics:
         self.reconciles.labels(result).inc()
 
 
-def serve(metrics: OperatorMetrics, port: int, addr: str = "0.0.0.0") -> None:
+def serve(metrics: OperatorMetrics, port: int, addr: str) -> None:
     """Serve ``/metrics`` on ``addr:port`` from a daemon thread (it ends with the process)."""
     start_http_server(port, addr, registry=metrics.registry)

@@ -82,7 +82,7 @@ class Operator:
         }
         self.log_path = tmp_path / "operator.log"
         self.metrics_port = procs.free_port()
-        argv = vgate_argv("operator", "--standalone", "--metrics-port", str(self.metrics_port), *args)
+        argv = vgate_argv("operator", "--standalone", "--metrics", f"127.0.0.1:{self.metrics_port}", *args)
         self.child = procs.start(argv, env=env, log=self.log_path)
 
     async def reconciles(self) -> dict[str, float]:

@@ -66,7 +66,9 @@ def test_the_operator_serves_its_metrics_where_its_pod_monitor_scrapes() -> None
     operator = next(d for d in by_kind(docs, "Deployment") if d["metadata"]["name"].endswith("-operator"))
     container = operator["spec"]["template"]["spec"]["containers"][0]
     args = container["args"]
-    port = int(args[args.index("--metrics-port") + 1])
+    host, port_text = args[args.index("--metrics") + 1].rsplit(":", 1)
+    port = int(port_text)
+    assert host == "0.0.0.0"  # the PodMonitor reaches it on the pod's address
     assert {"name": "metrics", "containerPort": port, "protocol": "TCP"} in container["ports"]
     (monitor,) = [d for d in by_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith("-operator")]
     assert (
