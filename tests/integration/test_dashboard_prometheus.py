@@ -34,13 +34,15 @@ pytestmark = pytest.mark.timeout(120)
 NOT_IN_LOCAL_STACK = {
     "vgate_operator_reconciles_total": "the operator needs a cluster: tests/integration/test_operator_kmock.py",
 }
-RATE_INTERVAL = "1m"
+#: Long enough that the traffic at the start is still in every rate() however slow the machine.
+RATE_INTERVAL = "10m"
 
 
 @pytest.fixture(scope="module")
 def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Prometheus]]:
     tmp = tmp_path_factory.mktemp("monitored")
-    env = {"VGATE_BATCH_WAIT_MS": "100", "VGATE_RATE_LIMIT_RPM": "1000000"}
+    # Two requests at once per worker: a burst of streams waits in the model's queue.
+    env = {"VGATE_BATCH_WAIT_MS": "100", "VGATE_RATE_LIMIT_RPM": "1000000", "VGATE_WORKER_CAPACITY": "2"}
     with ExitStack() as es:
         stack = start_stack(es, tmp, gateway_env=env)
         targets = Targets(
@@ -51,11 +53,17 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
         wait_until(
             prom.targets_up, within=30, interval=0.5, what="Prometheus scraping the gateway and both workers"
         )
+        # Twice: rate() sees an increase only between two scrapes of a series, and a series is
+        # born with its first event, so the second wave is what every panel's rate() measures.
+        asyncio.run(_traffic(stack))
+        prom.wait_for("count(vgate_request_latency_seconds_count) > 0")
+        prom.wait_for("count(vgate_queue_wait_seconds_count) > 0")
         asyncio.run(_traffic(stack))
         # Every family the traffic fed, scraped at least twice since (rate() needs two samples).
         prom.wait_for("vgate_batch_size_count > 0")
         prom.wait_for("count(vgate_deduplicated_requests_total) > 0")
         prom.wait_for("sum(vgate_ttft_seconds_count) > 0")
+        prom.wait_for("sum(vgate_queue_wait_seconds_count) > 0")
         prom.wait_for("count(count_over_time(vllm:time_to_first_token_seconds_count[10s]) >= 3)")
         yield stack, prom
 
@@ -77,12 +85,15 @@ async def _traffic(stack: Stack) -> None:
             *(chat.create(model=MODEL, messages=same, max_tokens=16, temperature=0) for _ in range(10))
         )
         await chat.create(model=MODEL, messages=same, max_tokens=16, temperature=0)  # a cache hit
-        for i in range(4):
-            stream = await chat.create(
+
+        async def stream(i: int) -> None:
+            answer = await chat.create(
                 model=MODEL, messages=[{"role": "user", "content": f"stream {i}"}], max_tokens=12, stream=True
             )
-            async for _ in stream:
+            async for _ in answer:
                 pass
+
+        await asyncio.gather(*(stream(i) for i in range(8)))  # more than the two workers take at once
         await client.embeddings.create(model=MODEL, input="embed me")
         with pytest.raises(openai.NotFoundError):
             await chat.create(model="no-such-model", messages=same)
