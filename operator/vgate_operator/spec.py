@@ -12,11 +12,11 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 from pydantic.config import JsonDict
 
 from vgate_operator.autoscale.spec import AutoscalingSpec, QueueSpec
+from vgate_operator.schema import SchemaModel
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
@@ -97,19 +97,6 @@ class InvalidSpecError(ValueError):
     """The resource's spec cannot be reconciled as written; the message says why."""
 
 
-class SchemaModel(BaseModel):
-    """A part of the VGateDeployment: the CRD's schema is generated from these models (crd.py),
-    each field's docstring becoming its description (``kubectl explain``)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
-
-
 class ModelResources(SchemaModel):
     gpus: int | None = Field(None, ge=1, le=16)
     """nvidia.com/gpu limit and tensor-parallel size (default 1). Must be unset with worker.dryRun."""
@@ -137,9 +124,7 @@ class ModelSpec(SchemaModel):
     routing: Routing | None = None
     """Overrides gateway.routing for this model."""
     autoscaling: AutoscalingSpec | None = None
-    """Scale this model's workers on its gateways' load (requests in flight plus queued);
-    `replicas` is then ignored. Problems are reported in the Ready condition (reason
-    InvalidSpec) while the rest is reconciled. See docs/autoscaling.md."""
+    """Scale the workers on load; replicas is then ignored (see docs/autoscaling.md)."""
     queue: QueueSpec = Field(default_factory=QueueSpec)
     """How the gateways hold this model's requests while no worker can take them."""
 

@@ -17,10 +17,10 @@ from pydantic import Field
 
 from vgate_operator.autoscale.checks import autoscaling_problems
 from vgate_operator.builders.common import HTTP_PORT, Manifest, Owner
+from vgate_operator.schema import SchemaModel
 from vgate_operator.spec import (
     INT64,
     ModelSpec,
-    SchemaModel,
     VGateDeploymentSpec,
     deprecations,
     gateway_name,
@@ -55,7 +55,7 @@ class VGateDeploymentStatus(SchemaModel):
     models: list[ModelStatus] = Field(default_factory=list)
     ready_workers: str | None = None
     model_replicas: str | None = None
-    """Each model's ready/desired workers, e.g. `qwen=1/2 llama=0/0` (the Models column)."""
+    """Each model's ready/desired workers, e.g. qwen=1/2 llama=0/0."""
     ready_gateways: str | None = None
     gateway_url: str | None = Field(None, alias="gatewayURL")
     ingress_host: str | None = None
@@ -249,13 +249,13 @@ def healthy_status(
             generation,
         ),
     ]
+    old_names = deprecations(owner.name, spec)
+    if old_names:
+        conditions.append(_condition(DEPRECATED, True, "DeprecatedFields", "; ".join(old_names), generation))
     invalid = autoscaling_problems(spec)
     if invalid:
         # Everything else was applied; the Ready condition says what was not (replicas held).
         conditions[0] = _condition("Ready", False, "InvalidSpec", "; ".join(invalid), generation)
-    old_names = deprecations(owner.name, spec)
-    if old_names:
-        conditions.append(_condition(DEPRECATED, True, "DeprecatedFields", "; ".join(old_names), generation))
     return {
         "observedGeneration": generation,
         "conditions": conditions,

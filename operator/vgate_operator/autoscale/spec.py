@@ -12,8 +12,7 @@ import math
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict
-from pydantic.alias_generators import to_camel
+from vgate_operator.schema import SchemaModel
 
 #: At most this factor of the ready replicas per decision (AIBrix: 2x per step).
 MAX_SCALE_UP_RATE = 2.0
@@ -25,63 +24,42 @@ MAX_REPLICAS = 100
 MAX_SCALE_DOWN_RATE = 2.0
 
 
-class _Model(BaseModel):
-    # As vgate_operator.spec.SchemaModel (the CRD is generated from these, docstrings becoming
-    # descriptions); defined here because spec.py imports this module.
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
-
-
-class KedaSpec(_Model):
+class KedaSpec(SchemaModel):
     """What KEDA needs to read the gateways' load: a Prometheus that scrapes them."""
 
     prometheus_address: str | None = None
-    """A Prometheus that scrapes every gateway's /metrics on its internal port (the chart's
-    ServiceMonitor does), e.g. http://prometheus-operated.monitoring.svc:9090. Required."""
+    """Prometheus that scrapes every gateway's /metrics on its internal port (the chart's ServiceMonitor does), e.g. http://prometheus-operated.monitoring.svc:9090."""
     polling_interval_seconds: int = 15
-    """How often KEDA queries it (1..3600)."""
+    """How often KEDA queries it (production-stack: 15 s)."""
 
 
-class AutoscalingSpec(_Model):
+class AutoscalingSpec(SchemaModel):
     """Scale a model's workers on its gateways' load: requests in flight plus queued."""
 
     # No bounds here: a bad value is reported by check_autoscaling as an InvalidSpec condition
     # while the rest of the resource is still reconciled (a pydantic error would stop it all).
     min_replicas: int = 1
-    """0 lets the model scale to zero (the gateways queue its requests meanwhile)."""
+    """0 lets the model scale to zero: the gateways queue its requests while a worker starts."""
     max_replicas: int | None = None
-    """The most workers this model may take (required, 1..100)."""
+    """The budget of GPUs this model may take: required (the operator reports it missing as InvalidSpec)."""
     target_per_replica: float | None = None
-    """Load one worker should carry (requests in flight + queued); default maxNumSeqs, the batch
-    a worker runs at once, so the fleet grows when requests start to wait."""
+    """Load (requests in flight + queued) one replica should carry; unset: the model's maxNumSeqs, the batch a worker runs at once, so the fleet grows when requests start to wait."""
     stable_window_seconds: float = 60.0
-    """The load is averaged over this window (stable mode)."""
     panic_window_seconds: float = 6.0
-    """The short window of panic mode (at most the stable window)."""
     panic_threshold: float = 2.0
-    """Panic when the panic window asks for this many times the ready replicas (>= 1)."""
+    """Panic when the panic window asks for this many times the ready replicas."""
     scale_down_delay_seconds: float = 300.0
-    """Scale down only to the highest count asked for over this long."""
     scale_to_zero_delay_seconds: float = 600.0
-    """Scale to zero only after this long without any load."""
     engine: Literal["builtin", "keda"] = "builtin"
-    """`builtin`: the operator scales (every 2 s, from each gateway's /load); `keda`: a KEDA
-    ScaledObject on the gateways' Prometheus series."""
     keda: KedaSpec | None = None
 
 
-class QueueSpec(_Model):
-    """How the gateways hold this model's requests while no worker can take them."""
+class QueueSpec(SchemaModel):
+    """How the gateways hold a model's requests that no worker can take yet."""
 
     max_requests: int = 1000
-    """Requests each gateway replica's queue holds for this model; more get a 503."""
     timeout_seconds: float = 300.0
-    """The longest a request waits (must outlast a worker's cold start)."""
+    """Must outlast a GPU worker's cold start, or requests waiting on a scale-from-zero time out."""
 
 
 def check_autoscaling(where: str, auto: AutoscalingSpec) -> list[str]:
