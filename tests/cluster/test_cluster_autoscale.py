@@ -246,7 +246,10 @@ def test_turning_autoscaling_off_and_on_hands_the_count_over_without_a_reset(
     )  # fmt: skip
     time.sleep(6)  # a few autoscaler rounds and a resync
     assert all(r == 2 for t, r in replicas.seen if t > mark), replicas.seen
-    managers = {m["manager"]: m for m in release.get("deployment", WORKER, NS)["metadata"]["managedFields"]}
+    live = json.loads(
+        release.kubectl("get", "deployment", WORKER, "-n", NS, "-o", "json", "--show-managed-fields")
+    )
+    managers = {m["manager"]: m for m in live["metadata"]["managedFields"] if m["operation"] == "Apply"}
     assert "f:replicas" in managers["vgate-autoscaler"]["fieldsV1"]["f:spec"]
     assert "f:replicas" not in (managers["vgate-operator"]["fieldsV1"].get("f:spec") or {})
 
