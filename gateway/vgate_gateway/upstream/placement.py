@@ -75,9 +75,7 @@ class Placement:
     def target(self, name: str, workers: Sequence[Upstream]) -> Target | None:
         """Where to load ``name`` among its base model's routable ``workers``; None: nowhere now."""
         slots = self._slots(self.adapters[name].base)
-        options = [
-            u for u in workers if name not in self.held(u) and self.may_try(u.url, name)
-        ]
+        options = [u for u in workers if name not in self.held(u) and self.may_try(u.url, name)]
         free = [u for u in options if len(self.held(u)) < slots]
         if free:
             return Target(min(free, key=lambda u: (u.inflight, len(self.held(u)), u.url)))

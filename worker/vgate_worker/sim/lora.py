@@ -64,7 +64,7 @@ class Adapters:
                 return 400, "InvalidUserInput", f"The lora adapter '{name}' has already been loaded."
             if not self.settings.enable_lora:
                 return 400, "BadRequestError", "LoRA is not enabled. Use --enable-lora to enable LoRA."
-            if path.startswith("/") and not Path(path).exists():
+            if path.startswith("/") and not await asyncio.to_thread(Path(path).exists):
                 return 404, "NotFoundError", f"No adapter found for {path}"
             if len(self.loaded) >= self.settings.max_loras:
                 return (

@@ -11,7 +11,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from vgate_worker.sim import content, tokenizer
 from vgate_worker.sim.engine import Engine
-from vgate_worker.sim.lora import Adapters
 from vgate_worker.sim.generation import (
     Choice,
     Dialect,
@@ -22,6 +21,7 @@ from vgate_worker.sim.generation import (
     stream,
     unless_disconnected,
 )
+from vgate_worker.sim.lora import Adapters
 from vgate_worker.sim.protocol import (
     VOCAB_SIZE,
     ApiError,
