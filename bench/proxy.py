@@ -33,6 +33,7 @@ from typing import Any
 
 from vgate import procs
 from vgate.procs import free_port
+from vgate.waiting import wait_for
 
 SYSTEMS = ("direct", "nginx", "vgate", "vllm-router", "litellm")
 MODEL = "bench"
@@ -59,7 +60,7 @@ class BenchConfig:
     sut_core: int = 1
     load_core: int = 0
     peers: str = ".venv-bench"
-    vgate_workers: int = 1
+    vgate_processes: int = 1
     profile: bool = False
     #: Also compare the candidate upstream HTTP clients (bench/clients.py).
     clients: bool = False
@@ -245,7 +246,7 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
         return
     if system == "vgate":
         argv = procs.vgate_argv("gateway", "--port", str(port), "--endpoint", url)
-        env = {**os.environ, "VGATE_LOG_LEVEL": "warning", "VGATE_WORKERS": str(cfg.vgate_workers)}
+        env = {**os.environ, "VGATE_LOG_LEVEL": "warning", "VGATE_PROCESSES": str(cfg.vgate_processes)}
         ready = f"http://127.0.0.1:{port}/v1/models"
     elif system == "vllm-router":
         argv = [str(peers / "vllm-router"), "--host", "127.0.0.1", "--port", str(port)]
@@ -291,12 +292,11 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
 def _wait_model(port: int, timeout: float = 30.0) -> None:
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if MODEL in httpx.get(f"http://127.0.0.1:{port}/v1/models").text:
-            return
-        time.sleep(0.1)
-    raise TimeoutError("V-Gate never saw the canned upstream as healthy")
+    wait_for(
+        lambda: MODEL in httpx.get(f"http://127.0.0.1:{port}/v1/models").text,
+        "V-Gate to see the canned upstream as healthy",
+        within=timeout,
+    )
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -597,7 +597,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sut-core", type=int, default=d.sut_core, help="the core the system under test gets")
     p.add_argument("--load-core", type=int, default=d.load_core, help="the core for wrk and the upstream")
     p.add_argument("--peers", default=d.peers, help="virtualenv with vllm-router, LiteLLM and py-spy")
-    p.add_argument("--vgate-workers", type=int, default=d.vgate_workers, help="V-Gate serving processes")
+    p.add_argument("--vgate-processes", type=int, default=d.vgate_processes, help="V-Gate serving processes")
     p.add_argument("--profile", action="store_true", help="record py-spy profiles of V-Gate")
     p.add_argument("--clients", action="store_true", help="also compare candidate upstream HTTP clients")
     p.add_argument("--out", default=d.out, help="directory for the results")
@@ -614,7 +614,7 @@ def main(argv: Sequence[str]) -> int:
         sut_core=args.sut_core,
         load_core=args.load_core,
         peers=args.peers,
-        vgate_workers=args.vgate_workers,
+        vgate_processes=args.vgate_processes,
         profile=args.profile,
         clients=args.clients,
         out=args.out,

@@ -11,16 +11,63 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from vgate_operator.builders.common import HTTP_PORT, Manifest, Owner
-from vgate_operator.spec import VGateDeploymentSpec, gateway_name, worker_name
+from vgate_operator.spec import (
+    INT64,
+    SchemaModel,
+    VGateDeploymentSpec,
+    deprecations,
+    gateway_name,
+    worker_name,
+)
+
+
+class Condition(SchemaModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(None, json_schema_extra=INT64)
+
+
+class ModelStatus(SchemaModel):
+    name: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+
+
+# The status this module writes; the CRD's status schema is generated from it (crd.py).
+class VGateDeploymentStatus(SchemaModel):
+    """Observed state, written by the operator: conditions, replica counts, where to reach the gateway."""
+
+    observed_generation: int | None = Field(None, json_schema_extra=INT64)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    models: list[ModelStatus] = Field(default_factory=list)
+    ready_workers: str | None = None
+    ready_gateways: str | None = None
+    gateway_url: str | None = Field(None, alias="gatewayURL")
+    ingress_host: str | None = None
+    kopf: dict[str, Any] | None = Field(
+        None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """The operator framework's own progress bookkeeping."""
+
 
 CONDITION_TYPES = ("Ready", "WorkersReady", "GatewayReady", "Degraded")
+#: Present only while the spec uses an old field name (True, reason ``DeprecatedFields``).
+DEPRECATED = "Deprecated"
 #: Status keys this operator owns (kopf keeps its own bookkeeping beside them).
-OWNED_KEYS = (
-    "observedGeneration", "conditions", "models", "readyWorkers", "readyGateways", "gatewayURL", "ingressHost",
-)  # fmt: skip
+OWNED_KEYS = tuple(
+    field.alias or name for name, field in VGateDeploymentStatus.model_fields.items() if name != "kopf"
+)
 
 
 #: Why a Deployment's rollout is not complete, most urgent first.
@@ -188,6 +235,9 @@ def healthy_status(
             generation,
         ),
     ]
+    old_names = deprecations(owner.name, spec)
+    if old_names:
+        conditions.append(_condition(DEPRECATED, True, "DeprecatedFields", "; ".join(old_names), generation))
     return {
         "observedGeneration": generation,
         "conditions": conditions,
@@ -197,6 +247,18 @@ def healthy_status(
         "gatewayURL": f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{HTTP_PORT}",
         "ingressHost": (spec.ingress.host or "") if spec.ingress.enabled else "",
     }
+
+
+def new_deprecation(previous: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The ``Deprecated`` condition's message when ``new`` brings it or changes it, else None:
+    worth one log line, not one per resync."""
+
+    def message(status: Mapping[str, Any]) -> str | None:
+        found = [c for c in status.get("conditions") or [] if c.get("type") == DEPRECATED]
+        return str(found[0].get("message")) if found else None
+
+    now = message(new)
+    return now if now is not None and now != message(previous) else None
 
 
 def failed_status(previous: Mapping[str, Any], reason: str, message: str, generation: int) -> dict[str, Any]:
