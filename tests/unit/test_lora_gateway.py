@@ -28,7 +28,8 @@ def test_cache_and_dedup_key_differ_between_an_adapter_its_base_and_another_adap
 
 def test_batch_key_never_groups_an_adapter_with_its_base_or_another_adapter() -> None:
     keys = {batch_key(Kind.COMPLETIONS, body(m)) for m in (BASE, "sql", "poet")}
-    assert None not in keys and len(keys) == 3
+    assert None not in keys
+    assert len(keys) == 3
 
 
 def settings(**adapters: dict[str, Any]) -> GatewaySettings:
@@ -52,7 +53,8 @@ def test_an_adapter_has_its_base_models_settings() -> None:
         adapters={"sql": {"base": BASE, "source": "org/sql"}},
         model_settings={BASE: {"capacity": 7, "max_loras": 3}},
     )
-    assert s.for_model("sql").capacity == 7 and s.for_model("sql").max_loras == 3
+    assert s.for_model("sql").capacity == 7
+    assert s.for_model("sql").max_loras == 3
     assert "sql" not in s.declared_models()
 
 
@@ -80,7 +82,9 @@ def test_a_free_slot_goes_before_an_unload_then_the_least_busy() -> None:
     p = placement(Clock())
     full, busy_free, idle_free = worker("u1", {"b", "c"}), worker("u2", {"c"}, 5), worker("u3", {"d"}, 1)
     t = p.target("a", [full, busy_free, idle_free])
-    assert t is not None and t.worker is idle_free and t.evict is None
+    assert t is not None
+    assert t.worker is idle_free
+    assert t.evict is None
 
 
 def test_full_workers_unload_the_least_recently_used_idle_adapter() -> None:
@@ -93,7 +97,9 @@ def test_full_workers_unload_the_least_recently_used_idle_adapter() -> None:
         p.end(url, name)
     p.begin("u1", "a")  # a is running on u1: not a candidate, though it was used first
     t = p.target("e", [w1, w2])
-    assert t is not None and t.worker is w1 and t.evict == "b"  # b is the oldest idle one
+    assert t is not None
+    assert t.worker is w1
+    assert t.evict == "b"
 
 
 def test_min_workers_and_requests_in_flight_protect_an_adapter() -> None:
@@ -109,10 +115,12 @@ def test_a_failed_worker_is_not_asked_again_until_the_retry_time() -> None:
     w1, w2 = worker("u1"), worker("u2", inflight=9)
     p.failed("u1", "a")
     t = p.target("a", [w1, w2])
-    assert t is not None and t.worker is w2
+    assert t is not None
+    assert t.worker is w2
     clock.now += 31
     t = p.target("a", [w1, w2])
-    assert t is not None and t.worker is w1
+    assert t is not None
+    assert t.worker is w1
 
 
 def test_an_adapter_spreads_only_when_every_holder_is_crowded() -> None:
