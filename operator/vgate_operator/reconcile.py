@@ -19,9 +19,17 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from vgate_operator.builders import Owner, build_all
 from vgate_operator.builders.common import GROUP, KIND, Manifest
+from vgate_operator.builders.gateway import INTERNAL_PORT
 from vgate_operator.k8s import KubeApi
-from vgate_operator.spec import InvalidSpecError, parse_spec
-from vgate_operator.status import failed_status, healthy_status, new_deprecation, now_iso, status_patch
+from vgate_operator.spec import InvalidSpecError, VGateDeploymentSpec, gateway_name, parse_spec
+from vgate_operator.status import (
+    adapter_status,
+    failed_status,
+    healthy_status,
+    new_deprecation,
+    now_iso,
+    status_patch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ async def _reconcile(
             return result.writes
         raise kopf.TemporaryError(message, delay=delays[1])
     status = healthy_status(owner, spec, generation, result.live)
+    status["adapters"] = await _adapters(owner, spec)
     deprecated = new_deprecation(previous, status)
     if deprecated is not None:
         log.warning("%s/%s: %s", owner.namespace, owner.name, deprecated)
@@ -107,6 +116,31 @@ async def _reconcile(
     if result.writes:
         log.info("%s/%s: %d child object(s) written", owner.namespace, owner.name, result.writes)
     return result.writes
+
+
+#: How long the operator waits for the gateway's /stats (adapter counts) before leaving them out.
+STATS_TIMEOUT_S = 2.0
+
+
+async def _adapters(owner: Owner, spec: VGateDeploymentSpec) -> list[dict[str, Any]]:
+    """Where each declared adapter is loaded, read from the gateway's internal ``/stats``.
+
+    The gateway already learns it from every worker's ``/v1/models``; asking it needs no
+    Kubernetes permission at all (reading the workers directly would need their pod IPs).
+    """
+    if not any(m.adapters for m in spec.models):
+        return []
+    url = f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{INTERNAL_PORT}/stats"
+    stats: Mapping[str, Any] | None = None
+    try:
+        timeout = aiohttp.ClientTimeout(total=STATS_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as resp:
+            if resp.status == 200:
+                body = await resp.json()
+                stats = body.get("adapters") if isinstance(body, dict) else None
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        log.debug("%s/%s: gateway stats not readable: %s", owner.namespace, owner.name, exc)
+    return adapter_status(spec, stats)
 
 
 async def refresh_status(api: KubeApi, namespace: str, name: str, uid: str) -> bool:
@@ -135,7 +169,9 @@ async def refresh_status(api: KubeApi, namespace: str, name: str, uid: str) -> b
             if manifest["kind"] == "Deployment":
                 key = (manifest["kind"], manifest["metadata"]["name"])
                 live[key] = await api.get("Deployment", namespace, key[1])
-        changes = status_patch(previous, healthy_status(owner, spec, generation, live), now_iso())
+        new = healthy_status(owner, spec, generation, live)
+        new["adapters"] = previous.get("adapters") or []  # the resync reads them again
+        changes = status_patch(previous, new, now_iso())
         return bool(changes) and await api.patch_status(namespace, name, changes)
 
 

@@ -41,6 +41,15 @@ class ModelStatus(SchemaModel):
     ready_replicas: int | None = None
 
 
+class AdapterStatus(SchemaModel):
+    name: str | None = None
+    model: str | None = None
+    """The base model the adapter runs on."""
+    loaded_workers: int | None = None
+    """Workers that have the adapter loaded, as the gateway last saw them (absent: unknown)."""
+    min_workers: int | None = None
+
+
 # The status this module writes; the CRD's status schema is generated from it (crd.py).
 class VGateDeploymentStatus(SchemaModel):
     """Observed state, written by the operator: conditions, replica counts, where to reach the gateway."""
@@ -51,6 +60,8 @@ class VGateDeploymentStatus(SchemaModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     models: list[ModelStatus] = Field(default_factory=list)
+    adapters: list[AdapterStatus] = Field(default_factory=list)
+    """Each declared LoRA adapter and how many workers have it loaded."""
     ready_workers: str | None = None
     ready_gateways: str | None = None
     gateway_url: str | None = Field(None, alias="gatewayURL")
@@ -247,6 +258,24 @@ def healthy_status(
         "gatewayURL": f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{HTTP_PORT}",
         "ingressHost": (spec.ingress.host or "") if spec.ingress.enabled else "",
     }
+
+
+def adapter_status(spec: VGateDeploymentSpec, stats: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Each declared adapter and its loaded workers, from the ``adapters`` section of the
+    gateway's ``/stats`` (None when the gateway could not be read: the counts are left out)."""
+    out = []
+    for model in spec.models:
+        for adapter in model.adapters:
+            row: dict[str, Any] = {
+                "name": adapter.name,
+                "model": model.name,
+                "minWorkers": adapter.min_workers,
+            }
+            seen = (stats or {}).get(adapter.name)
+            if isinstance(seen, Mapping) and isinstance(seen.get("loaded_on"), list):
+                row["loadedWorkers"] = len(seen["loaded_on"])
+            out.append(row)
+    return out
 
 
 def new_deprecation(previous: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:

@@ -53,8 +53,20 @@ def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
         "dedup": gw.dedup,
         "internal_port": INTERNAL_PORT,
         "processes": gw.processes,
+        **_adapter_settings(spec),
         **_security_settings(owner, spec),
     }
+
+
+def _adapter_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
+    """The declared LoRA adapters and each model's slots: the gateway loads and routes them."""
+    adapters = {
+        a.name: {"base": m.name, "source": a.source, "min_workers": a.min_workers}
+        for m in spec.models
+        for a in m.adapters
+    }
+    slots = {m.name: {"max_loras": m.max_loras} for m in spec.models if m.max_loras is not None}
+    return {"adapters": adapters, "model_settings": slots} if slots else {}
 
 
 def _security_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
