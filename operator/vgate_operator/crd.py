@@ -51,6 +51,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "ready/desired gateway pods",
         "jsonPath": ".status.readyGateways",
     },
+    {
+        "name": "Models",
+        "type": "string",
+        "description": "each model's ready/desired workers (the autoscaler's choice where it scales)",
+        "jsonPath": ".status.modelReplicas",
+    },
     {"name": "Host", "type": "string", "priority": 1, "jsonPath": ".status.ingressHost"},
     {"name": "URL", "type": "string", "priority": 1, "jsonPath": ".status.gatewayURL"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},

@@ -12,9 +12,11 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, StringConstraints, ValidationError, model_validator
 from pydantic.config import JsonDict
+
+from vgate_operator.autoscale.spec import AutoscalingSpec, QueueSpec
+from vgate_operator.schema import SchemaModel
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
@@ -95,19 +97,6 @@ class InvalidSpecError(ValueError):
     """The resource's spec cannot be reconciled as written; the message says why."""
 
 
-class SchemaModel(BaseModel):
-    """A part of the VGateDeployment: the CRD's schema is generated from these models (crd.py),
-    each field's docstring becoming its description (``kubectl explain``)."""
-
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        use_attribute_docstrings=True,
-    )
-
-
 class ModelResources(SchemaModel):
     gpus: int | None = Field(None, ge=1, le=16)
     """nvidia.com/gpu limit and tensor-parallel size (default 1). Must be unset with worker.dryRun."""
@@ -160,6 +149,10 @@ class ModelSpec(SchemaModel):
     adapters: list[AdapterSpec] = Field(default_factory=list)
     """LoRA adapters of this model: loaded on the workers where their requests go, through
     vLLM's runtime adapter API (no restart when this list changes)."""
+    autoscaling: AutoscalingSpec | None = None
+    """Scale the workers on load; replicas is then ignored (see docs/autoscaling.md)."""
+    queue: QueueSpec = Field(default_factory=QueueSpec)
+    """How the gateways hold this model's requests while no worker can take them."""
 
 
 class SecretKeyRef(SchemaModel):

@@ -330,16 +330,19 @@ def _template(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return objects(raw)[("Deployment", name)]["spec"]["template"]
 
 
-def test_gateway_settings_change_rolls_the_gateway_but_replicas_do_not() -> None:
+def test_gateway_settings_change_rolls_the_gateway_but_worker_replicas_do_not() -> None:
     base = _template(GPU_SPEC, "demo-gateway")
     changed = copy.deepcopy(GPU_SPEC)
     changed["gateway"]["dedup"] = False
     assert _template(changed, "demo-gateway") != base
     scaled = copy.deepcopy(GPU_SPEC)
-    scaled["gateway"]["replicas"] = 5
     scaled["models"][0]["replicas"] = 4
     assert _template(scaled, "demo-gateway") == base
     assert _template(scaled, "demo-worker-qwen") == _template(GPU_SPEC, "demo-worker-qwen")
+    # Each gateway replica's share of a worker's batch changes with their number: they roll.
+    more = copy.deepcopy(GPU_SPEC)
+    more["gateway"]["replicas"] = 5
+    assert _template(more, "demo-gateway") != base
 
 
 @pytest.mark.parametrize(

@@ -151,7 +151,7 @@ def test_unchanged_status_needs_no_write_and_keeps_transition_times() -> None:
     cond = {c["type"]: c for c in later["conditions"]}
     assert cond["Ready"]["lastTransitionTime"] == "2026-01-01T00:09:00Z"
     assert cond["Degraded"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # still False
-    assert set(later) == {"conditions", "models", "readyWorkers", "readyGateways"}
+    assert set(later) == {"conditions", "models", "readyWorkers", "readyGateways", "modelReplicas"}
 
 
 def test_invalid_spec_status_keeps_the_last_observed_generation() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -53,20 +54,41 @@ def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
         "dedup": gw.dedup,
         "internal_port": INTERNAL_PORT,
         "processes": gw.processes,
+        **_model_settings(spec),
         **_adapter_settings(spec),
         **_security_settings(owner, spec),
     }
 
 
 def _adapter_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
-    """The declared LoRA adapters and each model's slots: the gateway loads and routes them."""
+    """The declared LoRA adapters: the gateway loads them where their requests go and routes them."""
     adapters = {
         a.name: {"base": m.name, "source": a.source, "min_workers": a.min_workers}
         for m in spec.models
         for a in m.adapters
     }
-    slots = {m.name: {"max_loras": m.max_loras} for m in spec.models if m.max_loras is not None}
-    return {"adapters": adapters, "model_settings": slots} if slots else {}
+    return {"adapters": adapters} if adapters else {}
+
+
+def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
+    """Every model, and what each gateway replica may send it and queue for it.
+
+    A worker runs ``maxNumSeqs`` requests at once; each gateway replica counts only its own
+    in-flight requests, so it takes an equal share before it holds the rest in its queue.
+    """
+    replicas = max(1, spec.gateway.replicas)
+    return {
+        "models": [m.name for m in spec.models],
+        "model_settings": {
+            m.name: {
+                "capacity": math.ceil(m.max_num_seqs / replicas),
+                "queue_max_requests": m.queue.max_requests,
+                "queue_timeout_s": m.queue.timeout_seconds,
+                **({"max_loras": m.max_loras} if m.max_loras is not None else {}),
+            }
+            for m in spec.models
+        },
+    }
 
 
 def _security_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:

@@ -47,6 +47,9 @@ class SimSettings(BaseSettings):
     max_cpu_loras: int | None = Field(None, ge=1)
     # Seconds one adapter takes to load (reading its weights), before ``speed``.
     lora_load_s: float = Field(0.2, ge=0)
+    #: Seconds before the server listens, as vLLM loading weights and warming up (a cold
+    #: start): connections are refused until then, as they are by vLLM, which listens last.
+    startup_delay_s: float = Field(0.0, ge=0, le=3600)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("log_level", mode="before")
@@ -112,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lora-rank", type=int)
     p.add_argument("--max-cpu-loras", type=int)
     p.add_argument("--lora-load-s", type=float, help="seconds one adapter takes to load")
+    p.add_argument(
+        "--startup-delay-s",
+        type=float,
+        help="seconds before listening, like vLLM loading a model (default 0)",
+    )
     p.add_argument("--log-level")
     # Accepted for command-line compatibility with vLLM; they change nothing here.
     p.add_argument(
