@@ -164,7 +164,15 @@ def build_app(
     router = Router(
         pool,
         settings.routing,
-        settings.routing_per_model,
+        # An adapter is routed by its base model's strategy (an instance of its own).
+        {
+            **{
+                a: settings.routing_per_model[c.base]
+                for a, c in settings.adapters.items()
+                if c.base in settings.routing_per_model
+            },
+            **settings.routing_per_model,
+        },
         declared_models=settings.declared_models() | frozenset(settings.adapters),
         session_header=settings.session_header,
         retry_after_s=settings.retry_after_s,
