@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -110,6 +111,9 @@ def test_adapter_no_worker_can_load_is_503_not_a_hang(stack: Stack) -> None:
     assert "No adapter found for /nonexistent/broken-lora" in err.value.message  # vLLM's own words
     assert time.monotonic() - started < 10
     assert adapters_stats(stack)["broken"]["load_failures"] == 2  # tried on both workers
+    assert "could not load adapter broken: HTTP 404: No adapter found for /nonexistent/broken-lora" in (
+        stack.gateway.log()
+    )
 
 
 def test_min_workers_keeps_an_adapter_loaded_everywhere(stack: Stack) -> None:
@@ -138,3 +142,29 @@ def test_an_adapter_the_gateway_does_not_declare_is_unloaded(stack: Stack) -> No
     wait_for(lambda: "stray" not in loaded_on(stack, worker))
     with stack.client() as client, pytest.raises(openai.NotFoundError):
         ask(client, "stray")
+
+
+def test_a_crowded_adapter_is_loaded_on_one_more_worker(stack: Stack) -> None:
+    with stack.client() as client:
+        ask(client, "poet")
+    assert sum("poet" in loaded_on(stack, w.url) for w in stack.workers) == 1
+
+    async def crowd() -> None:
+        async with openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0) as client:
+            streams = [
+                await client.completions.create(
+                    model="poet",
+                    prompt=f"poem {i}",
+                    max_tokens=400,
+                    stream=True,
+                    extra_body={"ignore_eos": True},
+                )
+                for i in range(10)
+            ]
+            for s in streams:
+                async for _ in s:
+                    pass
+
+    asyncio.run(crowd())
+    assert all("poet" in loaded_on(stack, w.url) for w in stack.workers)
+    assert adapters_stats(stack)["poet"]["loads"] == 2
