@@ -9,7 +9,7 @@ the clock, and writes only what changed.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -279,9 +279,12 @@ def healthy_status(
     }
 
 
-def adapter_status(spec: VGateDeploymentSpec, stats: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Each declared adapter and its loaded workers, from the ``adapters`` section of the
-    gateway's ``/stats`` (None when the gateway could not be read: the counts are left out)."""
+def adapter_status(
+    spec: VGateDeploymentSpec, seen: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """Each declared adapter and its loaded workers, from the ``adapters`` sections of the
+    gateways' ``/stats`` (the most any gateway saw; None when none could be read: the counts
+    are left out)."""
     out = []
     for model in spec.models:
         for adapter in model.adapters:
@@ -290,9 +293,14 @@ def adapter_status(spec: VGateDeploymentSpec, stats: Mapping[str, Any] | None) -
                 "model": model.name,
                 "minWorkers": adapter.min_workers,
             }
-            seen = (stats or {}).get(adapter.name)
-            if isinstance(seen, Mapping) and isinstance(seen.get("loaded_on"), list):
-                row["loadedWorkers"] = len(seen["loaded_on"])
+            counts = [
+                len(entry["loaded_on"])
+                for stats in seen or ()
+                if isinstance(entry := stats.get(adapter.name), Mapping)
+                and isinstance(entry.get("loaded_on"), list)
+            ]
+            if counts:
+                row["loadedWorkers"] = max(counts)
             out.append(row)
     return out
 

@@ -107,6 +107,17 @@ def test_a_declared_adapter_is_served_through_the_gateway(release: Cluster, pods
     )
     assert "lora sql" in answer.json()["choices"][0]["text"]
     assert sum("sql" in loaded(url) for url in pods.values()) == 1
+    # The operator's status counts it, from the gateway's /stats, at a resync.
+    wait_for(
+        lambda: (
+            (((release.get("vgatedeployment", NAME, NS) or {}).get("status") or {}).get("adapters") or [{}])[
+                0
+            ].get("loadedWorkers")
+            == 1
+        ),
+        "status.adapters[sql].loadedWorkers = 1",
+        timeout=60,
+    )
 
 
 def test_an_added_adapter_is_served_with_no_worker_pod_restarted(

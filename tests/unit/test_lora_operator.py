@@ -108,8 +108,9 @@ def test_bad_adapters_are_an_invalid_spec_with_the_reason(change: dict[str, Any]
 
 def test_status_counts_the_workers_each_adapter_is_loaded_on() -> None:
     parsed = parse_spec("demo", spec())
+    fresh = {"sql": {"loaded_on": []}}  # a gateway that has not seen the load yet
     stats = {"sql": {"loaded_on": ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]}}
-    assert adapter_status(parsed, stats) == [
+    assert adapter_status(parsed, [fresh, stats]) == [
         {"name": "sql", "model": "qwen", "minWorkers": 1, "loadedWorkers": 2}
     ]
     assert adapter_status(parsed, None) == [{"name": "sql", "model": "qwen", "minWorkers": 1}]
