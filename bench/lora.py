@@ -181,8 +181,11 @@ class RoundRobinPlacement:
             self.loaded[url].move_to_end(adapter)
 
     async def _ensure(self, url: str, adapter: str) -> None:
+        held = self.loaded[url]
+        if adapter in held:  # loaded: no wait behind another request's load
+            held.move_to_end(adapter)
+            return
         async with self._locks[url]:  # one load at a time per worker, as vLLM does
-            held = self.loaded[url]
             if adapter in held:
                 held.move_to_end(adapter)
                 return
