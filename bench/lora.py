@@ -194,8 +194,8 @@ class RoundRobinPlacement:
                 if idle is None:
                     await asyncio.sleep(0.01)
                     continue
+                del held[idle]  # gone before the call: no request is sent to it meanwhile
                 await self._client.post(f"{url}/v1/unload_lora_adapter", json={"lora_name": idle})
-                del held[idle]
             r = await self._client.post(
                 f"{url}/v1/load_lora_adapter", json={"lora_name": adapter, "lora_path": f"org/{adapter}"}
             )
