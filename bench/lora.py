@@ -178,7 +178,8 @@ class RoundRobinPlacement:
             return waited + await first_token(self._client, url, adapter, prompt, max_tokens)
         finally:
             self.inflight[key] -= 1
-            self.loaded[url].move_to_end(adapter)
+            if adapter in self.loaded[url]:
+                self.loaded[url].move_to_end(adapter)
 
     async def _ensure(self, url: str, adapter: str) -> None:
         held = self.loaded[url]
