@@ -19,10 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from vgate_gateway.errors import OpenAIError, model_not_found, unavailable
 from vgate_gateway.protocol import Request
@@ -39,12 +41,13 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300,
 
 
 class QueueMetrics:
-    """The queues' Prometheus series, registered on the given registry."""
+    """The queues' Prometheus series, registered on the given registry.
+
+    The depth is read from the queues when Prometheus scrapes (:class:`QueueDepth`), so the
+    request path pays nothing for it and every known model reports one, 0 while nothing waits.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.depth = Gauge(
-            "vgate_queue_depth", "Requests waiting for a worker of the model", ["model"], registry=registry
-        )
         self.wait = Histogram(
             "vgate_queue_wait_seconds",
             "Time requests that had to wait spent in their model's queue before a worker took them",
@@ -79,6 +82,8 @@ class Dispatcher:
         self._clock = clock
         self._queues: dict[str, ModelQueue] = {}
         self._capacity: dict[str, int] = {}
+        for model in settings.declared_models():
+            self.capacity(model)
         #: Requests in flight to each model's workers.
         self.inflight: dict[str, int] = {}
         #: LoRA adapters: a request for one waits in its own queue while it is loaded somewhere.
@@ -91,10 +96,18 @@ class Dispatcher:
         adapters.bind(lambda name: len(self._queues.get(name) or ()), self.fail)
 
     def capacity(self, model: str) -> int:
+        """Requests one worker of ``model`` takes from this process before it counts as saturated."""
         known = self._capacity.get(model)
-        if known is None:
-            known = self._capacity[model] = self._settings.for_model(model).capacity or 1
-        return known
+        if known is not None:
+            return known
+        capacity = self._settings.for_model(model).capacity or 1
+        # Only a model served here gets series of its own: clients choose model names.
+        if model in self._settings.declared_models() or self._pool.known_model(model):
+            self._capacity[model] = capacity
+            self._metrics.wait.labels(model)  # its series exist from now on, 0 until something waits
+            for reason in ("full", "timeout"):
+                self._metrics.refused.labels(model, reason)
+        return capacity
 
     def take_free(self, req: Request, exclude: Sequence[str] = ()) -> Upstream | None:
         """A worker that can take ``req`` now, begun, if no request of its model is waiting; else None."""
@@ -151,8 +164,6 @@ class Dispatcher:
             waiting = queue.take(0)
             if not waiting.granted.done():
                 waiting.granted.set_exception(error)
-        if queue is not None:
-            self._metrics.depth.labels(model).set(len(queue))
 
     def _queue(self, model: str) -> ModelQueue:
         queue = self._queues.get(model)
@@ -175,7 +186,6 @@ class Dispatcher:
             raise self._refusal(
                 f"The queue for model '{queue.model}' is full: {exc}.", "queue_full"
             ) from None
-        self._metrics.depth.labels(queue.model).set(len(queue))
         if len(queue) == 1:
             log.info("model %s: no worker can take a request now; queueing", queue.model)
         if self._adapters is not None and self._adapters.declared(queue.model):
@@ -187,8 +197,8 @@ class Dispatcher:
             granted = waiting.granted
             if granted.done() and not granted.cancelled() and granted.exception() is None:
                 self.release(queue.model, waiting.granted.result())  # granted as it gave up: pass it on
-            elif queue.drop(waiting):
-                self._metrics.depth.labels(queue.model).set(len(queue))
+            else:
+                queue.drop(waiting)
             if isinstance(exc, TimeoutError):
                 queue.timed_out += 1
                 self._metrics.refused.labels(queue.model, "timeout").inc()
@@ -225,7 +235,10 @@ class Dispatcher:
             head.granted.set_result(up)
             queue.dispatched += 1
             self._metrics.wait.labels(queue.model).observe(now - head.since)
-        self._metrics.depth.labels(queue.model).set(len(queue))
+
+    def depths(self) -> dict[str, int]:
+        """Requests waiting, for every model seen or declared."""
+        return {m: len(self._queues[m]) if m in self._queues else 0 for m in sorted(self._capacity)}
 
     def load(self) -> dict[str, dict[str, int]]:
         """Per model: requests in flight, requests queued, and routable workers (``GET /load``).
@@ -261,3 +274,18 @@ class Dispatcher:
             }
             for m, q in sorted(self._queues.items())
         }
+
+
+class QueueDepth(Collector):
+    """``vgate_queue_depth{model}``, read from the dispatcher's queues when Prometheus scrapes."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "vgate_queue_depth", "Requests waiting for a worker of the model", labels=["model"]
+        )
+        for model, waiting in self._dispatcher.depths().items():
+            depth.add_metric([model], waiting)
+        yield depth
