@@ -129,3 +129,16 @@ def test_an_adapter_spreads_only_when_every_holder_is_crowded() -> None:
     assert p.crowded([holder], [holder, other], imbalance=4)
     assert not p.crowded([holder], [holder, other], imbalance=6)
     assert not p.crowded([holder, other], [holder, other], imbalance=1)  # already everywhere
+
+
+def test_a_health_check_sent_before_an_unload_does_not_bring_the_adapter_back() -> None:
+    from vgate_gateway.upstream.pool import UpstreamPool
+
+    pool = UpstreamPool(eject_after=3, panic_threshold=0.5)
+    up = worker("u1", {"a"})
+    epoch = up.adapter_epoch  # the check is sent
+    pool.adapter_unloaded(up, "a")  # the gateway unloads meanwhile
+    pool.passed(up, frozenset({BASE}), frozenset({"a"}), epoch)  # the check's answer predates it
+    assert "a" not in up.adapters
+    pool.passed(up, frozenset({BASE}), frozenset({"b"}), up.adapter_epoch)  # a fresh check counts
+    assert up.adapters == {"b"}

@@ -80,6 +80,7 @@ class HealthChecker:
         self._known = current
 
     async def _check(self, up: Upstream) -> None:
+        epoch = up.adapter_epoch  # loads and unloads after this make the answer stale
         try:
             await self._expect_ok(f"{up.url}/health")
             body = await self._expect_ok(f"{up.url}/v1/models")
@@ -97,7 +98,7 @@ class HealthChecker:
             # vLLM lists its LoRA adapters with the base model as ``parent``.
             served = frozenset(str(c["id"]) for c in cards if not c.get("parent"))
             adapters = frozenset(str(c["id"]) for c in cards if c.get("parent"))
-            if self._pool.passed(up, served, adapters):
+            if self._pool.passed(up, served, adapters, epoch):
                 log.info("worker %s is healthy, serving %s", up.url, sorted(served))
             await self._read_load(up)
         self._metrics.upstream_healthy.labels(up.url).set(1 if up.healthy else 0)

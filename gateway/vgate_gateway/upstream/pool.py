@@ -47,6 +47,8 @@ class Upstream:
     served_models: frozenset[str] = frozenset()
     #: LoRA adapters the worker has loaded (its /v1/models cards with a ``parent``).
     adapters: frozenset[str] = frozenset()
+    #: Bumped by each load or unload this gateway made: a health check sent before it is stale.
+    adapter_epoch: int = 0
     ready: bool = True
     terminating: bool = False
     #: In rotation: passed a health check and not ejected since. False until the first pass.
@@ -130,12 +132,18 @@ class UpstreamPool:
         up: Upstream,
         served_models: frozenset[str] | None = None,
         adapters: frozenset[str] | None = None,
+        adapter_epoch: int | None = None,
     ) -> bool:
-        """A health check (or a request) succeeded; True when this readmits the endpoint."""
+        """A health check (or a request) succeeded; True when this readmits the endpoint.
+
+        ``adapters`` is taken only when ``adapter_epoch`` (read as the check was sent) is still
+        current: a check that crossed one of this gateway's loads or unloads reports the past.
+        """
         readmitted = not up.healthy
         up.consecutive_failures = 0
         grew = False
-        if adapters is not None and adapters != up.adapters:
+        current = adapter_epoch is None or adapter_epoch == up.adapter_epoch
+        if adapters is not None and current and adapters != up.adapters:
             up.adapters = adapters
             self.version += 1
             grew = True
@@ -175,6 +183,7 @@ class UpstreamPool:
 
     def adapter_loaded(self, up: Upstream, name: str) -> None:
         """``up`` loaded the LoRA adapter ``name`` (its load call succeeded): it may take its requests."""
+        up.adapter_epoch += 1
         if name not in up.adapters:
             up.adapters = up.adapters | {name}
             self.version += 1
@@ -182,6 +191,7 @@ class UpstreamPool:
 
     def adapter_unloaded(self, up: Upstream, name: str) -> None:
         """``up`` no longer has the adapter ``name``: it gets none of its new requests."""
+        up.adapter_epoch += 1
         if name in up.adapters:
             up.adapters = up.adapters - {name}
             self.version += 1
