@@ -6,7 +6,7 @@ BENCH_ARGS ?=
 
 .PHONY: bench
 
-bench: venv ## benchmark on dry-run workers, then on real vLLM when .venv-vllm exists (JSON in bench-results/)
+bench: venv redis-server ## benchmark on dry-run workers, then on real vLLM when .venv-vllm exists (JSON in bench-results/)
 	$(BIN)/python -m bench.efficiency $(BENCH_ARGS)
 	@if [ -f $(VLLM_VENV)/.stamp ]; then $(MAKE) --no-print-directory bench-vllm; \
 	else echo "real-vLLM section skipped: no $(VLLM_VENV) (make bench-vllm builds it and runs it)"; fi

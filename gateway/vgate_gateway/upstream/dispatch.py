@@ -277,7 +277,9 @@ class Dispatcher:
 
 
 class QueueDepth(Collector):
-    """``vgate_queue_depth{model}``, read from the dispatcher's queues when Prometheus scrapes."""
+    """``vgate_queue_depth{model}`` and ``vgate_model_inflight{model}``, read from the dispatcher
+    when Prometheus scrapes: every model served or declared reports both, 0 when idle. Their sum
+    over the gateways is the load the autoscaler (and KEDA's query) reads."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
@@ -286,6 +288,11 @@ class QueueDepth(Collector):
         depth = GaugeMetricFamily(
             "vgate_queue_depth", "Requests waiting for a worker of the model", labels=["model"]
         )
+        inflight = GaugeMetricFamily(
+            "vgate_model_inflight", "Requests in flight to the model's workers", labels=["model"]
+        )
         for model, waiting in self._dispatcher.depths().items():
             depth.add_metric([model], waiting)
+            inflight.add_metric([model], self._dispatcher.inflight.get(model, 0))
         yield depth
+        yield inflight

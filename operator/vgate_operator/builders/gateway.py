@@ -73,10 +73,11 @@ def _adapter_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
 def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
     """Every model, and what each gateway replica may send it and queue for it.
 
-    A worker runs ``maxNumSeqs`` requests at once; each gateway replica counts only its own
-    in-flight requests, so it takes an equal share before it holds the rest in its queue.
+    A worker runs ``maxNumSeqs`` requests at once; each serving process of each gateway
+    replica counts only its own in-flight requests, so it takes an equal share before it holds
+    the rest in its queue.
     """
-    replicas = max(1, spec.gateway.replicas)
+    replicas = max(1, spec.gateway.replicas) * spec.gateway.processes
     return {
         "models": [m.name for m in spec.models],
         "model_settings": {
