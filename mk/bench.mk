@@ -47,3 +47,11 @@ bench-tools: $(BENCH_VENV)/.stamp ## install what bench-proxy needs: nginx and w
 
 bench-proxy: venv bench-tools ## data plane vs nginx, vllm-router, LiteLLM: rps/core, p50/p99, SSE events/s (bench/results/)
 	$(BIN)/python -m bench.proxy --peers $(BENCH_VENV) $(BENCH_PROXY_ARGS)
+
+# LoRA adapter placement (docs/lora.md): 8 adapters with Zipf popularity on 2 dry-run workers of 4 slots,
+# V-Gate's adapter affinity against round-robin placement in the same run (about a minute).
+#   make bench-lora BENCH_LORA_ARGS='--requests 2000 --concurrency 32'
+.PHONY: bench-lora
+bench-lora: venv ## LoRA placement vs round-robin: adapter loads/1k requests, TTFT p99, split per worker (bench/results/lora-*)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || { echo "installing matplotlib (PyPI) for the plot"; $(BIN)/python -m pip install -q matplotlib; }
+	$(BIN)/python -m bench.lora $(BENCH_LORA_ARGS)

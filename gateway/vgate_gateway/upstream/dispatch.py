@@ -29,6 +29,7 @@ from prometheus_client.registry import Collector
 from vgate_gateway.errors import OpenAIError, model_not_found, unavailable
 from vgate_gateway.protocol import Request
 from vgate_gateway.settings import GatewaySettings
+from vgate_gateway.upstream.adapters import AdapterManager
 from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 from vgate_gateway.upstream.queue import Bounds, ModelQueue, QueueFull, Waiting, next_index
 from vgate_gateway.upstream.routing import Router
@@ -85,7 +86,14 @@ class Dispatcher:
             self.capacity(model)
         #: Requests in flight to each model's workers.
         self.inflight: dict[str, int] = {}
+        #: LoRA adapters: a request for one waits in its own queue while it is loaded somewhere.
+        self._adapters: AdapterManager | None = None
         pool.listen(self._wake_all)
+
+    def use_adapters(self, adapters: AdapterManager) -> None:
+        """Declared LoRA adapters are loaded by ``adapters`` when their requests must wait."""
+        self._adapters = adapters
+        adapters.bind(lambda name: len(self._queues.get(name) or ()), self.fail)
 
     def capacity(self, model: str) -> int:
         """Requests one worker of ``model`` takes from this process before it counts as saturated."""
@@ -104,6 +112,9 @@ class Dispatcher:
     def take_free(self, req: Request, exclude: Sequence[str] = ()) -> Upstream | None:
         """A worker that can take ``req`` now, begun, if no request of its model is waiting; else None."""
         model = req.model
+        adapters = self._adapters
+        if adapters is not None and adapters.undeclared(model):
+            raise model_not_found(model)
         queue = self._queues.get(model)
         if queue is None or not queue.waiting or exclude:
             up = self._router.pick_free(req, self.capacity(model), exclude)
@@ -134,6 +145,8 @@ class Dispatcher:
         """A request to ``up`` for ``model`` is over; the next waiting request may take its place."""
         self._pool.end(up)
         self.inflight[model] -= 1
+        if self._adapters is not None and self._adapters.declared(model):
+            self._adapters.end(model, up)
         queue = self._queues.get(model)
         if queue is not None and queue.waiting:
             self._drain(queue)
@@ -141,6 +154,16 @@ class Dispatcher:
     def _begin(self, model: str, up: Upstream) -> None:
         self._pool.begin(up)
         self.inflight[model] = self.inflight.get(model, 0) + 1
+        if self._adapters is not None and self._adapters.declared(model):
+            self._adapters.begin(model, up)
+
+    def fail(self, model: str, error: OpenAIError) -> None:
+        """Refuse every request waiting for ``model`` with ``error`` (no worker can serve it)."""
+        queue = self._queues.get(model)
+        while queue is not None and queue.waiting:
+            waiting = queue.take(0)
+            if not waiting.granted.done():
+                waiting.granted.set_exception(error)
 
     def _queue(self, model: str) -> ModelQueue:
         queue = self._queues.get(model)
@@ -165,11 +188,14 @@ class Dispatcher:
             ) from None
         if len(queue) == 1:
             log.info("model %s: no worker can take a request now; queueing", queue.model)
+        if self._adapters is not None and self._adapters.declared(queue.model):
+            self._adapters.want(queue.model)  # loaded somewhere while the request waits
         try:
             async with asyncio.timeout(queue.bounds.timeout_s):
                 return await waiting.granted
         except BaseException as exc:
-            if waiting.granted.done() and not waiting.granted.cancelled():
+            granted = waiting.granted
+            if granted.done() and not granted.cancelled() and granted.exception() is None:
                 self.release(queue.model, waiting.granted.result())  # granted as it gave up: pass it on
             else:
                 queue.drop(waiting)
@@ -215,16 +241,20 @@ class Dispatcher:
         return {m: len(self._queues[m]) if m in self._queues else 0 for m in sorted(self._capacity)}
 
     def load(self) -> dict[str, dict[str, int]]:
-        """Per model: requests in flight, requests queued, and routable workers (``GET /load``)."""
-        models = set(self.inflight) | set(self._queues) | set(self._settings.declared_models())
-        return {
-            m: {
-                "inflight": self.inflight.get(m, 0),
-                "queued": len(self._queues[m]) if m in self._queues else 0,
-                "ready_workers": len([u for u in self._pool.routable(m) if u.routable]),
-            }
-            for m in sorted(models)
-        }
+        """Per model: requests in flight, requests queued, and routable workers (``GET /load``).
+
+        An adapter's requests count towards its base model: they run on its workers.
+        """
+        base = self._settings.base_of
+        models = {base(m) for m in (*self.inflight, *self._queues)} | self._settings.declared_models()
+        out = {m: {"inflight": 0, "queued": 0, "ready_workers": 0} for m in sorted(models)}
+        for m, n in self.inflight.items():
+            out[base(m)]["inflight"] += n
+        for m, q in self._queues.items():
+            out[base(m)]["queued"] += len(q)
+        for m, row in out.items():
+            row["ready_workers"] = len([u for u in self._pool.routable(m) if u.routable])
+        return out
 
     def stats(self) -> dict[str, Any]:
         """The ``queues`` section of ``/stats``."""

@@ -55,8 +55,19 @@ def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
         "internal_port": INTERNAL_PORT,
         "processes": gw.processes,
         **_model_settings(spec),
+        **_adapter_settings(spec),
         **_security_settings(owner, spec),
     }
+
+
+def _adapter_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
+    """The declared LoRA adapters: the gateway loads them where their requests go and routes them."""
+    adapters = {
+        a.name: {"base": m.name, "source": a.source, "min_workers": a.min_workers}
+        for m in spec.models
+        for a in m.adapters
+    }
+    return {"adapters": adapters} if adapters else {}
 
 
 def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
@@ -74,6 +85,7 @@ def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
                 "capacity": math.ceil(m.max_num_seqs / replicas),
                 "queue_max_requests": m.queue.max_requests,
                 "queue_timeout_s": m.queue.timeout_seconds,
+                **({"max_loras": m.max_loras} if m.max_loras is not None else {}),
             }
             for m in spec.models
         },
