@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import json
 import math
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.fleet_load import closed_loop, drive
-from bench.fleet_report import render_markdown, summarize, write_plot
+from bench.fleet_report import render_markdown, summarize, to_json, write_plot
 from bench.fleet_systems import Elastic, Oracle, Static, System, TimedFleet
 from bench.fleet_trace import Trace, arrivals, oracle_schedule, standard_trace
 from bench.stack import Gateway, vgate_service, wait_routable
@@ -334,7 +333,7 @@ def main(argv: Sequence[str]) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"fleet-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    stem.with_suffix(".json").write_text(to_json(results))
     table = render_markdown(results, stem.with_suffix(".png").name)
     stem.with_suffix(".md").write_text(table)
     write_plot(results, stem.with_suffix(".png"))

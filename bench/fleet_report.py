@@ -6,6 +6,7 @@ trace as a user lives it: multiply by the compression factor) first, compressed 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -122,6 +123,27 @@ def summarize(
         "systems": systems,
         "targets": {n: _targets(n, s, systems) for n, s in systems.items() if n.startswith("elastic")},
     }
+
+
+#: Per-request and per-sample series: one line each in the JSON file, the rest indented.
+_SERIES = ("bill_steps", "requests_series", "timeline", "decisions", "worker_starts")
+
+
+def to_json(results: dict[str, Any]) -> str:
+    """The results as indented JSON, each long series on a line of its own."""
+    compact: dict[str, str] = {}
+    systems = {}
+    for name, s in results["systems"].items():
+        systems[name] = dict(s)
+        for key in _SERIES:
+            if key in s:
+                marker = f"@@{name}/{key}@@"
+                compact[f'"{marker}"'] = json.dumps(s[key], ensure_ascii=False, separators=(",", ":"))
+                systems[name][key] = marker
+    text = json.dumps({**results, "systems": systems}, indent=1, ensure_ascii=False)
+    for marker, value in compact.items():
+        text = text.replace(marker, value)
+    return text + "\n"
 
 
 def _fmt(both: dict[str, float | None]) -> str:
