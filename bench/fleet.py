@@ -52,14 +52,14 @@ QUEUE_TIMEOUT_S = 300.0
 class FleetConfig:
     """One run's shape. Durations are uncompressed seconds unless named ``_compressed``."""
 
-    compress: float = 10.0
+    compress: float = 20.0
     cold_start_s: float = 20.0
     max_num_seqs: int = 8
     prompt_words: int = 40
     output_tokens: int = 32
     #: The simulated GPU's decode step at batch 1: a slow one, so the peak fleet's token
     #: stream fits a small machine's CPU at the compressed speed.
-    decode_step_s: float = 0.2
+    decode_step_s: float = 0.4
     #: Multiplies every phase of the trace (tests shrink it).
     trace_scale: float = 1.0
     calibrate_s: float = 60.0
@@ -283,7 +283,7 @@ def run(cfg: FleetConfig, logs: Path) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     d = FleetConfig()
     p = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.splitlines()[0])
-    p.add_argument("--compress", type=float, default=d.compress, help="time compression factor (default 10)")
+    p.add_argument("--compress", type=float, default=d.compress, help="time compression factor (default 20)")
     p.add_argument(
         "--cold-start", type=float, default=d.cold_start_s, help="a worker's start, uncompressed s (20)"
     )
