@@ -112,7 +112,8 @@ async def closed_loop(
     With as many clients as a worker's batch, the worker runs at its batch limit and nothing
     queues: the rate is the worker's capacity for this workload.
     """
-    finished: list[float] = []
+    #: Per client: (start, end) of each request begun after the warm-up.
+    spans: list[list[tuple[float, float]]] = [[] for _ in range(clients)]
     begin = time.monotonic()
     deadline = begin + warm_s + seconds
 
@@ -120,14 +121,18 @@ async def closed_loop(
         i = k
         while time.monotonic() < deadline:
             body = chat_body(i, prompt_words, output_tokens)
+            started = time.monotonic()
             async with client.stream("POST", "/v1/chat/completions", json=body) as r:
                 r.raise_for_status()
                 async for _ in r.aiter_lines():
                     pass
-            finished.append(time.monotonic())
+            if started >= begin + warm_s:
+                spans[k].append((started, time.monotonic()))
             i += clients
 
     async with httpx.AsyncClient(base_url=url, timeout=60.0) as client:
         await asyncio.gather(*(loop(client, k) for k in range(clients)))
-    counted = [t for t in finished if begin + warm_s <= t <= deadline]
-    return len(counted) / seconds
+    # Each client's requests over the time it spent on them, summed: exact even when the
+    # clients finish in lockstep, as a batch of equal requests does (a window would count
+    # whole batches or none).
+    return sum(len(s) / (s[-1][1] - s[0][0]) for s in spans if s)
