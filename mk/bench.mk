@@ -55,3 +55,17 @@ bench-proxy: venv bench-tools ## data plane vs nginx, vllm-router, LiteLLM: rps/
 bench-lora: venv ## LoRA placement vs round-robin: adapter loads/1k requests, TTFT p99, split per worker (bench/results/lora-*)
 	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || { echo "installing matplotlib (PyPI) for the plot"; $(BIN)/python -m pip install -q matplotlib; }
 	$(BIN)/python -m bench.lora $(BENCH_LORA_ARGS)
+
+# The elastic fleet against static and oracle fleets on one trace (idle, ramp, hold, burst, ramp
+# down, idle), compressed 20x: the GPU bill (replica-seconds), TTFT, queue wait and failures of
+# each (bench/results/fleet-*.{json,md,png}, docs/autoscaling.md "Measured"). About 7 minutes.
+# `elastic` runs the policy's defaults; `elastic-tuned` the delays sized to the trace's 20 s cold start.
+#
+#   make bench-fleet BENCH_FLEET_ARGS='--systems elastic,oracle --compress 20'
+BENCH_FLEET_ARGS ?= --compress 20 --decode-step-s 0.4 --systems elastic,elastic-tuned,oracle,static-peak,static-mean \
+	--scale-down-delay 60 --scale-to-zero-delay 120
+
+.PHONY: bench-fleet
+
+bench-fleet: venv ## elastic vs static and oracle fleets on one trace: replica-seconds, TTFT, queue wait (bench/results/)
+	$(BIN)/python -m bench.fleet $(BENCH_FLEET_ARGS)
