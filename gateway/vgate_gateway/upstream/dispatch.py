@@ -201,7 +201,9 @@ class Dispatcher:
         try:
             victims = queue.victims(waiting)
         except QueueFull as exc:
-            raise self._refused(queue, "full", f"The queue for model '{queue.model}' is full: {exc}.") from None
+            raise self._refused(
+                queue, "full", f"The queue for model '{queue.model}' is full: {exc}."
+            ) from None
         for victim in victims:
             self._shed(queue, victim)
         known.policy.arrived(queue, waiting)
@@ -356,8 +358,6 @@ class Dispatcher:
             "refused": q.rejected,
             "timed_out": q.timed_out,
             "shed": q.shed,
-            "classes": {
-                p.label: {"depth": q.depth[p], "keys": sorted(q.lanes[p])} for p in CLASSES
-            },
+            "classes": {p.label: {"depth": q.depth[p], "keys": sorted(q.lanes[p])} for p in CLASSES},
             "keys": dict(sorted(keys.items())),
         }

@@ -225,7 +225,7 @@ def estimate_tokens(req: Request) -> int:
 
 
 def cost_of(req: Request, usage: Usage) -> float:
-    """Weighted tokens an answer cost: prompt + :data:`OUTPUT_TOKEN_WEIGHT` × output, over the key's weight.
+    """Weighted tokens an answer cost: prompt + :data:`OUTPUT_TOKEN_WEIGHT` x output, over the key's weight.
 
     The prompt is the worker's count, else the estimate; output is the worker's count, else
     one token per streamed event seen.
@@ -279,15 +279,15 @@ class FairShare:
     def settle(self, req: Request, usage: Usage) -> float:
         cost = cost_of(req, usage)
         counter = self._counters.get(req.key_id)
-        if counter is not None:
-            self._counters[req.key_id] = counter + cost - req.fair_charge
+        if counter is not None or len(self._counters) < MAX_COUNTERS:
+            self._counters[req.key_id] = (counter or 0.0) + cost - req.fair_charge
         return cost
 
     def ahead(self, queue: ModelQueue, waiting: Waiting) -> int:
         """Every request of a more urgent class, then the turns the other keys of its class get.
 
         The keys of a class take turns in proportion to their weights: a request that is the
-        n-th of its key goes after about n × w_k / w_own requests of each other key k.
+        n-th of its key goes after about n * w_k / w_own requests of each other key k.
         """
         more_urgent = sum(queue.depth[: waiting.priority])
         lanes = queue.lanes[waiting.priority]
