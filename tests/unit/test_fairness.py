@@ -152,6 +152,28 @@ def test_shedding_takes_the_newest_of_the_least_urgent_class(loop: asyncio.Abstr
     assert low1 in list(queue)
 
 
+def test_a_full_queue_makes_room_for_a_key_that_holds_little_by_shedding_the_longest_lane(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    queue, policy = _queue(max_requests=4), FairShare()
+    flood = [_enqueue(queue, policy, loop, _req("a")) for _ in range(3)]
+    _enqueue(queue, policy, loop, _req("b"))
+    assert queue.victims(Waiting(_req("c"), 0.0, loop.create_future())) == [flood[-1]]
+    with pytest.raises(QueueFull):  # the flooding key itself: nobody holds more than it
+        queue.victims(Waiting(_req("a"), 0.0, loop.create_future()))
+    # b holding 2 and a 2 is still fair; b holding 3 and a 1 would not be
+    assert queue.victims(Waiting(_req("b"), 0.0, loop.create_future())) == [flood[-1]]
+    _enqueue(queue, policy, loop, _req("b"))  # (the bound is the dispatcher's business)
+    with pytest.raises(QueueFull):
+        queue.victims(Waiting(_req("b"), 0.0, loop.create_future()))
+    heavy = _queue(max_requests=4)  # a weight of 3: its 3 places are one for each unit of weight
+    for _ in range(3):
+        _enqueue(heavy, policy, loop, _req("a", weight=3.0))
+    _enqueue(heavy, policy, loop, _req("b"))
+    with pytest.raises(QueueFull):
+        heavy.victims(Waiting(_req("c"), 0.0, loop.create_future()))
+
+
 def test_shedding_for_bytes_takes_as_many_as_it_needs(loop: asyncio.AbstractEventLoop) -> None:
     queue, policy = _queue(max_bytes=300), FairShare()
     smalls = [_enqueue(queue, policy, loop, _req("a", L, prompt_chars=20)) for _ in range(3)]

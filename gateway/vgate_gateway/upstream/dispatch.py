@@ -271,7 +271,7 @@ class Dispatcher:
         )
 
     def _shed(self, queue: ModelQueue, victim: Waiting) -> None:
-        """Make room for a more urgent request: ``victim`` leaves the queue with a 503."""
+        """Make room for a more urgent request, or a key's fair place: ``victim`` leaves with a 503."""
         queue.remove(victim)
         queue.shed += 1
         if not victim.granted.done():
@@ -279,7 +279,8 @@ class Dispatcher:
                 self._refused(
                     queue,
                     "shed",
-                    f"The queue for model '{queue.model}' is full and a more urgent request took this one's place.",
+                    f"The queue for model '{queue.model}' is full and this request made room for a more urgent "
+                    "one, or for a key holding fewer places in it.",
                 )
             )
 

@@ -17,6 +17,7 @@ charging around it.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 from collections import deque
 from collections.abc import Iterator
@@ -104,17 +105,20 @@ class ModelQueue:
         return self.lanes[priority].get(key) or deque()
 
     def victims(self, waiting: Waiting) -> list[Waiting]:
-        """What must leave for ``waiting`` to fit: nothing, or the newest requests of classes below it.
+        """What must leave for ``waiting`` to fit: nothing, or requests that matter less than it.
 
-        Raises :class:`QueueFull` (counted) when even shedding every request of a lower class
-        would not make room.
+        First the newest requests of the classes below its own, the least urgent first; then,
+        within its class, the newest request of the key holding the most places for its
+        weight, as long as that key would still hold more than the newcomer's key (fair
+        queuing's drop from the longest queue: a flood cannot fill the queue against a key
+        that sends little). Raises :class:`QueueFull` (counted) when that cannot make room.
         """
         bounds = self.bounds
         count, size = len(self) + 1, self.bytes + waiting.size
         out: list[Waiting] = []
-        lower = self._newest_first_below(waiting.priority)
+        candidates = itertools.chain(self._newest_first_below(waiting.priority), self._longest_lanes(waiting))
         while count > bounds.max_requests or size > bounds.max_bytes:
-            victim = next(lower, None)
+            victim = next(candidates, None)
             if victim is None:
                 self.rejected += 1
                 if len(self) >= bounds.max_requests:
@@ -128,6 +132,25 @@ class ModelQueue:
         """Requests of the classes less urgent than ``priority``: the least urgent class first, newest first."""
         for p in reversed(CLASSES[priority + 1 :]):
             yield from _newest(self.lanes[p])
+
+    def _longest_lanes(self, waiting: Waiting) -> Iterator[Waiting]:
+        """Newest requests of ``waiting``'s class from the keys holding the most places for their weight."""
+        lanes = self.lanes[waiting.priority]
+        held = {key: len(lane) for key, lane in lanes.items()}
+        own = waiting.req.schedule.weight
+
+        def share(key: str) -> float:
+            return held[key] / lanes[key][0].req.schedule.weight
+
+        while True:
+            others = [k for k in held if k != waiting.key and held[k]]
+            if not others:
+                return
+            key = max(others, key=share)
+            if share(key) - 1 / lanes[key][0].req.schedule.weight < (held.get(waiting.key, 0) + 1) / own:
+                return  # shedding it would leave that key with less than the newcomer's
+            held[key] -= 1
+            yield lanes[key][held[key]]
 
     def add(self, waiting: Waiting) -> None:
         """Queue ``waiting`` at the back of its lane (bounds are :meth:`victims`' business)."""
