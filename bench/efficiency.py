@@ -32,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.stack import SUT_CPU, Gateway, gateway, metric_total, other_cpus, pinned, vgate_service
 from vgate import procs
 from vgate.procs import free_port
+from vgate.waiting import wait_for
 from vgate_gateway.upstream.loadstats import metric_sums
 from vgate_gateway.upstream.routing import STRATEGIES as _ROUTING
 from vgate_worker.settings import DEFAULT_MODEL
@@ -316,11 +317,13 @@ def _redis(logs: Path) -> Iterator[str]:
     port = free_port()
     cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     with procs.running(pinned(cmd, other_cpus()), log=logs / "redis.log") as redis:
-        deadline = time.monotonic() + 10
-        while subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode != 0:
-            if time.monotonic() > deadline or not redis.alive():
-                raise RuntimeError(f"redis-server did not start:\n{redis.log_tail()}")
-            time.sleep(0.05)
+
+        def pong() -> bool:
+            if not redis.alive():
+                raise RuntimeError(f"redis-server stopped:\n{redis.log_tail()}")
+            return subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0
+
+        wait_for(pong, "redis-server to answer PING", within=10, interval=0.05)
         yield f"redis://127.0.0.1:{port}/0"
 
 

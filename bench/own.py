@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Mapping, MutableMapping
 from typing import Any
 
+from vgate.waiting import eventually
 from vgate_gateway.app import build_app, tune_gc
 from vgate_gateway.discovery.static import StaticDiscovery
 from vgate_gateway.settings import GatewaySettings
@@ -84,11 +85,9 @@ async def measure(body: bytes, answer: bytes, requests: int) -> dict[str, Any]:
     try:
         state = app.state
         assert state is not None
-        deadline = time.monotonic() + 10
-        while not state.pool.models():
-            if time.monotonic() > deadline:
-                raise RuntimeError("the gateway never saw its in-memory workers")
-            await asyncio.sleep(0.01)
+        await eventually(
+            state.pool.models, "the gateway to see its in-memory workers", within=10, interval=0.01
+        )
         tune_gc()
         headers = [
             (b"host", b"127.0.0.1:8000"),

@@ -33,8 +33,11 @@ from typing import Any
 
 from vgate import procs
 from vgate.procs import free_port
+from vgate.waiting import wait_for
 
 SYSTEMS = ("direct", "nginx", "vgate", "vllm-router", "litellm")
+#: V-Gate from another commit (``--baseline REF``), measured in the same run beside this tree's.
+BASELINE = "vgate-baseline"
 MODEL = "bench"
 #: Every system gets the same API key header, as real clients send one (LiteLLM requires it).
 API_KEY = "sk-" + "5e" * 32
@@ -59,11 +62,13 @@ class BenchConfig:
     sut_core: int = 1
     load_core: int = 0
     peers: str = ".venv-bench"
-    vgate_workers: int = 1
+    vgate_processes: int = 1
     profile: bool = False
     #: Also compare the candidate upstream HTTP clients (bench/clients.py).
     clients: bool = False
     out: str = "bench/results"
+    #: A git ref whose V-Gate is measured beside this tree's (``vgate-baseline``).
+    baseline: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -243,9 +248,20 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
             nginx.wait_ready(f"http://127.0.0.1:{port}/health")
             yield port, nginx.pid
         return
-    if system == "vgate":
+    cwd = None
+    if system == BASELINE:
+        # The other commit's tree, on the path before this one's installed packages.
+        tree = root / "baseline"
         argv = procs.vgate_argv("gateway", "--port", str(port), "--endpoint", url)
-        env = {**os.environ, "VGATE_LOG_LEVEL": "warning", "VGATE_WORKERS": str(cfg.vgate_workers)}
+        env = {**os.environ, "VGATE_LOG_LEVEL": "warning", "PYTHONPATH": _tree_path(tree)}
+        env["VGATE_PROCESSES" if (tree / "bench" / "own.py").exists() else "VGATE_WORKERS"] = str(
+            cfg.vgate_processes
+        )
+        ready = f"http://127.0.0.1:{port}/v1/models"
+        cwd = tree
+    elif system == "vgate":
+        argv = procs.vgate_argv("gateway", "--port", str(port), "--endpoint", url)
+        env = {**os.environ, "VGATE_LOG_LEVEL": "warning", "VGATE_PROCESSES": str(cfg.vgate_processes)}
         ready = f"http://127.0.0.1:{port}/v1/models"
     elif system == "vllm-router":
         argv = [str(peers / "vllm-router"), "--host", "127.0.0.1", "--port", str(port)]
@@ -282,8 +298,8 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
         ready = f"http://127.0.0.1:{port}/health/liveliness"
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
-    with procs.running(_pinned(cfg.sut_core, argv), ready, env=env, log=logs, timeout=120) as sut:
-        if system == "vgate":
+    with procs.running(_pinned(cfg.sut_core, argv), ready, env=env, log=logs, timeout=120, cwd=cwd) as sut:
+        if system in ("vgate", BASELINE):
             _wait_model(port)
         yield port, sut.pid
 
@@ -291,12 +307,11 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
 def _wait_model(port: int, timeout: float = 30.0) -> None:
     import httpx
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if MODEL in httpx.get(f"http://127.0.0.1:{port}/v1/models").text:
-            return
-        time.sleep(0.1)
-    raise TimeoutError("V-Gate never saw the canned upstream as healthy")
+    wait_for(
+        lambda: MODEL in httpx.get(f"http://127.0.0.1:{port}/v1/models").text,
+        "V-Gate to see the canned upstream as healthy",
+        within=timeout,
+    )
 
 
 # -- load -----------------------------------------------------------------------------------
@@ -441,8 +456,12 @@ def run(cfg: BenchConfig, root: Path) -> dict[str, Any]:
             up.wait_ready(f"http://127.0.0.1:{port}/health")
         if cfg.clients and "json" in upstreams:
             results["clients"] = compare_clients(cfg, upstreams["json"])
+        if cfg.baseline:
+            results["baseline"] = {"ref": cfg.baseline, "commit": _checkout(cfg.baseline, root / "baseline")}
         if "vgate" in cfg.systems:
             results["own"] = own_cost(cfg, root)
+        if cfg.baseline:
+            results["own_baseline"] = own_cost(cfg, root, root / "baseline")
         for system in cfg.systems:
             by_case: dict[str, Any] = {}
             for shape in sorted(shapes):
@@ -481,18 +500,48 @@ def compare_clients(cfg: BenchConfig, upstream: int) -> dict[str, Any]:
     return results
 
 
-def own_cost(cfg: BenchConfig, root: Path) -> dict[str, Any]:
-    """V-Gate's own layers in-process, pinned to the SUT core (bench/own.py)."""
+def own_cost(cfg: BenchConfig, root: Path, tree: Path | None = None) -> dict[str, Any]:
+    """V-Gate's own layers in-process, pinned to the SUT core (bench/own.py), of this tree or ``tree``.
+
+    The median of three interleaved-free runs of 20,000 requests each: the figure moves with
+    whatever else the machine does, and the median drops a disturbed run.
+    """
     body, answer = root / "own-body.json", root / "own-answer.json"
     body.write_text(_body(False))
     answer.write_text(_chat_json())
-    argv = [sys.executable, "-m", "bench.own", str(body), str(answer)]
-    done = subprocess.run(_pinned(cfg.sut_core, argv), capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"the in-process run failed: {done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.splitlines()[-1])
-    print(f"  vgate own layers in-process: {result['cpu_us_per_request']} us/req", flush=True)
+    # Before the benchmarks left the package, the in-process run was vgate/bench_own.py.
+    module = "bench.own" if tree is None or (tree / "bench" / "own.py").exists() else "vgate.bench_own"
+    env = {**os.environ, "PYTHONPATH": _tree_path(tree)} if tree is not None else None
+    argv = [sys.executable, "-m", module, str(body), str(answer)]
+    runs = []
+    for _ in range(3):
+        done = subprocess.run(
+            _pinned(cfg.sut_core, argv), capture_output=True, text=True, timeout=600, env=env, cwd=tree
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the in-process run failed: {done.stderr[-2000:]}")
+        runs.append(json.loads(done.stdout.splitlines()[-1]))
+    result: dict[str, Any] = sorted(runs, key=lambda r: r["cpu_us_per_request"])[1]
+    result["runs_us"] = [r["cpu_us_per_request"] for r in runs]
+    label = "vgate" if tree is None else BASELINE
+    print(f"  {label} own layers in-process: {result['cpu_us_per_request']} us/req", flush=True)
     return result
+
+
+def _checkout(ref: str, tree: Path) -> str:
+    """``ref``'s files in ``tree`` (``git archive``: no work tree, no index touched); its commit."""
+    commit = subprocess.run(
+        ["git", "rev-parse", ref], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    tree.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return commit
+
+
+def _tree_path(tree: Path) -> str:
+    """PYTHONPATH that imports V-Gate's packages from ``tree`` before the installed ones."""
+    return os.pathsep.join(str(tree / d) for d in (".", "gateway", "worker", "operator"))
 
 
 def _short(r: dict[str, float]) -> str:
@@ -542,6 +591,8 @@ def render(results: dict[str, Any]) -> str:
             f"of CPU per request, of {total:.0f} us end to end at JSON c=16; the other "
             f"{total - own['cpu_us_per_request']:.0f} us are uvicorn, aiohttp and the event loop.",
         ]
+    if "baseline" in results:
+        lines += ["", _baseline_table(results)]
     if "clients" in results:
         lines += [
             "",
@@ -555,6 +606,46 @@ def render(results: dict[str, Any]) -> str:
                 f"| {name} {r.get('version', '')} | {r.get('rps', '-')} | {r.get('cpu_us_per_request', '-')} | {b.get('rps', '-')} |"
             )
     return "\n".join(lines)
+
+
+def _baseline_table(results: dict[str, Any]) -> str:
+    """This tree against the baseline commit, same run: own layers and end to end."""
+    systems, ref = results["systems"], results["baseline"]
+    now, before = systems.get("vgate", {}), systems.get(BASELINE, {})
+    own, own_before = results.get("own", {}), results.get("own_baseline", {})
+    lines = [
+        f"This tree against {ref['ref']} ({ref['commit'][:10]}), same run:",
+        "",
+        "| figure | baseline | this tree | ratio |",
+        "|---|---|---|---|",
+    ]
+    rows = [
+        (
+            "own layers, CPU us/request (in-process)",
+            own_before.get("cpu_us_per_request"),
+            own.get("cpu_us_per_request"),
+        )
+    ]
+    for case in ("json-c1", "json-c16", "json-c64"):
+        rows.append((f"{case} rps", before.get(case, {}).get("rps"), now.get(case, {}).get("rps")))
+        cpu = [r.get(case, {}).get("sut_cpu_ms_per_request") for r in (before, now)]
+        rows.append((f"{case} CPU us/request", *(c * 1000 if c is not None else None for c in cpu)))
+    for case in ("sse-c16", "long-c16"):
+        rows.append(
+            (
+                f"{case} events/s",
+                before.get(case, {}).get("events_per_s"),
+                now.get(case, {}).get("events_per_s"),
+            )
+        )
+    for name, a, b in rows:
+        ratio = f"{b / a:.2f}x" if a and b else "-"
+        lines.append(f"| {name} | {_num(a)} | {_num(b)} | {ratio} |")
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
 
 
 def _cpu_table(systems: dict[str, Any]) -> str:
@@ -597,10 +688,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sut-core", type=int, default=d.sut_core, help="the core the system under test gets")
     p.add_argument("--load-core", type=int, default=d.load_core, help="the core for wrk and the upstream")
     p.add_argument("--peers", default=d.peers, help="virtualenv with vllm-router, LiteLLM and py-spy")
-    p.add_argument("--vgate-workers", type=int, default=d.vgate_workers, help="V-Gate serving processes")
+    p.add_argument("--vgate-processes", type=int, default=d.vgate_processes, help="V-Gate serving processes")
     p.add_argument("--profile", action="store_true", help="record py-spy profiles of V-Gate")
     p.add_argument("--clients", action="store_true", help="also compare candidate upstream HTTP clients")
     p.add_argument("--out", default=d.out, help="directory for the results")
+    p.add_argument("--baseline", help="a git ref whose V-Gate is measured beside this tree's, e.g. main~3")
     return p
 
 
@@ -614,11 +706,15 @@ def main(argv: Sequence[str]) -> int:
         sut_core=args.sut_core,
         load_core=args.load_core,
         peers=args.peers,
-        vgate_workers=args.vgate_workers,
+        vgate_processes=args.vgate_processes,
         profile=args.profile,
         clients=args.clients,
         out=args.out,
+        baseline=args.baseline,
     )
+    if cfg.baseline and BASELINE not in cfg.systems:
+        at = cfg.systems.index("vgate") + 1 if "vgate" in cfg.systems else len(cfg.systems)
+        cfg.systems = (*cfg.systems[:at], BASELINE, *cfg.systems[at:])
     for tool in ("nginx", "wrk", "taskset"):
         if shutil.which(tool) is None:
             print(f"bench-proxy: {tool} is not installed (make bench-proxy installs it)", file=sys.stderr)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ import httpx
 
 from vgate import procs
 from vgate.procs import free_port, vgate_argv
+from vgate.waiting import wait_for
 from vgate_gateway.upstream.loadstats import metric_sums
 
 
@@ -81,13 +81,12 @@ def gateway(
 
 def wait_routable(gateway: Gateway, workers: int, timeout: float = 30.0) -> None:
     """Wait until the gateway's /stats counts ``workers`` routable upstreams."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def routable() -> bool:
         upstreams = httpx.get(gateway.internal + "/stats", timeout=2.0).json().get("upstreams", [])
-        if sum(1 for u in upstreams if u.get("routable")) >= workers:
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"not all {workers} workers became routable at {gateway}")
+        return sum(1 for u in upstreams if u.get("routable")) >= workers
+
+    wait_for(routable, f"all {workers} workers to become routable at {gateway}", within=timeout)
 
 
 async def scrape(urls: Sequence[str], names: Sequence[str]) -> list[dict[str, float]]:

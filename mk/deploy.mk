@@ -27,14 +27,13 @@ E2E_PYTEST_ARGS ?=
 INGRESS_NGINX_VERSION ?= controller-v1.12.1
 INGRESS_NGINX_MANIFEST ?= https://raw.githubusercontent.com/kubernetes/ingress-nginx/$(INGRESS_NGINX_VERSION)/deploy/static/provider/kind/deploy.yaml
 CHART := charts/vgate
-CRD_SOURCES := $(wildcard crds/*.yaml)
 
 .PHONY: crds images image-gateway image-worker image-worker-dry-run kind-up kind-load deploy \
 	undeploy e2e-kind kind-down chart-lint lint-docker
 
-crds: ## copy the CRDs from crds/ (the source) into the chart (a unit test fails when they drift)
-	@test -n "$(CRD_SOURCES)" || { echo "no CRD in crds/" >&2; exit 1; }
-	cp $(CRD_SOURCES) $(CHART)/crds/
+# The CRD's schema comes from the operator's pydantic models (operator/vgate_operator/crd.py).
+crds: venv ## generate the VGateDeployment CRD from the operator's models into crds/ and the chart (a unit test fails when they drift)
+	$(BIN)/python -m vgate_operator.crd crds $(CHART)/crds
 
 image-gateway: ## docker build the gateway/operator image
 	$(DOCKER) build -f Dockerfile.gateway -t $(GATEWAY_IMAGE) .

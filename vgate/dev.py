@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from vgate.devscale import TICK_S, Fleet, Scaler, dev_settings, endpoints_file, parse_bounds
 from vgate.procs import Child, ProcessExited, start, stop_all, vgate_argv, wait_http
 from vgate_gateway.settings import GatewaySettings
 from vgate_worker.settings import DEFAULT_MODEL
@@ -50,11 +51,43 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="gateway's /metrics, /stats, /docs port (default: after the workers)",
     )
+    scale = p.add_argument_group("autoscaling (the operator's policy, on local processes)")
+    scale.add_argument(
+        "--autoscale",
+        metavar="MIN:MAX",
+        help="start and stop dry-run workers on the gateway's load, between MIN and MAX (0 scales to zero)",
+    )
+    scale.add_argument(
+        "--autoscale-target",
+        type=int,
+        default=8,
+        metavar="N",
+        help="requests (in flight + queued) per worker, also each worker's --max-num-seqs (default 8)",
+    )
+    scale.add_argument(
+        "--scale-down-delay",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds before scaling down (default 30)",
+    )
+    scale.add_argument(
+        "--scale-to-zero-delay",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="idle seconds before zero (default 60)",
+    )
+    scale.add_argument(
+        "--cold-start", type=float, default=3.0, metavar="S", help="a new worker's start-up delay (default 3)"
+    )
     return p
 
 
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(list(argv))
+    if args.autoscale:
+        return _autoscaled(args)
     if args.workers < 1:
         print("vgate dev: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -125,6 +158,88 @@ def main(argv: Sequence[str]) -> int:
         return 0
     finally:
         stop_all(children)
+
+
+def _autoscaled(args: argparse.Namespace) -> int:
+    """The stack with ``--autoscale``: the policy loop instead of a fixed set of workers."""
+    try:
+        bounds = parse_bounds(args.autoscale)
+        if (
+            args.autoscale_target < 1
+            or args.scale_down_delay < 0
+            or args.scale_to_zero_delay < 0
+            or args.cold_start < 0
+        ):
+            raise ValueError("--autoscale-target must be >= 1 and the delays and --cold-start >= 0")
+    except ValueError as exc:
+        print(f"vgate dev: {exc}", file=sys.stderr)
+        return 2
+    internal_port = args.internal_port or args.port + 1
+    worker_args = ["--startup-delay-s", f"{args.cold_start:g}", "--max-num-seqs", str(args.autoscale_target)]
+    fleet = Fleet(args.model, endpoints_file(), [*worker_args, *args.worker_arg], say=_say)
+    settings = dev_settings(bounds, args.autoscale_target, args.scale_down_delay, args.scale_to_zero_delay)
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    env = {
+        **os.environ,
+        "VGATE_ENDPOINTS_FILE": str(fleet.endpoints),
+        "VGATE_MODELS": args.model,
+        # A worker is saturated at its batch: beyond it the gateway queues, and the queue is the signal.
+        "VGATE_WORKER_CAPACITY": str(args.autoscale_target),
+    }
+    if args.api_key:
+        env["VGATE_API_KEYS_FILE"] = _keys_file(args.api_key)
+    gateway_cmd = vgate_argv("gateway", "--port", str(args.port), "--internal-port", str(internal_port))
+    if args.routing:
+        gateway_cmd += ["--routing", args.routing]
+    gateway = start(gateway_cmd, env=env, group=False)
+    try:
+        fleet.grow(bounds[0])
+        with contextlib.suppress(ProcessExited, TimeoutError):
+            wait_http(
+                f"http://127.0.0.1:{args.port}/ready", 60.0, alive=lambda: not stopping and gateway.alive()
+            )
+            _autoscale_banner(args, internal_port, bounds)
+        scaler = Scaler(fleet, settings, f"http://127.0.0.1:{internal_port}")
+        while not stopping and gateway.alive():
+            scaler.tick()
+            time.sleep(TICK_S)
+        if not stopping:
+            print(
+                f"vgate dev: the gateway exited (status {gateway.popen.returncode}); stopping",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    finally:
+        stop_all([*fleet.children(), gateway])
+
+
+def _say(text: str) -> None:
+    print(f"vgate dev: {text}", flush=True)
+
+
+def _autoscale_banner(args: argparse.Namespace, internal_port: int, bounds: tuple[int, int]) -> None:
+    url = f"http://127.0.0.1:{args.port}"
+    print(
+        f"""
+V-Gate is up: gateway {url}/v1 -> {bounds[0]}..{bounds[1]} autoscaled dry-run workers of {args.model}
+  each takes {args.autoscale_target} requests at once and starts in {args.cold_start:g}s; the gateway queues the rest
+  scale-down after {args.scale_down_delay:g}s, to zero after {args.scale_to_zero_delay:g}s idle (see docs/autoscaling.md)
+
+  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{args.model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
+
+Load: http://127.0.0.1:{internal_port}/load   Stop: Ctrl-C
+""",
+        flush=True,
+    )
 
 
 def _keys_file(keys: Sequence[str]) -> str:

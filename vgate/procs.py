@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from vgate.waiting import wait_for
+
 
 class ProcessExited(RuntimeError):
     """The process behind the polled URL stopped before it answered."""
@@ -136,22 +138,23 @@ def wait_http(
     Raises :class:`ProcessExited` as soon as ``alive()`` is false, :class:`TimeoutError` after
     ``timeout`` seconds; ``detail()`` (a log tail, where the log is) ends either message.
     """
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
+
+    def answered() -> bool:
         if alive is not None and not alive():
             raise ProcessExited(_message(f"{url}: the process stopped before it answered", detail))
-        try:
-            response = httpx.get(url, timeout=2.0)
-            if response.status_code == status:
-                return
-            last = response.status_code
-        except httpx.HTTPError as exc:
-            last = exc
-        time.sleep(0.1)
-    raise TimeoutError(
-        _message(f"{url} did not answer {status} within {timeout:g}s (last: {last!r})", detail)
-    )
+        got = httpx.get(url, timeout=2.0).status_code
+        if got != status:
+            raise _OtherStatus(got)
+        return True
+
+    try:
+        wait_for(answered, f"{url} to answer {status}", within=timeout, retry=(httpx.HTTPError, _OtherStatus))
+    except TimeoutError as exc:
+        raise TimeoutError(_message(str(exc), detail)) from None
+
+
+class _OtherStatus(Exception):
+    """A status other than the awaited one: not yet."""
 
 
 def _message(text: str, detail: Callable[[], str] | None) -> str:

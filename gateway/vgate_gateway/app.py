@@ -40,7 +40,7 @@ from vgate_gateway.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
-#: How ``vgate gateway`` with several processes hands its validated settings to each.
+#: How ``vgate gateway --processes N`` hands its validated settings to each serving process.
 SETTINGS_ENV = "_VGATE_GATEWAY_SETTINGS"
 
 
@@ -268,7 +268,7 @@ def build_app(
 
 
 def app_from_env() -> Gateway:
-    """The app of one serving process started by ``vgate gateway`` with several processes."""
+    """The app of one serving process started by ``vgate gateway --processes N``."""
     from vgate_gateway.logs import setup_logging
 
     settings = GatewaySettings.model_validate_json(os.environ[SETTINGS_ENV])

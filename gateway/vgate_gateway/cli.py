@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -11,7 +12,7 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from vgate_gateway.settings import GatewaySettings, LogLevel, load_settings
+from vgate_gateway.settings import GatewaySettings, LogLevel, deprecations, load_settings
 
 
 def _default(name: str) -> Any:
@@ -42,8 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--routing", help=f"load-balancing strategy (default {_default('routing')})")
     p.add_argument(
-        "--workers", type=int, help=f"serving processes sharing the port (default {_default('workers')})"
+        "--processes", type=int, help=f"serving processes sharing the port (default {_default('processes')})"
     )
+    p.add_argument("--workers", type=int, help="deprecated name of --processes")
     p.add_argument("--log-level", choices=get_args(LogLevel))
     p.add_argument("--log-json", action="store_const", const=True, help="log JSON lines")
     return p
@@ -75,6 +77,8 @@ def main(argv: Sequence[str]) -> int:
         print(f"vgate gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
     setup_logging(settings.log_level, settings.log_json)
+    for warning in deprecations(settings):
+        logging.getLogger("vgate_gateway").warning("%s", warning)
     try:
         # The public port and the internal one (/metrics, /stats, /docs): one server, both sockets.
         sockets = [
@@ -97,7 +101,7 @@ def main(argv: Sequence[str]) -> int:
         "proxy_headers": False,
         "server_header": False,
     }
-    if settings.workers == 1:
+    if settings.processes == 1:
         config = uvicorn.Config(app, **common)
         tune_gc()
         uvicorn.Server(config).run(sockets=sockets)
@@ -111,7 +115,7 @@ def main(argv: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vgate-metrics-") as metrics_dir:
         os.environ.setdefault(MULTIPROCESS_ENV, metrics_dir)
         config = uvicorn.Config(
-            "vgate_gateway.app:app_from_env", factory=True, workers=settings.workers, **common
+            "vgate_gateway.app:app_from_env", factory=True, workers=settings.processes, **common
         )
         Multiprocess(config, sockets=sockets).run()
     return 0

@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-#: Set (by ``vgate gateway --workers N``) when several serving processes share the port:
+#: Set (by ``vgate gateway --processes N``) when several serving processes share the port:
 #: each process writes its series there, and a scrape of any one of them reports all.
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 

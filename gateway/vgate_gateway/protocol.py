@@ -10,6 +10,7 @@ edge (:mod:`vgate_gateway.front.edge`).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -284,39 +285,24 @@ class Usage:
 
 
 _USAGE = b'"usage"'
-_DECODER: Callable[[bytes], Any] = orjson.loads
+_USAGE_FIELDS = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d+)')
+#: How far past ``"usage"`` its counts may be: the usage object is small, and it is last.
+_USAGE_SPAN = 1024
 
 
 def usage_of_json(body: bytes) -> Usage:
-    """The ``usage`` of a whole JSON answer, found by a search from its end, not a full parse.
+    """The ``usage`` of a whole JSON answer, found by a search from its end, not a parse.
 
-    vLLM writes ``usage`` last; an answer whose text mentions ``"usage"`` is still read
-    right, since only an object that parses as a usage object is taken.
+    vLLM writes ``usage`` last. A ``"usage"`` inside a string is escaped (``\\"usage\\"``),
+    so the last bare one is the answer's own.
     """
     usage = Usage()
     at = body.rfind(_USAGE)
-    while at >= 0:
-        colon = body.find(b":", at + len(_USAGE))
-        start = body.find(b"{", colon)
-        end = _object_end(body, start) if start >= 0 else -1
-        if colon >= 0 and end >= 0 and not body[at + len(_USAGE) : colon].strip():
-            try:
-                usage.take(_DECODER(body[start : end + 1]))
-            except orjson.JSONDecodeError:
-                pass
-            else:
-                if usage.total_tokens is not None:
-                    return usage
-        at = body.rfind(_USAGE, 0, at)
+    if at < 0:
+        return usage
+    for match in _USAGE_FIELDS.finditer(body, at, at + _USAGE_SPAN):
+        setattr(usage, match.group(1).decode(), int(match.group(2)))
     return usage
-
-
-def _object_end(body: bytes, start: int) -> int:
-    """Where the object opening at ``start`` closes (nested ones counted), or -1."""
-    end = body.find(b"}", start)
-    while end >= 0 and body.count(b"{", start, end + 1) > body.count(b"}", start, end + 1):
-        end = body.find(b"}", end + 1)
-    return end
 
 
 class Answer:

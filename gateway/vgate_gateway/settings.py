@@ -54,7 +54,10 @@ class GatewaySettings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     #: Serving processes sharing the port. Each has its own upstream pool, health checks,
     #: cache, dedup and prefix tables, and its own admission limit (see docs/gateway.md).
-    workers: int = Field(1, ge=1, le=256)
+    processes: int = Field(1, ge=1, le=256)
+    #: The old name of ``processes`` ("worker" means a vLLM pod everywhere else), accepted for
+    #: one release with a warning at start-up (:func:`deprecations`).
+    workers: int | None = Field(None, ge=1, le=256)
     log_level: LogLevel = "info"
     log_json: bool = False
 
@@ -250,6 +253,18 @@ class GatewaySettings(BaseSettings):
         return [u.rstrip("/") for u in v]
 
     @model_validator(mode="after")
+    def _take_the_old_processes_name(self) -> GatewaySettings:
+        if self.workers is None:
+            return self
+        if "processes" in self.model_fields_set and self.processes != self.workers:
+            raise ValueError(
+                f"processes ({self.processes}) and its deprecated name workers ({self.workers}) "
+                "disagree: set processes (VGATE_PROCESSES, --processes) only"
+            )
+        self.processes = self.workers
+        return self
+
+    @model_validator(mode="after")
     def _check_discovery(self) -> GatewaySettings:
         if self.discovery == "kubernetes" and not self.services:
             raise ValueError("discovery 'kubernetes' needs 'services' (model name -> worker Service)")
@@ -310,6 +325,16 @@ def _config_path() -> Path | None:
         return _CONFIG_PATH
     env = os.environ.get("VGATE_CONFIG")
     return Path(env) if env else None
+
+
+def deprecations(settings: GatewaySettings) -> list[str]:
+    """Warnings for old setting names still in use, logged once at start-up."""
+    if settings.workers is None:
+        return []
+    return [
+        f"VGATE_WORKERS / --workers / workers is deprecated and goes in the next release: "
+        f"use VGATE_PROCESSES / --processes / processes ({settings.processes} serving processes)"
+    ]
 
 
 def load_settings(config: str | Path | None = None, **overrides: Any) -> GatewaySettings:

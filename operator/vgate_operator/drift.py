@@ -28,6 +28,7 @@ OWNED_PATHS: dict[str, tuple[tuple[str, ...], ...]] = {
     "RoleBinding": (("subjects",),),
     "PodDisruptionBudget": (("spec",),),
     "Ingress": (("spec",),),
+    "ScaledObject": (("spec",),),
 }
 
 _SUFFIXES: dict[str, int | Decimal] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import logging
 import weakref
 from collections.abc import AsyncIterator
@@ -41,10 +42,15 @@ KINDS: dict[str, tuple[str, str]] = {
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "Ingress": ("/apis/networking.k8s.io/v1", "ingresses"),
     "VGateDeployment": ("/apis/vgate.io/v1alpha1", "vgatedeployments"),
+    "ScaledObject": ("/apis/keda.sh/v1alpha1", "scaledobjects"),
+    "EndpointSlice": ("/apis/discovery.k8s.io/v1", "endpointslices"),
+    "Event": ("/api/v1", "events"),
 }
 _JSON = {200: "object", 201: "object"}
 #: The field manager of every server-side apply; its fields are the operator's.
 FIELD_MANAGER = "vgate-operator"
+#: The field manager of a worker Deployment's ``spec.replicas`` once autoscaling owns it.
+AUTOSCALER_MANAGER = "vgate-autoscaler"
 APPLY = "application/apply-patch+yaml"
 
 
@@ -163,6 +169,7 @@ class KubeApi:
                 return live, False, _foreign(kind, live)
             if in_sync(desired, live):
                 return live, False, None
+            await self._hand_over_replicas(desired, live)
             # The resourceVersion we checked: if the object changed hands since, the server
             # answers 409 and the next pass looks again, rather than applying over it.
             version = (live.get("metadata") or {}).get("resourceVersion")
@@ -175,6 +182,71 @@ class KubeApi:
             "%s %s %s/%s", "created" if live is None else "updated", kind, meta["namespace"], meta["name"]
         )
         return applied, True, None
+
+    async def _hand_over_replicas(self, desired: Manifest, live: Manifest) -> None:
+        """Before an apply stops sending a Deployment's replicas, give them to the autoscaler.
+
+        Server-side apply resets a field its only manager stops sending (to 1, for replicas):
+        the autoscaler's manager first applies the live count, so the operator's next apply
+        leaves it where it is (Kubernetes' documented hand-over of ``replicas`` to an HPA).
+        """
+        if desired["kind"] != "Deployment" or "replicas" in desired["spec"]:
+            return
+        if not _owns_replicas(live, FIELD_MANAGER):
+            return
+        meta = desired["metadata"]
+        replicas = int((live.get("spec") or {}).get("replicas", 1))
+        await self.scale(meta["namespace"], meta["name"], replicas)
+        log.info(
+            "%s/%s: replicas (%d) handed over to %s",
+            meta["namespace"],
+            meta["name"],
+            replicas,
+            AUTOSCALER_MANAGER,
+        )
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> Manifest:
+        """Set a Deployment's replicas as the autoscaler (its own field manager, nothing else)."""
+        body = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name},
+            "spec": {"replicas": replicas},
+        }
+        path = self._path("Deployment", namespace, name)
+        return await self.call(
+            "PATCH", path, body, APPLY, query=[("fieldManager", AUTOSCALER_MANAGER), ("force", "true")]
+        )
+
+    async def select(self, kind: str, namespace: str, selector: str) -> list[Manifest]:
+        """Objects of ``kind`` matching a label selector."""
+        found = await self.call("GET", self._path(kind, namespace), query=[("labelSelector", selector)])
+        return list(found.get("items") or [])
+
+    async def post_event(self, involved: Manifest, reason: str, message: str, kind: str = "Normal") -> None:
+        """A Kubernetes Event about ``involved`` (what ``kubectl describe`` shows)."""
+        meta = involved["metadata"]
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": involved["apiVersion"],
+                "kind": involved["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": kind,
+            "source": {"component": FIELD_MANAGER},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        await self.call("POST", self._path("Event", meta["namespace"]), body, "application/json")
 
     async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> bool:
         """Merge ``status`` into a VGateDeployment's status; False if the resource is gone."""
@@ -215,12 +287,30 @@ class KubeApi:
         """Delete children of kinds that come and go (removed models, a disabled Ingress)."""
         wanted = {(m["kind"], m["metadata"]["name"]) for m in desired}
         deleted = 0
-        for kind in ("Deployment", "Service", "Ingress"):
-            for obj in await self.list_owned(kind, owner):
+        for kind in ("Deployment", "Service", "Ingress", "ScaledObject"):
+            for obj in await self._owned_or_none(kind, owner, wanted):
                 name = obj["metadata"]["name"]
                 if (kind, name) not in wanted:
                     deleted += await self.delete(kind, owner.namespace, name)
         return deleted
+
+    async def _owned_or_none(self, kind: str, owner: Owner, wanted: set[tuple[str, str]]) -> list[Manifest]:
+        # KEDA may not be installed: without its CRD there is no ScaledObject to prune.
+        try:
+            return await self.list_owned(kind, owner)
+        except ApiException as exc:
+            if exc.status == 404 and kind == "ScaledObject" and not any(k == kind for k, _ in wanted):
+                return []
+            raise
+
+
+def _owns_replicas(live: Manifest, manager: str) -> bool:
+    """Whether ``manager``'s apply owns the object's ``spec.replicas`` (its managedFields say)."""
+    for entry in (live.get("metadata") or {}).get("managedFields") or []:
+        spec = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+        if entry.get("manager") == manager and entry.get("operation") == "Apply" and "f:replicas" in spec:
+            return True
+    return False
 
 
 def _foreign(kind: str, live: Manifest) -> str:

@@ -9,6 +9,7 @@ import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from vgate_operator.autoscale import loop
 from vgate_operator.builders.common import GROUP, MANAGED_BY, PLURAL, VERSION
 from vgate_operator.k8s import KubeApi, connect
 from vgate_operator.reconcile import controller_of, reconcile, refresh_status
@@ -16,6 +17,16 @@ from vgate_operator.settings import OperatorSettings
 
 RESOURCE = (GROUP, VERSION, PLURAL)
 CHILD_LABELS = {"app.kubernetes.io/name": "vgate", "app.kubernetes.io/managed-by": MANAGED_BY}
+
+
+def scales_builtin(spec: kopf.Spec, **_: Any) -> bool:
+    """Whether a resource has a model the operator's own loop scales (valid or not: the loop checks)."""
+    return any(
+        isinstance(m, dict)
+        and isinstance(m.get("autoscaling"), dict)
+        and m["autoscaling"].get("engine", "builtin") == "builtin"
+        for m in spec.get("models") or []
+    )
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
@@ -76,3 +87,11 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
         if memo.kube.closed:
             return  # kopf may fire a timer once more while exiting: the next operator resyncs
         await reconcile(body, patch, memo.kube, retry_delay=config.retry_delay_s, timer=True)
+
+    # Started for a resource while one of its models scales on the builtin engine, stopped
+    # when none does any more (kopf re-checks ``when`` on every change) or the resource goes.
+    @kopf.daemon(*RESOURCE, id="autoscale", when=scales_builtin, cancellation_timeout=10, registry=registry)
+    async def autoscale(body: kopf.Body, memo: kopf.Memo, stopped: kopf.DaemonStopped, **_: Any) -> None:
+        await loop.run(
+            body, memo.kube, stopped, interval_s=config.autoscale_interval_s, timeout_s=config.load_timeout_s
+        )

@@ -21,7 +21,7 @@ from vgate_operator.builders import Owner, build_all
 from vgate_operator.builders.common import GROUP, KIND, Manifest
 from vgate_operator.k8s import KubeApi
 from vgate_operator.spec import InvalidSpecError, parse_spec
-from vgate_operator.status import failed_status, healthy_status, now_iso, status_patch
+from vgate_operator.status import failed_status, healthy_status, new_deprecation, now_iso, status_patch
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,11 @@ async def _reconcile(
         if timer:
             return result.writes
         raise kopf.TemporaryError(message, delay=delays[1])
-    _write_status(patch, previous, healthy_status(owner, spec, generation, result.live))
+    status = healthy_status(owner, spec, generation, result.live)
+    deprecated = new_deprecation(previous, status)
+    if deprecated is not None:
+        log.warning("%s/%s: %s", owner.namespace, owner.name, deprecated)
+    _write_status(patch, previous, status)
     if result.writes:
         log.info("%s/%s: %d child object(s) written", owner.namespace, owner.name, result.writes)
     return result.writes

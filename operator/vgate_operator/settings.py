@@ -17,3 +17,7 @@ class OperatorSettings(BaseSettings):
     #: object holds a child's name: retrying sooner would only repeat the refusal. Any change
     #: of the resource reconciles at once regardless.
     refused_retry_delay_s: float = Field(300.0, gt=0)
+    #: How often the builtin autoscaler reads the gateways' load and decides (Knative: 2 s).
+    autoscale_interval_s: float = Field(2.0, gt=0, le=60)
+    #: How long one gateway has to answer ``GET /load`` before it is left out of that round.
+    load_timeout_s: float = Field(1.0, gt=0, le=30)

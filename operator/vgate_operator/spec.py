@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic.alias_generators import to_camel
+from pydantic import Field, StringConstraints, ValidationError, model_validator
+from pydantic.config import JsonDict
+
+from vgate_operator.autoscale.spec import AutoscalingSpec, QueueSpec
+from vgate_operator.schema import SchemaModel
 
 DNS_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 DEFAULT_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
@@ -61,165 +64,246 @@ NO_QUANTIZATION_FLAG = frozenset({"auto", "none"})
 #: contradicts an id that names another (or, for a hub id, none at all).
 _CHECKPOINT_METHODS = {"awq": ("awq", "awq_marlin"), "gptq": ("gptq",)}
 Routing = Literal["round-robin", "least-request", "least-load", "session", "prefix-aware"]
-Quantity = int | str
+#: A Kubernetes resource quantity (``resource.Quantity``): a number, or a string such as ``250m``.
+QUANTITY = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+Quantity = int | Annotated[str, StringConstraints(pattern=QUANTITY)]
+#: An Ingress host: a DNS name, optionally with a leading ``*.`` wildcard.
+HOSTNAME = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+#: ``gateway.workers``, the old name of ``gateway.processes``, defaulted to 1 in the schema, so
+#: the API server stored it in every resource created before the rename.
+OLD_WORKERS_DEFAULT = 1
+REMOVE_WORKERS = (
+    'kubectl patch vgd {name} --type json -p \'[{{"op": "remove", "path": "/spec/gateway/workers"}}]\' '
+    "removes it"
+)
+
+
+def no_schema_default(schema: JsonDict) -> None:
+    """Keeps a field's default out of the CRD: the operator applies it, the API server does not.
+
+    For a field that an older name may still set: a default stored by the API server would
+    stand beside the old name's value as if both had been written.
+    """
+    schema.pop("default", None)
+
+
+#: Extra schema keys of a field whose 64-bit range the CRD declares (int32 otherwise).
+INT64: JsonDict = {"format": "int64"}
 
 
 class InvalidSpecError(ValueError):
     """The resource's spec cannot be reconciled as written; the message says why."""
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
-
-
-class ModelResources(_Model):
-    #: ``nvidia.com/gpu`` limit and vLLM's tensor-parallel size; unset means 1 (0 with dryRun).
+class ModelResources(SchemaModel):
     gpus: int | None = Field(None, ge=1, le=16)
+    """nvidia.com/gpu limit and tensor-parallel size (default 1). Must be unset with worker.dryRun."""
     cpu: Quantity | None = None
     memory: Quantity | None = None
 
 
-class ModelSpec(_Model):
+class ModelSpec(SchemaModel):
     name: str = Field(pattern=DNS_LABEL, max_length=40)
+    """Served model name (the `model` clients send). Also names child objects, so it must be a
+    DNS label."""
     model: str = Field(DEFAULT_MODEL, min_length=1)
+    """Hugging Face model id or a local path inside the model cache."""
     quantization: Quantization = "auto"
+    """Quantization method passed to vLLM. `auto` (default) lets vLLM read it from the checkpoint
+    and pick the fastest kernel the GPU supports (awq_marlin for AWQ where it can); `none`
+    declares unquantized weights; a method that contradicts the model id is an invalid spec."""
     replicas: int = Field(1, ge=0, le=100)
     max_model_len: int = Field(4096, ge=16)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1)
     engine_args: list[str] = Field(default_factory=list)
+    """Extra vLLM engine arguments, passed through unchanged."""
     resources: ModelResources = Field(default_factory=ModelResources)
-    #: Per-model override of ``gateway.routing``.
     routing: Routing | None = None
+    """Overrides gateway.routing for this model."""
+    autoscaling: AutoscalingSpec | None = None
+    """Scale the workers on load; replicas is then ignored (see docs/autoscaling.md)."""
+    queue: QueueSpec = Field(default_factory=QueueSpec)
+    """How the gateways hold this model's requests while no worker can take them."""
 
 
-class SecretKeyRef(_Model):
+class SecretKeyRef(SchemaModel):
     name: str = Field(min_length=1)
     key: str = Field("token", min_length=1)
 
 
-class ModelCache(_Model):
-    #: An existing PersistentVolumeClaim; unset means an emptyDir per pod.
+class ModelCache(SchemaModel):
     existing_claim: str | None = None
+    """An existing PersistentVolumeClaim (ReadWriteMany for several replicas)."""
     size_limit: Quantity | None = "20Gi"
+    """Size limit of the emptyDir cache."""
 
 
-class Toleration(_Model):
+class Toleration(SchemaModel):
     key: str | None = None
     operator: Literal["Exists", "Equal"] | None = None
     value: str | None = None
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    toleration_seconds: int | None = Field(None, json_schema_extra=INT64)
 
 
-class LocalObjectReference(_Model):
+class LocalObjectReference(SchemaModel):
     name: str = Field(min_length=1)
 
 
-class TopologySpread(_Model):
-    """A topology spread constraint over one model's worker pods (the selector is filled in)."""
-
+class TopologySpread(SchemaModel):
     max_skew: int = Field(1, ge=1)
     topology_key: str = Field(min_length=1)
     when_unsatisfiable: Literal["DoNotSchedule", "ScheduleAnyway"] = "ScheduleAnyway"
 
 
-class WorkerSpec(_Model):
+class WorkerSpec(SchemaModel):
     image: str | None = None
+    """Worker image; defaults to ghcr.io/vgate/worker:VERSION, or ghcr.io/vgate/worker-dry-run:VERSION
+    with dryRun."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
-    #: RuntimeClass of the worker pods (e.g. ``nvidia`` where the GPU runtime is not the default).
+    """Secrets for pulling the worker image from a private registry."""
     runtime_class_name: str | None = None
-    #: Unset: spread each model's pods over nodes where possible; ``[]``: no constraint.
+    """RuntimeClass of the worker pods, e.g. `nvidia` where the GPU runtime is not the default."""
     topology_spread_constraints: list[TopologySpread] | None = None
+    """How each model's worker pods spread over the topology (the label selector is the model's
+    pods). Unset: prefer one pod per node (kubernetes.io/hostname, ScheduleAnyway); an empty list:
+    no constraint."""
     dry_run: bool = False
+    """Run the vLLM simulator instead of vLLM (no GPU, no model download)."""
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
     hf_token_secret_ref: SecretKeyRef | None = None
+    """Secret key holding a Hugging Face token (exposed as HF_TOKEN)."""
     model_cache: ModelCache = Field(default_factory=ModelCache)
+    """Where weights are downloaded; an emptyDir per pod unless existingClaim is set."""
     shm_size: Quantity = "1Gi"
+    """Size of the in-memory /dev/shm volume."""
 
 
-class Batching(_Model):
+class Batching(SchemaModel):
     batch_size: int = Field(8, ge=1, le=256)
     batch_wait_ms: float = Field(3.0, ge=0, le=1000)
 
 
-class Cache(_Model):
+class Cache(SchemaModel):
     max_size: int = Field(1000, ge=0)
+    """Cached responses at most; 0 disables the cache."""
     ttl_seconds: float = Field(600.0, gt=0)
 
 
-class RateLimit(_Model):
-    """Per-key limits, token buckets; a key's line in the keys Secret may override them."""
-
+class RateLimit(SchemaModel):
     requests_per_minute: int | None = Field(None, ge=1)
-    #: Requests a key may make at once (default: one minute's worth).
     burst: int | None = Field(None, ge=1)
+    """Requests a key may make at once; default one minute's worth."""
     tokens_per_minute: int | None = Field(None, ge=1)
+    """Prompt plus completion tokens, charged from each answer's usage."""
     token_burst: int | None = Field(None, ge=1)
+    """Tokens a key may spend at once; default one minute's worth."""
 
 
-class ApiKeysSecretRef(_Model):
+class ApiKeysSecretRef(SchemaModel):
     name: str = Field(min_length=1)
     key: str = Field("keys", min_length=1)
 
 
-class RedisUrlSecretRef(_Model):
+class RedisUrlSecretRef(SchemaModel):
     name: str = Field(min_length=1)
     key: str = Field("url", min_length=1)
 
 
-class RedisSpec(_Model):
-    """The Redis that shares rate limits across gateway replicas."""
-
+class RedisSpec(SchemaModel):
     url_secret_ref: RedisUrlSecretRef
+    """Secret key holding the redis:// or rediss:// URL (with its password)."""
     failure_mode: Literal["open", "closed"] = "open"
+    """While Redis is unreachable, admit requests (open) or refuse them with 503 (closed)."""
 
 
-class ResourceRequirements(_Model):
+class ResourceRequirements(SchemaModel):
     requests: dict[str, Quantity] = Field(default_factory=dict)
     limits: dict[str, Quantity] = Field(default_factory=dict)
 
 
-class GatewaySpec(_Model):
+class GatewaySpec(SchemaModel):
     replicas: int = Field(2, ge=0, le=100)
-    #: Serving processes in each gateway pod (VGATE_WORKERS), each about one core under load.
-    workers: int = Field(1, ge=1, le=64)
+    processes: int = Field(1, ge=1, le=64, json_schema_extra=no_schema_default)
+    """Serving processes in each gateway pod (VGATE_PROCESSES; default 1), each about one core
+    under load. Unless resources.requests.cpu is set, the pod requests one core for each when
+    there is more than one."""
+    workers: int | None = Field(None, ge=1, le=64)
+    """Deprecated: the old name of processes, accepted for one release (the Deprecated condition
+    says so). Set and different from processes (other than 1, the old default), the spec is
+    invalid."""
     image: str | None = None
+    """Gateway image; defaults to ghcr.io/vgate/gateway:VERSION."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    """Secrets for pulling the gateway image from a private registry."""
     batching: Batching = Field(default_factory=Batching)
     cache: Cache = Field(default_factory=Cache)
     dedup: bool = True
+    """Serve identical concurrent requests with one upstream call."""
     routing: Routing = "prefix-aware"
     resources: ResourceRequirements = Field(
         default_factory=lambda: ResourceRequirements(
             requests={"cpu": "250m", "memory": "256Mi"}, limits={"memory": "1Gi"}
         )
     )
-    #: Seconds a terminating gateway pod has to finish in-flight streams.
-    termination_grace_period_seconds: int = Field(120, ge=1, le=3600)
-    #: The Secret holding the API keys, mounted into the gateway pods (unset: no keys).
+    """Default: requests 250m CPU and 256Mi memory, a 1Gi memory limit (applied by the operator)."""
+    termination_grace_period_seconds: int = Field(120, ge=1, le=3600, json_schema_extra=INT64)
+    """Time a terminating gateway pod has to finish in-flight streams."""
     api_keys_secret_ref: ApiKeysSecretRef | None = None
+    """Secret holding the gateway's API keys, one a line (a key, or sha256:<hex> of it, then
+    optional id=, models=, rpm=, tpm=, rpm_burst=, tpm_burst=). Mounted into the gateway pods; an
+    update is picked up without a restart. Unset, the gateway serves without keys."""
     rate_limit: RateLimit | None = None
+    """Per-key limits (token buckets; a key's line in the keys Secret may override them). Shared by
+    every gateway replica when gateway.redis is set, per replica otherwise."""
     redis: RedisSpec | None = None
+    """Redis that shares the rate limits across gateway replicas."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _take_the_old_processes_name(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or data.get("workers") is None:
+            return data
+        old, new = data["workers"], data.get("processes")
+        if new is None:
+            return {**data, "processes": old}
+        # Every resource created before the rename carries workers: 1, the old schema default
+        # the API server stored: beside a processes set since, it is no disagreement.
+        if new != old and old != OLD_WORKERS_DEFAULT:
+            raise ValueError(
+                f"gateway.processes ({new}) and its deprecated name gateway.workers ({old}) disagree: "
+                f"set gateway.processes only ({REMOVE_WORKERS.format(name='NAME')})"
+            )
+        return data
 
 
-class IngressTLS(_Model):
+class IngressTLS(SchemaModel):
     secret_name: str = Field(min_length=1)
 
 
-class IngressSpec(_Model):
+class IngressSpec(SchemaModel):
     enabled: bool = False
     class_name: str | None = None
-    host: str | None = None
+    host: str | None = Field(None, pattern=HOSTNAME)
     tls: IngressTLS | None = None
     annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations for the Ingress, from an allow-list (cert-manager issuers, external-dns,
+    timeouts, body size, TLS redirects, source ranges); others are rejected with a condition."""
 
 
-class VGateDeploymentSpec(_Model):
-    models: list[ModelSpec] = Field(min_length=1)
+class VGateDeploymentSpec(SchemaModel):
+    models: list[ModelSpec] = Field(
+        min_length=1,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    """Models to serve; each gets its own worker Deployment and Service."""
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     ingress: IngressSpec = Field(default_factory=IngressSpec)
@@ -302,6 +386,18 @@ def _check_quantization(where: str, model: ModelSpec) -> list[str]:
 
 def _is_hub_id(model: str) -> bool:
     return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", model) is not None
+
+
+def deprecations(name: str, spec: VGateDeploymentSpec) -> list[str]:
+    """Old field names the spec still uses: each works for one more release, with this warning."""
+    gw = spec.gateway
+    if gw.workers is None:
+        return []
+    return [
+        f"gateway.workers is deprecated and goes in the next release: set gateway.processes: {gw.processes} "
+        f"and remove gateway.workers (resources created before this release carry workers: 1, the old "
+        f"default; {REMOVE_WORKERS.format(name=name)})"
+    ]
 
 
 def worker_name(resource: str, model: str) -> str:

@@ -11,16 +11,67 @@ from __future__ import annotations
 import datetime
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from vgate_operator.autoscale.checks import autoscaling_problems
 from vgate_operator.builders.common import HTTP_PORT, Manifest, Owner
-from vgate_operator.spec import VGateDeploymentSpec, gateway_name, worker_name
+from vgate_operator.schema import SchemaModel
+from vgate_operator.spec import (
+    INT64,
+    ModelSpec,
+    VGateDeploymentSpec,
+    deprecations,
+    gateway_name,
+    worker_name,
+)
+
+
+class Condition(SchemaModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str | None = None
+    message: str | None = None
+    last_transition_time: str | None = Field(None, json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(None, json_schema_extra=INT64)
+
+
+class ModelStatus(SchemaModel):
+    name: str | None = None
+    replicas: int | None = None
+    ready_replicas: int | None = None
+
+
+# The status this module writes; the CRD's status schema is generated from it (crd.py).
+class VGateDeploymentStatus(SchemaModel):
+    """Observed state, written by the operator: conditions, replica counts, where to reach the gateway."""
+
+    observed_generation: int | None = Field(None, json_schema_extra=INT64)
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    models: list[ModelStatus] = Field(default_factory=list)
+    ready_workers: str | None = None
+    model_replicas: str | None = None
+    """Each model's ready/desired workers, e.g. qwen=1/2 llama=0/0."""
+    ready_gateways: str | None = None
+    gateway_url: str | None = Field(None, alias="gatewayURL")
+    ingress_host: str | None = None
+    kopf: dict[str, Any] | None = Field(
+        None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """The operator framework's own progress bookkeeping."""
+
 
 CONDITION_TYPES = ("Ready", "WorkersReady", "GatewayReady", "Degraded")
+#: Present only while the spec uses an old field name (True, reason ``DeprecatedFields``).
+DEPRECATED = "Deprecated"
 #: Status keys this operator owns (kopf keeps its own bookkeeping beside them).
-OWNED_KEYS = (
-    "observedGeneration", "conditions", "models", "readyWorkers", "readyGateways", "gatewayURL", "ingressHost",
-)  # fmt: skip
+OWNED_KEYS = tuple(
+    field.alias or name for name, field in VGateDeploymentStatus.model_fields.items() if name != "kopf"
+)
 
 
 #: Why a Deployment's rollout is not complete, most urgent first.
@@ -96,6 +147,15 @@ def replicas_of(deployment: Manifest | None, desired: int) -> Replicas:
     return Replicas(desired, ready)
 
 
+def desired_replicas(model: ModelSpec, deployment: Manifest | None) -> int:
+    """The replicas a model should have: its spec's, or with autoscaling the autoscaler's choice
+    (the Deployment's ``spec.replicas``, which the operator leaves to it)."""
+    if model.autoscaling is None:
+        return model.replicas
+    spec = (deployment or {}).get("spec") or {}
+    return int(spec.get("replicas", 1))
+
+
 def _worst(parts: Mapping[str, Replicas]) -> Replicas | None:
     """The most urgent incomplete rollout among ``parts``, or None when all are complete."""
     pending = [r for r in parts.values() if not r.complete]
@@ -140,10 +200,10 @@ def healthy_status(
     rollout state (``ReplicaFailure`` and ``ProgressDeadlineExceeded`` before the waiting ones)
     and its message names each Deployment that is not done and why.
     """
-    models = {
-        m.name: replicas_of(live.get(("Deployment", worker_name(owner.name, m.name))), m.replicas)
-        for m in spec.models
-    }
+    models = {}
+    for m in spec.models:
+        deployment = live.get(("Deployment", worker_name(owner.name, m.name)))
+        models[m.name] = replicas_of(deployment, desired_replicas(m, deployment))
     gateway = replicas_of(live.get(("Deployment", gateway_name(owner.name))), spec.gateway.replicas)
     workers = Replicas(sum(r.desired for r in models.values()), sum(r.ready for r in models.values()))
     parts = {**{f"worker {name}": r for name, r in models.items()}, "gateway": gateway}
@@ -151,8 +211,9 @@ def healthy_status(
     worst = _worst(parts)
     workers_ok = worst_worker is None
     ready = worst is None
-    # Serving, but below the requested capacity: every model and the gateway have a ready pod.
-    serving = gateway.ready > 0 and all(r.ready > 0 for r in models.values())
+    # Serving, but below the requested capacity: every model and the gateway have a ready pod
+    # (a model scaled to zero on purpose serves too: the gateways queue its requests).
+    serving = gateway.ready > 0 and all(r.ready > 0 or r.desired == 0 for r in models.values())
     below = workers.ready < workers.desired or gateway.ready < gateway.desired
     degraded = serving and below
     conditions = [
@@ -188,15 +249,35 @@ def healthy_status(
             generation,
         ),
     ]
+    old_names = deprecations(owner.name, spec)
+    if old_names:
+        conditions.append(_condition(DEPRECATED, True, "DeprecatedFields", "; ".join(old_names), generation))
+    invalid = autoscaling_problems(spec)
+    if invalid:
+        # Everything else was applied; the Ready condition says what was not (replicas held).
+        conditions[0] = _condition("Ready", False, "InvalidSpec", "; ".join(invalid), generation)
     return {
         "observedGeneration": generation,
         "conditions": conditions,
         "models": [{"name": n, "replicas": r.desired, "readyReplicas": r.ready} for n, r in models.items()],
         "readyWorkers": str(workers),
+        "modelReplicas": " ".join(f"{n}={r}" for n, r in models.items()),
         "readyGateways": str(gateway),
         "gatewayURL": f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{HTTP_PORT}",
         "ingressHost": (spec.ingress.host or "") if spec.ingress.enabled else "",
     }
+
+
+def new_deprecation(previous: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The ``Deprecated`` condition's message when ``new`` brings it or changes it, else None:
+    worth one log line, not one per resync."""
+
+    def message(status: Mapping[str, Any]) -> str | None:
+        found = [c for c in status.get("conditions") or [] if c.get("type") == DEPRECATED]
+        return str(found[0].get("message")) if found else None
+
+    now = message(new)
+    return now if now is not None and now != message(previous) else None
 
 
 def failed_status(previous: Mapping[str, Any], reason: str, message: str, generation: int) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vgate import waiting
+
 T = TypeVar("T")
 #: Only kind clusters are ever touched: their contexts are named ``kind-<cluster>``.
 KIND_PREFIX = "kind-"
@@ -94,6 +96,10 @@ def is_condition(obj: Mapping[str, Any], kind: str, status: str = "True") -> boo
     return generation is None or observed is None or observed >= generation
 
 
+#: What kubectl raises while an object is not there yet: retried by :func:`wait_for`.
+KUBECTL_ERRORS = (subprocess.CalledProcessError, OSError, ValueError, KeyError)
+
+
 def wait_for(
     probe: Callable[[], T | None],
     *,
@@ -103,24 +109,16 @@ def wait_for(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``probe`` until it returns something other than None/False; return that.
+    """Call ``probe`` until it returns something truthy; return that (:func:`vgate.waiting.wait_for`).
 
-    Raises TimeoutError naming ``what`` and the last exception the probe raised, so a
+    kubectl's errors count as "not yet"; the TimeoutError names ``what`` and the last one, so a
     failure says what was being waited for instead of just "timed out".
     """
-    deadline = clock() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            result = probe()
-            if result is not None and result is not False:
-                return result
-        except (subprocess.CalledProcessError, OSError, ValueError, KeyError) as exc:
-            last_error = exc
-        if clock() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
-        sleep(interval)
+    found = waiting.wait_for(
+        probe, what, within=timeout, interval=interval, retry=KUBECTL_ERRORS, clock=clock, sleep=sleep
+    )
+    assert found is not None
+    return found
 
 
 @dataclass(frozen=True)

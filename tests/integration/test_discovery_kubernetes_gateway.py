@@ -92,6 +92,8 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
             # Every request must reach a worker, so the worker counts say where it went.
             "VGATE_CACHE_MAXSIZE": "0",
             "VGATE_DEDUP": "false",
+            # A model with no endpoint holds requests in its queue; here they wait 3 s at most.
+            "VGATE_QUEUE_TIMEOUT_S": "3",
         }
         gateway = make_proc(["gateway"], tmp_path, env=env, name="gateway")
         with contextlib.ExitStack() as procs:
@@ -170,13 +172,21 @@ async def test_gateway_follows_endpoint_slices(stack: Stack) -> None:
     counts = await stack.route(4)
     assert counts[stack.workers.index(other)] == 4
 
-    # The last one removed: the model has no endpoint left.
+    # The last one removed: the model has no endpoint left. It is declared, so a request waits
+    # in its queue (for as long as the queue's timeout), and one comes back in time to answer it.
     await stack.api.remove(stack.slice_name(other))
     await eventually(lambda: absent(stack, other), within=5)
     with pytest.raises(openai.APIStatusError) as err:
         await stack.complete()
-    assert err.value.status_code == 503  # the model is declared, it just has no endpoint now
+    assert err.value.status_code == 503
+    assert err.value.body["code"] == "queue_timeout"  # type: ignore[index]
     assert err.value.response.headers.get("retry-after")
+    held = asyncio.create_task(stack.complete())
+    await asyncio.sleep(0.5)
+    assert not held.done()
+    back = endpoint_slice(f"{stack.slice_name(other)}-back", SERVICE, endpoint("127.0.0.1"), port=other.port)
+    await stack.api.create(back)  # a new pod of the model, in a slice of its own
+    await held
 
 
 async def busy_worker(stack: Stack) -> tuple[Proc, Proc]:

@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from tests.support import waiting
 from tests.support.kmock_cluster import KubeCluster
 from vgate import procs
 from vgate.procs import vgate_argv
@@ -38,14 +39,7 @@ def dry_run_example() -> dict[str, Any]:
 
 async def eventually(check: Callable[[], Any], what: str = "condition", within: float = 20.0) -> Any:
     """Poll ``check`` until it returns something truthy (the operator works asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + within
-    while True:
-        result = check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await waiting.eventually(check, within=within, interval=0.05, what=what)
 
 
 async def resyncs(operator: Operator, ns: str, count: int) -> None:
@@ -337,6 +331,38 @@ async def test_invalid_spec_sets_condition_and_is_not_retried(
         lambda: (s := cr_status(cluster, "team-d", "vgate-dry-run")).get("observedGeneration") == 2 and s
     )
     assert condition(status, "Ready")["reason"] != "InvalidSpec"
+
+
+async def test_the_old_name_of_gateway_processes_works_with_a_deprecated_condition(
+    cluster: KubeCluster, operator: Operator
+) -> None:
+    body = dry_run_example()
+    body["spec"]["gateway"]["workers"] = 2
+    await create(cluster, "team-w", body)
+    status = await eventually(
+        lambda: condition(s := cr_status(cluster, "team-w", "vgate-dry-run"), "Deprecated") and s
+    )
+    deprecated = condition(status, "Deprecated")
+    assert (deprecated["status"], deprecated["reason"]) == ("True", "DeprecatedFields")
+    assert "set gateway.processes: 2 and remove gateway.workers" in deprecated["message"]
+    config = child(cluster, "configmaps", "team-w", "vgate-dry-run-gateway")
+    assert yaml.safe_load(config["data"]["gateway.yaml"])["processes"] == 2
+    warning = "team-w/vgate-dry-run: gateway.workers is deprecated"
+    await resyncs(operator, "team-w", 2)  # a resync that started before the status was written logs too
+    logged = operator.log().count(warning)
+    assert logged >= 1
+    await resyncs(operator, "team-w", 3)
+    assert operator.log().count(warning) == logged  # when it appears, not on every resync
+
+    await patch(cluster, CR_PATH.format(ns="team-w") + "/vgate-dry-run",
+                [{"op": "remove", "path": "/spec/gateway/workers"},
+                 {"op": "add", "path": "/spec/gateway/processes", "value": 2}])  # fmt: skip
+    status = await eventually(
+        lambda: (s := cr_status(cluster, "team-w", "vgate-dry-run")).get("observedGeneration") == 2 and s
+    )
+    assert condition(status, "Deprecated") == {}
+    config = child(cluster, "configmaps", "team-w", "vgate-dry-run-gateway")
+    assert yaml.safe_load(config["data"]["gateway.yaml"])["processes"] == 2
 
 
 async def test_deleted_resource_leaves_children_to_the_garbage_collector(

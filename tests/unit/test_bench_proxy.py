@@ -81,6 +81,24 @@ def test_table_splits_the_gateways_own_cpu_from_its_server_and_client() -> None:
     assert "other 200 us" in table
 
 
+def test_the_baseline_commit_is_set_beside_this_tree_figure_by_figure() -> None:
+    json16 = {"rps": 4000.0, "p50_ms": 1.0, "p99_ms": 2.0, "sut_cpu_ms_per_request": 0.25}
+    results = {
+        "systems": {
+            "vgate": {"json-c16": json16},
+            "vgate-baseline": {"json-c16": {**json16, "rps": 3000.0, "sut_cpu_ms_per_request": 0.3}},
+        },
+        "own": {"cpu_us_per_request": 40.0},
+        "own_baseline": {"cpu_us_per_request": 80.0},
+        "baseline": {"ref": "main~1", "commit": "0123456789abcdef"},
+    }
+    table = render(results)
+    assert "This tree against main~1 (0123456789), same run:" in table
+    assert "| own layers, CPU us/request (in-process) | 80.0 | 40.0 | 0.50x |" in table
+    assert "| json-c16 rps | 3,000 | 4,000 | 1.33x |" in table
+    assert "| json-c16 CPU us/request | 300 | 250 | 0.83x |" in table
+
+
 async def test_the_in_process_run_answers_every_request_through_the_shipped_app() -> None:
     body = _body(False).encode()
     result = await measure_own(body, _chat_json().encode(), requests=50)

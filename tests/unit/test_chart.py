@@ -19,6 +19,8 @@ import yaml
 
 from hack.chart_lint import ALL_ON, lint
 from tests.support.chart import CHART, NAMESPACE, RELEASE, ROOT, by_kind, render
+from vgate_operator.builders.common import HTTP_PORT
+from vgate_operator.builders.gateway import INTERNAL_PORT
 
 K8S_VERSION = kubernetes_validate.latest_version()
 # Kinds whose schema is not part of Kubernetes itself.
@@ -40,6 +42,7 @@ OPERATOR_RULES: dict[tuple[str, str], set[str]] = {
     ("policy", "poddisruptionbudgets"): KEPT,
     ("discovery.k8s.io", "endpointslices"): READ,
     ("", "events"): {"create"},
+    ("keda.sh", "scaledobjects"): PRUNED,  # autoscaling.engine: keda
     ("kopf.dev", "clusterkopfpeerings"): {"get", "list", "watch", "patch"},
     ("kopf.dev", "kopfpeerings"): {"get", "list", "watch", "patch"},
     ("", "namespaces"): READ,
@@ -354,8 +357,9 @@ def test_the_network_policy_lets_only_gateways_reach_the_workers() -> None:
     policies = by_kind(
         render({"networkPolicy": {"enabled": True}, "watchNamespaces": ["a", "b"]}), "NetworkPolicy"
     )
-    assert sorted(p["metadata"]["namespace"] for p in policies) == ["a", "b"]
-    spec = policies[0]["spec"]
+    workers = [p for p in policies if p["metadata"]["name"].endswith("-workers")]
+    assert sorted(p["metadata"]["namespace"] for p in workers) == ["a", "b"]
+    spec = workers[0]["spec"]
     assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
     assert spec["policyTypes"] == ["Ingress"]
     (rule,) = spec["ingress"]
@@ -370,3 +374,25 @@ def test_the_network_policy_lets_only_gateways_reach_the_workers() -> None:
         }
     ]
     assert rule["ports"] == [{"protocol": "TCP", "port": 8000}]
+
+
+def test_the_network_policy_opens_the_gateways_internal_port_only_to_the_operator() -> None:
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    values = {"networkPolicy": {"enabled": True, "internalFrom": [prometheus]}, "watchNamespaces": ["a", "b"]}
+    gateways = [
+        p for p in by_kind(render(values), "NetworkPolicy") if p["metadata"]["name"].endswith("-gateways")
+    ]
+    assert sorted(p["metadata"]["namespace"] for p in gateways) == ["a", "b"]
+    spec = gateways[0]["spec"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
+    public, internal = spec["ingress"]
+    assert public == {"ports": [{"protocol": "TCP", "port": HTTP_PORT}]}  # clients, from anywhere
+    assert internal["ports"] == [{"protocol": "TCP", "port": INTERNAL_PORT}]
+    operator = internal["from"][0]
+    assert operator["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
+    assert operator["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    # The operator pods carry exactly the labels the policy selects.
+    deployment = one(render(values), "Deployment")
+    template_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert operator["podSelector"]["matchLabels"].items() <= template_labels.items()
+    assert internal["from"][1:] == [prometheus]

@@ -1,8 +1,8 @@
-"""The chart's CRDs: copies of crds/ (the single source) plus kopf's peering CRDs.
+"""The chart's CRDs: the generated VGateDeployment CRD (as in crds/) plus kopf's peering CRDs.
 
 Helm installs ``charts/vgate/crds/`` before any template and never templates it, so the
 files there must be plain, valid CRDs, and the VGateDeployment CRD must be byte-identical
-to the one in ``crds/`` (``make crds`` copies it: ``tests/integration/test_make_targets.py``).
+to the one in ``crds/`` (``make crds`` writes both: ``tests/integration/test_make_targets.py``).
 """
 
 from __future__ import annotations

@@ -148,7 +148,12 @@ def test_the_charts_test_pod_finds_the_gateway_where_the_operator_reports_it() -
 
 
 def test_the_charts_network_policy_opens_the_workers_port() -> None:
-    (policy,) = by_kind(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    policies = by_kind(render({"networkPolicy": {"enabled": True}}), "NetworkPolicy")
+    (policy,) = [
+        p
+        for p in policies
+        if p["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "worker"
+    ]
     service = _objects(MINIMAL)[("Service", "demo-worker-m")]
     assert policy["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": HTTP_PORT}]
     assert [p["port"] for p in service["spec"]["ports"]] == [HTTP_PORT]

@@ -1,9 +1,8 @@
-"""The CRD: a structural schema with defaults, and the examples validate against it."""
+"""The CRD: generated from the models, a structural schema with defaults; the examples validate against it."""
 
 from __future__ import annotations
 
 import copy
-import types
 import typing
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 
 from vgate_gateway.upstream.routing import STRATEGIES
-from vgate_operator.spec import VGateDeploymentSpec, parse_spec
+from vgate_operator.crd import FILE_NAME, render, type_schema
+from vgate_operator.spec import QUANTITY, GatewaySpec, ModelSpec, Quantization, parse_spec
+from vgate_operator.status import OWNED_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((ROOT / "crds" / "vgate.io_vgatedeployments.yaml").read_text())
@@ -81,97 +79,66 @@ def test_printer_columns() -> None:
     assert columns["Age"]["type"] == "date"
 
 
-def _scalar_equal(a: Any, b: Any) -> bool:
-    return bool(a == b) and isinstance(a, bool) == isinstance(b, bool)  # True == 1 in Python
+def test_the_committed_crd_is_the_one_the_models_generate() -> None:
+    """crds/ and the chart hold what ``make crds`` renders from spec.py and status.py."""
+    for path in (ROOT / "crds" / FILE_NAME, ROOT / "charts" / "vgate" / "crds" / FILE_NAME):
+        assert path.read_text() == render(), f"{path.relative_to(ROOT)} is stale: run make crds"
 
 
-def _default_drift(field: FieldInfo, node: dict[str, Any], path: str) -> list[str]:
-    default = field.get_default(call_default_factory=True)
-    if default is None or default is PydanticUndefined:
-        return [f"{path}: CRD default {node['default']!r}, spec has none"] if "default" in node else []
-    if isinstance(default, BaseModel):
-        # `{}` is filled in by the nested defaults, so it stands only for an all-default object.
-        if "default" in node and (node["default"] != {} or default != type(default)()):
-            return [f"{path}: CRD default {node['default']!r}, spec {default!r}"]
-        return []
-    if isinstance(default, list | dict):
-        if "default" in node and node["default"] != default:
-            return [f"{path}: CRD default {node['default']!r}, spec {default!r}"]
-        return []
-    if "default" not in node or not _scalar_equal(node["default"], default):
-        return [f"{path}: CRD default {node.get('default')!r}, spec {default!r}"]
-    return []
-
-
-def _type_drift(annotation: Any, node: dict[str, Any], path: str) -> list[str]:
-    union = typing.get_origin(annotation) in (typing.Union, types.UnionType)
-    args = [a for a in (typing.get_args(annotation) if union else (annotation,)) if a is not type(None)]
-    if set(args) == {int, str}:  # a Quantity
-        ok = node.get("x-kubernetes-int-or-string") is True
-        return [] if ok else [f"{path}: spec int | str, CRD {node.get('type')}"]
-    (kind,) = args
-    origin = typing.get_origin(kind)
-    if origin is typing.Literal:
-        if node.get("type") != "string" or node.get("enum") != list(typing.get_args(kind)):
-            return [f"{path}: CRD enum {node.get('enum')}, spec {list(typing.get_args(kind))}"]
-        return []
-    if "enum" in node:
-        return [f"{path}: CRD enum {node['enum']}, spec {kind}"]
-    if isinstance(kind, type) and issubclass(kind, BaseModel):
-        return [f"{path}: not an object"] if node.get("type") != "object" else drift(kind, node, path)
-    if origin is list:
-        if node.get("type") != "array":
-            return [f"{path}: not an array"]
-        return _type_drift(typing.get_args(kind)[0], node["items"], f"{path}[]")
-    if origin is dict:
-        if node.get("type") != "object" or "additionalProperties" not in node:
-            return [f"{path}: not a map"]
-        return _type_drift(typing.get_args(kind)[1], node["additionalProperties"], f"{path}{{}}")
-    want = {bool: "boolean", int: "integer", float: "number", str: "string"}[kind]
-    return [] if node.get("type") == want else [f"{path}: CRD {node.get('type')}, spec {want}"]
-
-
-def drift(model: type[BaseModel], node: dict[str, Any], path: str) -> list[str]:
-    """Every difference between ``model`` and the schema ``node`` of the object it parses."""
-    fields = {field.alias or name: field for name, field in model.model_fields.items()}
-    properties = node.get("properties") or {}
-    problems = []
-    if set(properties) != set(fields):
-        problems.append(f"{path}: CRD properties {sorted(properties)}, spec fields {sorted(fields)}")
-    required = sorted(alias for alias, field in fields.items() if field.is_required())
-    if sorted(node.get("required") or []) != required:
-        problems.append(f"{path}: CRD requires {node.get('required')}, spec {required}")
-    for alias in sorted(set(properties) & set(fields)):
-        problems += _default_drift(fields[alias], properties[alias], f"{path}.{alias}")
-        problems += _type_drift(fields[alias].annotation, properties[alias], f"{path}.{alias}")
-    return problems
-
-
-def test_every_crd_property_type_enum_and_default_matches_the_spec_models() -> None:
+def test_every_spec_field_is_a_property_with_its_bounds_default_and_description() -> None:
     spec = SCHEMA["properties"]["spec"]
-    assert drift(VGateDeploymentSpec, spec, ".spec") == []
-    # The GPU count has no schema default: a default would contradict worker.dryRun.
-    assert (
-        "default"
-        not in spec["properties"]["models"]["items"]["properties"]["resources"]["properties"]["gpus"]
+    model = spec["properties"]["models"]["items"]
+    assert spec["required"] == ["models"]
+    assert model["required"] == ["name"]
+    assert set(model["properties"]) == {f.alias for f in ModelSpec.model_fields.values()}
+    assert model["properties"]["replicas"] == {
+        "type": "integer", "format": "int32", "minimum": 0, "maximum": 100, "default": 1,
+    }  # fmt: skip
+    utilization = model["properties"]["gpuMemoryUtilization"]
+    assert (utilization["minimum"], utilization["exclusiveMinimum"], utilization["maximum"]) == (0, True, 1)
+    assert model["properties"]["quantization"]["enum"] == list(typing.get_args(Quantization))
+    assert model["properties"]["quantization"]["description"].startswith(
+        "Quantization method passed to vLLM."
     )
+    assert spec["properties"]["models"]["x-kubernetes-list-map-keys"] == ["name"]
+    assert (spec["properties"]["models"]["minItems"], spec["properties"]["models"]["maxItems"]) == (1, 32)
+    gateway = spec["properties"]["gateway"]
+    assert gateway["default"] == {}  # filled in by the nested defaults
+    assert gateway["properties"]["terminationGracePeriodSeconds"]["format"] == "int64"
+    # The gateway's resources default is the operator's (one core per process unless set).
+    assert GatewaySpec().resources.requests["cpu"] == "250m"
+    assert "default" not in gateway["properties"]["resources"]
 
 
-def test_the_drift_check_sees_a_changed_default_and_a_missing_enum_value() -> None:
-    spec = copy.deepcopy(SCHEMA["properties"]["spec"])
-    model = spec["properties"]["models"]["items"]["properties"]
-    model["replicas"]["default"] = 2
-    model["quantization"]["enum"].pop()
-    del spec["properties"]["gateway"]["properties"]["dedup"]
-    assert drift(VGateDeploymentSpec, spec, ".spec") == [
-        ".spec.gateway: CRD properties "
-        + str(sorted(set(spec["properties"]["gateway"]["properties"])))
-        + ", spec fields "
-        + str(sorted({*spec["properties"]["gateway"]["properties"], "dedup"})),
-        ".spec.models[].quantization: CRD enum ['auto', 'awq', 'awq_marlin', 'gptq', 'fp8'], "
-        "spec ['auto', 'awq', 'awq_marlin', 'gptq', 'fp8', 'none']",
-        ".spec.models[].replicas: CRD default 2, spec 1",
-    ]
+def test_defaults_the_operator_applies_stay_out_of_the_schema() -> None:
+    gateway = SCHEMA["properties"]["spec"]["properties"]["gateway"]["properties"]
+    # A default beside the deprecated name would read as both being set.
+    assert "default" not in gateway["processes"]
+    assert GatewaySpec().processes == 1
+    # A GPU count default would contradict worker.dryRun.
+    model = SCHEMA["properties"]["spec"]["properties"]["models"]["items"]["properties"]
+    assert "default" not in model["resources"]["properties"]["gpus"]
+
+
+def test_quantities_are_int_or_string_with_the_quantity_pattern() -> None:
+    found = [(path, node) for path, node in walk(SCHEMA) if node.get("x-kubernetes-int-or-string")]
+    assert {path for path, _ in found} >= {".spec.models[].resources.cpu", ".spec.worker.shmSize"}
+    assert all(node["pattern"] == QUANTITY for _, node in found)
+
+
+def test_the_status_schema_holds_what_the_operator_writes() -> None:
+    status = SCHEMA["properties"]["status"]["properties"]
+    assert set(status) == {*OWNED_KEYS, "kopf"}
+    assert status["kopf"]["x-kubernetes-preserve-unknown-fields"] is True
+    condition = status["conditions"]["items"]
+    assert condition["required"] == ["type", "status"]
+    assert condition["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
+    assert condition["properties"]["lastTransitionTime"]["format"] == "date-time"
+
+
+def test_a_type_the_crd_cannot_express_is_refused() -> None:
+    with pytest.raises(TypeError, match="no union"):
+        type_schema(int | float)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

@@ -17,6 +17,7 @@ from tests.e2e.kube import (
     kubeconfig_paths,
     wait_for,
 )
+from tests.support.waiting import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,21 +95,6 @@ def test_condition_must_match_type_status_and_generation() -> None:
     assert not is_condition(resource([ready], generation=2), "Degraded")
     assert not is_condition({"metadata": {}}, "Ready")
     assert is_condition(resource([{**ready, "status": "False"}], generation=2), "Ready", status="False")
-
-
-class FakeClock:
-    """Time that moves only when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def test_wait_for_returns_the_first_truthy_result() -> None:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from vgate_gateway.cli import main as gateway_main
-from vgate_gateway.settings import GatewaySettings, load_settings
+from vgate_gateway.settings import GatewaySettings, deprecations, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -85,3 +85,30 @@ def test_missing_config_file(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unknown_routing_strategy_fails_at_start(capsys: pytest.CaptureFixture[str]) -> None:
     assert gateway_main(["--routing", "fastest-please"]) == 2
     assert "fastest-please" in capsys.readouterr().err
+
+
+def test_processes_by_their_new_and_their_old_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VGATE_PROCESSES", "3")
+    new = load_settings()
+    assert (new.processes, deprecations(new)) == (3, [])
+    monkeypatch.delenv("VGATE_PROCESSES")
+    monkeypatch.setenv("VGATE_WORKERS", "2")
+    old = load_settings()
+    assert old.processes == 2
+    assert deprecations(old) == [
+        "VGATE_WORKERS / --workers / workers is deprecated and goes in the next release: "
+        "use VGATE_PROCESSES / --processes / processes (2 serving processes)"
+    ]
+    assert load_settings(processes=2).processes == 2  # the same number twice is no conflict
+    monkeypatch.delenv("VGATE_WORKERS")
+    assert load_settings(workers=4).processes == 4  # the --workers flag
+
+
+def test_both_names_with_different_numbers_fail_at_start(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VGATE_WORKERS", "2")
+    assert gateway_main(["--processes", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "processes (3) and its deprecated name workers (2) disagree" in err
+    assert "set processes (VGATE_PROCESSES, --processes) only" in err

@@ -279,21 +279,37 @@ def test_gateway_pod_contract() -> None:
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
 
 
-def test_gateway_workers_set_the_serving_processes_and_size_the_cpu_request(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    one = container(objects(DRY_SPEC)[("Deployment", "demo-gateway")])
-    assert env_of(one)["VGATE_WORKERS"] == "1"
+def _gateway(gateway: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The gateway's settings file (parsed) and container for a spec with this ``gateway``."""
+    objs = objects({**DRY_SPEC, "gateway": gateway})
+    config = yaml.safe_load(objs[("ConfigMap", "demo-gateway")]["data"]["gateway.yaml"])
+    return config, container(objs[("Deployment", "demo-gateway")])
+
+
+def test_gateway_processes_go_in_the_configmap_and_size_the_cpu_request(tmp_path: Path) -> None:
+    config, one = _gateway({})
+    assert config["processes"] == 1
+    assert "env" not in one  # every setting comes from the ConfigMap, like the others
     assert one["resources"]["requests"]["cpu"] == "250m"
-    four = container(objects({**DRY_SPEC, "gateway": {"workers": 4}})[("Deployment", "demo-gateway")])
-    assert env_of(four)["VGATE_WORKERS"] == "4"
+    config, four = _gateway({"processes": 4})
+    assert config["processes"] == 4
     assert four["resources"]["requests"] == {"cpu": "4", "memory": "256Mi"}
-    pinned = {"workers": 4, "resources": {"requests": {"cpu": "1500m"}}}
-    explicit = container(objects({**DRY_SPEC, "gateway": pinned})[("Deployment", "demo-gateway")])
+    _, explicit = _gateway({"processes": 4, "resources": {"requests": {"cpu": "1500m"}}})
     assert explicit["resources"]["requests"]["cpu"] == "1500m"  # the user's request wins
-    # The env the pod gets is one the gateway's settings accept.
-    monkeypatch.setenv("VGATE_WORKERS", env_of(four)["VGATE_WORKERS"])
-    assert load_settings().workers == 4
+    # The file the pod gets is one the gateway's settings accept.
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert load_settings(config=path).processes == 4
+
+
+def test_the_old_gateway_workers_name_still_sets_the_processes() -> None:
+    config, c = _gateway({"workers": 3})
+    assert config["processes"] == 3
+    assert "workers" not in config
+    assert c["resources"]["requests"]["cpu"] == "3"
+    assert _gateway({"workers": 3, "processes": 3})[0]["processes"] == 3
+    # workers: 1 is the old schema default every older resource carries: processes wins.
+    assert _gateway({"workers": 1, "processes": 4})[0]["processes"] == 4
 
 
 def test_gateway_role_grants_only_endpointslice_reads() -> None:
@@ -314,16 +330,19 @@ def _template(raw: dict[str, Any], name: str) -> dict[str, Any]:
     return objects(raw)[("Deployment", name)]["spec"]["template"]
 
 
-def test_gateway_settings_change_rolls_the_gateway_but_replicas_do_not() -> None:
+def test_gateway_settings_change_rolls_the_gateway_but_worker_replicas_do_not() -> None:
     base = _template(GPU_SPEC, "demo-gateway")
     changed = copy.deepcopy(GPU_SPEC)
     changed["gateway"]["dedup"] = False
     assert _template(changed, "demo-gateway") != base
     scaled = copy.deepcopy(GPU_SPEC)
-    scaled["gateway"]["replicas"] = 5
     scaled["models"][0]["replicas"] = 4
     assert _template(scaled, "demo-gateway") == base
     assert _template(scaled, "demo-worker-qwen") == _template(GPU_SPEC, "demo-worker-qwen")
+    # Each gateway replica's share of a worker's batch changes with their number: they roll.
+    more = copy.deepcopy(GPU_SPEC)
+    more["gateway"]["replicas"] = 5
+    assert _template(more, "demo-gateway") != base
 
 
 @pytest.mark.parametrize(

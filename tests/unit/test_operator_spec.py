@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from vgate_operator.spec import DEFAULT_MODEL, InvalidSpecError, gpus_for, parse_spec
+from vgate_operator.spec import DEFAULT_MODEL, InvalidSpecError, deprecations, gpus_for, parse_spec
 
 
 def test_defaults_fill_a_minimal_spec() -> None:
@@ -48,6 +48,10 @@ def test_defaults_fill_a_minimal_spec() -> None:
         (
             {"models": [{"name": "a"}], "ingress": {"enabled": True, "tls": {"secretName": "s"}}},
             "tls needs a host",
+        ),
+        (
+            {"models": [{"name": "a"}], "gateway": {"processes": 4, "workers": 2}},
+            "gateway.processes (4) and its deprecated name gateway.workers (2) disagree",
         ),
     ],
 )
@@ -94,3 +98,14 @@ def test_awq_variants_and_unquantized_models_are_accepted() -> None:
     )
     spec = parse_spec("demo", {"models": [{"name": "c"}], "worker": {"dryRun": True}})
     assert gpus_for(spec.models[0], spec.worker) == 0
+
+
+def test_the_old_name_of_gateway_processes_works_and_says_it_is_deprecated() -> None:
+    new = parse_spec("demo", {"models": [{"name": "a"}], "gateway": {"processes": 3}})
+    assert (new.gateway.processes, deprecations("demo", new)) == (3, [])
+    old = parse_spec("demo", {"models": [{"name": "a"}], "gateway": {"workers": 3}})
+    assert old.gateway.processes == 3
+    (warning,) = deprecations("demo", old)
+    assert "gateway.workers is deprecated" in warning
+    assert "set gateway.processes: 3" in warning
+    assert "kubectl patch vgd demo" in warning

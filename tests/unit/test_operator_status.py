@@ -9,7 +9,13 @@ from vgate_operator.builders import Owner
 from vgate_operator.builders.common import HTTP_PORT
 from vgate_operator.reconcile import controller_of
 from vgate_operator.spec import parse_spec
-from vgate_operator.status import failed_status, healthy_status, status_patch
+from vgate_operator.status import (
+    VGateDeploymentStatus,
+    failed_status,
+    healthy_status,
+    new_deprecation,
+    status_patch,
+)
 
 OWNER = Owner(name="demo", namespace="llm", uid="u1")
 SPEC = parse_spec(
@@ -145,7 +151,7 @@ def test_unchanged_status_needs_no_write_and_keeps_transition_times() -> None:
     cond = {c["type"]: c for c in later["conditions"]}
     assert cond["Ready"]["lastTransitionTime"] == "2026-01-01T00:09:00Z"
     assert cond["Degraded"]["lastTransitionTime"] == "2026-01-01T00:00:00Z"  # still False
-    assert set(later) == {"conditions", "models", "readyWorkers", "readyGateways"}
+    assert set(later) == {"conditions", "models", "readyWorkers", "readyGateways", "modelReplicas"}
 
 
 def test_invalid_spec_status_keeps_the_last_observed_generation() -> None:
@@ -196,3 +202,31 @@ def test_an_api_refusal_is_reported_in_the_servers_words_and_backed_off() -> Non
     assert _refused(exc)
     # Conflicts, throttling and server failures are retried at the short delay.
     assert not any(_refused(ApiException(status=code)) for code in (409, 429, 500, 503))
+
+
+def test_an_old_field_name_adds_a_deprecated_condition_reported_once() -> None:
+    assert "Deprecated" not in conditions(healthy_status(OWNER, SPEC, 1, live(2, 1, 2)))
+    old = parse_spec(
+        "demo", {"models": [{"name": "a", "replicas": 2}, {"name": "b"}], "gateway": {"workers": 2}}
+    )
+    status = healthy_status(OWNER, old, 1, live(2, 1, 2))
+    deprecated = conditions(status)["Deprecated"]
+    assert (deprecated["status"], deprecated["reason"]) == ("True", "DeprecatedFields")
+    assert "gateway.workers is deprecated" in deprecated["message"]
+    assert conditions(status)["Ready"]["status"] == "True"  # it still works
+    # Logged when it appears, not on every resync after.
+    assert new_deprecation({}, status) == deprecated["message"]
+    written = {**status, "conditions": status_patch({}, status, "t0")["conditions"]}
+    assert new_deprecation(written, healthy_status(OWNER, old, 1, live(2, 1, 2))) is None
+    # Gone from the spec, gone from the status.
+    fixed = healthy_status(OWNER, SPEC, 2, live(2, 1, 2))
+    assert "Deprecated" not in {c["type"] for c in status_patch(written, fixed, "t1")["conditions"]}
+
+
+def test_every_status_written_fits_the_crds_status_schema() -> None:
+    """The CRD's status schema is generated from VGateDeploymentStatus: what is written must fit it."""
+    healthy = healthy_status(OWNER, SPEC, 1, live(2, 1, 2))
+    failed = failed_status(healthy, "InvalidSpec", "models[0]: bad", 2)
+    for status in (healthy, failed):
+        written = {**status, "conditions": status_patch({}, status, "2026-01-01T00:00:00Z")["conditions"]}
+        VGateDeploymentStatus.model_validate(written)

@@ -103,7 +103,10 @@ class Pipeline:
         except ValueError as exc:
             raise invalid_request(str(exc), code="invalid_cache_header") from None
         if not is_cacheable(req.kind, req.payload, mode):
-            answer = await self._uncached(req)
+            if req.stream or req.kind not in BATCHABLE:
+                answer = await self._forward(req)
+            else:
+                answer = await self._whole(req)
             answer.headers[CACHE_HEADER] = "miss"
             return answer
         key = await off_loop_if_large(
@@ -113,11 +116,6 @@ class Pipeline:
         if stored is not None:
             return _replay(stored, req.request_id)
         return await self._shared(key, req)
-
-    async def _uncached(self, req: Request) -> Answer:
-        if req.stream or req.kind not in BATCHABLE:
-            return await self._forward(req)
-        return await self._whole(req)
 
     async def _whole(self, req: Request) -> Answer:
         """A whole non-streaming answer, through the micro-batcher where it applies."""

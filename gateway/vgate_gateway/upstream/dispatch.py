@@ -138,11 +138,8 @@ class Dispatcher:
             known = self._capacity[model] = self._settings.for_model(model).capacity or 1
         return known
 
-    async def acquire(self, req: Request, exclude: Sequence[str] = ()) -> Upstream:
-        """The worker ``req`` goes to, begun; waits in the model's queue while none can take it.
-
-        ``exclude``: workers that already failed this request; a retry is never queued.
-        """
+    def take_free(self, req: Request, exclude: Sequence[str] = ()) -> Upstream | None:
+        """A worker that can take ``req`` now, begun, if no request of its model is waiting; else None."""
         model = req.model
         known = self._models.get(model)
         if known is None or not len(known.queue) or exclude:
@@ -150,6 +147,17 @@ class Dispatcher:
             if up is not None:
                 self._begin(model, up)
                 return up
+        return None
+
+    async def acquire(self, req: Request, exclude: Sequence[str] = ()) -> Upstream:
+        """The worker ``req`` goes to, begun; waits in the model's queue while none can take it.
+
+        ``exclude``: workers that already failed this request; a retry is never queued.
+        """
+        up = self.take_free(req, exclude)
+        if up is not None:
+            return up
+        model = req.model
         if exclude:
             # A retry after a worker failed: never queued; a busy worker will do, else the router says why not.
             up = self._router.pick(req, exclude)

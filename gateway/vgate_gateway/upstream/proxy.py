@@ -88,7 +88,7 @@ class Proxy:
         tried: list[str] = []
         stale_retried = False
         while True:
-            up = await self._dispatch.acquire(req, tried)
+            up = self._dispatch.take_free(req, tried) or await self._dispatch.acquire(req, tried)
             try:
                 return up, await self._client.post(
                     up.url + req.kind.value, req.body, req.headers, stream=req.stream

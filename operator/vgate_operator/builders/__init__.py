@@ -6,6 +6,7 @@ operator applies exactly that.
 
 from __future__ import annotations
 
+from vgate_operator.autoscale.checks import runs_keda
 from vgate_operator.builders.common import Manifest, Owner
 from vgate_operator.builders.gateway import (
     build_gateway_configmap,
@@ -17,6 +18,7 @@ from vgate_operator.builders.gateway import (
     build_gateway_serviceaccount,
     build_ingress,
 )
+from vgate_operator.builders.keda import build_scaled_object
 from vgate_operator.builders.workers import build_worker_deployment, build_worker_pdb, build_worker_service
 from vgate_operator.spec import VGateDeploymentSpec
 
@@ -32,12 +34,14 @@ def build_all(owner: Owner, spec: VGateDeploymentSpec) -> list[Manifest]:
         build_gateway_rolebinding(owner),
         config,
     ]
-    for model in spec.models:
+    for index, model in enumerate(spec.models):
         objects += [
             build_worker_service(owner, model),
             build_worker_deployment(owner, spec, model),
             build_worker_pdb(owner, model),
         ]
+        if runs_keda(index, model):
+            objects.append(build_scaled_object(owner, model))
     objects += [
         build_gateway_service(owner),
         build_gateway_deployment(owner, spec, config),

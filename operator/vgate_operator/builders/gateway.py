@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import yaml
@@ -52,7 +53,29 @@ def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
         "cache_ttl_s": gw.cache.ttl_seconds,
         "dedup": gw.dedup,
         "internal_port": INTERNAL_PORT,
+        "processes": gw.processes,
+        **_model_settings(spec),
         **_security_settings(owner, spec),
+    }
+
+
+def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
+    """Every model, and what each gateway replica may send it and queue for it.
+
+    A worker runs ``maxNumSeqs`` requests at once; each gateway replica counts only its own
+    in-flight requests, so it takes an equal share before it holds the rest in its queue.
+    """
+    replicas = max(1, spec.gateway.replicas)
+    return {
+        "models": [m.name for m in spec.models],
+        "model_settings": {
+            m.name: {
+                "capacity": math.ceil(m.max_num_seqs / replicas),
+                "queue_max_requests": m.queue.max_requests,
+                "queue_timeout_s": m.queue.timeout_seconds,
+            }
+            for m in spec.models
+        },
     }
 
 
@@ -216,14 +239,14 @@ def _gateway_container(spec: VGateDeploymentSpec) -> Manifest:
         ],
         "securityContext": container_security_context(read_only_root=True),
     }
-    container["env"] = [{"name": "VGATE_WORKERS", "value": str(gw.workers)}]
     if gw.api_keys_secret_ref is not None:
         container["volumeMounts"].append({"name": "api-keys", "mountPath": KEYS_DIR, "readOnly": True})
     if gw.redis is not None:
+        # The only setting passed as an environment variable: the URL holds a password.
         ref = gw.redis.url_secret_ref
-        container["env"].append(
+        container["env"] = [
             {"name": "VGATE_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
-        )
+        ]
     resources = gateway_resources(spec)
     if resources:
         container["resources"] = resources
@@ -241,8 +264,8 @@ def gateway_resources(spec: VGateDeploymentSpec) -> dict[str, dict[str, Any]]:
     gw = spec.gateway
     resources = gw.resources.model_dump(exclude_defaults=False)
     explicit_cpu = "resources" in gw.model_fields_set and "cpu" in gw.resources.requests
-    if gw.workers > 1 and not explicit_cpu:
-        resources["requests"] = {**resources.get("requests", {}), "cpu": str(gw.workers)}
+    if gw.processes > 1 and not explicit_cpu:
+        resources["requests"] = {**resources.get("requests", {}), "cpu": str(gw.processes)}
     return {k: v for k, v in resources.items() if v}
 
 

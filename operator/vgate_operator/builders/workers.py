@@ -71,18 +71,22 @@ def build_worker_deployment(owner: Owner, spec: VGateDeploymentSpec, model: Mode
     """The model's worker Deployment; any change to the model's settings rolls its pods."""
     name = worker_name(owner.name, model.name)
     pod_labels = {**metadata(owner, name, "worker")["labels"], MODEL_LABEL: model.name}
+    deployment_spec: Manifest = {
+        "selector": {"matchLabels": _pod_selector(owner, model)},
+        # A GPU node rarely has room for a surge pod: replace in place, one at a time.
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+        "template": {"metadata": {"labels": pod_labels}, "spec": _pod_spec(owner, spec, model)},
+    }
+    # With autoscaling the count is the autoscaler's (its own field manager, or KEDA's HPA):
+    # the operator never sends it, so no apply of the rest ever resets it.
+    if model.autoscaling is None:
+        deployment_spec = {"replicas": model.replicas, **deployment_spec}
     return with_spec_hash(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": metadata(owner, name, "worker", {MODEL_LABEL: model.name}),
-            "spec": {
-                "replicas": model.replicas,
-                "selector": {"matchLabels": _pod_selector(owner, model)},
-                # A GPU node rarely has room for a surge pod: replace in place, one at a time.
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
-                "template": {"metadata": {"labels": pod_labels}, "spec": _pod_spec(owner, spec, model)},
-            },
+            "spec": deployment_spec,
         }
     )
 

@@ -96,21 +96,43 @@ class Generation:
         for seq in self.seqs:
             self.engine.cancel(seq)
 
-    def usage(self, completion: int | None = None) -> dict[str, Any]:
-        """OpenAI usage: every choice's output counted, or ``completion`` tokens so far."""
+    def counts(self, completion: int | None = None) -> dict[str, Any]:
+        """Token counts: every choice's output, or ``completion`` tokens so far.
+
+        Alone, this is a streamed chunk's running usage (``continuous_usage_stats``): vLLM
+        builds it from the three counts and never adds prompt-token details to it.
+        """
         if completion is None:
             completion = sum(c.reply.tokens for c in self.choices)
         prompt = self.prompt_tokens
-        usage: dict[str, Any] = {"prompt_tokens": prompt, "total_tokens": prompt + completion}
-        usage["completion_tokens"] = completion
-        if self.details:
-            first: dict[int, int] = {}
-            for c, seq in zip(self.choices, self.seqs, strict=True):
-                first.setdefault(c.prompt, seq.cached_tokens)
-            usage["prompt_tokens_details"] = {"cached_tokens": sum(first.values())}
-        else:
-            usage["prompt_tokens_details"] = None
+        return {"prompt_tokens": prompt, "total_tokens": prompt + completion, "completion_tokens": completion}
+
+    def usage(self) -> dict[str, Any]:
+        """The whole answer's usage as vLLM writes it in a response body.
+
+        vLLM dumps the body with every field, so ``prompt_tokens_details`` is there, null
+        unless ``--enable-prompt-tokens-details`` is on.
+        """
+        usage = self.counts()
+        usage["prompt_tokens_details"] = self._details()
         return usage
+
+    def stream_usage(self) -> dict[str, Any]:
+        """The usage of a stream's last chunk: vLLM drops null fields there (OpenAI's schema has
+        no null ``prompt_tokens_details``), so the key is left out unless details are on."""
+        usage = self.counts()
+        details = self._details()
+        if details is not None:
+            usage["prompt_tokens_details"] = details
+        return usage
+
+    def _details(self) -> dict[str, int] | None:
+        if not self.details:
+            return None
+        first: dict[int, int] = {}
+        for c, seq in zip(self.choices, self.seqs, strict=True):
+            first.setdefault(c.prompt, seq.cached_tokens)
+        return {"cached_tokens": sum(first.values())}
 
     async def events(self) -> AsyncIterator[TokenEvent]:
         """Token events until every sequence has finished."""
@@ -210,10 +232,10 @@ async def stream(
             stop = choice.reply.stop_reason if last else None
             emitted += 1
             # Usage so far, as vLLM's continuous_usage_stats reports it.
-            usage = gen.usage(completion=emitted) if continuous else None
+            usage = gen.counts(completion=emitted) if continuous else None
             yield chunk([dialect.delta(key, text, finish, stop)], usage)
         if include_usage:
-            yield chunk([], gen.usage())
+            yield chunk([], gen.stream_usage())
         yield "data: [DONE]\n\n"
     finally:
         gen.cancel()

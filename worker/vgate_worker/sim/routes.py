@@ -57,6 +57,20 @@ def resolve_model(settings: SimSettings, name: str | None) -> str:
     return name
 
 
+def _chat_delta(index: int, text: str, finish: str | None, stop: str | None) -> dict[str, Any]:
+    """A chat chunk as vLLM writes it: only the fields it set (it dumps chat chunks with
+    ``exclude_unset``), so ``stop_reason`` appears on a choice's last chunk only."""
+    choice: dict[str, Any] = {
+        "index": index,
+        "delta": {"content": text},
+        "logprobs": None,
+        "finish_reason": finish,
+    }
+    if finish is not None:
+        choice["stop_reason"] = stop
+    return choice
+
+
 CHAT = Dialect(
     object_name="chat.completion",
     chunk_object="chat.completion.chunk",
@@ -74,14 +88,9 @@ CHAT = Dialect(
         "logprobs": None,
         "finish_reason": None,
     },
-    delta=lambda i, text, finish, stop: {
-        "index": i,
-        "delta": {"content": text},
-        "logprobs": None,
-        "finish_reason": finish,
-        "stop_reason": stop,
-    },
+    delta=_chat_delta,
 )
+
 
 COMPLETION = Dialect(
     object_name="text_completion",

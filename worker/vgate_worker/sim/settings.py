@@ -39,6 +39,9 @@ class SimSettings(BaseSettings):
     speed: float = Field(1.0, gt=0)
     embedding_dim: int = Field(384, ge=8)
     enable_prompt_tokens_details: bool = False
+    #: Seconds before the server listens, as vLLM loading weights and warming up (a cold
+    #: start): connections are refused until then, as they are by vLLM, which listens last.
+    startup_delay_s: float = Field(0.0, ge=0, le=3600)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @field_validator("log_level", mode="before")
@@ -99,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, help="time multiplier: 10 = ten times faster")
     p.add_argument("--embedding-dim", type=int)
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
+    p.add_argument(
+        "--startup-delay-s",
+        type=float,
+        help="seconds before listening, like vLLM loading a model (default 0)",
+    )
     p.add_argument("--log-level")
     # Accepted for command-line compatibility with vLLM; they change nothing here.
     p.add_argument(

@@ -1,4 +1,4 @@
-"""``VGATE_WORKERS=N``: N serving processes share the gateway's port and its metrics."""
+"""``VGATE_PROCESSES=N``: N serving processes share the gateway's port and its metrics."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.integration.conftest import MODEL, Stack, start_stack
 @pytest.fixture
 def two_process_gateway(tmp_path: Path) -> Iterator[Stack]:
     with ExitStack() as es:
-        yield start_stack(es, tmp_path, gateway_env={"VGATE_WORKERS": "2"})
+        yield start_stack(es, tmp_path, gateway_env={"VGATE_PROCESSES": "2"})
 
 
 def _serving_processes(stack: Stack) -> int:
@@ -47,3 +47,12 @@ def test_two_serving_processes_answer_and_one_scrape_counts_them_all(two_process
     counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
     assert counts == [20.0]  # whichever process answered the scrape counts both processes' requests
     assert 'vgate_info{version="' in text
+
+
+def test_the_old_name_still_starts_the_processes_with_a_warning(tmp_path: Path) -> None:
+    with ExitStack() as es:
+        stack = start_stack(es, tmp_path, workers=1, gateway_env={"VGATE_WORKERS": "2"})
+        assert _serving_processes(stack) == 2
+        log = stack.gateway.log()
+    assert log.count("VGATE_WORKERS / --workers / workers is deprecated") == 1  # once, not per process
+    assert "use VGATE_PROCESSES / --processes / processes (2 serving processes)" in log
