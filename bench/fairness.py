@@ -347,6 +347,42 @@ def _queue_stats(gw: stack.Gateway, model: str) -> dict[str, Any]:
     return {k: queue.get(k) for k in ("policy", "dispatched", "refused", "timed_out", "shed", "keys")}
 
 
+def policy_cost(keys: int, waiting: int = 200, rounds: int = 2000) -> dict[str, float]:
+    """Microseconds the gateway spends per request dispatched from a queue of ``waiting``, in process.
+
+    What a shared counter across replicas would replace with a round trip to Redis per dispatch.
+    """
+    from vgate_gateway.front.body import parse_request
+    from vgate_gateway.protocol import Kind, Usage
+    from vgate_gateway.upstream.queue import Bounds, FairShare, Fifo, ModelQueue, Waiting
+
+    body = json.dumps({"model": "m", "messages": [{"role": "user", "content": "x" * 400}]}).encode()
+    out: dict[str, float] = {}
+    loop = asyncio.new_event_loop()
+    try:
+        for policy in (FairShare(), Fifo()):
+            queue = ModelQueue("m", Bounds(10 * waiting, 1 << 30, 60))
+            reqs = [parse_request(Kind.CHAT, body, key_id=f"k{i % keys}") for i in range(waiting + rounds)]
+            for req in reqs[:waiting]:
+                w = Waiting(req, 0.0, loop.create_future())
+                policy.arrived(queue, w)
+                queue.add(w)
+            started = time.perf_counter()
+            for req in reqs[waiting:]:
+                w = Waiting(req, 0.0, loop.create_future())
+                policy.arrived(queue, w)
+                queue.add(w)
+                head = policy.pick(queue)
+                assert head is not None
+                queue.remove(head)
+                policy.dispatched(head)
+                policy.settle(head.req, Usage(prompt_tokens=100, completion_tokens=50))
+            out[policy.name] = (time.perf_counter() - started) / rounds * 1e6
+    finally:
+        loop.close()
+    return out
+
+
 def verdicts(fleet: dict[str, Any]) -> dict[str, Any]:
     """The ratios the run is judged by, from its own numbers."""
     phases = fleet["phases"]
@@ -388,6 +424,11 @@ def render(results: dict[str, Any]) -> str:
             f"{name}: B p99 TTFT fair/idle {v['B_p99_fair_vs_idle']:.2f}x, fifo/idle {v['B_p99_fifo_vs_idle']:.2f}x; "
             f"H (high) fair/idle {v['H_p99_fair_vs_idle']:.2f}x, fifo/idle {v['H_p99_fifo_vs_idle']:.2f}x; "
             f"B answered in full under the flood (fair): {v['B_answered_all_fair']}; lost: {v['requests_lost']}"
+        )
+    for keys, cost in results.get("policy_cost_us", {}).items():
+        lines.append(
+            f"In-process cost per request queued and dispatched (200 waiting, {keys}): "
+            + ", ".join(f"{name} {us:.1f} us" for name, us in cost.items())
         )
     return "\n".join(lines) + "\n"
 
@@ -441,6 +482,7 @@ def main(argv: Sequence[str]) -> int:
                 results["fleets"][fleet.name] = run_fleet(cfg, fleet, logs)
     for fleet in results["fleets"].values():
         fleet["verdicts"] = verdicts(fleet)
+    results["policy_cost_us"] = {f"{k} keys": policy_cost(k) for k in (3, 100)}
     base = out / f"fairness-{stamp}"
     base.with_suffix(".json").write_text(json.dumps(results, indent=2))
     table = render(results)

@@ -107,6 +107,8 @@ class _Model:
     queue: ModelQueue
     policy: Policy
     meter: RateMeter = field(default_factory=RateMeter)
+    #: Each key's ``vgate_queue_fair_tokens_total`` series, resolved once (``labels()`` takes a lock).
+    tokens: dict[str, Any] = field(default_factory=dict)
 
 
 class Dispatcher:
@@ -183,7 +185,10 @@ class Dispatcher:
         known = self._models.get(req.model)
         if known is not None:
             cost = known.policy.settle(req, usage)
-            self._metrics.tokens.labels(req.model, req.key_id).inc(cost)
+            series = known.tokens.get(req.key_id)
+            if series is None:
+                series = known.tokens[req.key_id] = self._metrics.tokens.labels(req.model, req.key_id)
+            series.inc(cost)
 
     def _begin(self, model: str, up: Upstream) -> None:
         self._pool.begin(up)
