@@ -35,27 +35,14 @@ from typing import Any
 import aiohttp
 
 from bench import stack
+from bench.real_vllm import _VLLM_ENV, _WORDS
+from bench.real_vllm import MODEL as VLLM_MODEL
 from vgate import procs
 from vgate.procs import free_port
 
 SIM_MODEL = "Qwen/Qwen2.5-1.5B-Instruct-AWQ"
-VLLM_MODEL = "tiny-qwen-float"
 KEYS = {"A": "sk-bench-flood", "B": "sk-bench-light", "H": "sk-bench-ops"}
 KEYS_FILE = "sk-bench-flood id=flood\nsk-bench-light id=light\nsk-bench-ops id=ops priority=high\n"
-# Words the tiny model's tokenizer knows: prompts stay a few tokens a word on real vLLM too.
-_WORDS = [
-    "gateway",
-    "routes",
-    "request",
-    "healthy",
-    "worker",
-    "relays",
-    "answer",
-    "models",
-    "prefix",
-    "prompts",
-]
-_VLLM_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
 
 
 @dataclass(frozen=True)
