@@ -264,9 +264,10 @@ def vllm_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
     root = Path(__file__).resolve().parents[1]
     path = os.pathsep.join(str(root / p) for p in ("", "gateway", "worker", "operator"))
     env = {**os.environ, **_VLLM_ENV, "PYTHONPATH": path}
-    with ExitStack() as es:
-        urls = []
-        for i in range(cfg.workers):
+    children: list[procs.Child] = []
+    urls = []
+    try:
+        for i in range(cfg.workers):  # started together: vLLM's start-up dominates
             port = free_port()
             command = [cfg.vllm_python, "-m", "vgate", "worker", "--port", str(port), "--model", cfg.vllm_model,
                        "--quantization", "none", "--device", "cpu", "--host", "127.0.0.1",
@@ -275,11 +276,10 @@ def vllm_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
                        "--enforce-eager", "--distributed-executor-backend", "uni", "--block-size", "32",
                        "--num-gpu-blocks-override", "256"]  # fmt: skip
             argv = stack.pinned(command, stack.other_cpus())
-            url = f"http://127.0.0.1:{port}"
-            es.enter_context(
-                procs.running(argv, url + "/health", env=env, log=logs / f"vllm-{i}.log", timeout=600)
-            )
-            urls.append(url)
+            children.append(procs.start(argv, env=env, log=logs / f"vllm-{i}.log"))
+            urls.append(f"http://127.0.0.1:{port}")
+        for child, url in zip(children, urls, strict=True):
+            child.wait_ready(url + "/health", timeout=600)
         yield Fleet(
             "vLLM",
             VLLM_MODEL,
@@ -289,6 +289,8 @@ def vllm_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
             cfg.light_words,
             cfg.vllm_max_tokens,
         )
+    finally:
+        procs.stop_all(children)
 
 
 def _gateway_env(cfg: FairnessConfig, fleet: Fleet, keys: Path, policy: str) -> dict[str, str]:
