@@ -26,9 +26,10 @@ import os
 import random
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,14 @@ class FairnessConfig:
     phase_s: float = 30.0
     capacity_s: float = 12.0
     flood_factor: float = 10.0
+    #: A's rate in the "busy" phase: the fleet nearly full, hardly a queue (the engine's own slowdown).
+    busy_share: float = 0.8
     light_share: float = 0.10
     high_share: float = 0.05
     workers: int = 2
     #: Sequences one worker batches (its ``max_num_seqs``, and the gateway's capacity per worker).
     seqs: int = 16
-    sim_speed: float = 0.1
+    sim_speed: float = 0.2
     flood_words: int = 600
     light_words: int = 12
     max_tokens: int = 48
@@ -164,12 +167,12 @@ async def _poisson(
     session: aiohttp.ClientSession,
     url: str,
     key: str,
-    bodies: list[bytes],
+    make: Callable[[], bytes],
     rate: float,
     until: float,
     tally: Tally,
 ) -> list[asyncio.Task[None]]:
-    """Open-loop arrivals at ``rate`` per second until ``until`` (perf_counter)."""
+    """Open-loop arrivals at ``rate`` per second until ``until`` (perf_counter), each body new."""
     rng = random.Random(hash(key) & 0xFFFF)
     tasks: list[asyncio.Task[None]] = []
     at = time.perf_counter()
@@ -178,7 +181,7 @@ async def _poisson(
         if at >= until:
             return tasks
         await asyncio.sleep(max(0.0, at - time.perf_counter()))
-        tasks.append(asyncio.create_task(_one(session, url, key, bodies[len(tasks) % len(bodies)], tally)))
+        tasks.append(asyncio.create_task(_one(session, url, key, make(), tally)))
 
 
 def _session() -> aiohttp.ClientSession:
@@ -188,8 +191,7 @@ def _session() -> aiohttp.ClientSession:
 
 async def measure_capacity(cfg: FairnessConfig, fleet: Fleet, url: str) -> float:
     """Answers per second of flood-shaped requests with the fleet kept full (closed loop)."""
-    rng = random.Random(cfg.seed)
-    bodies = [_body(fleet, rng, fleet.flood_words) for _ in range(16)]
+    rng = random.Random(cfg.seed)  # every prompt new: no prefix-cache hit makes a long prompt cheap
     tally, done = Tally(), 0
     concurrency = 2 * fleet.seqs * len(fleet.urls)
     async with _session() as session:
@@ -198,7 +200,7 @@ async def measure_capacity(cfg: FairnessConfig, fleet: Fleet, url: str) -> float
             nonlocal done
             while time.perf_counter() < until:
                 before = tally.ok
-                await _one(session, url, KEYS["A"], bodies[tally.sent % len(bodies)], tally)
+                await _one(session, url, KEYS["A"], _body(fleet, rng, fleet.flood_words), tally)
                 done += tally.ok - before
 
         warm = time.perf_counter() + min(4.0, cfg.capacity_s / 3)
@@ -212,35 +214,22 @@ async def measure_capacity(cfg: FairnessConfig, fleet: Fleet, url: str) -> float
 
 
 async def run_phase(
-    cfg: FairnessConfig, fleet: Fleet, url: str, capacity: float, flood: bool
+    cfg: FairnessConfig, fleet: Fleet, url: str, capacity: float, flood: float
 ) -> dict[str, dict[str, Any]]:
-    """B and H at their shares of capacity, with or without A's flood; every request followed to its end."""
+    """B and H at their shares of capacity, A at ``flood`` x capacity (0: none); every request followed to its end."""
     rng = random.Random(cfg.seed + 1)
     shapes = {"A": fleet.flood_words, "B": fleet.light_words, "H": fleet.light_words}
-    rates = {
-        "A": cfg.flood_factor * capacity,
-        "B": cfg.light_share * capacity,
-        "H": cfg.high_share * capacity,
-    }
-    tallies = {t: Tally() for t in rates}
+    rates = {"A": flood * capacity, "B": cfg.light_share * capacity, "H": cfg.high_share * capacity}
+    tallies = {t: Tally() for t, rate in rates.items() if rate > 0}
     async with _session() as session:
         until = time.perf_counter() + cfg.phase_s
         arrivals = [
-            _poisson(
-                session,
-                url,
-                KEYS[t],
-                [_body(fleet, rng, shapes[t]) for _ in range(32)],
-                rate,
-                until,
-                tallies[t],
-            )
-            for t, rate in rates.items()
-            if flood or t != "A"
+            _poisson(session, url, KEYS[t], partial(_body, fleet, rng, shapes[t]), rates[t], until, tally)
+            for t, tally in tallies.items()
         ]
         tasks = [task for batch in await asyncio.gather(*arrivals) for task in batch]
         await asyncio.gather(*tasks)
-    return {t: tally.summary() for t, tally in tallies.items() if flood or t != "A"}
+    return {t: tally.summary() for t, tally in tallies.items()}
 
 
 @contextmanager
@@ -306,16 +295,12 @@ def _gateway_env(cfg: FairnessConfig, fleet: Fleet, keys: Path, policy: str) -> 
 
 
 def run_fleet(cfg: FairnessConfig, fleet: Fleet, logs: Path) -> dict[str, Any]:
-    """Capacity, then the idle, fair and fifo phases on one fleet."""
+    """Capacity, then the idle, busy, fair and fifo phases on one fleet."""
     keys = logs / "keys"
     keys.write_text(KEYS_FILE)
     out: dict[str, Any] = {"workers": len(fleet.urls), "seqs_per_worker": fleet.seqs, "phases": {}}
-    phases = [
-        ("capacity", "fair", False),
-        ("idle", "fair", False),
-        ("fair", "fair", True),
-        ("fifo", "fifo", True),
-    ]
+    phases = [("capacity", "fair", 0.0), ("idle", "fair", 0.0), ("busy", "fair", cfg.busy_share),
+              ("fair", "fair", cfg.flood_factor), ("fifo", "fifo", cfg.flood_factor)]  # fmt: skip
     for phase, policy, flood in phases:
         print(f"{fleet.name}: {phase} ...", file=sys.stderr, flush=True)
         with stack.gateway(
@@ -382,6 +367,8 @@ def verdicts(fleet: dict[str, Any]) -> dict[str, Any]:
     lost = sum(phases[p][t]["lost"] for p in phases for t in phases[p] if t in KEYS)
     return {
         "B_p99_fair_vs_idle": p99("fair", "B") / p99("idle", "B"),
+        "B_p99_fair_vs_busy": p99("fair", "B") / p99("busy", "B"),
+        "H_p99_fair_vs_busy": p99("fair", "H") / p99("busy", "H"),
         "B_p99_fifo_vs_idle": p99("fifo", "B") / p99("idle", "B"),
         "H_p99_fair_vs_idle": p99("fair", "H") / p99("idle", "H"),
         "H_p99_fifo_vs_idle": p99("fifo", "H") / p99("idle", "H"),
@@ -410,8 +397,10 @@ def render(results: dict[str, Any]) -> str:
     for name, fleet in results["fleets"].items():
         v = fleet["verdicts"]
         lines.append(
-            f"{name}: B p99 TTFT fair/idle {v['B_p99_fair_vs_idle']:.2f}x, fifo/idle {v['B_p99_fifo_vs_idle']:.2f}x; "
-            f"H (high) fair/idle {v['H_p99_fair_vs_idle']:.2f}x, fifo/idle {v['H_p99_fifo_vs_idle']:.2f}x; "
+            f"{name}: B p99 TTFT fair/idle {v['B_p99_fair_vs_idle']:.2f}x, fair/busy {v['B_p99_fair_vs_busy']:.2f}x, "
+            f"fifo/idle {v['B_p99_fifo_vs_idle']:.2f}x; "
+            f"H (high) fair/idle {v['H_p99_fair_vs_idle']:.2f}x, fair/busy {v['H_p99_fair_vs_busy']:.2f}x, "
+            f"fifo/idle {v['H_p99_fifo_vs_idle']:.2f}x; "
             f"B answered in full under the flood (fair): {v['B_answered_all_fair']}; lost: {v['requests_lost']}"
         )
     for keys, cost in results.get("policy_cost_us", {}).items():
