@@ -174,6 +174,15 @@ def test_a_full_queue_makes_room_for_a_key_that_holds_little_by_shedding_the_lon
         heavy.victims(Waiting(_req("c"), 0.0, loop.create_future()))
 
 
+def test_a_more_urgent_arrival_sheds_from_the_longest_lane_of_the_class_below(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    queue, policy = _queue(max_requests=4), FairShare()
+    flood = [_enqueue(queue, policy, loop, _req("a")) for _ in range(3)]
+    _enqueue(queue, policy, loop, _req("b"))  # the newest, but b holds one place to a's three
+    assert queue.victims(Waiting(_req("c", H), 0.0, loop.create_future())) == [flood[-1]]
+
+
 def test_shedding_for_bytes_takes_as_many_as_it_needs(loop: asyncio.AbstractEventLoop) -> None:
     queue, policy = _queue(max_bytes=300), FairShare()
     smalls = [_enqueue(queue, policy, loop, _req("a", L, prompt_chars=20)) for _ in range(3)]

@@ -130,28 +130,15 @@ class ModelQueue:
         return out
 
     def _newest_first_below(self, priority: Priority) -> Iterator[Waiting]:
-        """Requests of the classes less urgent than ``priority``: the least urgent class first, newest first."""
+        """Requests of the classes less urgent than ``priority``: the least urgent class first."""
         for p in reversed(CLASSES[priority + 1 :]):
-            yield from _newest(self.lanes[p])
+            yield from _from_longest(self.lanes[p])
 
     def _longest_lanes(self, waiting: Waiting) -> Iterator[Waiting]:
-        """Newest requests of ``waiting``'s class from the keys holding the most places for their weight."""
+        """Requests of ``waiting``'s class from keys that would still hold more places than its key."""
         lanes = self.lanes[waiting.priority]
-        held = {key: len(lane) for key, lane in lanes.items()}
-        own = waiting.req.schedule.weight
-
-        def share(key: str) -> float:
-            return held[key] / lanes[key][0].req.schedule.weight
-
-        while True:
-            others = [k for k in held if k != waiting.key and held[k]]
-            if not others:
-                return
-            key = max(others, key=share)
-            if share(key) - 1 / lanes[key][0].req.schedule.weight < (held.get(waiting.key, 0) + 1) / own:
-                return  # shedding it would leave that key with less than the newcomer's
-            held[key] -= 1
-            yield lanes[key][held[key]]
+        held = len(lanes.get(waiting.key, ())) + 1
+        yield from _from_longest(lanes, skip=waiting.key, floor=held / waiting.req.schedule.weight)
 
     def add(self, waiting: Waiting) -> None:
         """Queue ``waiting`` at the back of its lane (bounds are :meth:`victims`' business)."""
@@ -191,9 +178,27 @@ class ModelQueue:
         return now - min(heads) if heads else 0.0
 
 
-def _newest(lanes: dict[str, Lane]) -> Iterator[Waiting]:
-    """The requests of one class, newest first (merging the lanes' tails)."""
-    return iter(sorted((w for lane in lanes.values() for w in lane), key=lambda w: -w.seq))
+def _from_longest(
+    lanes: dict[str, Lane], skip: str | None = None, floor: float | None = None
+) -> Iterator[Waiting]:
+    """Requests of one class, each time the newest of the key holding the most places for its weight.
+
+    ``skip``: a key never taken from; ``floor``: stop before a key would be left holding
+    fewer places per unit of weight than that.
+    """
+    held = {key: len(lane) for key, lane in lanes.items() if key != skip}
+
+    def weight(key: str) -> float:
+        return lanes[key][0].req.schedule.weight
+
+    while held:
+        key = max(held, key=lambda k: (held[k] / weight(k), lanes[k][held[k] - 1].seq))
+        if floor is not None and (held[key] - 1) / weight(key) < floor:
+            return
+        held[key] -= 1
+        yield lanes[key][held[key]]
+        if not held[key]:
+            del held[key]
 
 
 class Policy(Protocol):
