@@ -64,7 +64,8 @@ class FairnessConfig:
     flood_words: int = 600
     light_words: int = 12
     max_tokens: int = 48
-    queue_max_requests: int = 200
+    #: The queue's bound, in seconds of the fleet's measured capacity (a FIFO backlog that long).
+    queue_s: float = 15.0
     #: A Python with vLLM's CPU build (``.venv-vllm/bin/python``): runs the real-vLLM fleet too.
     vllm_python: str = ""
     vllm_model: str = ""
@@ -282,12 +283,15 @@ def vllm_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
         procs.stop_all(children)
 
 
-def _gateway_env(cfg: FairnessConfig, fleet: Fleet, keys: Path, policy: str) -> dict[str, str]:
+def _gateway_env(
+    cfg: FairnessConfig, fleet: Fleet, keys: Path, policy: str, capacity: float
+) -> dict[str, str]:
     return {
         "VGATE_API_KEYS_FILE": str(keys),
         "VGATE_WORKER_CAPACITY": str(fleet.seqs),
         "VGATE_QUEUE_POLICY": policy,
-        "VGATE_QUEUE_MAX_REQUESTS": str(cfg.queue_max_requests),
+        # (unknown while it is being measured: room for the closed loop's excess)
+        "VGATE_QUEUE_MAX_REQUESTS": str(max(20, round(cfg.queue_s * capacity)) if capacity else 1000),
         "VGATE_QUEUE_TIMEOUT_S": "120",
         "VGATE_ROUTING": "least-request",
         "VGATE_DEDUP": "false",
@@ -304,7 +308,10 @@ def run_fleet(cfg: FairnessConfig, fleet: Fleet, logs: Path) -> dict[str, Any]:
     for phase, policy, flood in phases:
         print(f"{fleet.name}: {phase} ...", file=sys.stderr, flush=True)
         with stack.gateway(
-            fleet.urls, _gateway_env(cfg, fleet, keys, policy), logs, cpus=stack.SUT_CPU
+            fleet.urls,
+            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0)),
+            logs,
+            cpus=stack.SUT_CPU,
         ) as gw:
             if phase == "capacity":
                 out["capacity_rps"] = asyncio.run(measure_capacity(cfg, fleet, gw))
