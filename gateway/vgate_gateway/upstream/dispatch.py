@@ -107,8 +107,11 @@ class _Model:
     queue: ModelQueue
     policy: Policy
     meter: RateMeter = field(default_factory=RateMeter)
-    #: Each key's ``vgate_queue_fair_tokens_total`` series, resolved once (``labels()`` takes a lock).
+    #: Its series, resolved once (``labels()`` takes a lock): each key's tokens, the depth
+    #: gauges (all, then per class), the wait histograms (per class, then all).
     tokens: dict[str, Any] = field(default_factory=dict)
+    gauges: list[Any] = field(default_factory=list)
+    waits: list[Any] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -298,9 +301,16 @@ class Dispatcher:
             )
 
     def _gauge(self, queue: ModelQueue) -> None:
-        self._metrics.depth.labels(queue.model).set(len(queue))
+        known = self._models[queue.model]
+        if not known.gauges:  # resolved once: labels() takes a lock
+            m = self._metrics
+            known.gauges = [m.depth.labels(queue.model)]
+            known.gauges += [m.class_depth.labels(queue.model, p.label) for p in CLASSES]
+            known.waits = [m.class_wait.labels(queue.model, p.label) for p in CLASSES]
+            known.waits.append(m.wait.labels(queue.model))
+        known.gauges[0].set(len(queue))
         for priority in CLASSES:
-            self._metrics.class_depth.labels(queue.model, priority.label).set(queue.depth[priority])
+            known.gauges[priority + 1].set(queue.depth[priority])
 
     def _wake_all(self) -> None:
         for known in self._models.values():
@@ -328,8 +338,8 @@ class Dispatcher:
             self._begin(queue.model, up)
             head.granted.set_result(up)
             queue.dispatched += 1
-            self._metrics.wait.labels(queue.model).observe(now - head.since)
-            self._metrics.class_wait.labels(queue.model, head.priority.label).observe(now - head.since)
+            known.waits[-1].observe(now - head.since)
+            known.waits[head.priority].observe(now - head.since)
         self._gauge(queue)
 
     def load(self) -> dict[str, dict[str, int]]:
