@@ -25,6 +25,7 @@ import json
 import os
 import random
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -410,6 +411,8 @@ def render(results: dict[str, Any]) -> str:
             f"fifo/idle {v['H_p99_fifo_vs_idle']:.2f}x; "
             f"B answered in full under the flood (fair): {v['B_answered_all_fair']}; lost: {v['requests_lost']}"
         )
+    for name, error in results.get("errors", {}).items():
+        lines.append(f"{name}: not measured: {error}")
     for keys, cost in results.get("policy_cost_us", {}).items():
         lines.append(
             f"In-process cost per request queued and dispatched (200 waiting, {keys}): "
@@ -457,33 +460,33 @@ def main(argv: Sequence[str]) -> int:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    results: dict[str, Any] = {"config": asdict(cfg), "fleets": {}}
-    with ExitStack() as es:
-        logs = Path(es.enter_context(_tempdir()))
-        with sim_fleet(cfg, logs) as fleet:
-            results["fleets"][fleet.name] = run_fleet(cfg, fleet, logs)
-        if cfg.vllm_python:
-            with vllm_fleet(cfg, logs) as fleet:
-                results["fleets"][fleet.name] = run_fleet(cfg, fleet, logs)
-    for fleet in results["fleets"].values():
-        fleet["verdicts"] = verdicts(fleet)
-    results["policy_cost_us"] = {f"{k} keys": policy_cost(k) for k in (3, 100)}
     base = out / f"fairness-{stamp}"
+    logs = Path(tempfile.mkdtemp(prefix=f"vgate-fairness-{stamp}-"))  # kept: the processes' logs
+    results: dict[str, Any] = {"config": asdict(cfg), "fleets": {}, "errors": {}}
+    results["policy_cost_us"] = {f"{k} keys": policy_cost(k) for k in (3, 100)}
+    fleets = [sim_fleet] + ([vllm_fleet] if cfg.vllm_python else [])
+    for make in fleets:
+        try:
+            with make(cfg, logs) as fleet:
+                measured = run_fleet(cfg, fleet, logs)
+        except (RuntimeError, TimeoutError, OSError) as exc:  # a process that did not start, a run that broke
+            print(f"{make.__name__} failed: {exc!r} (logs in {logs})", file=sys.stderr)
+            results["errors"][make.__name__] = repr(exc)
+            continue
+        measured["verdicts"] = verdicts(measured)
+        results["fleets"][fleet.name] = measured
+        _save(results, base)  # what is measured so far survives a later failure
+    _save(results, base)
+    print(render(results))
+    print(f"results: {base}.json, .md, .png; logs: {logs}", file=sys.stderr)
+    return 1 if results["errors"] else 0
+
+
+def _save(results: dict[str, Any], base: Path) -> None:
     base.with_suffix(".json").write_text(json.dumps(results, indent=2))
-    table = render(results)
-    base.with_suffix(".md").write_text(table)
-    plot(results, base.with_suffix(".png"))
-    print(table)
-    print(f"results: {base}.json, .md, .png", file=sys.stderr)
-    return 0
-
-
-@contextmanager
-def _tempdir() -> Iterator[str]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="vgate-fairness-") as tmp:
-        yield tmp
+    base.with_suffix(".md").write_text(render(results))
+    if results["fleets"]:
+        plot(results, base.with_suffix(".png"))
 
 
 if __name__ == "__main__":
