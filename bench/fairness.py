@@ -201,9 +201,12 @@ async def measure_capacity(cfg: FairnessConfig, fleet: Fleet, url: str) -> float
         async def loop(until: float) -> None:
             nonlocal done
             while time.perf_counter() < until:
-                before = tally.ok
-                await _one(session, url, KEYS["A"], _body(fleet, rng, fleet.flood_words), tally)
-                done += tally.ok - before
+                mine = Tally()  # the shared tally counts every loop's answers, not this one's
+                await _one(session, url, KEYS["A"], _body(fleet, rng, fleet.flood_words), mine)
+                done += mine.ok
+                tally.sent, tally.lost = tally.sent + 1, tally.lost + mine.lost
+                for code, n in mine.refused.items():
+                    tally.refused[code] = tally.refused.get(code, 0) + n
 
         warm = time.perf_counter() + min(4.0, cfg.capacity_s / 3)
         await asyncio.gather(*(loop(warm) for _ in range(concurrency)))
