@@ -445,7 +445,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xticks(range(len(phases)), [f"{p}" for p in phases])
         ax.set_yscale("log")
         ax.set_ylabel("p99 TTFT (ms)")
-        ax.set_title(f"{name}: A floods at 10x capacity")
+        ax.set_title(f"{name}: idle, busy (A at 80 %), A flooding at 10x")
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -376,13 +376,16 @@ async def test_a_high_priority_arrival_at_a_full_queue_sheds_the_newest_low_one(
     await asyncio.gather(old_low, return_exceptions=True)
 
 
-async def test_fifo_setting_serves_in_arrival_order_whatever_the_class() -> None:
-    dispatch, _, _ = _saturated("fifo")
+async def test_fifo_setting_serves_in_arrival_order_whatever_the_class_and_sheds_nothing() -> None:
+    dispatch, _, _ = _saturated("fifo", queue_max_requests=2)
     busy = await dispatch.acquire(_req("a"))
     low = asyncio.create_task(dispatch.acquire(_req("a", L)))
     await asyncio.sleep(0)
     high = asyncio.create_task(dispatch.acquire(_req("b", H)))
     await asyncio.sleep(0)
+    with pytest.raises(OpenAIError) as full:  # plain FIFO: a full queue refuses even a high one
+        await dispatch.acquire(_req("c", H))
+    assert full.value.code == "queue_full"
     dispatch.release("m", busy)
     await low
     assert not high.done()

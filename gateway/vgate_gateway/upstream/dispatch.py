@@ -215,7 +215,7 @@ class Dispatcher:
         waiting = Waiting(req, now, asyncio.get_running_loop().create_future())
         patience = self._patience(known, waiting, now)
         try:
-            victims = queue.victims(waiting)
+            victims = queue.victims(waiting, shed=known.policy.sheds)
         except QueueFull as exc:
             raise self._refused(
                 queue, "full", f"The queue for model '{queue.model}' is full: {exc}."

@@ -105,19 +105,24 @@ class ModelQueue:
     def lane(self, priority: Priority, key: str) -> Lane:
         return self.lanes[priority].get(key) or deque()
 
-    def victims(self, waiting: Waiting) -> list[Waiting]:
+    def victims(self, waiting: Waiting, shed: bool = True) -> list[Waiting]:
         """What must leave for ``waiting`` to fit: nothing, or requests that matter less than it.
 
         First the newest requests of the classes below its own, the least urgent first; then,
         within its class, the newest request of the key holding the most places for its
         weight, as long as that key would still hold more than the newcomer's key (fair
         queuing's drop from the longest queue: a flood cannot fill the queue against a key
-        that sends little). Raises :class:`QueueFull` (counted) when that cannot make room.
+        that sends little). Raises :class:`QueueFull` (counted) when that cannot make room, or
+        at once when it is full and ``shed`` is false (plain FIFO).
         """
         bounds = self.bounds
         count, size = len(self) + 1, self.bytes + waiting.size
         out: list[Waiting] = []
-        candidates = itertools.chain(self._newest_first_below(waiting.priority), self._longest_lanes(waiting))
+        candidates = (
+            itertools.chain(self._newest_first_below(waiting.priority), self._longest_lanes(waiting))
+            if shed
+            else iter(())
+        )
         while count > bounds.max_requests or size > bounds.max_bytes:
             victim = next(candidates, None)
             if victim is None:
@@ -205,6 +210,8 @@ class Policy(Protocol):
     """The order a model's queue is served in, and what it remembers to keep that order."""
 
     name: str
+    #: Whether a full queue sheds a request that matters less for an arrival (or refuses it).
+    sheds: bool
 
     def arrived(self, queue: ModelQueue, waiting: Waiting) -> None:
         """``waiting`` is about to join ``queue``."""
@@ -226,9 +233,10 @@ class Policy(Protocol):
 
 
 class Fifo:
-    """First come, first served: classes, keys and weights are ignored."""
+    """First come, first served: classes, keys and weights are ignored, and a full queue refuses."""
 
     name = "fifo"
+    sheds = False
 
     def arrived(self, queue: ModelQueue, waiting: Waiting) -> None:
         return None
@@ -278,6 +286,7 @@ class FairShare:
     """
 
     name = "fair"
+    sheds = True
 
     def __init__(self) -> None:
         self._counters: dict[str, float] = {}
