@@ -31,13 +31,13 @@ check: venv ## the checks in one go: lint (with mypy), lint-docker, chart-lint, 
 	@$(MAKE) --no-print-directory chart-lint
 	@$(MAKE) --no-print-directory test
 
-test: venv redis-server ## unit + integration tests (real processes on loopback, real Redis, the openai client, KMock)
+test: venv redis-server monitoring-tools ## unit + integration tests (real processes on loopback, real Redis, Prometheus and Chromium, the openai client, KMock)
 	$(BIN)/pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 test-unit: venv ## unit tests only (pure, seconds)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: venv redis-server ## integration tests only
+test-integration: venv redis-server monitoring-tools ## integration tests only
 	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check), the import contracts and mypy --strict

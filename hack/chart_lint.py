@@ -18,6 +18,8 @@ ALL_ON = {
     "metrics": {
         "serviceMonitor": {"enabled": True},
         "podMonitor": {"enabled": True},
+        "operatorPodMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
         "dashboard": {"enabled": True},
     },
 }

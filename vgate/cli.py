@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "vgate_operator.render",
         "print the Kubernetes objects the operator would apply for a resource",
     ),
+    "tune": (
+        "vgate.tune.cli",
+        "find the engine settings that serve a workload best within its latency targets",
+    ),
 }
 
 

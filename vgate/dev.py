@@ -12,6 +12,7 @@ import argparse
 import atexit
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vgate.devscale import TICK_S, Fleet, Scaler, dev_settings, endpoints_file, parse_bounds
+from vgate.monitoring import INSTALL_HINT, Targets, prometheus_binary, start_prometheus, wait_ready
 from vgate.procs import Child, ProcessExited, start, stop_all, vgate_argv, wait_http
 from vgate_gateway.settings import GatewaySettings
 from vgate_worker.settings import DEFAULT_MODEL
@@ -49,7 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--internal-port",
         type=int,
-        help="gateway's /metrics, /stats, /docs port (default: after the workers)",
+        help="gateway's /metrics, /stats, /status, /docs port (default: after the workers)",
+    )
+    p.add_argument(
+        "--monitoring",
+        action="store_true",
+        help="also run Prometheus, scraping the gateway and the workers as the chart's monitors do",
+    )
+    p.add_argument(
+        "--prometheus-port",
+        type=int,
+        default=9090,
+        help="Prometheus' port with --monitoring (default 9090)",
     )
     scale = p.add_argument_group("autoscaling (the operator's policy, on local processes)")
     scale.add_argument(
@@ -90,6 +103,12 @@ def main(argv: Sequence[str]) -> int:
         return _autoscaled(args)
     if args.workers < 1:
         print("vgate dev: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if not 1 <= args.prometheus_port <= 65535:
+        print("vgate dev: --prometheus-port must be a TCP port (1-65535)", file=sys.stderr)
+        return 2
+    if args.monitoring and prometheus_binary() is None:
+        print(f"vgate dev: --monitoring: {INSTALL_HINT}", file=sys.stderr)
         return 2
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
     internal_port = args.internal_port or args.port + 1 + args.workers
@@ -132,10 +151,15 @@ def main(argv: Sequence[str]) -> int:
                 60.0,
                 alive=lambda: not stopping and all(c.alive() for c in children),
             )
-            _banner(args.port, internal_port, args.model, worker_ports, bool(args.api_key))
+            prometheus_url = None
+            if args.monitoring:
+                prometheus_url = _start_prometheus(
+                    args.prometheus_port, internal_port, worker_ports, children
+                )
+            _banner(args.port, internal_port, args.model, worker_ports, bool(args.api_key), prometheus_url)
         except (ProcessExited, TimeoutError):
             pass  # the loop below reports a dead component; a slow one may still come up
-        gateway, workers = children[-1], children[:-1]
+        gateway, workers = children[args.workers], children[: args.workers]
         reported: set[int] = set()
         while not stopping and gateway.alive():
             for port, worker in zip(worker_ports, workers, strict=True):
@@ -242,6 +266,27 @@ Load: http://127.0.0.1:{internal_port}/load   Stop: Ctrl-C
     )
 
 
+def _start_prometheus(
+    port: int, internal_port: int, worker_ports: Sequence[int], children: list[Child]
+) -> str | None:
+    """Prometheus as one more child, its data in a temporary folder removed at exit; its URL once up.
+
+    A Prometheus that cannot start (its port taken) is reported; the stack serves on without it.
+    """
+    workdir = Path(tempfile.mkdtemp(prefix="vgate-dev-prometheus-"))
+    atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+    targets = Targets(f"127.0.0.1:{internal_port}", [f"127.0.0.1:{p}" for p in worker_ports])
+    log = workdir / "prometheus.log"
+    child = start_prometheus(targets, port, workdir, log=log, group=False)
+    children.append(child)
+    try:
+        wait_ready(child, port)
+    except (ProcessExited, TimeoutError) as exc:
+        print(f"vgate dev: Prometheus did not start, serving without it: {exc}", file=sys.stderr, flush=True)
+        return None
+    return f"http://127.0.0.1:{port}"
+
+
 def _keys_file(keys: Sequence[str]) -> str:
     """The keys in a private file the gateway reads (removed when the process exits)."""
     fd, path = tempfile.mkstemp(prefix="vgate-dev-keys-", text=True)
@@ -251,7 +296,14 @@ def _keys_file(keys: Sequence[str]) -> str:
     return path
 
 
-def _banner(port: int, internal_port: int, model: str, worker_ports: Sequence[int], key: bool) -> None:
+def _banner(
+    port: int,
+    internal_port: int,
+    model: str,
+    worker_ports: Sequence[int],
+    key: bool,
+    prometheus_url: str | None = None,
+) -> None:
     url = f"http://127.0.0.1:{port}"
     internal = f"http://127.0.0.1:{internal_port}"
     workers = ", ".join(f"127.0.0.1:{p}" for p in worker_ports)
@@ -261,6 +313,11 @@ def _banner(port: int, internal_port: int, model: str, worker_ports: Sequence[in
         else "API keys: none, the gateway is open (vgate dev --api-key KEY)"
     )
     header = " -H 'Authorization: Bearer <your key>'" if key else ""
+    monitoring = (
+        f"\nPrometheus: {prometheus_url} (scrapes {internal}/metrics and the workers' /metrics)"
+        if prometheus_url
+        else ""
+    )
     print(
         f"""
 V-Gate is up: gateway {url}/v1 -> {len(worker_ports)} dry-run workers ({workers})
@@ -272,7 +329,8 @@ V-Gate is up: gateway {url}/v1 -> {len(worker_ports)} dry-run workers ({workers}
   python -c "from openai import OpenAI; c = OpenAI(base_url='{url}/v1', api_key='{"<your key>" if key else "none"}'); \\
 print(c.chat.completions.create(model='{model}', messages=[{{'role': 'user', 'content': 'Hello!'}}]).choices[0].message.content)"
 
-Internal: {internal}/metrics  {internal}/stats  {internal}/docs   Stop: Ctrl-C
+Status page: {internal}/status
+Internal: {internal}/metrics  {internal}/stats  {internal}/docs   Stop: Ctrl-C{monitoring}
 """,
         flush=True,
     )

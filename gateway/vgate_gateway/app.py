@@ -27,12 +27,14 @@ from vgate_gateway.front.door import Door, DoorConfig, Services
 from vgate_gateway.front.edge import Receive, Send
 from vgate_gateway.front.hygiene import TrustedProxies
 from vgate_gateway.front.ratelimit import Limiter, Limits, LocalLimiter, RateLimitMetrics, RedisLimiter
+from vgate_gateway.front.recent_errors import RecentErrors
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.ops.app import build_internal_app
+from vgate_gateway.ops.fleet_metrics import FleetCollector
 from vgate_gateway.ops.state import GatewayState
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstream.client import AiohttpClient, UpstreamClient
-from vgate_gateway.upstream.dispatch import Dispatcher, QueueMetrics
+from vgate_gateway.upstream.dispatch import Dispatcher, QueueDepth, QueueMetrics
 from vgate_gateway.upstream.health import HealthChecker
 from vgate_gateway.upstream.pool import DiscoveredEndpoint, UpstreamPool
 from vgate_gateway.upstream.proxy import Proxy
@@ -159,6 +161,8 @@ def build_app(
     keys = KeyStore(settings.api_keys_file, settings.api_keys_reload_s)
     limiter = make_limiter(settings, RateLimitMetrics(metrics.registry), keys)
     pool = UpstreamPool(eject_after=settings.eject_after_failures, panic_threshold=settings.panic_threshold)
+    metrics.register_live(FleetCollector(pool, settings.declared_models()))
+    recent_errors = RecentErrors()
     # Built here, not in the lifespan, so an unknown strategy name fails before serving.
     router = Router(
         pool,
@@ -169,6 +173,7 @@ def build_app(
         retry_after_s=settings.retry_after_s,
     )
     dispatcher = Dispatcher(settings, pool, router, QueueMetrics(metrics.registry))
+    metrics.register_live(QueueDepth(dispatcher))
     config = DoorConfig(
         body=BodyLimits(settings.max_body_bytes, settings.max_json_depth, settings.max_json_containers),
         default_limits=default_limits(settings),
@@ -218,7 +223,9 @@ def build_app(
                 return health.settled.is_set(), pool.models()
 
             services = Services(pipeline.handle, admission, model_cards, readiness, settings.retry_after_s)
-            gateway.door = Door(services, keys=keys, limiter=limiter, config=config, metrics=metrics)
+            gateway.door = Door(
+                services, keys=keys, limiter=limiter, config=config, metrics=metrics, errors=recent_errors
+            )
             gateway.state = gateway.internal.state.gateway = GatewayState(
                 settings=settings,
                 metrics=metrics,
@@ -236,6 +243,7 @@ def build_app(
                         "queued": admission.queued,
                         "rejected": admission.rejected_total,
                     },
+                    "errors": recent_errors.snapshot,
                 },
             )
             tasks = [

@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 #: Set (by ``vgate gateway --processes N``) when several serving processes share the port:
 #: each process writes its series there, and a scrape of any one of them reports all.
@@ -85,6 +86,13 @@ class Metrics:
         self._upstream_statuses: dict[str, set[str]] = {}
         self._upstream_series: dict[tuple[str, str], Any] = {}
         self._model_series: dict[str, tuple[Any, Any, Any]] = {}
+        #: Collectors read at scrape time from this process's state (not from multiprocess files).
+        self._live: list[Collector] = []
+
+    def register_live(self, collector: Collector) -> None:
+        """Export ``collector``, which computes its series from this process's state when scraped."""
+        self.registry.register(collector)
+        self._live.append(collector)
 
     def per_model(self, model: str) -> tuple[Any, Any, Any]:
         """(ttft, tpot, tokens_generated) of ``model``, resolved once: labels() takes a lock."""
@@ -100,9 +108,12 @@ class Metrics:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
         MultiProcessCollector(merged)
-        # Info series live in memory only; every process has the same one.
+        # Info series live in memory only; every process has the same one. Live collectors
+        # report the scraped process's view (each process checks the same workers).
         info = CollectorRegistry()
         info.register(self.info)
+        for collector in self._live:
+            info.register(collector)
         return generate_latest(merged) + generate_latest(info)
 
     def count_upstream(self, url: str, status: str | int) -> None:

@@ -285,7 +285,13 @@ class Usage:
 
 
 _USAGE = b'"usage"'
-_USAGE_FIELDS = re.compile(rb'"(prompt_tokens|completion_tokens|total_tokens)"\s*:\s*(\d+)')
+#: The three counts of a usage object, as they appear in the bytes, and the field each fills.
+_COUNTS = (
+    (b'"prompt_tokens"', "prompt_tokens"),
+    (b'"completion_tokens"', "completion_tokens"),
+    (b'"total_tokens"', "total_tokens"),
+)
+_NUMBER = re.compile(rb"\s*:\s*(\d+)")
 #: How far past ``"usage"`` its counts may be: the usage object is small, and it is last.
 _USAGE_SPAN = 1024
 
@@ -300,8 +306,11 @@ def usage_of_json(body: bytes) -> Usage:
     at = body.rfind(_USAGE)
     if at < 0:
         return usage
-    for match in _USAGE_FIELDS.finditer(body, at, at + _USAGE_SPAN):
-        setattr(usage, match.group(1).decode(), int(match.group(2)))
+    end = min(len(body), at + _USAGE_SPAN)
+    for key, name in _COUNTS:
+        found = body.find(key, at, end)
+        if found >= 0 and (number := _NUMBER.match(body, found + len(key))):
+            setattr(usage, name, int(number.group(1)))
     return usage
 
 

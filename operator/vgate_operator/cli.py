@@ -1,6 +1,6 @@
 """``vgate operator``: run the VGateDeployment operator (kopf, embedded).
 
-    vgate operator [--namespace NS]... [--peering NAME | --standalone] [--liveness URL]
+    vgate operator [--namespace NS]... [--peering NAME | --standalone] [--liveness URL] [--metrics HOST:PORT]
     vgate operator [--namespace NS]... --uninstall [--timeout S]
 
 Without ``--namespace`` it serves every namespace. Credentials come from the pod's
@@ -40,6 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--liveness", metavar="URL", help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"
     )
+    parser.add_argument(
+        "--metrics",
+        type=_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics (vgate_operator_reconciles_total) at http://HOST:PORT/metrics, "
+        "e.g. 0.0.0.0:8081",
+    )
     parser.add_argument("--verbose", action="store_true", help="log at debug level")
     parser.add_argument(
         "--uninstall",
@@ -51,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=300.0, metavar="S", help="with --uninstall: seconds to wait"
     )
     return parser
+
+
+def _address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port); argparse turns the error into a usage message."""
+    host, _, port_text = text.rpartition(":")
+    port = int(port_text) if port_text.isdigit() else 0
+    if not host or not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT with a port 1-65535")
+    return host.strip("[]"), port
 
 
 async def _credentials_problem() -> str | None:
@@ -96,7 +112,12 @@ def main(argv: Sequence[str]) -> int:
         return asyncio.run(uninstall(args.namespace, args.timeout))
     kopf.configure(verbose=args.verbose, log_prefix=True)
     registry = kopf.get_default_registry()
-    register(registry, config)
+    from vgate_operator.metrics import OperatorMetrics, serve
+
+    metrics = OperatorMetrics()
+    if args.metrics is not None:
+        serve(metrics, args.metrics[1], args.metrics[0])
+    register(registry, config, metrics)
     kopf.run(
         registry=registry,
         clusterwide=not args.namespace,

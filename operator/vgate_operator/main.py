@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -12,6 +13,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from vgate_operator.autoscale import loop
 from vgate_operator.builders.common import GROUP, MANAGED_BY, PLURAL, VERSION
 from vgate_operator.k8s import KubeApi, connect
+from vgate_operator.metrics import OperatorMetrics
 from vgate_operator.reconcile import controller_of, reconcile, refresh_status
 from vgate_operator.settings import OperatorSettings
 
@@ -29,8 +31,24 @@ def scales_builtin(spec: kopf.Spec, **_: Any) -> bool:
     )
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
+async def _counted(metrics: OperatorMetrics, reconciling: Awaitable[int]) -> None:
+    """Await one reconcile and count how it ended; its exception goes on to kopf."""
+    try:
+        await reconciling
+    except kopf.PermanentError:
+        metrics.count("invalid_spec")
+        raise
+    except Exception:  # TemporaryError or a bug; cancellation (shutdown) is not a failure
+        metrics.count("error")
+        raise
+    metrics.count("ok")
+
+
+def register(
+    registry: kopf.OperatorRegistry, config: OperatorSettings, metrics: OperatorMetrics | None = None
+) -> None:
     """Register V-Gate's handlers in ``registry`` (one operator per process)."""
+    counts = metrics or OperatorMetrics()
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -56,12 +74,15 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     async def on_change(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         if memo.kube.closed:
             raise kopf.TemporaryError("the operator is stopping", delay=config.retry_delay_s)
-        await reconcile(
-            body,
-            patch,
-            memo.kube,
-            retry_delay=config.retry_delay_s,
-            refused_delay=config.refused_retry_delay_s,
+        await _counted(
+            counts,
+            reconcile(
+                body,
+                patch,
+                memo.kube,
+                retry_delay=config.retry_delay_s,
+                refused_delay=config.refused_retry_delay_s,
+            ),
         )
 
     @kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS, id="child-deployment", registry=registry)
@@ -86,7 +107,9 @@ def register(registry: kopf.OperatorRegistry, config: OperatorSettings) -> None:
     async def resync(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo, **_: Any) -> None:
         if memo.kube.closed:
             return  # kopf may fire a timer once more while exiting: the next operator resyncs
-        await reconcile(body, patch, memo.kube, retry_delay=config.retry_delay_s, timer=True)
+        await _counted(
+            counts, reconcile(body, patch, memo.kube, retry_delay=config.retry_delay_s, timer=True)
+        )
 
     # Started for a resource while one of its models scales on the builtin engine, stopped
     # when none does any more (kopf re-checks ``when`` on every change) or the resource goes.

@@ -118,6 +118,14 @@ class ModelSpec(SchemaModel):
     max_model_len: int = Field(4096, ge=16)
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
     max_num_seqs: int = Field(64, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=16)
+    """Tokens one engine step may process; unset: vLLM's default for the hardware."""
+    enable_chunked_prefill: bool | None = None
+    """Split long prefills across steps; unset: vLLM's default (on)."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV cache of a shared prompt prefix (vLLM's automatic prefix caching)."""
+    kv_cache_dtype: Literal["auto", "fp8"] | None = None
+    """fp8 halves the KV cache's memory; unset: the model's dtype."""
     engine_args: list[str] = Field(default_factory=list)
     """Extra vLLM engine arguments, passed through unchanged."""
     resources: ModelResources = Field(default_factory=ModelResources)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
@@ -15,6 +16,7 @@ from tests.integration.conftest import MODEL
 from tests.support.metrics import metric
 from tests.support.procs import make_proc, wait_http
 from tests.support.waiting import wait_until
+from vgate.procs import free_port
 
 
 def _free_port_run(length: int) -> int:
@@ -130,3 +132,38 @@ def test_dev_with_an_api_key_refuses_everyone_else(tmp_path: Path) -> None:
         assert "sk-dev-key-1" not in dev.log()
     finally:
         dev.stop()
+
+
+def test_dev_monitoring_runs_prometheus_scraping_the_stack_and_the_status_page(tmp_path: Path) -> None:
+    port = _free_port_run(4)
+    prometheus_port = free_port()
+    dev = make_proc(["dev", "--monitoring", "--prometheus-port", str(prometheus_port)], tmp_path, port=port)
+    dev.spawn()
+    assert dev.popen is not None
+    internal = f"http://127.0.0.1:{port + 3}"
+    prometheus = f"http://127.0.0.1:{prometheus_port}"
+    try:
+        wait_until(lambda: "Prometheus:" in dev.log(), within=60, what="the banner")
+        banner = dev.log()
+        assert f"Prometheus: {prometheus}" in banner
+        assert f"Status page: {internal}/status" in banner
+        assert len(_children(dev.popen.pid)) == 4  # the gateway, two workers and Prometheus
+        page = httpx.get(f"{internal}/status")
+        assert page.status_code == 200
+        assert "/stats" in page.text
+
+        def scraped() -> bool:
+            targets = httpx.get(f"{prometheus}/api/v1/targets").json()["data"]["activeTargets"]
+            return len(targets) == 3 and all(t["health"] == "up" for t in targets)
+
+        wait_until(scraped, within=30, interval=0.5, what="Prometheus scraping the gateway and both workers")
+        query = httpx.get(f"{prometheus}/api/v1/query", params={"query": "vgate_model_healthy_upstreams"})
+        (series,) = query.json()["data"]["result"]
+        assert series["metric"]["model"] == MODEL
+        assert series["value"][1] == "2"
+        children = _children(dev.popen.pid)
+        dev.popen.send_signal(signal.SIGTERM)
+        assert dev.popen.wait(timeout=20) == 0
+        assert not [pid for pid in children if _alive(pid)]
+    finally:
+        dev.stop(sig=signal.SIGKILL)

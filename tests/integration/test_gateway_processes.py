@@ -47,6 +47,9 @@ def test_two_serving_processes_answer_and_one_scrape_counts_them_all(two_process
     counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name)]
     assert counts == [20.0]  # whichever process answered the scrape counts both processes' requests
     assert 'vgate_info{version="' in text
+    # The per-model fleet gauges come from the scraped process's own view, once.
+    healthy = f'vgate_model_healthy_upstreams{{model="{MODEL}"}}'
+    assert [line for line in text.splitlines() if line.startswith(healthy)] == [f"{healthy} 2.0"]
 
 
 def test_the_old_name_still_starts_the_processes_with_a_warning(tmp_path: Path) -> None:

@@ -22,8 +22,15 @@ def vgate(*args: str, env: dict[str, str] | None = None) -> subprocess.Completed
 def test_help_lists_the_flags() -> None:
     result = vgate("operator", "--help")
     assert result.returncode == 0
-    for flag in ("--namespace", "--peering", "--standalone", "--liveness"):
+    for flag in ("--namespace", "--peering", "--standalone", "--liveness", "--metrics"):
         assert flag in result.stdout
+
+
+def test_a_bad_metrics_address_is_refused_with_a_message() -> None:
+    for bad in ("8081", "0.0.0.0:http", "0.0.0.0:70000", ":8081"):
+        result = vgate("operator", "--standalone", "--metrics", bad)
+        assert result.returncode == 2, bad
+        assert "is not HOST:PORT with a port 1-65535" in result.stderr
 
 
 def test_peering_and_standalone_are_exclusive() -> None:

@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kmock
 import pytest
 import pytest_asyncio
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support import waiting
 from tests.support.kmock_cluster import KubeCluster
@@ -73,7 +75,20 @@ class Operator:
             "PYTHONUNBUFFERED": "1",
         }
         self.log_path = tmp_path / "operator.log"
-        self.child = procs.start(vgate_argv("operator", "--standalone", *args), env=env, log=self.log_path)
+        self.metrics_port = procs.free_port()
+        argv = vgate_argv("operator", "--standalone", "--metrics", f"127.0.0.1:{self.metrics_port}", *args)
+        self.child = procs.start(argv, env=env, log=self.log_path)
+
+    async def reconciles(self) -> dict[str, float]:
+        """``vgate_operator_reconciles_total`` by result, from the operator's own /metrics."""
+        async with httpx.AsyncClient() as client:
+            text = (await client.get(f"http://127.0.0.1:{self.metrics_port}/metrics")).text
+        return {
+            sample.labels["result"]: sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "vgate_operator_reconciles_total"
+        }
 
     async def watching(self, cluster: KubeCluster) -> Operator:
         """Wait until the operator watches VGateDeployments, so no creation races its start-up."""
@@ -301,6 +316,7 @@ async def test_invalid_spec_sets_condition_and_is_not_retried(
 ) -> None:
     body = dry_run_example()
     body["spec"]["models"][0]["quantization"] = "fp8"
+    before = await operator.reconciles()
     await create(cluster, "team-d", body)
     status = await eventually(
         lambda: (
@@ -321,6 +337,9 @@ async def test_invalid_spec_sets_condition_and_is_not_retried(
         "an invalid spec must not be retried"
     )
     assert operator.log().count("failed permanently: invalid spec") == 1
+    after = await operator.reconciles()
+    assert after["invalid_spec"] == before["invalid_spec"] + 1, "the refusal is counted once, as the user's"
+    assert after["error"] == before["error"], "an invalid spec is not an operator failure"
     assert children(cluster, "team-d") == {}
 
     # Fixing the spec reconciles it.
@@ -418,6 +437,7 @@ async def test_api_errors_are_reported_and_retried(cluster: KubeCluster, operato
         return False
 
     cluster[first_deployment_create] << 503
+    before = await operator.reconciles()
     await create(cluster, "team-h", dry_run_example())
     status = await eventually(
         lambda: (s := cr_status(cluster, "team-h", "vgate-dry-run")).get("observedGeneration") == 1 and s,
@@ -428,6 +448,10 @@ async def test_api_errors_are_reported_and_retried(cluster: KubeCluster, operato
     assert "failed temporarily: Kubernetes API error 503" in operator.log()
     reported = [r for r in cluster.writes("vgatedeployments", namespace="team-h") if "ApplyFailed" in r.text]
     assert reported, "the failure was not recorded in the Ready condition"
+    # What VGateOperatorReconcileFailing reads: the failed attempt, then the successful retry.
+    after = await operator.reconciles()
+    assert after["error"] == before["error"] + 1
+    assert after["ok"] > before["ok"]
 
 
 async def test_a_foreign_object_with_a_childs_name_is_refused(

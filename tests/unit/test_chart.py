@@ -24,7 +24,14 @@ from vgate_operator.builders.gateway import INTERNAL_PORT
 
 K8S_VERSION = kubernetes_validate.latest_version()
 # Kinds whose schema is not part of Kubernetes itself.
-CUSTOM_KINDS = {"VGateDeployment", "ClusterKopfPeering", "KopfPeering", "ServiceMonitor", "PodMonitor"}
+CUSTOM_KINDS = {
+    "VGateDeployment",
+    "ClusterKopfPeering",
+    "KopfPeering",
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+}
 READ = {"get", "list", "watch"}
 PRUNED = {"get", "list", "create", "patch", "delete"}  # kinds that come and go
 KEPT = {"get", "create", "patch"}  # kinds deleted only by garbage collection
@@ -62,6 +69,15 @@ METRICS = [
     "vgate_cache_misses_total",
     "vgate_deduplicated_requests_total",
     "vgate_batch_size",
+    "vgate_model_healthy_upstreams",
+    "vgate_rejected_requests_total",
+    "vgate_upstream_ejections_total",
+    "vgate_ratelimit_decisions_total",
+    "vllm:kv_cache_usage_perc",
+    "vllm:num_requests_waiting",
+    "vllm:generation_tokens_total",
+    "vgate_queue_depth",
+    "vgate_queue_wait_seconds",
 ]
 
 
@@ -214,6 +230,9 @@ def test_pods_meet_pod_security_restricted() -> None:
         ({"watchNamespaces": ["Not_A_Namespace"]}, "watchNamespaces"),
         ({"deployment": {"enabled": True, "spec": {"models": []}}}, "models"),
         ({"metrics": {"serviceMonitor": {"interval": "soon"}}}, "interval"),
+        ({"metrics": {"prometheusRule": {"alerts": {"kvCacheNearFull": {"threshold": 95}}}}}, "threshold"),
+        ({"metrics": {"prometheusRule": {"alerts": {"queueWait": {"for": "a while"}}}}}, "for"),
+        ({"operator": {"metricsPort": 0}}, "metricsPort"),
     ],
 )
 def test_values_schema_rejects_bad_values_with_a_message_naming_them(
@@ -250,8 +269,13 @@ def test_service_monitor_scrapes_the_gateways_the_operator_creates() -> None:
     assert wide["spec"]["namespaceSelector"] == {"any": True}
 
 
+def workers_monitor(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (monitor,) = [d for d in by_kind(docs, "PodMonitor") if d["metadata"]["name"].endswith("-workers")]
+    return monitor
+
+
 def test_pod_monitor_scrapes_vllm_metrics_on_every_worker_pod() -> None:
-    monitor = one(render(ALL_ON), "PodMonitor")
+    monitor = workers_monitor(render(ALL_ON))
     # The operator labels each worker pod part-of=vgate, component=worker; port "http".
     assert monitor["spec"]["selector"]["matchLabels"] == {
         "app.kubernetes.io/part-of": "vgate",
@@ -260,9 +284,9 @@ def test_pod_monitor_scrapes_vllm_metrics_on_every_worker_pod() -> None:
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
     assert monitor["spec"]["podMetricsEndpoints"][0]["path"] == "/metrics"
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    scoped = one(render({**ALL_ON, "watchNamespaces": ["team-a"]}), "PodMonitor")
+    scoped = workers_monitor(render({**ALL_ON, "watchNamespaces": ["team-a"]}))
     assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
-    wide = one(render({**ALL_ON, "clusterWide": True}), "PodMonitor")
+    wide = workers_monitor(render({**ALL_ON, "clusterWide": True}))
     assert wide["spec"]["namespaceSelector"] == {"any": True}
 
 
@@ -301,7 +325,7 @@ def test_dashboard_configmap_is_picked_up_by_grafana_and_charts_every_metric() -
     )
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     dashboard = json.loads(config_map["data"]["vgate.json"])
-    queries = " ".join(t["expr"] for p in dashboard["panels"] for t in p["targets"])
+    queries = " ".join(t["expr"] for p in dashboard["panels"] for t in p.get("targets", []))
     missing = [m for m in METRICS if m not in queries]
     assert not missing, f"no panel for {missing}"
 

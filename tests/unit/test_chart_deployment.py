@@ -90,3 +90,5 @@ def test_the_operator_accepts_the_command_line_the_chart_gives_it(values: dict[s
     assert bool(args.standalone) == (not args.peering)
     port = container["ports"][0]["containerPort"]
     assert args.liveness == f"http://0.0.0.0:{port}/healthz"
+    metrics = next(p["containerPort"] for p in container["ports"] if p["name"] == "metrics")
+    assert args.metrics == ("0.0.0.0", metrics)

@@ -375,3 +375,39 @@ def test_builders_are_deterministic() -> None:
     assert yaml.safe_dump(build_all(OWNER, parse_spec("demo", GPU_SPEC))) == yaml.safe_dump(
         build_all(OWNER, parse_spec("demo", copy.deepcopy(GPU_SPEC)))
     )
+
+
+def test_scheduler_and_kv_settings_reach_vllm_and_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vgate_worker.launcher import build_vllm_argv
+    from vgate_worker.sim.settings import settings_from_argv
+
+    tuned = {
+        "maxNumBatchedTokens": 512,
+        "enableChunkedPrefill": False,
+        "enablePrefixCaching": False,
+        "kvCacheDtype": "fp8",
+    }
+    raw = copy.deepcopy(GPU_SPEC)
+    raw["models"][0].update(tuned, engineArgs=[], maxModelLen=512)
+    env = env_of(container(objects(raw)[("Deployment", "demo-worker-qwen")]))
+    for name, value in env.items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    argv = build_vllm_argv(WorkerSettings())
+    assert argv[argv.index("--max-num-batched-tokens") + 1] == "512"
+    assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8"
+    assert "--no-enable-chunked-prefill" in argv
+    assert "--no-enable-prefix-caching" in argv
+    # Untouched fields add no flag: vLLM keeps its own defaults.
+    plain = env_of(container(objects(GPU_SPEC)[("Deployment", "demo-worker-qwen")]))
+    assert not {"VGATE_WORKER_MAX_NUM_BATCHED_TOKENS", "VGATE_WORKER_ENABLE_CHUNKED_PREFILL"} & set(plain)
+
+    dry = copy.deepcopy(DRY_SPEC)
+    dry["models"][0].update(maxNumBatchedTokens=2048, enableChunkedPrefill=False, enablePrefixCaching=False)
+    args = container(objects(dry)[("Deployment", "demo-worker-sim")])["args"]
+    sim = settings_from_argv(args[2:])
+    assert (sim.max_num_batched_tokens, sim.enable_chunked_prefill, sim.enable_prefix_caching) == (
+        2048,
+        False,
+        False,
+    )

@@ -56,6 +56,8 @@ def build_vllm_argv(settings: WorkerSettings, passthrough: Sequence[str] = ()) -
         "--max-model-len": settings.max_model_len,
         "--gpu-memory-utilization": settings.gpu_memory_utilization,
         "--max-num-seqs": settings.max_num_seqs,
+        "--max-num-batched-tokens": settings.max_num_batched_tokens,
+        "--kv-cache-dtype": settings.kv_cache_dtype,
         "--download-dir": settings.download_dir,
     }
     for flag, value in optional.items():
@@ -63,6 +65,10 @@ def build_vllm_argv(settings: WorkerSettings, passthrough: Sequence[str] = ()) -
             argv += [flag, str(value)]
     argv += ["--dtype", settings.dtype, "--tensor-parallel-size", str(settings.tensor_parallel_size)]
     argv.append("--enable-prefix-caching" if settings.enable_prefix_caching else "--no-enable-prefix-caching")
+    if settings.enable_chunked_prefill is not None:
+        argv.append(
+            "--enable-chunked-prefill" if settings.enable_chunked_prefill else "--no-enable-chunked-prefill"
+        )
     argv += ["--host", settings.host, "--port", str(settings.port)]
     return argv + shlex.split(settings.extra_args) + list(passthrough)
 
@@ -288,11 +294,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     for flag in (
         "model", "served-model-name", "max-model-len", "gpu-memory-utilization", "max-num-seqs",
-        "dtype", "tensor-parallel-size", "host", "port", "download-dir", "extra-args",
+        "max-num-batched-tokens", "dtype", "tensor-parallel-size", "host", "port", "download-dir", "extra-args",
     ):  # fmt: skip
         p.add_argument(f"--{flag}", default=None)
     p.add_argument("--quantization", default=None, choices=QUANTIZATIONS)
     p.add_argument("--device", default=None, choices=DEVICES)
+    p.add_argument("--kv-cache-dtype", default=None, choices=("auto", "fp8"))
+    p.add_argument("--enable-chunked-prefill", default=None, action=argparse.BooleanOptionalAction)
     p.add_argument("--enable-prefix-caching", default=None, action=argparse.BooleanOptionalAction)
     p.add_argument("--print-command", action="store_true", help="print the vLLM command line and exit")
     return p

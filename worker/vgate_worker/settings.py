@@ -40,6 +40,9 @@ class WorkerSettings(BaseSettings):
     max_model_len: int | None = Field(None, gt=0)
     gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)
     max_num_seqs: int | None = Field(None, gt=0)
+    max_num_batched_tokens: int | None = Field(None, gt=0)
+    enable_chunked_prefill: bool | None = None
+    kv_cache_dtype: Literal["auto", "fp8"] | None = None
     dtype: DType = "auto"
     tensor_parallel_size: int = Field(1, gt=0)
     enable_prefix_caching: bool = True
@@ -63,6 +66,9 @@ class WorkerSettings(BaseSettings):
         "max_model_len",
         "gpu_memory_utilization",
         "max_num_seqs",
+        "max_num_batched_tokens",
+        "enable_chunked_prefill",
+        "kv_cache_dtype",
         mode="before",
     )
     @classmethod

@@ -229,6 +229,10 @@ class BatchMetrics:
             ["endpoint"],
             registry=registry,
         )
+        # Each endpoint's series exist from the start, at 0: a rate() sees the first batch too.
+        for kind in BATCHABLE:
+            self.size.labels(kind)
+            self.seconds.labels(kind)
 
 
 @dataclass

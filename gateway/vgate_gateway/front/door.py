@@ -42,6 +42,7 @@ from vgate_gateway.front.body import BodyLimits, ClientGone, read_request
 from vgate_gateway.front.edge import Edge, Receive, Send, watching
 from vgate_gateway.front.hygiene import TrustedProxies, clean_headers
 from vgate_gateway.front.ratelimit import Limiter, Limits, limits_for
+from vgate_gateway.front.recent_errors import RecentErrors
 from vgate_gateway.front.schedule import schedule_of
 from vgate_gateway.logs import key_id_var, request_id_var
 from vgate_gateway.metrics import Metrics
@@ -62,6 +63,8 @@ ROUTES: dict[str, str] = {
 # Paths counted by name in the request metrics; anything else is "other" (bounded labels).
 _KNOWN_PATHS = frozenset({*ROUTES, "/metrics", "/stats"})
 _QUIET_PATHS = frozenset({probes.HEALTH_PATH, probes.READY_PATH, "/metrics"})
+# Probes answer 503 by design while the gateway starts: not an error a client saw.
+_PROBES = frozenset({probes.HEALTH_PATH, probes.READY_PATH})
 # A client-supplied id is kept only if it is short and plain (it lands in logs and headers).
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _REQUEST_ID = REQUEST_ID_HEADER.encode()
@@ -99,8 +102,11 @@ class Door:
         limiter: Limiter | None,
         config: DoorConfig,
         metrics: Metrics,
+        errors: RecentErrors | None = None,
     ) -> None:
         self.services = services
+        #: The latest error answers, for /stats and the status page.
+        self.errors = errors
         self.keys = keys
         self.limiter = limiter
         self.config = config
@@ -139,6 +145,8 @@ class Door:
             if counted:
                 self.metrics.inflight.dec()
             self._observe(label, method, edge.status, elapsed)
+            if edge.status >= 400 and self.errors is not None and edge.status != 499 and label not in _PROBES:
+                self.errors.record(edge.status, edge.error_body, edge.model, path)
             level = logging.DEBUG if label in _QUIET_PATHS else logging.INFO
             if access_log.isEnabledFor(level):
                 access_log.log(
@@ -203,6 +211,7 @@ class Door:
             key_id=key.key_id,
             count_usage=metered and bool(limits.tpm),
         )
+        edge.model = req.model
         if not key.allows(req.model):
             raise model_not_found(req.model)
         req.schedule = schedule

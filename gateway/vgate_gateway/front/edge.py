@@ -31,12 +31,15 @@ WATCH_AFTER_S = 0.2
 class Edge:
     """Sends one answer on ``send``; remembers its status and whether it has started."""
 
-    __slots__ = ("_send", "extra", "started", "status")
+    __slots__ = ("_send", "error_body", "extra", "model", "started", "status")
 
     def __init__(self, send: Send, request_id: bytes) -> None:
         self._send = send
         self.status = 500
         self.started = False
+        #: The body of an error answer (for the recent errors), and the model asked for.
+        self.error_body: bytes | None = None
+        self.model: str | None = None
         #: Headers every answer on this connection's request carries.
         self.extra: list[tuple[bytes, bytes]] = [(b"x-request-id", request_id)]
 
@@ -46,6 +49,8 @@ class Edge:
         self.status = answer.status
         self.started = True
         if answer.events is None:
+            if answer.status >= 400:
+                self.error_body = answer.body
             headers.append((b"content-length", str(len(answer.body)).encode()))
             await self._send({"type": "http.response.start", "status": answer.status, "headers": headers})
             await self._send({"type": "http.response.body", "body": answer.body, "more_body": False})

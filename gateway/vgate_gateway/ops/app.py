@@ -1,4 +1,4 @@
-"""The internal port: ``/metrics``, ``/stats``, ``/docs``, ``/openapi.json`` (and the probes).
+"""The internal port: ``/metrics``, ``/stats``, ``/load``, ``/status``, ``/docs``, ``/openapi.json`` (and the probes).
 
 Served by FastAPI, where it earns its place: a handful of low-rate endpoints, and the
 OpenAPI document users read. One uvicorn server listens on both sockets and one lifespan
@@ -18,6 +18,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from vgate_gateway.ops import routes
 from vgate_gateway.ops.errors import install_error_handlers
 from vgate_gateway.ops.openapi import public_openapi
+from vgate_gateway.ops.status_page.route import router as status_page_router
 
 TITLE = "V-Gate"
 
@@ -28,6 +29,7 @@ def build_internal_app() -> FastAPI:
     install_error_handlers(internal)
     internal.include_router(routes.router)
     internal.include_router(routes.internal_router)
+    internal.include_router(status_page_router)
 
     @internal.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:

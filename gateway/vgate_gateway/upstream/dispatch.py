@@ -24,11 +24,13 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from vgate_gateway.errors import OpenAIError, model_not_found, unavailable
 from vgate_gateway.protocol import Request, Usage
@@ -57,13 +59,12 @@ class QueueMetrics:
     """The queues' Prometheus series, registered on the given registry.
 
     Labels are bounded: served models, the three priority classes, and key ids from the
-    keys file (``anonymous`` without keys), never a secret.
+    keys file (``anonymous`` without keys), never a secret. The depths are read from the
+    queues when Prometheus scrapes (:class:`QueueDepth`), so the request path pays nothing
+    for them and every known model reports one, 0 while nothing waits.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.depth = Gauge(
-            "vgate_queue_depth", "Requests waiting for a worker of the model", ["model"], registry=registry
-        )
         self.wait = Histogram(
             "vgate_queue_wait_seconds",
             "Time requests that had to wait spent in their model's queue before a worker took them",
@@ -76,12 +77,6 @@ class QueueMetrics:
             "Requests the model's queue refused: full (requests or bytes), waited out, deadline "
             "out of reach, or shed for a more urgent one",
             ["model", "reason"],
-            registry=registry,
-        )
-        self.class_depth = Gauge(
-            "vgate_queue_class_depth",
-            "Requests waiting for a worker of the model, per priority class",
-            ["model", "priority"],
             registry=registry,
         )
         self.class_wait = Histogram(
@@ -107,10 +102,9 @@ class _Model:
     queue: ModelQueue
     policy: Policy
     meter: RateMeter = field(default_factory=RateMeter)
-    #: Its series, resolved once (``labels()`` takes a lock): each key's tokens, the depth
-    #: gauges (all, then per class), the wait histograms (per class, then all).
+    #: Its series, resolved once (``labels()`` takes a lock): each key's tokens, the wait
+    #: histograms (per class, then all).
     tokens: dict[str, Any] = field(default_factory=dict)
-    gauges: list[Any] = field(default_factory=list)
     waits: list[Any] = field(default_factory=list)
 
 
@@ -133,6 +127,8 @@ class Dispatcher:
         self._clock = clock
         self._models: dict[str, _Model] = {}
         self._capacity: dict[str, int] = {}
+        for model in settings.declared_models():
+            self.capacity(model)
         #: Requests in flight to each model's workers.
         self.inflight: dict[str, int] = {}
         pool.listen(self._wake_all)
@@ -224,7 +220,6 @@ class Dispatcher:
             self._shed(queue, victim)
         known.policy.arrived(queue, waiting)
         queue.add(waiting)
-        self._gauge(queue)
         if len(queue) == 1:
             log.info("model %s: no worker can take a request now; queueing", queue.model)
         try:
@@ -234,8 +229,8 @@ class Dispatcher:
             granted = waiting.granted
             if granted.done() and not granted.cancelled() and granted.exception() is None:
                 self.release(queue.model, granted.result())  # granted as it gave up: pass it on
-            elif queue.remove(waiting):
-                self._gauge(queue)
+            else:
+                queue.remove(waiting)
             if isinstance(exc, TimeoutError):
                 raise self._late(queue, req, patience) from None
             raise
@@ -300,17 +295,13 @@ class Dispatcher:
                 )
             )
 
-    def _gauge(self, queue: ModelQueue) -> None:
-        known = self._models[queue.model]
-        if not known.gauges:  # resolved once: labels() takes a lock
-            m = self._metrics
-            known.gauges = [m.depth.labels(queue.model)]
-            known.gauges += [m.class_depth.labels(queue.model, p.label) for p in CLASSES]
-            known.waits = [m.class_wait.labels(queue.model, p.label) for p in CLASSES]
-            known.waits.append(m.wait.labels(queue.model))
-        known.gauges[0].set(len(queue))
-        for priority in CLASSES:
-            known.gauges[priority + 1].set(queue.depth[priority])
+    def _waits(self, known: _Model) -> list[Any]:
+        """The wait histograms of ``known``'s model (per class, then all), resolved once."""
+        if not known.waits:
+            m, model = self._metrics, known.queue.model
+            known.waits = [m.class_wait.labels(model, p.label) for p in CLASSES]
+            known.waits.append(m.wait.labels(model))
+        return known.waits
 
     def _wake_all(self) -> None:
         for known in self._models.values():
@@ -338,9 +329,17 @@ class Dispatcher:
             self._begin(queue.model, up)
             head.granted.set_result(up)
             queue.dispatched += 1
-            known.waits[-1].observe(now - head.since)
-            known.waits[head.priority].observe(now - head.since)
-        self._gauge(queue)
+            waits = self._waits(known)
+            waits[-1].observe(now - head.since)
+            waits[head.priority].observe(now - head.since)
+
+    def depths(self) -> dict[str, list[int]]:
+        """Per model seen or declared, the requests waiting in each class (:data:`CLASSES` order)."""
+        empty = [0 for _ in CLASSES]
+        return {
+            m: list(self._models[m].queue.depth) if m in self._models else empty
+            for m in sorted(self._capacity)
+        }
 
     def load(self) -> dict[str, dict[str, int]]:
         """Per model: requests in flight, requests queued, and routable workers (``GET /load``)."""
@@ -385,3 +384,26 @@ class Dispatcher:
             "classes": {p.label: {"depth": q.depth[p], "keys": sorted(q.lanes[p])} for p in CLASSES},
             "keys": dict(sorted(keys.items())),
         }
+
+
+class QueueDepth(Collector):
+    """``vgate_queue_depth{model}`` and ``vgate_queue_class_depth{model,priority}``, read when Prometheus scrapes."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily(
+            "vgate_queue_depth", "Requests waiting for a worker of the model", labels=["model"]
+        )
+        by_class = GaugeMetricFamily(
+            "vgate_queue_class_depth",
+            "Requests waiting for a worker of the model, per priority class",
+            labels=["model", "priority"],
+        )
+        for model, waiting in self._dispatcher.depths().items():
+            depth.add_metric([model], sum(waiting))
+            for priority in CLASSES:
+                by_class.add_metric([model, priority.label], waiting[priority])
+        yield depth
+        yield by_class

@@ -174,12 +174,22 @@ def _container(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
 
 
 def _dry_run_args(model: ModelSpec) -> list[str]:
-    return [
+    args = [
         "worker", "--dry-run", "--host", LISTEN_HOST, "--port", str(HTTP_PORT),
         "--served-model-name", model.name,
         "--max-model-len", str(model.max_model_len),
         "--max-num-seqs", str(model.max_num_seqs),
     ]  # fmt: skip
+    # The simulator honours the scheduler settings too; only those set are passed.
+    if model.max_num_batched_tokens is not None:
+        args += ["--max-num-batched-tokens", str(model.max_num_batched_tokens)]
+    if model.enable_chunked_prefill is not None:
+        args.append(
+            "--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill"
+        )
+    if not model.enable_prefix_caching:
+        args.append("--no-enable-prefix-caching")
+    return args
 
 
 def _vllm_env(spec: VGateDeploymentSpec, model: ModelSpec) -> list[Manifest]:
@@ -195,6 +205,14 @@ def _vllm_env(spec: VGateDeploymentSpec, model: ModelSpec) -> list[Manifest]:
         "VGATE_WORKER_DOWNLOAD_DIR": f"{CACHE_MOUNT}/weights",
         "HF_HOME": f"{CACHE_MOUNT}/hf",
     }
+    if model.max_num_batched_tokens is not None:
+        values["VGATE_WORKER_MAX_NUM_BATCHED_TOKENS"] = str(model.max_num_batched_tokens)
+    if model.enable_chunked_prefill is not None:
+        values["VGATE_WORKER_ENABLE_CHUNKED_PREFILL"] = str(model.enable_chunked_prefill).lower()
+    if not model.enable_prefix_caching:
+        values["VGATE_WORKER_ENABLE_PREFIX_CACHING"] = "false"
+    if model.kv_cache_dtype is not None:
+        values["VGATE_WORKER_KV_CACHE_DTYPE"] = model.kv_cache_dtype
     if model.engine_args:
         values["VGATE_WORKER_EXTRA_ARGS"] = shlex.join(model.engine_args)
     # Without --quantization vLLM reads the method from the checkpoint's config and picks the

@@ -68,7 +68,9 @@ class Engine:
     def __init__(self, settings: SimSettings, metrics: SimMetrics) -> None:
         self.settings = settings
         self.metrics = metrics
-        self.cache = PrefixCache(settings.kv_cache_tokens, settings.block_size)
+        self.cache = PrefixCache(settings.kv_capacity_tokens, settings.block_size)
+        # vLLM's own start-up line, so tools that read it (vgate tune's calibration) read ours too.
+        log.info("KV cache size: %s tokens", f"{settings.kv_capacity_tokens:,}")
         self.waiting: deque[SimSequence] = deque()
         self.running: list[SimSequence] = []
         #: Embedding requests being computed (outside the decode batch).
@@ -122,7 +124,10 @@ class Engine:
         """
         if not self.alive:
             raise RuntimeError("the simulated engine is not running")
-        hashes = block_hashes(prompt_ids, self.settings.block_size)
+        # Without prefix caching no block is shared: every one is the sequence's own.
+        hashes = (
+            block_hashes(prompt_ids, self.settings.block_size) if self.settings.enable_prefix_caching else []
+        )
         seq = SimSequence(key, prompt_ids, hashes, max(1, output_len), sink, finish_reason)
         self.waiting.append(seq)
         self._publish()
@@ -202,7 +207,8 @@ class Engine:
         for seq in self.running:
             if seq.prefill_left == 0:
                 emitting.append(seq)
-            elif budget > 0:
+            elif budget >= seq.prefill_left or (budget > 0 and s.enable_chunked_prefill):
+                # Without chunked prefill a prompt is prefilled whole, in a step with room for it.
                 chunk = min(budget, seq.prefill_left)
                 seq.prefill_left -= chunk
                 budget -= chunk

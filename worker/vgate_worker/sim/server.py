@@ -20,7 +20,10 @@ def main(argv: Sequence[str]) -> int:
     try:
         settings = settings_from_argv(argv)
     except ValidationError as exc:
-        print(f"vgate worker --dry-run: invalid settings:\n{exc}", file=sys.stderr)
+        # One line per problem, each naming the setting: the tuner reports the last as the reason.
+        for err in exc.errors():
+            where = ".".join(str(part) for part in err["loc"]) or "settings"
+            print(f"vgate worker --dry-run: invalid settings: {where}: {err['msg']}", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

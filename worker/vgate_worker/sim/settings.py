@@ -7,6 +7,7 @@ explains where each number comes from.
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
@@ -28,8 +29,23 @@ class SimSettings(BaseSettings):
     max_num_seqs: int = Field(256, ge=1)
     # Prefill tokens one engine step may process (vLLM's chunked-prefill budget).
     max_num_batched_tokens: int = Field(2048, ge=16)
-    kv_cache_tokens: int = Field(262_144, ge=16)
+    #: KV-cache capacity in tokens; unset: what the memory model below leaves for it.
+    kv_cache_tokens: int | None = Field(None, ge=16)
     block_size: int = Field(16, ge=1)
+    # The memory model, as vLLM sizes its KV cache: the share of the GPU it may take, less the
+    # weights and activations, divided by the bytes one token's keys and values need.
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    gpu_memory_gib: float = Field(24.0, gt=0)
+    #: Weights plus peak activations (Qwen2.5-1.5B-AWQ: about 1.1 GiB of weights).
+    non_kv_memory_gib: float = Field(2.0, ge=0)
+    #: 28 layers x 2 KV heads x 128 dims x (key + value) x 2 bytes.
+    kv_bytes_per_token: int = Field(28_672, ge=1)
+    kv_cache_dtype: Literal["auto", "fp8"] = "auto"
+    #: vLLM's ``--kv-cache-memory-bytes``: the KV cache's size outright, instead of the GPU share
+    #: (its CPU backend also takes it as VLLM_CPU_KVCACHE_SPACE, in whole GiB).
+    kv_cache_memory_bytes: int | None = Field(None, gt=0)
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
     # Seconds per decode step with one running sequence (1 / 650 tokens/s).
     decode_step_s: float = Field(1 / 650, gt=0)
     # Relative growth of the step time per extra running sequence (650 -> 2,500 tok/s at batch 4).
@@ -65,13 +81,44 @@ class SimSettings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _kv_holds_one_request(self) -> SimSettings:
-        # vLLM refuses to start when one max-length request cannot fit in the KV cache.
-        if self.kv_cache_tokens < self.max_model_len + self.block_size:
+    def _engine_starts(self) -> SimSettings:
+        # The checks vLLM makes before it serves, with vLLM's own words where it has them.
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
             raise ValueError(
-                f"kv_cache_tokens ({self.kv_cache_tokens}) must exceed max_model_len ({self.max_model_len})"
+                f"max_num_batched_tokens ({self.max_num_batched_tokens}) is smaller than max_model_len "
+                f"({self.max_model_len}). This effectively limits the maximum sequence length to "
+                "max_num_batched_tokens and makes vLLM reject longer sequences. Please increase "
+                "max_num_batched_tokens or decrease max_model_len."
+            )
+        sized_by_share = self.kv_cache_tokens is None and self.kv_cache_memory_bytes is None
+        if sized_by_share and self.gpu_memory_utilization * self.gpu_memory_gib <= self.non_kv_memory_gib:
+            raise ValueError(
+                "No available memory for the cache blocks. Try increasing `gpu_memory_utilization` "
+                "when initializing the engine."
+            )
+        capacity = self.kv_capacity_tokens
+        if capacity < self.max_model_len + self.block_size:
+            raise ValueError(
+                f"To serve at least one request with the models's max seq len ({self.max_model_len}), "
+                f"{self.max_model_len} tokens of KV cache are needed, which is larger than the available "
+                f"KV cache ({capacity} tokens). Try increasing `gpu_memory_utilization` or decreasing "
+                "`max_model_len` when initializing the engine."
             )
         return self
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the KV cache holds: set outright, or what the memory left for it divides into."""
+        if self.kv_cache_tokens is not None:
+            return self.kv_cache_tokens
+        if self.kv_cache_memory_bytes is not None:
+            free = float(self.kv_cache_memory_bytes)
+        else:
+            free = (
+                max(0.0, self.gpu_memory_utilization * self.gpu_memory_gib - self.non_kv_memory_gib) * 2**30
+            )
+        per_token = self.kv_bytes_per_token / (2 if self.kv_cache_dtype == "fp8" else 1)
+        return int(free / per_token)
 
     @property
     def model_name(self) -> str:
@@ -96,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-batched-tokens", type=int)
     p.add_argument("--kv-cache-tokens", type=int, help="KV cache capacity in tokens")
     p.add_argument("--block-size", type=int)
+    p.add_argument("--gpu-memory-utilization", type=float, help="share of the GPU vLLM may take")
+    p.add_argument("--gpu-memory-gib", type=float, help="the simulated GPU's memory")
+    p.add_argument("--non-kv-memory-gib", type=float, help="weights and activations")
+    p.add_argument("--kv-bytes-per-token", type=int)
+    p.add_argument("--kv-cache-dtype", choices=("auto", "fp8"))
+    p.add_argument(
+        "--kv-cache-memory-bytes", type=int, help="KV cache size (VLLM_CPU_KVCACHE_SPACE GiB is read too)"
+    )
+    for flag in ("enable-chunked-prefill", "enable-prefix-caching"):
+        p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction)
     p.add_argument("--decode-step-s", type=float, help="seconds per decode step at batch 1")
     p.add_argument("--decode-batch-slope", type=float, help="step-time growth per extra sequence")
     p.add_argument("--prefill-tokens-per-s", type=float)
@@ -115,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="served under this name unless --served-model-name is given",
     )
-    for ignored in ("--quantization", "--dtype", "--gpu-memory-utilization", "--api-key"):
+    for ignored in ("--quantization", "--dtype", "--api-key"):
         p.add_argument(ignored, dest=f"_ignored_{ignored[2:]}", help=argparse.SUPPRESS)
     return p
 
@@ -127,4 +184,8 @@ def settings_from_argv(argv: Sequence[str]) -> SimSettings:
     # vLLM serves a model under its --model id when no --served-model-name is given.
     if "_model" in ns and "served_model_name" not in given:
         given["served_model_name"] = [ns["_model"]]
+    # vLLM's CPU backend sizes its KV cache from this variable (whole GiB); so does the simulator.
+    cpu_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "").strip()
+    if cpu_space and "kv_cache_memory_bytes" not in given:
+        given["kv_cache_memory_bytes"] = int(cpu_space) * 2**30
     return SimSettings(**given)

@@ -1,0 +1,95 @@
+"""``vgate tune`` end to end on the simulator: real workers and gateway, a real grid, a report.
+
+The grid has one configuration the engine refuses (too little memory for its KV cache): the
+run must record it as infeasible with the engine's own words and carry on; a resumed run
+must not repeat a trial; ``--report`` must rebuild the same table from the directory.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vgate_operator.spec import parse_spec
+
+pytestmark = pytest.mark.timeout(240)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "dry-run.yaml"
+
+
+def _tune(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vgate", "tune", *args], capture_output=True, text=True, timeout=200
+    )
+
+
+def test_a_small_tuning_on_the_simulator_ranks_reports_and_patches(tmp_path: Path) -> None:
+    results = tmp_path / "run"
+    args = [
+        "-f", str(EXAMPLE), "--scenario", "D(64,24)", "--concurrency", "1,8", "--requests", "16",
+        "--grid", "max-num-seqs=1,8", "--grid", "gpu-memory-utilization=0.05,0.9",
+        "--tpot-p99-ms", "40", "--results", str(results),
+        # Calibrated-looking timing, slowed so batching matters more than the machine's noise.
+        "--worker-arg=--decode-step-s=0.004", "--worker-arg=--decode-batch-slope=0.05",
+    ]  # fmt: skip
+    done = _tune(*args)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((results / "report.json").read_text())["rows"]
+    by_settings = {r["settings"]: r for r in rows}
+    assert len(rows) == 5  # four grid points and the manifest's own settings
+    # Too little memory: the engine's own reason, not a crash of the run.
+    starved = by_settings["max-num-seqs=1,gpu-memory-utilization=0.05"]
+    assert starved["status"] == "infeasible"
+    assert "No available memory for the cache blocks" in starved["why"]
+    # Batching eight sequences serves eight clients faster than one at a time.
+    wide, narrow = (
+        by_settings["max-num-seqs=8,gpu-memory-utilization=0.9"],
+        by_settings["max-num-seqs=1,gpu-memory-utilization=0.9"],
+    )
+    assert wide["goodput"] > 2 * narrow["goodput"]
+    assert rows[0]["status"] == "ok"
+    assert rows[0]["config"].get("max-num-seqs", 64) > 1
+    assert "| 1 |" in done.stdout
+    assert "Winner:" in done.stdout
+    for png in ("throughput-vs-ttft.png", "winner-latency.png"):
+        assert (results / png).read_bytes().startswith(b"\x89PNG")
+    patch = yaml.safe_load((results / "patch.yaml").read_text())
+    parse_spec(patch["metadata"]["name"], patch["spec"])  # the operator accepts the winner
+
+    # The same directory is not silently reused by a new run.
+    reused = _tune(*args)
+    assert reused.returncode == 2
+    assert "already holds a run" in reused.stderr
+    # A finished run resumes without repeating a trial, and its report is rebuilt from disk.
+    trials = (results / "trials.jsonl").read_text()
+    again = _tune("--resume", str(results))
+    assert again.returncode == 0, again.stderr
+    assert (results / "trials.jsonl").read_text() == trials
+    rebuilt = _tune("--report", str(results))
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert rebuilt.stdout.split("\n| 1 |")[1] == done.stdout.split("\n| 1 |")[1]
+    assert (results / "trials.jsonl").read_text() == trials
+
+    # New targets re-score the saved requests without a new trial: an impossible TPOT fails everyone.
+    strict = _tune("--report", str(results), "--tpot-p99-ms", "0.001")
+    assert strict.returncode == 1
+    assert "No configuration met the targets" in strict.stdout
+    assert "p99 TPOT" in strict.stdout
+    assert len((results / "trials.jsonl").read_text().splitlines()) == len(trials.splitlines())
+
+
+def test_bad_input_is_one_clear_line() -> None:
+    for args, message in (
+        (["--scenario", "D(100)", "--grid", "max-num-seqs=1"], "expected D(in,out)"),
+        (["--grid", "max-num-seq=1"], "unknown setting 'max-num-seq'"),
+        (["--grid", "max-num-seqs=1", "-f", "/nonexistent.yaml"], "/nonexistent.yaml"),
+    ):
+        done = _tune(*args)
+        assert done.returncode == 2
+        assert done.stderr.startswith("vgate tune: error: ")
+        assert message in done.stderr

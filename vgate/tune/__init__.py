@@ -1,0 +1,1 @@
+"""``vgate tune``: search vLLM's engine settings for the most goodput within latency targets."""
