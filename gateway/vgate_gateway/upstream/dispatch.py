@@ -51,6 +51,8 @@ from vgate_gateway.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
+#: Why a model's queue refuses a request (``vgate_queue_refused_requests_total{reason}``).
+REFUSALS = ("full", "timeout", "deadline", "shed")
 #: Seconds a request may wait, as the histogram's buckets see them (a GPU cold start is tens of seconds).
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
@@ -134,10 +136,20 @@ class Dispatcher:
         pool.listen(self._wake_all)
 
     def capacity(self, model: str) -> int:
+        """Requests one worker of ``model`` takes from this process before it counts as saturated."""
         known = self._capacity.get(model)
-        if known is None:
-            known = self._capacity[model] = self._settings.for_model(model).capacity or 1
-        return known
+        if known is not None:
+            return known
+        capacity = self._settings.for_model(model).capacity or 1
+        # Only a model served here gets series of its own: clients choose model names.
+        if model in self._settings.declared_models() or self._pool.known_model(model):
+            self._capacity[model] = capacity
+            self._metrics.wait.labels(model)  # its series exist from now on, 0 until something waits
+            for priority in CLASSES:
+                self._metrics.class_wait.labels(model, priority.label)
+            for reason in REFUSALS:
+                self._metrics.refused.labels(model, reason)
+        return capacity
 
     def take_free(self, req: Request, exclude: Sequence[str] = ()) -> Upstream | None:
         """A worker that can take ``req`` now, begun, if no request of its model is waiting; else None."""
