@@ -16,7 +16,6 @@ import json
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.stack import SUT_CPU, Gateway, gateway, metric_total, other_cpus, pinned, vgate_service
-from vgate import procs
+from vgate import procs, redis_server
 from vgate.procs import free_port
 from vgate.waiting import wait_for
 from vgate_gateway.upstream.loadstats import metric_sums
@@ -310,18 +309,19 @@ LIMITER_KEYS = f"{LIMITER_KEY} id=bench rpm=100000000 tpm=1000000000\n"
 
 @contextmanager
 def _redis(logs: Path) -> Iterator[str]:
-    """Debian's redis-server on a free port, on the cores the gateway does not use."""
-    binary = shutil.which("redis-server")
+    """A local redis-server on a free port, on the cores the gateway does not use."""
+    binary = redis_server.binary()
     if binary is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        raise RuntimeError(redis_server.MISSING)
     port = free_port()
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    with procs.running(pinned(cmd, other_cpus()), log=logs / "redis.log") as redis:
+    with procs.running(
+        pinned(redis_server.argv(binary, port), other_cpus()), log=logs / "redis.log"
+    ) as redis:
 
         def pong() -> bool:
             if not redis.alive():
                 raise RuntimeError(f"redis-server stopped:\n{redis.log_tail()}")
-            return subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0
+            return redis_server.ping(port)
 
         wait_for(pong, "redis-server to answer PING", within=10, interval=0.05)
         yield f"redis://127.0.0.1:{port}/0"

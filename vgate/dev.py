@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -48,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY",
         help="require this API key (repeatable); without it the loopback gateway is open",
     )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME[=SOURCE]",
+        help="declare a LoRA adapter of the model, repeatable; the workers load it on demand "
+        "(SOURCE: a Hugging Face id or a path, default org/NAME)",
+    )
+    p.add_argument("--max-loras", type=int, default=4, help="adapter slots per worker (default 4)")
     p.add_argument(
         "--internal-port",
         type=int,
@@ -110,6 +120,11 @@ def main(argv: Sequence[str]) -> int:
     if args.monitoring and prometheus_binary() is None:
         print(f"vgate dev: --monitoring: {INSTALL_HINT}", file=sys.stderr)
         return 2
+    try:
+        adapters = _adapters(args.adapter, args.model)
+    except ValueError as exc:
+        print(f"vgate dev: {exc}", file=sys.stderr)
+        return 2
     worker_ports = [args.port + 1 + i for i in range(args.workers)]
     internal_port = args.internal_port or args.port + 1 + args.workers
     # The components stay in this command's process group: Ctrl-C in the terminal reaches them all.
@@ -123,9 +138,11 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
+        lora = ["--enable-lora", "--max-loras", str(args.max_loras)] if adapters else []
+        worker_env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if adapters else None
         for port in worker_ports:
             cmd = vgate_argv("worker", "--dry-run", "--port", str(port), "--served-model-name", args.model)
-            children.append(start([*cmd, *args.worker_arg], group=False))
+            children.append(start([*cmd, *lora, *args.worker_arg], env=worker_env, group=False))
         # The gateway starts once the workers answer, so its first health round finds them up
         # and its /ready means a client's first request is served.
         # A worker that dies or stalls is reported by the loop below; the others still serve.
@@ -140,6 +157,9 @@ def main(argv: Sequence[str]) -> int:
         env = {**os.environ, "VGATE_ENDPOINTS": endpoints}
         if args.api_key:
             env["VGATE_API_KEYS_FILE"] = _keys_file(args.api_key)
+        if adapters:
+            env["VGATE_ADAPTERS"] = json.dumps(adapters)
+            env["VGATE_MAX_LORAS"] = str(args.max_loras)
         gateway_cmd = vgate_argv("gateway", "--port", str(args.port), "--internal-port", str(internal_port))
         if args.routing:
             gateway_cmd += ["--routing", args.routing]
@@ -182,6 +202,17 @@ def main(argv: Sequence[str]) -> int:
         return 0
     finally:
         stop_all(children)
+
+
+def _adapters(flags: Sequence[str], model: str) -> dict[str, dict[str, str]]:
+    """``--adapter NAME[=SOURCE]`` flags as the gateway's ``adapters`` setting."""
+    out: dict[str, dict[str, str]] = {}
+    for flag in flags:
+        name, _, source = flag.partition("=")
+        if not name or name == model or name in out:
+            raise ValueError(f"--adapter {flag!r}: the name must be new and differ from the model's")
+        out[name] = {"base": model, "source": source or f"org/{name}"}
+    return out
 
 
 def _autoscaled(args: argparse.Namespace) -> int:

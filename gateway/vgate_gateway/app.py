@@ -33,6 +33,7 @@ from vgate_gateway.ops.app import build_internal_app
 from vgate_gateway.ops.fleet_metrics import FleetCollector
 from vgate_gateway.ops.state import GatewayState
 from vgate_gateway.settings import GatewaySettings
+from vgate_gateway.upstream.adapters import AdapterManager
 from vgate_gateway.upstream.client import AiohttpClient, UpstreamClient
 from vgate_gateway.upstream.dispatch import Dispatcher, QueueDepth, QueueMetrics
 from vgate_gateway.upstream.health import HealthChecker
@@ -167,8 +168,16 @@ def build_app(
     router = Router(
         pool,
         settings.routing,
-        settings.routing_per_model,
-        declared_models=settings.declared_models(),
+        # An adapter is routed by its base model's strategy (an instance of its own).
+        {
+            **{
+                a: settings.routing_per_model[c.base]
+                for a, c in settings.adapters.items()
+                if c.base in settings.routing_per_model
+            },
+            **settings.routing_per_model,
+        },
+        declared_models=settings.declared_models() | frozenset(settings.adapters),
         session_header=settings.session_header,
         retry_after_s=settings.retry_after_s,
     )
@@ -216,8 +225,11 @@ def build_app(
                 settings.retry_after_s,
             )
 
+            adapters = AdapterManager(settings, pool, client)
+            dispatcher.use_adapters(adapters)
+
             def model_cards() -> list[dict[str, Any]]:
-                return [{**health.model_cards.get(m, {}), "id": m} for m in pool.models()]
+                return _model_cards(settings, pool, health.model_cards)
 
             def readiness() -> tuple[bool, list[str]]:
                 return health.settled.is_set(), pool.models()
@@ -236,6 +248,7 @@ def build_app(
                 started_at=time.monotonic(),
                 stats_sections={
                     "queues": dispatcher.stats,
+                    "adapters": adapters.stats,
                     **pipeline.stats_sections(),
                     "admission": lambda: {
                         "max_inflight": admission.limit,
@@ -248,7 +261,7 @@ def build_app(
             )
             tasks = [
                 _background(source.run(publish), "discovery"),
-                _background(health.run(), "health checks"),
+                _background(health.run(adapters.reconcile), "health checks"),
             ]
             if keys.enabled:
                 tasks.append(_background(keys.watch(), "API key reloads"))
@@ -266,6 +279,7 @@ def build_app(
                 for task in reversed(tasks):
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                await adapters.close()
                 if limiter is not None:
                     await limiter.close()
         finally:
@@ -273,6 +287,26 @@ def build_app(
             await health_client.close()
 
     return Gateway(settings, running)
+
+
+def _model_cards(
+    settings: GatewaySettings, pool: UpstreamPool, cards: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """``GET /v1/models``: the models served now, and the adapters of those models, as vLLM lists them.
+
+    A declared adapter is listed once its base model is served (a request for it loads it);
+    without declared adapters, the adapters the workers have loaded are listed as they are.
+    """
+    served = pool.models()
+    out = [{**cards.get(m, {}), "id": m} for m in served]
+    if settings.adapters:
+        for name, adapter in sorted(settings.adapters.items()):
+            if adapter.base in served:
+                card = {"object": "model", "owned_by": "vllm", "created": 0, "max_model_len": None}
+                out.append({**card, "id": name, "root": adapter.source, "parent": adapter.base})
+        return out
+    loaded = sorted({a for u in pool.all() if u.routable for a in u.adapters})
+    return out + [{**cards.get(a, {}), "id": a} for a in loaded]
 
 
 def app_from_env() -> Gateway:

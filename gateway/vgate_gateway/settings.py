@@ -36,9 +36,24 @@ class ModelSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     capacity: int | None = Field(None, ge=1)
+    #: LoRA adapters one worker of the model keeps loaded (vLLM's ``--max-loras``).
+    max_loras: int | None = Field(None, ge=1)
     queue_max_requests: int | None = Field(None, ge=0)
     queue_max_bytes: int | None = Field(None, ge=0)
     queue_timeout_s: float | None = Field(None, ge=0)
+
+
+class AdapterSettings(BaseModel):
+    """One declared LoRA adapter: what clients name in ``model`` is the key of ``adapters``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The base model the adapter was trained on (a served model name).
+    base: str = Field(min_length=1)
+    #: Where vLLM loads it from: a path on the workers' model cache, or a Hugging Face id.
+    source: str = Field(min_length=1)
+    #: Workers that keep it loaded whatever its traffic (0: loaded on demand only).
+    min_workers: int = Field(0, ge=0)
 
 
 class GatewaySettings(BaseSettings):
@@ -103,6 +118,20 @@ class GatewaySettings(BaseSettings):
     queue_policy: Literal["fair", "fifo"] = "fair"
     #: Per-model overrides of ``worker_capacity`` and the queue settings.
     model_settings: dict[str, ModelSettings] = Field(default_factory=dict)
+
+    # -- LoRA adapters (docs/lora.md)
+    #: Declared adapters, by the name clients use: loaded on workers of their base model on
+    #: demand (vLLM's runtime adapter API), routed to where they are loaded.
+    adapters: dict[str, AdapterSettings] = Field(default_factory=dict)
+    #: Adapters one worker keeps loaded, unless the model sets its own ``max_loras``.
+    max_loras: int = Field(4, ge=1)
+    #: Adapter loads this gateway process has in flight at once, over all workers.
+    adapter_loads_in_flight: int = Field(2, ge=1)
+    #: A popular adapter is loaded on one more worker when every worker holding it has this
+    #: many more requests in flight than the least busy worker of its base model.
+    adapter_spread_imbalance: int = Field(4, ge=1)
+    #: After a worker failed to load an adapter, it is not asked again for this long.
+    adapter_retry_s: float = Field(30.0, gt=0)
 
     # -- routing
     #: A strategy of ``vgate_gateway.upstream.routing.STRATEGIES`` (checked when the router is built).
@@ -274,6 +303,7 @@ class GatewaySettings(BaseSettings):
             )
         if self.endpoints_file is not None and self.endpoints:
             raise ValueError("set either 'endpoints' or 'endpoints_file', not both")
+        self._check_adapters()
         if self.max_inflight > self.max_connections:
             # Admission control must refuse before the upstream pool would make requests wait.
             raise ValueError(
@@ -281,19 +311,51 @@ class GatewaySettings(BaseSettings):
             )
         return self
 
+    def _check_adapters(self) -> None:
+        bases = frozenset(self.models) | frozenset(self.services) | frozenset(self.model_settings)
+        bases |= {a.base for a in self.adapters.values()}
+        for name, adapter in self.adapters.items():
+            if name in bases:
+                raise ValueError(f"adapter {name!r} has the name of a model; adapter names must be their own")
+            if adapter.base in self.adapters:
+                raise ValueError(f"adapter {name!r}: its base {adapter.base!r} is an adapter, not a model")
+        for base in {a.base for a in self.adapters.values()}:
+            pinned = sum(1 for a in self.adapters.values() if a.base == base and a.min_workers)
+            slots = self.for_model(base).max_loras or self.max_loras
+            if pinned > slots:
+                raise ValueError(
+                    f"model {base!r}: {pinned} adapters have min_workers > 0 but a worker has {slots} "
+                    "adapter slots (max_loras); they cannot all stay loaded"
+                )
+
+    def base_of(self, model: str) -> str:
+        """The base model of an adapter, or ``model`` itself."""
+        adapter = self.adapters.get(model)
+        return adapter.base if adapter is not None else model
+
     def for_model(self, model: str) -> ModelSettings:
-        """``model``'s capacity and queue bounds: its own where set, the gateway-wide ones otherwise."""
+        """``model``'s capacity and queue bounds: its own where set, the gateway-wide ones otherwise.
+
+        An adapter runs on its base model's workers, so it has its base model's settings.
+        """
+        model = self.base_of(model)
         own = self.model_settings.get(model) or ModelSettings()
         return ModelSettings(
             capacity=own.capacity or self.worker_capacity,
+            max_loras=own.max_loras or self.max_loras,
             queue_max_requests=_first(own.queue_max_requests, self.queue_max_requests),
             queue_max_bytes=_first(own.queue_max_bytes, self.queue_max_bytes),
             queue_timeout_s=_first(own.queue_timeout_s, self.queue_timeout_s),
         )
 
     def declared_models(self) -> frozenset[str]:
-        """Every model this gateway is told it serves, before any worker says so."""
-        return frozenset(self.models) | frozenset(self.services) | frozenset(self.model_settings)
+        """Every model this gateway is told it serves, before any worker says so (adapters' bases too)."""
+        return (
+            frozenset(self.models)
+            | frozenset(self.services)
+            | frozenset(self.model_settings)
+            | frozenset(a.base for a in self.adapters.values())
+        )
 
     @classmethod
     def settings_customise_sources(

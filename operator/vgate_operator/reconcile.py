@@ -17,11 +17,19 @@ import aiohttp
 import kopf
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from vgate_operator.autoscale.load import LOAD_PATH, gateway_urls
 from vgate_operator.builders import Owner, build_all
 from vgate_operator.builders.common import GROUP, KIND, Manifest
 from vgate_operator.k8s import KubeApi
-from vgate_operator.spec import InvalidSpecError, parse_spec
-from vgate_operator.status import failed_status, healthy_status, new_deprecation, now_iso, status_patch
+from vgate_operator.spec import InvalidSpecError, VGateDeploymentSpec, gateway_name, parse_spec
+from vgate_operator.status import (
+    adapter_status,
+    failed_status,
+    healthy_status,
+    new_deprecation,
+    now_iso,
+    status_patch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +108,7 @@ async def _reconcile(
             return result.writes
         raise kopf.TemporaryError(message, delay=delays[1])
     status = healthy_status(owner, spec, generation, result.live)
+    status["adapters"] = await _adapters(api, owner, spec)
     deprecated = new_deprecation(previous, status)
     if deprecated is not None:
         log.warning("%s/%s: %s", owner.namespace, owner.name, deprecated)
@@ -107,6 +116,43 @@ async def _reconcile(
     if result.writes:
         log.info("%s/%s: %d child object(s) written", owner.namespace, owner.name, result.writes)
     return result.writes
+
+
+#: How long the operator waits for a gateway's /stats (adapter counts) before leaving it out.
+STATS_TIMEOUT_S = 2.0
+
+
+async def _adapters(api: KubeApi, owner: Owner, spec: VGateDeploymentSpec) -> list[dict[str, Any]]:
+    """Where each declared adapter is loaded, read from the gateway pods' internal ``/stats``.
+
+    The gateways learn it from every worker's ``/v1/models``. They are found as the
+    autoscaler finds them, through their Service's EndpointSlices: no permission beyond
+    what the operator holds already. The most workers any gateway saw wins (a gateway
+    that started a moment ago may not have seen a load yet); none answering leaves the
+    counts out.
+    """
+    if not any(m.adapters for m in spec.models):
+        return []
+    service = gateway_name(owner.name)
+    try:
+        slices = await api.select("EndpointSlice", owner.namespace, f"kubernetes.io/service-name={service}")
+    except (ApiException, aiohttp.ClientError) as exc:
+        log.debug("%s/%s: gateway endpoints not readable: %s", owner.namespace, owner.name, exc)
+        slices = []
+    urls = [url.removesuffix(LOAD_PATH) + "/stats" for url in gateway_urls(slices)]
+    seen: list[Mapping[str, Any]] = []
+    timeout = aiohttp.ClientTimeout(total=STATS_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for url in urls:
+            try:
+                async with session.get(url) as resp:
+                    body = await resp.json(content_type=None) if resp.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                log.debug("%s/%s: %s not readable: %s", owner.namespace, owner.name, url, exc)
+                continue
+            if isinstance(body, dict) and isinstance(body.get("adapters"), dict):
+                seen.append(body["adapters"])
+    return adapter_status(spec, seen or None)
 
 
 async def refresh_status(api: KubeApi, namespace: str, name: str, uid: str) -> bool:
@@ -135,7 +181,9 @@ async def refresh_status(api: KubeApi, namespace: str, name: str, uid: str) -> b
             if manifest["kind"] == "Deployment":
                 key = (manifest["kind"], manifest["metadata"]["name"])
                 live[key] = await api.get("Deployment", namespace, key[1])
-        changes = status_patch(previous, healthy_status(owner, spec, generation, live), now_iso())
+        new = healthy_status(owner, spec, generation, live)
+        new["adapters"] = previous.get("adapters") or []  # the resync reads them again
+        changes = status_patch(previous, new, now_iso())
         return bool(changes) and await api.patch_status(namespace, name, changes)
 
 

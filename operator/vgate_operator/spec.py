@@ -104,6 +104,22 @@ class ModelResources(SchemaModel):
     memory: Quantity | None = None
 
 
+#: vLLM's ``--max-lora-rank`` when none is given.
+VLLM_DEFAULT_MAX_LORA_RANK = 16
+
+
+class AdapterSpec(SchemaModel):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+    """What clients put in `model` to use the adapter; unique among models and adapters."""
+    source: str = Field(min_length=1)
+    """Where vLLM loads it from: a path in the worker pod (the model cache is mounted at
+    /models), or a Hugging Face id."""
+    min_workers: int = Field(0, ge=0, le=100)
+    """Workers that keep the adapter loaded whatever its traffic (0: loaded on demand)."""
+    rank: int | None = Field(None, ge=1)
+    """The adapter's LoRA rank, when known: checked against maxLoraRank."""
+
+
 class ModelSpec(SchemaModel):
     name: str = Field(pattern=DNS_LABEL, max_length=40)
     """Served model name (the `model` clients send). Also names child objects, so it must be a
@@ -131,6 +147,16 @@ class ModelSpec(SchemaModel):
     resources: ModelResources = Field(default_factory=ModelResources)
     routing: Routing | None = None
     """Overrides gateway.routing for this model."""
+    max_loras: int | None = Field(None, ge=1, le=256)
+    """LoRA adapter slots per worker (vLLM's --max-loras); setting it enables LoRA on the
+    workers. Adapters are then added and removed without restarting them."""
+    max_lora_rank: int | None = Field(None, ge=1, le=512)
+    """The largest adapter rank the workers serve (vLLM's --max-lora-rank, default 16)."""
+    max_cpu_loras: int | None = Field(None, ge=1, le=1024)
+    """Adapters vLLM caches in CPU memory (--max-cpu-loras), at least maxLoras."""
+    adapters: list[AdapterSpec] = Field(default_factory=list)
+    """LoRA adapters of this model: loaded on the workers where their requests go, through
+    vLLM's runtime adapter API (no restart when this list changes)."""
     autoscaling: AutoscalingSpec | None = None
     """Scale the workers on load; replicas is then ignored (see docs/autoscaling.md)."""
     queue: QueueSpec = Field(default_factory=QueueSpec)
@@ -351,9 +377,11 @@ def check_spec(name: str, spec: VGateDeploymentSpec) -> list[str]:
         problems += _check_quantization(where, model)
         if spec.worker.dry_run and model.resources.gpus is not None:
             problems.append(f"{where}: resources.gpus cannot be set with worker.dryRun (simulated workers)")
+        problems += _check_adapters(where, model)
         child = worker_name(name, model.name)
         if len(child) > MAX_CHILD_NAME:
             problems.append(f"{where}: child name {child!r} exceeds {MAX_CHILD_NAME} characters")
+    problems += _check_adapter_names(spec)
     ingress = spec.ingress
     if ingress.enabled and ingress.tls is not None and not ingress.host:
         problems.append("ingress: tls needs a host")
@@ -365,6 +393,47 @@ def check_spec(name: str, spec: VGateDeploymentSpec) -> list[str]:
         )
     if len(gateway_name(name)) > MAX_CHILD_NAME:
         problems.append(f"resource name {name!r} is too long for its child objects")
+    return problems
+
+
+def _check_adapters(where: str, model: ModelSpec) -> list[str]:
+    """An adapter's rank within maxLoraRank, no more pinned adapters than slots, LoRA enabled."""
+    if not model.adapters:
+        return []
+    if model.max_loras is None:
+        return [
+            f"{where}: adapters need maxLoras (LoRA slots per worker; setting it restarts the workers once)"
+        ]
+    problems = []
+    max_rank = model.max_lora_rank or VLLM_DEFAULT_MAX_LORA_RANK
+    for adapter in model.adapters:
+        if adapter.rank is not None and adapter.rank > max_rank:
+            problems.append(
+                f"{where}: adapter {adapter.name!r} has rank {adapter.rank}, above maxLoraRank {max_rank}"
+            )
+    pinned = [a.name for a in model.adapters if a.min_workers]
+    if len(pinned) > model.max_loras:
+        problems.append(
+            f"{where}: {len(pinned)} adapters have minWorkers > 0 ({', '.join(pinned)}) but a worker has "
+            f"{model.max_loras} adapter slots (maxLoras); they cannot all stay loaded"
+        )
+    if model.max_cpu_loras is not None and model.max_cpu_loras < model.max_loras:
+        problems.append(f"{where}: maxCpuLoras ({model.max_cpu_loras}) must be at least maxLoras")
+    return problems
+
+
+def _check_adapter_names(spec: VGateDeploymentSpec) -> list[str]:
+    """Adapter names are what clients put in ``model``: none may be a model's or another adapter's."""
+    models = {m.name for m in spec.models}
+    seen: set[str] = set()
+    problems = []
+    for model in spec.models:
+        for adapter in model.adapters:
+            if adapter.name in models:
+                problems.append(f"adapter {adapter.name!r} of model {model.name!r} has the name of a model")
+            elif adapter.name in seen:
+                problems.append(f"adapter {adapter.name!r}: duplicate adapter name")
+            seen.add(adapter.name)
     return problems
 
 

@@ -9,7 +9,7 @@ the clock, and writes only what changed.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,6 +43,15 @@ class ModelStatus(SchemaModel):
     ready_replicas: int | None = None
 
 
+class AdapterStatus(SchemaModel):
+    name: str | None = None
+    model: str | None = None
+    """The base model the adapter runs on."""
+    loaded_workers: int | None = None
+    """Workers that have the adapter loaded, as the gateway last saw them (absent: unknown)."""
+    min_workers: int | None = None
+
+
 # The status this module writes; the CRD's status schema is generated from it (crd.py).
 class VGateDeploymentStatus(SchemaModel):
     """Observed state, written by the operator: conditions, replica counts, where to reach the gateway."""
@@ -53,6 +62,8 @@ class VGateDeploymentStatus(SchemaModel):
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     models: list[ModelStatus] = Field(default_factory=list)
+    adapters: list[AdapterStatus] = Field(default_factory=list)
+    """Each declared LoRA adapter and how many workers have it loaded."""
     ready_workers: str | None = None
     model_replicas: str | None = None
     """Each model's ready/desired workers, e.g. qwen=1/2 llama=0/0."""
@@ -266,6 +277,32 @@ def healthy_status(
         "gatewayURL": f"http://{gateway_name(owner.name)}.{owner.namespace}.svc:{HTTP_PORT}",
         "ingressHost": (spec.ingress.host or "") if spec.ingress.enabled else "",
     }
+
+
+def adapter_status(
+    spec: VGateDeploymentSpec, seen: Sequence[Mapping[str, Any]] | None
+) -> list[dict[str, Any]]:
+    """Each declared adapter and its loaded workers, from the ``adapters`` sections of the
+    gateways' ``/stats`` (the most any gateway saw; None when none could be read: the counts
+    are left out)."""
+    out = []
+    for model in spec.models:
+        for adapter in model.adapters:
+            row: dict[str, Any] = {
+                "name": adapter.name,
+                "model": model.name,
+                "minWorkers": adapter.min_workers,
+            }
+            counts = [
+                len(entry["loaded_on"])
+                for stats in seen or ()
+                if isinstance(entry := stats.get(adapter.name), Mapping)
+                and isinstance(entry.get("loaded_on"), list)
+            ]
+            if counts:
+                row["loadedWorkers"] = max(counts)
+            out.append(row)
+    return out
 
 
 def new_deprecation(previous: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:

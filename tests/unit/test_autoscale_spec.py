@@ -193,7 +193,7 @@ def test_keda_maps_the_settings() -> None:
     selector = 'namespace="llm",service="demo-gateway",model="qwen"'
     assert meta["query"] == (
         f"sum(avg_over_time(vgate_queue_depth{{{selector}}}[60s])) + "
-        f"sum(avg_over_time(vgate_inflight_by_model{{{selector}}}[60s]))"
+        f"sum(avg_over_time(vgate_model_inflight{{{selector}}}[60s]))"
     )
 
 

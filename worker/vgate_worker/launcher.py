@@ -69,8 +69,25 @@ def build_vllm_argv(settings: WorkerSettings, passthrough: Sequence[str] = ()) -
         argv.append(
             "--enable-chunked-prefill" if settings.enable_chunked_prefill else "--no-enable-chunked-prefill"
         )
+    argv += _lora_flags(settings)
     argv += ["--host", settings.host, "--port", str(settings.port)]
     return argv + shlex.split(settings.extra_args) + list(passthrough)
+
+
+#: vLLM registers /v1/load_lora_adapter and /v1/unload_lora_adapter only when this is true.
+RUNTIME_LORA_ENV = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+
+
+def _lora_flags(settings: WorkerSettings) -> list[str]:
+    """``--enable-lora`` and its sizes when ``max_loras`` is set: adapters then load at run time."""
+    if settings.max_loras is None:
+        return []
+    flags = ["--enable-lora", "--max-loras", str(settings.max_loras)]
+    if settings.max_lora_rank is not None:
+        flags += ["--max-lora-rank", str(settings.max_lora_rank)]
+    if settings.max_cpu_loras is not None:
+        flags += ["--max-cpu-loras", str(settings.max_cpu_loras)]
+    return flags
 
 
 def redact(argv: Sequence[str]) -> list[str]:
@@ -295,6 +312,7 @@ def _parser() -> argparse.ArgumentParser:
     for flag in (
         "model", "served-model-name", "max-model-len", "gpu-memory-utilization", "max-num-seqs",
         "max-num-batched-tokens", "dtype", "tensor-parallel-size", "host", "port", "download-dir", "extra-args",
+        "max-loras", "max-lora-rank", "max-cpu-loras",
     ):  # fmt: skip
         p.add_argument(f"--{flag}", default=None)
     p.add_argument("--quantization", default=None, choices=QUANTIZATIONS)
@@ -369,6 +387,8 @@ def run(
         print(f"vgate worker: error: {exc}", file=sys.stderr)
         return 2
     token_source = _prepare_env(env)
+    if settings.max_loras is not None:
+        env[RUNTIME_LORA_ENV] = "True"  # the gateway loads and unloads adapters at run time
     if token_source:
         log.info("Hugging Face token: from %s", token_source)
     log.info("starting vLLM: %s", shlex.join(redact(cmd)))

@@ -51,6 +51,10 @@ class WorkerSettings(BaseSettings):
     download_dir: str | None = None
     extra_args: str = Field("", description="shell-quoted vLLM flags appended last")
     device: Device = "auto"
+    # LoRA: set max_loras to serve adapters (loaded at run time through vLLM's adapter API).
+    max_loras: int | None = Field(None, gt=0, description="adapters in one batch; enables LoRA")
+    max_lora_rank: int | None = Field(None, gt=0)
+    max_cpu_loras: int | None = Field(None, gt=0)
 
     @field_validator("quantization", mode="before")
     @classmethod
@@ -69,6 +73,9 @@ class WorkerSettings(BaseSettings):
         "max_num_batched_tokens",
         "enable_chunked_prefill",
         "kv_cache_dtype",
+        "max_loras",
+        "max_lora_rank",
+        "max_cpu_loras",
         mode="before",
     )
     @classmethod

@@ -35,6 +35,7 @@ from prometheus_client.registry import Collector
 from vgate_gateway.errors import OpenAIError, model_not_found, unavailable
 from vgate_gateway.protocol import Request, Usage
 from vgate_gateway.settings import GatewaySettings
+from vgate_gateway.upstream.adapters import AdapterManager
 from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 from vgate_gateway.upstream.queue import (
     CLASSES,
@@ -133,7 +134,14 @@ class Dispatcher:
             self.capacity(model)
         #: Requests in flight to each model's workers.
         self.inflight: dict[str, int] = {}
+        #: LoRA adapters: a request for one waits in its own queue while it is loaded somewhere.
+        self._adapters: AdapterManager | None = None
         pool.listen(self._wake_all)
+
+    def use_adapters(self, adapters: AdapterManager) -> None:
+        """Declared LoRA adapters are loaded by ``adapters`` when their requests must wait."""
+        self._adapters = adapters
+        adapters.bind(lambda name: len(self._models[name].queue) if name in self._models else 0, self.fail)
 
     def capacity(self, model: str) -> int:
         """Requests one worker of ``model`` takes from this process before it counts as saturated."""
@@ -154,6 +162,9 @@ class Dispatcher:
     def take_free(self, req: Request, exclude: Sequence[str] = ()) -> Upstream | None:
         """A worker that can take ``req`` now, begun, if no request of its model is waiting; else None."""
         model = req.model
+        adapters = self._adapters
+        if adapters is not None and adapters.undeclared(model):
+            raise model_not_found(model)
         known = self._models.get(model)
         if known is None or not len(known.queue) or exclude:
             up = self._router.pick_free(req, self.capacity(model), exclude)
@@ -184,6 +195,8 @@ class Dispatcher:
         """A request to ``up`` for ``model`` is over; the next waiting request may take its place."""
         self._pool.end(up)
         self.inflight[model] -= 1
+        if self._adapters is not None and self._adapters.declared(model):
+            self._adapters.end(model, up)
         known = self._models.get(model)
         if known is not None and len(known.queue):
             self._drain(known)
@@ -204,6 +217,16 @@ class Dispatcher:
     def _begin(self, model: str, up: Upstream) -> None:
         self._pool.begin(up)
         self.inflight[model] = self.inflight.get(model, 0) + 1
+        if self._adapters is not None and self._adapters.declared(model):
+            self._adapters.begin(model, up)
+
+    def fail(self, model: str, error: OpenAIError) -> None:
+        """Refuse every request waiting for ``model`` with ``error`` (no worker can serve it)."""
+        known = self._models.get(model)
+        for waiting in list(known.queue) if known is not None else []:
+            known.queue.remove(waiting)  # type: ignore[union-attr]
+            if not waiting.granted.done():
+                waiting.granted.set_exception(error)
 
     def _model(self, model: str) -> _Model:
         known = self._models.get(model)
@@ -234,6 +257,8 @@ class Dispatcher:
         queue.add(waiting)
         if len(queue) == 1:
             log.info("model %s: no worker can take a request now; queueing", queue.model)
+        if self._adapters is not None and self._adapters.declared(queue.model):
+            self._adapters.want(queue.model)  # loaded somewhere while the request waits
         try:
             async with asyncio.timeout(patience):
                 return await waiting.granted
@@ -354,16 +379,20 @@ class Dispatcher:
         }
 
     def load(self) -> dict[str, dict[str, int]]:
-        """Per model: requests in flight, requests queued, and routable workers (``GET /load``)."""
-        models = set(self.inflight) | set(self._models) | set(self._settings.declared_models())
-        return {
-            m: {
-                "inflight": self.inflight.get(m, 0),
-                "queued": len(self._models[m].queue) if m in self._models else 0,
-                "ready_workers": len([u for u in self._pool.routable(m) if u.routable]),
-            }
-            for m in sorted(models)
-        }
+        """Per model: requests in flight, requests queued, and routable workers (``GET /load``).
+
+        An adapter's requests count towards its base model: they run on its workers.
+        """
+        base = self._settings.base_of
+        models = {base(m) for m in (*self.inflight, *self._models)} | self._settings.declared_models()
+        out = {m: {"inflight": 0, "queued": 0, "ready_workers": 0} for m in sorted(models)}
+        for m, n in self.inflight.items():
+            out[base(m)]["inflight"] += n
+        for m, known in self._models.items():
+            out[base(m)]["queued"] += len(known.queue)
+        for m, row in out.items():
+            row["ready_workers"] = len([u for u in self._pool.routable(m) if u.routable])
+        return out
 
     def stats(self) -> dict[str, Any]:
         """The ``queues`` section of ``/stats``: per model, its bounds, classes and keys."""
@@ -399,7 +428,10 @@ class Dispatcher:
 
 
 class QueueDepth(Collector):
-    """``vgate_queue_depth{model}`` and ``vgate_queue_class_depth{model,priority}``, read when Prometheus scrapes."""
+    """``vgate_queue_depth{model}``, ``vgate_queue_class_depth{model,priority}`` and
+    ``vgate_model_inflight{model}``, read from the dispatcher when Prometheus scrapes: every
+    model served or declared reports them, 0 when idle. The depth and in-flight sums over the
+    gateways are the load the autoscaler (and KEDA's query) reads."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
@@ -413,9 +445,14 @@ class QueueDepth(Collector):
             "Requests waiting for a worker of the model, per priority class",
             labels=["model", "priority"],
         )
+        inflight = GaugeMetricFamily(
+            "vgate_model_inflight", "Requests in flight to the model's workers", labels=["model"]
+        )
         for model, waiting in self._dispatcher.depths().items():
             depth.add_metric([model], sum(waiting))
+            inflight.add_metric([model], self._dispatcher.inflight.get(model, 0))
             for priority in CLASSES:
                 by_class.add_metric([model, priority.label], waiting[priority])
         yield depth
         yield by_class
+        yield inflight

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -57,11 +57,17 @@ class HealthChecker:
         """Check now (discovery changed the pool)."""
         self._wake.set()
 
-    async def run(self) -> None:
+    async def run(self, after_round: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Check every worker each interval; ``after_round`` acts on what the round found (adapters)."""
         while True:
             self._wake.clear()
             await self.check_all()
             self.settled.set()
+            if after_round is not None:
+                try:
+                    await after_round()
+                except Exception:  # a bug there must not stop the health checks
+                    log.exception("after the health round")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
 
@@ -74,6 +80,7 @@ class HealthChecker:
         self._known = current
 
     async def _check(self, up: Upstream) -> None:
+        epoch = up.adapter_epoch  # loads and unloads after this make the answer stale
         try:
             await self._expect_ok(f"{up.url}/health")
             body = await self._expect_ok(f"{up.url}/v1/models")
@@ -88,8 +95,10 @@ class HealthChecker:
         else:
             for card in cards:
                 self.model_cards[str(card["id"])] = card
-            served = frozenset(str(c["id"]) for c in cards)
-            if self._pool.passed(up, served):
+            # vLLM lists its LoRA adapters with the base model as ``parent``.
+            served = frozenset(str(c["id"]) for c in cards if not c.get("parent"))
+            adapters = frozenset(str(c["id"]) for c in cards if c.get("parent"))
+            if self._pool.passed(up, served, adapters, epoch):
                 log.info("worker %s is healthy, serving %s", up.url, sorted(served))
             await self._read_load(up)
         self._metrics.upstream_healthy.labels(up.url).set(1 if up.healthy else 0)

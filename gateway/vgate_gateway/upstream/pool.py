@@ -45,6 +45,10 @@ class Upstream:
     url: str
     declared_models: frozenset[str] = frozenset()
     served_models: frozenset[str] = frozenset()
+    #: LoRA adapters the worker has loaded (its /v1/models cards with a ``parent``).
+    adapters: frozenset[str] = frozenset()
+    #: Bumped by each load or unload this gateway made: a health check sent before it is stale.
+    adapter_epoch: int = 0
     ready: bool = True
     terminating: bool = False
     #: In rotation: passed a health check and not ejected since. False until the first pass.
@@ -75,7 +79,7 @@ class Upstream:
         return self.seen_healthy and self.ready and not self.terminating
 
     def serves(self, model: str) -> bool:
-        return model in self.models
+        return model in self.models or model in self.adapters
 
 
 class UpstreamPool:
@@ -123,11 +127,26 @@ class UpstreamPool:
         self.version += 1
         self._grew()
 
-    def passed(self, up: Upstream, served_models: frozenset[str] | None = None) -> bool:
-        """A health check (or a request) succeeded; True when this readmits the endpoint."""
+    def passed(
+        self,
+        up: Upstream,
+        served_models: frozenset[str] | None = None,
+        adapters: frozenset[str] | None = None,
+        adapter_epoch: int | None = None,
+    ) -> bool:
+        """A health check (or a request) succeeded; True when this readmits the endpoint.
+
+        ``adapters`` is taken only when ``adapter_epoch`` (read as the check was sent) is still
+        current: a check that crossed one of this gateway's loads or unloads reports the past.
+        """
         readmitted = not up.healthy
         up.consecutive_failures = 0
         grew = False
+        current = adapter_epoch is None or adapter_epoch == up.adapter_epoch
+        if adapters is not None and current and adapters != up.adapters:
+            up.adapters = adapters
+            self.version += 1
+            grew = True
         if served_models is not None and served_models != up.served_models:
             up.served_models = served_models
             self.version += 1
@@ -161,6 +180,21 @@ class UpstreamPool:
     def end(self, up: Upstream) -> None:
         """A request to ``up`` is over (answered, failed or abandoned)."""
         up.inflight -= 1
+
+    def adapter_loaded(self, up: Upstream, name: str) -> None:
+        """``up`` loaded the LoRA adapter ``name`` (its load call succeeded): it may take its requests."""
+        up.adapter_epoch += 1
+        if name not in up.adapters:
+            up.adapters = up.adapters | {name}
+            self.version += 1
+            self._grew()
+
+    def adapter_unloaded(self, up: Upstream, name: str) -> None:
+        """``up`` no longer has the adapter ``name``: it gets none of its new requests."""
+        up.adapter_epoch += 1
+        if name in up.adapters:
+            up.adapters = up.adapters - {name}
+            self.version += 1
 
     def set_load(self, up: Upstream, load: LoadStats) -> None:
         """The load ``up`` reported itself (its vLLM metrics)."""

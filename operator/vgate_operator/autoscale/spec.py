@@ -41,7 +41,7 @@ class AutoscalingSpec(SchemaModel):
     min_replicas: int = 1
     """0 lets the model scale to zero: the gateways queue its requests while a worker starts."""
     max_replicas: int | None = None
-    """Required (the CRD says so): the budget of GPUs this model may take."""
+    """The budget of GPUs this model may take: required (the operator reports it missing as InvalidSpec)."""
     target_per_replica: float | None = None
     """Load (requests in flight + queued) one replica should carry; unset: the model's maxNumSeqs, the batch a worker runs at once, so the fleet grows when requests start to wait."""
     stable_window_seconds: float = 60.0

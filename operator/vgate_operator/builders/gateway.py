@@ -55,17 +55,29 @@ def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
         "internal_port": INTERNAL_PORT,
         "processes": gw.processes,
         **_model_settings(spec),
+        **_adapter_settings(spec),
         **_security_settings(owner, spec),
     }
+
+
+def _adapter_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
+    """The declared LoRA adapters: the gateway loads them where their requests go and routes them."""
+    adapters = {
+        a.name: {"base": m.name, "source": a.source, "min_workers": a.min_workers}
+        for m in spec.models
+        for a in m.adapters
+    }
+    return {"adapters": adapters} if adapters else {}
 
 
 def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
     """Every model, and what each gateway replica may send it and queue for it.
 
-    A worker runs ``maxNumSeqs`` requests at once; each gateway replica counts only its own
-    in-flight requests, so it takes an equal share before it holds the rest in its queue.
+    A worker runs ``maxNumSeqs`` requests at once; each serving process of each gateway
+    replica counts only its own in-flight requests, so it takes an equal share before it holds
+    the rest in its queue.
     """
-    replicas = max(1, spec.gateway.replicas)
+    replicas = max(1, spec.gateway.replicas) * spec.gateway.processes
     return {
         "models": [m.name for m in spec.models],
         "model_settings": {
@@ -73,6 +85,7 @@ def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
                 "capacity": math.ceil(m.max_num_seqs / replicas),
                 "queue_max_requests": m.queue.max_requests,
                 "queue_timeout_s": m.queue.timeout_seconds,
+                **({"max_loras": m.max_loras} if m.max_loras is not None else {}),
             }
             for m in spec.models
         },

@@ -25,7 +25,7 @@ from vgate_operator.spec import ModelSpec, gateway_name, worker_name
 KEDA_API = "keda.sh/v1alpha1"
 #: The gateway's series, one per model and serving process (see docs/autoscaling.md).
 QUEUED_SERIES = "vgate_queue_depth"
-INFLIGHT_SERIES = "vgate_inflight_by_model"
+INFLIGHT_SERIES = "vgate_model_inflight"
 #: Seconds between HPA scale-up steps of at most ``MAX_SCALE_UP_RATE`` times.
 STEP_PERIOD_S = 15
 

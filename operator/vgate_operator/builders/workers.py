@@ -168,6 +168,9 @@ def _container(spec: VGateDeploymentSpec, model: ModelSpec) -> Manifest:
     # Never an empty list or value: the API server drops them, and what it drops would read as drift.
     if not dry_run:
         container["env"] = _vllm_env(spec, model)
+    elif model.max_loras is not None:
+        # vLLM (and the simulator) serve the runtime adapter API only when this is set.
+        container["env"] = [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}]
     if worker.image_pull_policy:
         container["imagePullPolicy"] = worker.image_pull_policy
     return container
@@ -179,6 +182,7 @@ def _dry_run_args(model: ModelSpec) -> list[str]:
         "--served-model-name", model.name,
         "--max-model-len", str(model.max_model_len),
         "--max-num-seqs", str(model.max_num_seqs),
+        *_dry_run_lora_args(model),
     ]  # fmt: skip
     # The simulator honours the scheduler settings too; only those set are passed.
     if model.max_num_batched_tokens is not None:
@@ -189,6 +193,26 @@ def _dry_run_args(model: ModelSpec) -> list[str]:
         )
     if not model.enable_prefix_caching:
         args.append("--no-enable-prefix-caching")
+    return args
+
+
+def _lora_sizes(model: ModelSpec) -> dict[str, int | None]:
+    """The LoRA sizes the workers start with. The adapters themselves are not here: they go to
+    the gateway's configuration, so adding or removing one never changes the pod template."""
+    return {
+        "max_loras": model.max_loras,
+        "max_lora_rank": model.max_lora_rank,
+        "max_cpu_loras": model.max_cpu_loras,
+    }
+
+
+def _dry_run_lora_args(model: ModelSpec) -> list[str]:
+    if model.max_loras is None:
+        return []
+    args = ["--enable-lora"]
+    for key, value in _lora_sizes(model).items():
+        if value is not None:
+            args += [f"--{key.replace('_', '-')}", str(value)]
     return args
 
 
@@ -215,6 +239,9 @@ def _vllm_env(spec: VGateDeploymentSpec, model: ModelSpec) -> list[Manifest]:
         values["VGATE_WORKER_KV_CACHE_DTYPE"] = model.kv_cache_dtype
     if model.engine_args:
         values["VGATE_WORKER_EXTRA_ARGS"] = shlex.join(model.engine_args)
+    for key, value in _lora_sizes(model).items():
+        if value is not None:
+            values[f"VGATE_WORKER_{key.upper()}"] = str(value)
     # Without --quantization vLLM reads the method from the checkpoint's config and picks the
     # fastest kernel the GPU has (awq_marlin for AWQ where supported).
     if model.quantization not in NO_QUANTIZATION_FLAG:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vgate_worker.sim import lora
 from vgate_worker.sim.engine import Engine
 from vgate_worker.sim.metrics import SimMetrics
 from vgate_worker.sim.protocol import ApiError, error_response
@@ -33,11 +34,12 @@ def build_app(settings: SimSettings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         log.info(
-            "dry-run worker serving %s (max_model_len=%d, max_num_seqs=%d, speed=%.3g)",
+            "dry-run worker serving %s (max_model_len=%d, max_num_seqs=%d, speed=%.3g%s)",
             ", ".join(settings.served_model_name),
             settings.max_model_len,
             settings.max_num_seqs,
             settings.speed,
+            f", LoRA: {settings.max_loras} slots" if settings.enable_lora else "",
         )
         try:
             yield
@@ -45,10 +47,14 @@ def build_app(settings: SimSettings) -> FastAPI:
             await engine.stop()
 
     app = FastAPI(title="vgate dry-run worker", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.sim = SimState(settings, engine)
+    adapters = lora.Adapters(settings)
+    app.state.sim = SimState(settings, engine, adapters)
+    app.state.adapters = adapters
     app.state.created = time.time()
     _install_error_handlers(app)
     app.include_router(inference_router)
+    if lora.runtime_updating():  # as vLLM: the adapter endpoints exist only when allowed
+        app.include_router(lora.router)
 
     @app.get("/health")
     async def health() -> Response:
@@ -59,7 +65,8 @@ def build_app(settings: SimSettings) -> FastAPI:
     async def models() -> dict[str, Any]:
         return {
             "object": "list",
-            "data": [_model_card(settings, name, app.state.created) for name in settings.served_model_name],
+            "data": [_model_card(settings, name, app.state.created) for name in settings.served_model_name]
+            + adapters.cards(app.state.created),
         }
 
     @app.get("/metrics")

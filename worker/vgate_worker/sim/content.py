@@ -54,10 +54,17 @@ def render_chat(messages: Sequence[tuple[str, str]]) -> str:
 
 
 def build_reply(
-    source: str, max_tokens: int, *, min_tokens: int = 0, ignore_eos: bool = False, stop: Sequence[str] = ()
+    source: str,
+    max_tokens: int,
+    *,
+    min_tokens: int = 0,
+    ignore_eos: bool = False,
+    stop: Sequence[str] = (),
+    lora: str | None = None,
 ) -> Reply:
-    """The deterministic completion for ``source`` within ``max_tokens``."""
-    base = tokenizer.pieces(f"{ECHO_PREFIX} {source}")
+    """The deterministic completion for ``source`` within ``max_tokens``; a LoRA adapter names itself."""
+    prefix = ECHO_PREFIX if lora is None else f"[dry-run lora {lora}] echo:"
+    base = tokenizer.pieces(f"{prefix} {source}")
     target = max_tokens if ignore_eos else max(len(base), min(min_tokens, max_tokens))
     out = list(base)
     while len(out) < target:

@@ -60,6 +60,8 @@ class SimSequence:
     prefill_left: int = 0
     generated: int = 0
     done: bool = False
+    #: The LoRA adapter the sequence runs with, if any.
+    lora: str | None = None
 
 
 class Engine:
@@ -77,6 +79,7 @@ class Engine:
         self.pooling = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._lora_labels: tuple[str, str, str] | None = None
 
     async def start(self) -> None:
         """Start the scheduler loop (call from the app's lifespan)."""
@@ -117,6 +120,7 @@ class Engine:
         output_len: int,
         sink: asyncio.Queue[TokenEvent],
         finish_reason: str = "stop",
+        lora: str | None = None,
     ) -> SimSequence:
         """Queue a sequence; its tokens are reported on ``sink`` as they are generated.
 
@@ -124,11 +128,14 @@ class Engine:
         """
         if not self.alive:
             raise RuntimeError("the simulated engine is not running")
-        # Without prefix caching no block is shared: every one is the sequence's own.
+        # Without prefix caching no block is shared: every one is the sequence's own; an adapter's
+        # KV blocks are its own (vLLM's block hash includes the LoRA id).
         hashes = (
-            block_hashes(prompt_ids, self.settings.block_size) if self.settings.enable_prefix_caching else []
+            block_hashes(prompt_ids, self.settings.block_size, salt=lora)
+            if self.settings.enable_prefix_caching
+            else []
         )
-        seq = SimSequence(key, prompt_ids, hashes, max(1, output_len), sink, finish_reason)
+        seq = SimSequence(key, prompt_ids, hashes, max(1, output_len), sink, finish_reason, lora=lora)
         self.waiting.append(seq)
         self._publish()
         self._wake.set()
@@ -252,3 +259,14 @@ class Engine:
         self.metrics.num_requests_running.set(len(self.running) + self.pooling)
         self.metrics.num_requests_waiting.set(len(self.waiting))
         self.metrics.kv_cache_usage.set(self.cache.usage())
+        if self.settings.enable_lora:
+            self._publish_lora()
+
+    def _publish_lora(self) -> None:
+        """``vllm:lora_requests_info``, as vLLM sets it: the adapters in use as labels, the time as value."""
+        running = sorted({s.lora for s in self.running if s.lora})
+        waiting = sorted({s.lora for s in self.waiting if s.lora})
+        labels = (str(self.settings.max_loras), ",".join(running), ",".join(waiting))
+        if labels != self._lora_labels:
+            self._lora_labels = labels
+            self.metrics.lora_requests_info.labels(*labels).set_to_current_time()

@@ -75,6 +75,8 @@ class Generation:
     #: Return each choice's prompt and output token ids (vLLM's ``return_token_ids``).
     token_ids: bool = False
     id: str = ""
+    #: The LoRA adapter the request names, if any (``model`` is then the adapter's name).
+    lora: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     sink: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
     seqs: list[SimSequence] = field(default_factory=list)
@@ -88,7 +90,9 @@ class Generation:
         """Submit every choice to the engine."""
         for c in self.choices:
             prompt = self.prompts[c.prompt]
-            seq = self.engine.submit(c.index, prompt, c.reply.tokens, self.sink, c.reply.finish_reason)
+            seq = self.engine.submit(
+                c.index, prompt, c.reply.tokens, self.sink, c.reply.finish_reason, lora=self.lora
+            )
             self.seqs.append(seq)
 
     def cancel(self) -> None:

@@ -28,6 +28,8 @@ class SimMetrics:
     e2e_latency: Histogram
     # Labelled at use with ("model_name", "finished_reason").
     request_success: Counter
+    # Labelled at use with (max_lora, running_lora_adapters, waiting_lora_adapters), set to the time.
+    lora_requests_info: Gauge
 
     @classmethod
     def create(cls, model_name: str) -> SimMetrics:
@@ -71,6 +73,12 @@ class SimMetrics:
                 "vllm:request_success",
                 "Count of successfully processed requests.",
                 ["model_name", "finished_reason"],
+                registry=reg,
+            ),
+            lora_requests_info=Gauge(
+                "vllm:lora_requests_info",
+                "Running stats on lora requests.",
+                ["max_lora", "running_lora_adapters", "waiting_lora_adapters"],
                 registry=reg,
             ),
             e2e_latency=histogram(

@@ -20,10 +20,13 @@ from dataclasses import dataclass
 _ROOT_HASH = 0x5EED
 
 
-def block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
-    """Chained hashes of the full blocks of ``token_ids`` (a trailing partial block is not hashed)."""
+def block_hashes(token_ids: Sequence[int], block_size: int, salt: str | None = None) -> list[int]:
+    """Chained hashes of the full blocks of ``token_ids`` (a trailing partial block is not hashed).
+
+    ``salt`` (a LoRA adapter's name) starts a chain of its own: an adapter's KV is not the base model's.
+    """
     hashes: list[int] = []
-    parent = _ROOT_HASH
+    parent = _ROOT_HASH if salt is None else hash((_ROOT_HASH, salt))
     for start in range(0, len(token_ids) - block_size + 1, block_size):
         parent = hash((parent, tuple(token_ids[start : start + block_size])))
         hashes.append(parent)

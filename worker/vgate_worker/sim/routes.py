@@ -21,6 +21,7 @@ from vgate_worker.sim.generation import (
     stream,
     unless_disconnected,
 )
+from vgate_worker.sim.lora import Adapters
 from vgate_worker.sim.protocol import (
     VOCAB_SIZE,
     ApiError,
@@ -41,6 +42,7 @@ class SimState:
 
     settings: SimSettings
     engine: Engine
+    adapters: Adapters
 
 
 def _state(request: Request) -> SimState:
@@ -48,13 +50,17 @@ def _state(request: Request) -> SimState:
     return state
 
 
-def resolve_model(settings: SimSettings, name: str | None) -> str:
-    """The served name a request targets; vLLM's 404 for an unknown one."""
+def resolve_model(state: SimState, name: str | None) -> str:
+    """The served name (or loaded LoRA adapter) a request targets; vLLM's 404 for an unknown one."""
     if name is None:
-        return settings.model_name
-    if name not in settings.served_model_name:
+        return state.settings.model_name
+    if name not in state.settings.served_model_name and state.adapters.get(name) is None:
         raise ApiError(f"The model `{name}` does not exist.", HTTPStatus.NOT_FOUND, param="model")
     return name
+
+
+def _lora(state: SimState, model: str) -> str | None:
+    return model if state.adapters.get(model) is not None else None
 
 
 def _chat_delta(index: int, text: str, finish: str | None, stop: str | None) -> dict[str, Any]:
@@ -120,13 +126,13 @@ async def chat_completions(request: Request) -> Response:
     """Chat completions: ChatML-rendered prompt, echo reply, stream or not."""
     state = _state(request)
     req = await parse_body(request, ChatRequest)
-    model = resolve_model(state.settings, req.model)
+    model = resolve_model(state, req.model)
     req.check()
     turns = [(m.role, m.text()) for m in req.messages]
     prompt = tokenizer.encode(content.render_chat(turns))
     last_user = next((t for role, t in reversed(turns) if role == "user"), turns[-1][1])
     budget = check_context(len(prompt), req.requested_max_tokens(), state.settings.max_model_len)
-    reply = _reply(req, last_user, budget)
+    reply = _reply(req, last_user, budget, _lora(state, model))
     choices = [Choice(i, 0, reply) for i in range(req.n)]
     return await _respond(request, state, req, CHAT, model, [prompt], choices)
 
@@ -136,13 +142,13 @@ async def completions(request: Request) -> Response:
     """Text completions; a list of prompts gives ``n`` choices per prompt, indexed ``i * n + j``."""
     state = _state(request)
     req = await parse_body(request, CompletionRequest)
-    model = resolve_model(state.settings, req.model)
+    model = resolve_model(state, req.model)
     req.check()
     prompts = _prompts(req.prompt)
     choices = []
     for i, (text, ids) in enumerate(prompts):
         budget = check_context(len(ids), req.max_tokens_or_default(), state.settings.max_model_len)
-        reply = _reply(req, text, budget)
+        reply = _reply(req, text, budget, _lora(state, model))
         choices += [Choice(i * req.n + j, i, reply) for j in range(req.n)]
     return await _respond(request, state, req, COMPLETION, model, [ids for _, ids in prompts], choices)
 
@@ -152,7 +158,7 @@ async def embeddings(request: Request) -> Response:
     """Deterministic unit vectors; the request pays the prefill time of its tokens."""
     state = _state(request)
     req = await parse_body(request, EmbeddingRequest)
-    model = resolve_model(state.settings, req.model)
+    model = resolve_model(state, req.model)
     inputs = _prompts(req.input, field="input")
     dim = state.settings.embedding_dim if req.dimensions is None else req.dimensions
     if not 1 <= dim <= state.settings.embedding_dim:
@@ -199,9 +205,9 @@ def _request_id(request: Request, dialect: Dialect) -> str:
     return f"{dialect.id_prefix}-{given}" if given else new_id(dialect.id_prefix)
 
 
-def _reply(req: SamplingRequest, source: str, budget: int) -> content.Reply:
+def _reply(req: SamplingRequest, source: str, budget: int, lora: str | None) -> content.Reply:
     return content.build_reply(
-        source, budget, min_tokens=req.min_tokens, ignore_eos=req.ignore_eos, stop=req.stop_list()
+        source, budget, min_tokens=req.min_tokens, ignore_eos=req.ignore_eos, stop=req.stop_list(), lora=lora
     )
 
 
@@ -249,6 +255,7 @@ async def _respond(
         details=details,
         token_ids=token_ids,
         id=_request_id(request, dialect),
+        lora=_lora(state, model),
     )
     if req.stream:
         opts = req.stream_options

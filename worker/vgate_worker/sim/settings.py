@@ -55,6 +55,14 @@ class SimSettings(BaseSettings):
     speed: float = Field(1.0, gt=0)
     embedding_dim: int = Field(384, ge=8)
     enable_prompt_tokens_details: bool = False
+    # LoRA adapters (vLLM's flags): loaded at run time through /v1/load_lora_adapter.
+    enable_lora: bool = False
+    # Adapters loaded at once; a further load is refused until one is unloaded.
+    max_loras: int = Field(1, ge=1)
+    max_lora_rank: int = Field(16, ge=1)
+    max_cpu_loras: int | None = Field(None, ge=1)
+    # Seconds one adapter takes to load (reading its weights), before ``speed``.
+    lora_load_s: float = Field(0.2, ge=0)
     #: Seconds before the server listens, as vLLM loading weights and warming up (a cold
     #: start): connections are refused until then, as they are by vLLM, which listens last.
     startup_delay_s: float = Field(0.0, ge=0, le=3600)
@@ -159,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, help="time multiplier: 10 = ten times faster")
     p.add_argument("--embedding-dim", type=int)
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
+    p.add_argument("--enable-lora", action="store_true")
+    p.add_argument("--max-loras", type=int, help="adapters loaded at once (the slots)")
+    p.add_argument("--max-lora-rank", type=int)
+    p.add_argument("--max-cpu-loras", type=int)
+    p.add_argument("--lora-load-s", type=float, help="seconds one adapter takes to load")
     p.add_argument(
         "--startup-delay-s",
         type=float,
