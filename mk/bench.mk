@@ -48,6 +48,30 @@ bench-tools: $(BENCH_VENV)/.stamp ## install what bench-proxy needs: nginx and w
 bench-proxy: venv bench-tools ## data plane vs nginx, vllm-router, LiteLLM: rps/core, p50/p99, SSE events/s (bench/results/)
 	$(BIN)/python -m bench.proxy --peers $(BENCH_VENV) $(BENCH_PROXY_ARGS)
 
+# The noisy neighbour: one tenant floods at 10x the fleet's measured capacity while two others send a little;
+# fair dispatch against FIFO, on dry-run workers, then on real vLLM (CPU, the tiny model) when .venv-vllm exists.
+# Results in bench/results/fairness-<time>.{json,md,png}; about five minutes (plus vLLM's start-up).
+#
+#   make bench-fairness BENCH_FAIRNESS_ARGS='--phase-s 20'
+#   make bench-fairness VLLM_VENV=/path/to/.venv-vllm    a vLLM build elsewhere (its python runs the workers only)
+BENCH_FAIRNESS_ARGS ?=
+# Plots are PNG files made with matplotlib, installed into .venv on first use (not a dependency of the product).
+MATPLOTLIB_SPEC ?= matplotlib==3.10.*
+
+.PHONY: bench-fairness
+
+$(VENV)/.stamp-plot: $(VENV)/.stamp
+	$(BIN)/python -m pip install -q '$(MATPLOTLIB_SPEC)'
+	@touch $@
+
+bench-fairness: venv $(VENV)/.stamp-plot ## noisy neighbour: fair dispatch vs FIFO under a 10x flood, TTFT per tenant (bench/results/)
+	@if [ -f $(VLLM_VENV)/.stamp ]; then \
+		$(MAKE) --no-print-directory tiny-model && \
+		$(BIN)/python -m bench.fairness --vllm-python $(abspath $(VLLM_BIN))/python \
+			--vllm-model $(abspath $(TINY_MODEL)) $(BENCH_FAIRNESS_ARGS); \
+	else echo "real-vLLM fleet skipped: no $(VLLM_VENV) (make venv-vllm builds it)"; \
+		$(BIN)/python -m bench.fairness $(BENCH_FAIRNESS_ARGS); fi
+
 # LoRA adapter placement (docs/lora.md): 8 adapters with Zipf popularity on 2 dry-run workers of 4 slots,
 # V-Gate's adapter affinity against round-robin placement in the same run (about a minute).
 #   make bench-lora BENCH_LORA_ARGS='--requests 2000 --concurrency 32'

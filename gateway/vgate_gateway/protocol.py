@@ -13,7 +13,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import orjson
@@ -55,6 +55,36 @@ _PROMPT_TYPES: Mapping[Kind, tuple[type, ...]] = {
 }
 
 
+class Priority(IntEnum):
+    """A request's class in its model's queue: a lower value is served first."""
+
+    HIGH = 0
+    NORMAL = 1
+    LOW = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """Where a request stands in its model's queue: class, fair-share weight, deadline.
+
+    Set by the front door from the caller's key and headers; only the dispatcher reads it.
+    """
+
+    priority: Priority = Priority.NORMAL
+    #: The key's share of the fleet against other keys of its class (``weight=`` in the keys file).
+    weight: float = 1.0
+    #: When the request must have reached a worker (``time.monotonic()``), or None.
+    deadline: float | None = None
+
+
+#: The schedule of a request nobody said anything about.
+DEFAULT_SCHEDULE = Schedule()
+
+
 @dataclass(slots=True)
 class Request:
     """One OpenAI request, read and checked once at the front door.
@@ -80,6 +110,11 @@ class Request:
     #: The gateway asked the worker for a usage chunk the client did not ask for (to charge
     #: the key's tokens); the edge keeps it from the client.
     strip_usage: bool = False
+    #: Its class, weight and deadline in the model's queue (the front door sets it).
+    schedule: Schedule = DEFAULT_SCHEDULE
+    #: Weighted tokens charged to the key's fair-share counter when the queue dispatched it;
+    #: the dispatcher corrects the charge from the answer's usage.
+    fair_charge: float = 0.0
     _tenant: str | None = field(default=None, repr=False)
 
     @classmethod

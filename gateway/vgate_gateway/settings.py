@@ -113,6 +113,9 @@ class GatewaySettings(BaseSettings):
     queue_max_bytes: int = Field(64 * 1024 * 1024, ge=0)
     #: The longest a request waits for a worker (outlasting a GPU worker's cold start).
     queue_timeout_s: float = Field(300.0, ge=0)
+    #: The order a queue is served in: ``fair`` (priority class, then weighted fair share of
+    #: tokens between keys, then arrival) or ``fifo`` (arrival order only).
+    queue_policy: Literal["fair", "fifo"] = "fair"
     #: Per-model overrides of ``worker_capacity`` and the queue settings.
     model_settings: dict[str, ModelSettings] = Field(default_factory=dict)
 

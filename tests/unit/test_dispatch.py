@@ -14,7 +14,7 @@ from vgate_gateway.protocol import Kind, Request
 from vgate_gateway.settings import GatewaySettings, ModelSettings
 from vgate_gateway.upstream.dispatch import Dispatcher, QueueMetrics
 from vgate_gateway.upstream.pool import DiscoveredEndpoint, UpstreamPool
-from vgate_gateway.upstream.queue import Bounds, ModelQueue, QueueFull, Waiting, next_index
+from vgate_gateway.upstream.queue import Bounds, Fifo, ModelQueue, QueueFull, Waiting
 from vgate_gateway.upstream.routing import Router
 
 
@@ -130,10 +130,11 @@ def test_the_queue_holds_its_bounds_and_serves_the_longest_waiting_first() -> No
         queue.add(items[0])
         queue.add(items[1])
         with pytest.raises(QueueFull):
-            queue.add(items[2])
-        assert queue.take(next_index(queue.waiting)) is items[0]
-        assert queue.drop(items[1])
-        assert not queue.drop(items[1])
+            queue.victims(items[2])
+        assert Fifo().pick(queue) is items[0]
+        assert queue.remove(items[0])
+        assert queue.remove(items[1])
+        assert not queue.remove(items[1])
         assert (len(queue), queue.bytes, queue.rejected) == (0, 0, 1)
     finally:
         loop.close()

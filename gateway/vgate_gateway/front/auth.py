@@ -6,7 +6,9 @@ not hold secrets. Options after the key narrow it down::
 
     # key or sha256:<hex>      options (all optional)
     sk-team-a-1f9c...          id=team-a models=Qwen/Qwen2.5-1.5B-Instruct-AWQ rpm=600 tpm=200000
-    sha256:9f86d081884c7d65... id=batch rpm=60 rpm_burst=10
+    sha256:9f86d081884c7d65... id=batch rpm=60 rpm_burst=10 priority=low
+    sk-ops-77d2...             id=ops priority=high weight=2 deadline_ms=5000
+    sk-app-0b1e...             id=app max_priority=high
 
 Only digests are held in memory. A presented key is hashed and compared with every known
 digest by :func:`hmac.compare_digest`, so the time taken says nothing about how close a guess
@@ -26,13 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vgate_gateway.errors import OpenAIError
+from vgate_gateway.protocol import Priority
 
 log = logging.getLogger(__name__)
 
 #: Longest key accepted; anything longer is refused before hashing.
 MAX_KEY_LENGTH = 256
 _HASH_PREFIX = "sha256:"
-_INT_OPTIONS = ("rpm", "tpm", "rpm_burst", "tpm_burst")
+_INT_OPTIONS = ("rpm", "tpm", "rpm_burst", "tpm_burst", "deadline_ms")
+_OPTIONS = "id, models, rpm, tpm, rpm_burst, tpm_burst, priority, max_priority, weight, deadline_ms"
+#: The most a key's weight may differ from another's (and the least it may be).
+MAX_WEIGHT = 1000.0
+PRIORITIES = {p.label: p for p in Priority}
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,19 @@ class ApiKey:
     tpm: int | None = None
     rpm_burst: int | None = None
     tpm_burst: int | None = None
+    #: The class of its requests in a model's queue; a request may lower it by a header.
+    priority: Priority = Priority.NORMAL
+    #: The most urgent class a request of this key may ask for (default: ``priority``).
+    max_priority: Priority | None = None
+    #: Its share of a saturated fleet against other keys of its class.
+    weight: float = 1.0
+    #: A deadline for its requests that send none (milliseconds to reach a worker).
+    deadline_ms: int | None = None
+
+    @property
+    def ceiling(self) -> Priority:
+        """The most urgent class this key's requests may ask for."""
+        return min(self.priority, self.max_priority) if self.max_priority is not None else self.priority
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -113,11 +133,25 @@ def _with_options(digest: bytes, options: Iterable[str], where: str) -> ApiKey:
             if not value.isdigit() or int(value) < 1:
                 raise KeyFileError(f"{where}: {name} must be a positive integer")
             fields[name] = int(value)
+        elif name in ("priority", "max_priority"):
+            if value not in PRIORITIES:
+                raise KeyFileError(f"{where}: {name} must be one of {', '.join(PRIORITIES)}")
+            fields[name] = PRIORITIES[value]
+        elif name == "weight":
+            fields[name] = _weight(value, where)
         else:
-            raise KeyFileError(
-                f"{where}: unknown option {name!r} (id, models, rpm, tpm, rpm_burst, tpm_burst)"
-            )
+            raise KeyFileError(f"{where}: unknown option {name!r} ({_OPTIONS})")
     return ApiKey(digest=digest, **fields)  # type: ignore[arg-type]
+
+
+def _weight(value: str, where: str) -> float:
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = 0.0
+    if not 1 / MAX_WEIGHT <= weight <= MAX_WEIGHT:
+        raise KeyFileError(f"{where}: weight must be a number from {1 / MAX_WEIGHT:g} to {MAX_WEIGHT:g}")
+    return weight
 
 
 def _plain_ascii(value: str) -> bool:

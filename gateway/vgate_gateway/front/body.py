@@ -56,6 +56,9 @@ _NOT_FORWARDED = frozenset(
         "content-length",
         "accept-encoding",
         CACHE_HEADER,
+        # The request's class and deadline in the gateway's queue (front.schedule).
+        "x-vgate-priority",
+        "x-vgate-deadline-ms",
     )
 )
 _CACHE = CACHE_HEADER.encode()

@@ -10,7 +10,8 @@ request metrics and one access-log line. The routes::
 A generation request passes, in this order, each refusal in OpenAI's error shape: the API
 key (401), the key's rate limits (429, before the body is read, so a limited client costs
 no parsing), the body read once, limited and parsed strictly into the typed Request (413,
-400: :mod:`~vgate_gateway.front.body`), the key's model allow-list (404, exactly as for a
+400: :mod:`~vgate_gateway.front.body`; before it, the request's class and deadline in the
+queue, :mod:`~vgate_gateway.front.schedule`: 400, 403), the key's model allow-list (404, exactly as for a
 model that is not served), admission (503). The handler's Answer then goes out through the
 edge, watched for the client leaving; its usage is charged to the key when it ends.
 
@@ -42,6 +43,7 @@ from vgate_gateway.front.edge import Edge, Receive, Send, watching
 from vgate_gateway.front.hygiene import TrustedProxies, clean_headers
 from vgate_gateway.front.ratelimit import Limiter, Limits, limits_for
 from vgate_gateway.front.recent_errors import RecentErrors
+from vgate_gateway.front.schedule import schedule_of
 from vgate_gateway.logs import key_id_var, request_id_var
 from vgate_gateway.metrics import Metrics
 from vgate_gateway.protocol import REQUEST_ID_HEADER, Answer, Handler, Kind
@@ -199,6 +201,7 @@ class Door:
         if kind is None:
             await edge.send(self._models(key))
             return
+        schedule = schedule_of(key, headers, time.monotonic())
         req = await read_request(
             kind,
             receive,
@@ -211,6 +214,7 @@ class Door:
         edge.model = req.model
         if not key.allows(req.model):
             raise model_not_found(req.model)
+        req.schedule = schedule
         admission = self.services.admission
         try:
             await admission.acquire()

@@ -5,10 +5,14 @@ gateway process has fewer than the model's ``capacity`` requests in flight to it
 ``max_num_seqs``: beyond it vLLM only queues them itself). When no worker of the model can
 — none is ready (scaled to zero, starting, rolling) or every one is saturated — the request
 waits in its model's :class:`~vgate_gateway.upstream.queue.ModelQueue`, bounded in requests,
-bytes and time, and is dispatched in the queue's order the moment a worker can take it: when
-a request to that model ends, or when a worker becomes routable. The routing decision is made
-then, with the state of that moment. Nothing waits while capacity is free, and a request
-whose client leaves while queued is removed at once, having cost nothing upstream.
+bytes and time, and is dispatched in its policy's order (priority class, then fair share
+between keys: :mod:`~vgate_gateway.upstream.queue`) the moment a worker can take it: when a
+request to that model ends, or when a worker becomes routable. The routing decision is made
+then, with the state of that moment. Nothing waits while capacity is free — a free worker
+takes a request without the policy being asked — and a request whose client leaves while
+queued is removed at once, having cost nothing upstream. A request whose deadline the queue
+ahead of it cannot meet is refused at once; a full queue sheds its newest least urgent
+request for a more urgent arrival.
 
 The dispatcher also counts what each model has in flight and queued: the load the
 autoscaler reads (``GET /load`` on the internal port).
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -27,15 +33,27 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from vgate_gateway.errors import OpenAIError, model_not_found, unavailable
-from vgate_gateway.protocol import Request
+from vgate_gateway.protocol import Request, Usage
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstream.adapters import AdapterManager
 from vgate_gateway.upstream.pool import Upstream, UpstreamPool
-from vgate_gateway.upstream.queue import Bounds, ModelQueue, QueueFull, Waiting, next_index
+from vgate_gateway.upstream.queue import (
+    CLASSES,
+    POLICIES,
+    Bounds,
+    ModelQueue,
+    Policy,
+    QueueFull,
+    RateMeter,
+    Waiting,
+    wait_estimate,
+)
 from vgate_gateway.upstream.routing import Router
 
 log = logging.getLogger(__name__)
 
+#: Why a model's queue refuses a request (``vgate_queue_refused_requests_total{reason}``).
+REFUSALS = ("full", "timeout", "deadline", "shed")
 #: Seconds a request may wait, as the histogram's buckets see them (a GPU cold start is tens of seconds).
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 
@@ -43,8 +61,10 @@ WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300,
 class QueueMetrics:
     """The queues' Prometheus series, registered on the given registry.
 
-    The depth is read from the queues when Prometheus scrapes (:class:`QueueDepth`), so the
-    request path pays nothing for it and every known model reports one, 0 while nothing waits.
+    Labels are bounded: served models, the three priority classes, and key ids from the
+    keys file (``anonymous`` without keys), never a secret. The depths are read from the
+    queues when Prometheus scrapes (:class:`QueueDepth`), so the request path pays nothing
+    for them and every known model reports one, 0 while nothing waits.
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -57,10 +77,38 @@ class QueueMetrics:
         )
         self.refused = Counter(
             "vgate_queue_refused_requests_total",
-            "Requests the model's queue refused: full (requests or bytes) or waited out",
+            "Requests the model's queue refused: full (requests or bytes), waited out, deadline "
+            "out of reach, or shed for a more urgent one",
             ["model", "reason"],
             registry=registry,
         )
+        self.class_wait = Histogram(
+            "vgate_queue_class_wait_seconds",
+            "Time requests that had to wait spent in the queue, per priority class",
+            ["model", "priority"],
+            buckets=WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "vgate_queue_fair_tokens_total",
+            "Weighted tokens (prompt + 2 x output, over the key's weight) served to each key, "
+            "as the fair-share counters count them",
+            ["model", "key_id"],
+            registry=registry,
+        )
+
+
+@dataclass
+class _Model:
+    """One model's queue, the order it is served in, and how fast it is being served."""
+
+    queue: ModelQueue
+    policy: Policy
+    meter: RateMeter = field(default_factory=RateMeter)
+    #: Its series, resolved once (``labels()`` takes a lock): each key's tokens, the wait
+    #: histograms (per class, then all).
+    tokens: dict[str, Any] = field(default_factory=dict)
+    waits: list[Any] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -80,7 +128,7 @@ class Dispatcher:
         self._router = router
         self._metrics = metrics
         self._clock = clock
-        self._queues: dict[str, ModelQueue] = {}
+        self._models: dict[str, _Model] = {}
         self._capacity: dict[str, int] = {}
         for model in settings.declared_models():
             self.capacity(model)
@@ -93,7 +141,7 @@ class Dispatcher:
     def use_adapters(self, adapters: AdapterManager) -> None:
         """Declared LoRA adapters are loaded by ``adapters`` when their requests must wait."""
         self._adapters = adapters
-        adapters.bind(lambda name: len(self._queues.get(name) or ()), self.fail)
+        adapters.bind(lambda name: len(self._models[name].queue) if name in self._models else 0, self.fail)
 
     def capacity(self, model: str) -> int:
         """Requests one worker of ``model`` takes from this process before it counts as saturated."""
@@ -105,7 +153,9 @@ class Dispatcher:
         if model in self._settings.declared_models() or self._pool.known_model(model):
             self._capacity[model] = capacity
             self._metrics.wait.labels(model)  # its series exist from now on, 0 until something waits
-            for reason in ("full", "timeout"):
+            for priority in CLASSES:
+                self._metrics.class_wait.labels(model, priority.label)
+            for reason in REFUSALS:
                 self._metrics.refused.labels(model, reason)
         return capacity
 
@@ -115,8 +165,8 @@ class Dispatcher:
         adapters = self._adapters
         if adapters is not None and adapters.undeclared(model):
             raise model_not_found(model)
-        queue = self._queues.get(model)
-        if queue is None or not queue.waiting or exclude:
+        known = self._models.get(model)
+        if known is None or not len(known.queue) or exclude:
             up = self._router.pick_free(req, self.capacity(model), exclude)
             if up is not None:
                 self._begin(model, up)
@@ -139,7 +189,7 @@ class Dispatcher:
             return up
         if not self._router.may_serve(model):
             raise model_not_found(model)
-        return await self._wait(self._queue(model), req)
+        return await self._wait(self._model(model), req)
 
     def release(self, model: str, up: Upstream) -> None:
         """A request to ``up`` for ``model`` is over; the next waiting request may take its place."""
@@ -147,9 +197,22 @@ class Dispatcher:
         self.inflight[model] -= 1
         if self._adapters is not None and self._adapters.declared(model):
             self._adapters.end(model, up)
-        queue = self._queues.get(model)
-        if queue is not None and queue.waiting:
-            self._drain(queue)
+        known = self._models.get(model)
+        if known is not None and len(known.queue):
+            self._drain(known)
+
+    def served(self, req: Request, usage: Usage) -> None:
+        """``req``'s answer ended: its key's fair-share counter is corrected from the real usage.
+
+        Only models that have ever queued keep counters: until then nothing is charged.
+        """
+        known = self._models.get(req.model)
+        if known is not None:
+            cost = known.policy.settle(req, usage)
+            series = known.tokens.get(req.key_id)
+            if series is None:
+                series = known.tokens[req.key_id] = self._metrics.tokens.labels(req.model, req.key_id)
+            series.inc(cost)
 
     def _begin(self, model: str, up: Upstream) -> None:
         self._pool.begin(up)
@@ -159,86 +222,161 @@ class Dispatcher:
 
     def fail(self, model: str, error: OpenAIError) -> None:
         """Refuse every request waiting for ``model`` with ``error`` (no worker can serve it)."""
-        queue = self._queues.get(model)
-        while queue is not None and queue.waiting:
-            waiting = queue.take(0)
+        known = self._models.get(model)
+        for waiting in list(known.queue) if known is not None else []:
+            known.queue.remove(waiting)  # type: ignore[union-attr]
             if not waiting.granted.done():
                 waiting.granted.set_exception(error)
 
-    def _queue(self, model: str) -> ModelQueue:
-        queue = self._queues.get(model)
-        if queue is None:
+    def _model(self, model: str) -> _Model:
+        known = self._models.get(model)
+        if known is None:
             own = self._settings.for_model(model)
             bounds = Bounds(
                 max_requests=own.queue_max_requests or 0,
                 max_bytes=own.queue_max_bytes or 0,
                 timeout_s=own.queue_timeout_s or 0.0,
             )
-            queue = self._queues[model] = ModelQueue(model, bounds)
-        return queue
+            policy = POLICIES[self._settings.queue_policy]()
+            known = self._models[model] = _Model(ModelQueue(model, bounds), policy)
+        return known
 
-    async def _wait(self, queue: ModelQueue, req: Request) -> Upstream:
-        waiting = Waiting(req, self._clock(), asyncio.get_running_loop().create_future())
+    async def _wait(self, known: _Model, req: Request) -> Upstream:
+        queue, now = known.queue, self._clock()
+        waiting = Waiting(req, now, asyncio.get_running_loop().create_future())
+        patience = self._patience(known, waiting, now)
         try:
-            queue.add(waiting)
+            victims = queue.victims(waiting, shed=known.policy.sheds)
         except QueueFull as exc:
-            self._metrics.refused.labels(queue.model, "full").inc()
-            raise self._refusal(
-                f"The queue for model '{queue.model}' is full: {exc}.", "queue_full"
+            raise self._refused(
+                queue, "full", f"The queue for model '{queue.model}' is full: {exc}."
             ) from None
+        for victim in victims:
+            self._shed(queue, victim)
+        known.policy.arrived(queue, waiting)
+        queue.add(waiting)
         if len(queue) == 1:
             log.info("model %s: no worker can take a request now; queueing", queue.model)
         if self._adapters is not None and self._adapters.declared(queue.model):
             self._adapters.want(queue.model)  # loaded somewhere while the request waits
         try:
-            async with asyncio.timeout(queue.bounds.timeout_s):
+            async with asyncio.timeout(patience):
                 return await waiting.granted
         except BaseException as exc:
             granted = waiting.granted
             if granted.done() and not granted.cancelled() and granted.exception() is None:
-                self.release(queue.model, waiting.granted.result())  # granted as it gave up: pass it on
+                self.release(queue.model, granted.result())  # granted as it gave up: pass it on
             else:
-                queue.drop(waiting)
+                queue.remove(waiting)
             if isinstance(exc, TimeoutError):
-                queue.timed_out += 1
-                self._metrics.refused.labels(queue.model, "timeout").inc()
-                raise self._refusal(
-                    f"No worker for model '{queue.model}' could take the request within "
-                    f"{queue.bounds.timeout_s:g}s.",
-                    "queue_timeout",
-                ) from None
+                raise self._late(queue, req, patience) from None
             raise
 
-    def _refusal(self, message: str, code: str) -> OpenAIError:
-        return unavailable(f"{message} Retry shortly.", code=code, retry_after_s=self._settings.retry_after_s)
+    def _patience(self, known: _Model, waiting: Waiting, now: float) -> float:
+        """How long ``waiting`` may wait: the queue's timeout, or less to its deadline.
+
+        A deadline the queue ahead cannot let it meet, at the pace the model's queue has been
+        served recently, is refused now rather than waited out.
+        """
+        queue, limit = known.queue, known.queue.bounds.timeout_s
+        deadline = waiting.req.schedule.deadline
+        if deadline is None:
+            return limit
+        left = deadline - now
+        expected = wait_estimate(known.policy, queue, waiting, known.meter.rate(now))
+        if left <= 0 or (expected is not None and expected > left):
+            self._metrics.refused.labels(queue.model, "deadline").inc()
+            queue.rejected += 1
+            wait = f"about {expected:.1f}s" if expected is not None else "past it"
+            raise unavailable(
+                f"The request's deadline cannot be met: it is {max(left, 0) * 1000:.0f}ms away and the "
+                f"queue for model '{queue.model}' would hold it {wait}. Retry later or with a later deadline.",
+                code="deadline_unmeetable",
+                retry_after_s=max(1, math.ceil(expected or 0)),
+            )
+        return min(limit, left)
+
+    def _refused(self, queue: ModelQueue, reason: str, message: str) -> OpenAIError:
+        self._metrics.refused.labels(queue.model, reason).inc()
+        return unavailable(
+            f"{message} Retry shortly.", code=f"queue_{reason}", retry_after_s=self._settings.retry_after_s
+        )
+
+    def _late(self, queue: ModelQueue, req: Request, patience: float) -> OpenAIError:
+        """The error of a request that waited as long as it could."""
+        queue.timed_out += 1
+        if patience < queue.bounds.timeout_s:
+            self._metrics.refused.labels(queue.model, "deadline").inc()
+            return unavailable(
+                f"No worker for model '{queue.model}' could take the request before its deadline.",
+                code="deadline_exceeded",
+                retry_after_s=self._settings.retry_after_s,
+            )
+        return self._refused(
+            queue,
+            "timeout",
+            f"No worker for model '{queue.model}' could take the request within {queue.bounds.timeout_s:g}s.",
+        )
+
+    def _shed(self, queue: ModelQueue, victim: Waiting) -> None:
+        """Make room for a more urgent request, or a key's fair place: ``victim`` leaves with a 503."""
+        queue.remove(victim)
+        queue.shed += 1
+        if not victim.granted.done():
+            victim.granted.set_exception(
+                self._refused(
+                    queue,
+                    "shed",
+                    f"The queue for model '{queue.model}' is full and this request made room for a more urgent "
+                    "one, or for a key holding fewer places in it.",
+                )
+            )
+
+    def _waits(self, known: _Model) -> list[Any]:
+        """The wait histograms of ``known``'s model (per class, then all), resolved once."""
+        if not known.waits:
+            m, model = self._metrics, known.queue.model
+            known.waits = [m.class_wait.labels(model, p.label) for p in CLASSES]
+            known.waits.append(m.wait.labels(model))
+        return known.waits
 
     def _wake_all(self) -> None:
-        for queue in self._queues.values():
-            if queue.waiting:
-                self._drain(queue)
+        for known in self._models.values():
+            if len(known.queue):
+                self._drain(known)
 
-    def _drain(self, queue: ModelQueue) -> None:
-        """Dispatch waiting requests, in the queue's order, while a worker can take one."""
+    def _drain(self, known: _Model) -> None:
+        """Dispatch waiting requests, in the policy's order, while a worker can take one."""
+        queue, policy = known.queue, known.policy
         capacity = self.capacity(queue.model)
         now = self._clock()
-        while queue.waiting:
-            index = next_index(queue.waiting)
-            head = queue.waiting[index]
+        while True:
+            head = policy.pick(queue)
+            if head is None:
+                break
             if head.granted.done():  # gave up, not yet removed
-                queue.take(index)
+                queue.remove(head)
                 continue
             up = self._router.pick_free(head.req, capacity)
             if up is None:
                 break
-            queue.take(index)
+            queue.remove(head)
+            policy.dispatched(head)
+            known.meter.tick(now)
             self._begin(queue.model, up)
             head.granted.set_result(up)
             queue.dispatched += 1
-            self._metrics.wait.labels(queue.model).observe(now - head.since)
+            waits = self._waits(known)
+            waits[-1].observe(now - head.since)
+            waits[head.priority].observe(now - head.since)
 
-    def depths(self) -> dict[str, int]:
-        """Requests waiting, for every model seen or declared."""
-        return {m: len(self._queues[m]) if m in self._queues else 0 for m in sorted(self._capacity)}
+    def depths(self) -> dict[str, list[int]]:
+        """Per model seen or declared, the requests waiting in each class (:data:`CLASSES` order)."""
+        empty = [0 for _ in CLASSES]
+        return {
+            m: list(self._models[m].queue.depth) if m in self._models else empty
+            for m in sorted(self._capacity)
+        }
 
     def load(self) -> dict[str, dict[str, int]]:
         """Per model: requests in flight, requests queued, and routable workers (``GET /load``).
@@ -246,40 +384,54 @@ class Dispatcher:
         An adapter's requests count towards its base model: they run on its workers.
         """
         base = self._settings.base_of
-        models = {base(m) for m in (*self.inflight, *self._queues)} | self._settings.declared_models()
+        models = {base(m) for m in (*self.inflight, *self._models)} | self._settings.declared_models()
         out = {m: {"inflight": 0, "queued": 0, "ready_workers": 0} for m in sorted(models)}
         for m, n in self.inflight.items():
             out[base(m)]["inflight"] += n
-        for m, q in self._queues.items():
-            out[base(m)]["queued"] += len(q)
+        for m, known in self._models.items():
+            out[base(m)]["queued"] += len(known.queue)
         for m, row in out.items():
             row["ready_workers"] = len([u for u in self._pool.routable(m) if u.routable])
         return out
 
     def stats(self) -> dict[str, Any]:
-        """The ``queues`` section of ``/stats``."""
+        """The ``queues`` section of ``/stats``: per model, its bounds, classes and keys."""
         now = self._clock()
+        return {m: self._stats_of(known, now) for m, known in sorted(self._models.items())}
+
+    def _stats_of(self, known: _Model, now: float) -> dict[str, Any]:
+        q, m = known.queue, known.queue.model
+        rate = known.meter.rate(now)
+        counters = known.policy.counters()
+        keys: dict[str, dict[str, Any]] = {
+            k: {"queued": 0, "served_tokens": round(v, 1)} for k, v in counters.items()
+        }
+        for waiting in q:
+            keys.setdefault(waiting.key, {"queued": 0})["queued"] += 1
         return {
-            m: {
-                "depth": len(q),
-                "bytes": q.bytes,
-                "oldest_wait_s": round(q.oldest_wait_s(now), 3),
-                "capacity_per_worker": self.capacity(m),
-                "max_requests": q.bounds.max_requests,
-                "max_bytes": q.bounds.max_bytes,
-                "timeout_s": q.bounds.timeout_s,
-                "dispatched": q.dispatched,
-                "refused": q.rejected,
-                "timed_out": q.timed_out,
-            }
-            for m, q in sorted(self._queues.items())
+            "policy": known.policy.name,
+            "depth": len(q),
+            "bytes": q.bytes,
+            "oldest_wait_s": round(q.oldest_wait_s(now), 3),
+            "dispatch_rate_per_s": round(rate, 3) if rate is not None else None,
+            "capacity_per_worker": self.capacity(m),
+            "max_requests": q.bounds.max_requests,
+            "max_bytes": q.bounds.max_bytes,
+            "timeout_s": q.bounds.timeout_s,
+            "dispatched": q.dispatched,
+            "refused": q.rejected,
+            "timed_out": q.timed_out,
+            "shed": q.shed,
+            "classes": {p.label: {"depth": q.depth[p], "keys": sorted(q.lanes[p])} for p in CLASSES},
+            "keys": dict(sorted(keys.items())),
         }
 
 
 class QueueDepth(Collector):
-    """``vgate_queue_depth{model}`` and ``vgate_model_inflight{model}``, read from the dispatcher
-    when Prometheus scrapes: every model served or declared reports both, 0 when idle. Their sum
-    over the gateways is the load the autoscaler (and KEDA's query) reads."""
+    """``vgate_queue_depth{model}``, ``vgate_queue_class_depth{model,priority}`` and
+    ``vgate_model_inflight{model}``, read from the dispatcher when Prometheus scrapes: every
+    model served or declared reports them, 0 when idle. The depth and in-flight sums over the
+    gateways are the load the autoscaler (and KEDA's query) reads."""
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self._dispatcher = dispatcher
@@ -288,11 +440,19 @@ class QueueDepth(Collector):
         depth = GaugeMetricFamily(
             "vgate_queue_depth", "Requests waiting for a worker of the model", labels=["model"]
         )
+        by_class = GaugeMetricFamily(
+            "vgate_queue_class_depth",
+            "Requests waiting for a worker of the model, per priority class",
+            labels=["model", "priority"],
+        )
         inflight = GaugeMetricFamily(
             "vgate_model_inflight", "Requests in flight to the model's workers", labels=["model"]
         )
         for model, waiting in self._dispatcher.depths().items():
-            depth.add_metric([model], waiting)
+            depth.add_metric([model], sum(waiting))
             inflight.add_metric([model], self._dispatcher.inflight.get(model, 0))
+            for priority in CLASSES:
+                by_class.add_metric([model, priority.label], waiting[priority])
         yield depth
+        yield by_class
         yield inflight

@@ -76,6 +76,7 @@ class Proxy:
         answer = Answer(200, body, headers={"content-type": resp.content_type})
         if answer.usage.completion_tokens:
             self._metrics.per_model(req.model)[2].inc(answer.usage.completion_tokens)
+        self._dispatch.served(req, answer.usage)
         return answer
 
     async def _open(self, req: Request) -> tuple[Upstream, UpstreamResponse]:
@@ -177,6 +178,7 @@ class Proxy:
         finally:
             await resp.release()
             self._dispatch.release(req.model, up)
+            self._dispatch.served(req, usage)
             if outcome == "200":
                 self._pool.passed(up)
             if outcome:

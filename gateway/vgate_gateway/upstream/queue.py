@@ -1,21 +1,40 @@
 """A model's queue as data, and the order it is served in.
 
 A :class:`Waiting` request holds its place until a worker can take it; the
-:class:`ModelQueue` bounds how many wait and how many body bytes they hold. Which waiting
-request goes next is a policy, a pure function over the queue's state
-(:func:`next_index`); the dispatcher (:mod:`vgate_gateway.upstream.dispatch`) does the
-waiting and the waking around it.
+:class:`ModelQueue` keeps the waiting requests in lanes — one per priority class and key,
+each in arrival order — and bounds how many wait and how many body bytes they hold. Which
+waiting request goes next is a policy over that state, with no I/O:
+
+- :class:`FairShare` (the default): the most urgent class first; within a class the key
+  that has been served the fewest weighted tokens (a Virtual Token Counter, after Sheng et
+  al., "Fairness in Serving Large Language Models", OSDI '24); within a key, arrival order.
+- :class:`Fifo`: arrival order, nothing else (for comparison).
+
+The dispatcher (:mod:`vgate_gateway.upstream.dispatch`) does the waiting, waking and
+charging around it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from vgate_gateway.protocol import Request
+from vgate_gateway.protocol import Priority, Request, Usage
 from vgate_gateway.upstream.pool import Upstream
+
+#: Body bytes per prompt token, for the charge made when a request is dispatched (corrected
+#: from the answer's usage when it ends): about four characters a token in English text.
+BYTES_PER_TOKEN = 4
+#: How much more an output token costs than a prompt token in the counters (the paper's w_q / w_p).
+OUTPUT_TOKEN_WEIGHT = 2.0
+#: Keys a fair-share policy remembers; beyond it, the counters of keys not waiting are forgotten.
+MAX_COUNTERS = 4096
+CLASSES = tuple(Priority)
 
 
 @dataclass(eq=False)
@@ -25,10 +44,20 @@ class Waiting:
     req: Request
     since: float
     granted: asyncio.Future[Upstream] = field(repr=False)
+    #: Arrival order in its queue (set when queued).
+    seq: int = 0
 
     @property
     def size(self) -> int:
         return len(self.req.body)
+
+    @property
+    def key(self) -> str:
+        return self.req.key_id
+
+    @property
+    def priority(self) -> Priority:
+        return self.req.schedule.priority
 
 
 @dataclass(frozen=True)
@@ -44,54 +73,307 @@ class QueueFull(Exception):
     """The queue is at one of its bounds; the message says which."""
 
 
+Lane = deque[Waiting]
+
+
 class ModelQueue:
-    """The requests waiting for one model's workers, in arrival order."""
+    """The requests waiting for one model's workers: a lane per class and key, each FIFO."""
 
     def __init__(self, model: str, bounds: Bounds) -> None:
         self.model = model
         self.bounds = bounds
-        self.waiting: deque[Waiting] = deque()
+        #: Per class (index: :class:`Priority`), the lanes of the keys that have requests waiting.
+        self.lanes: tuple[dict[str, Lane], ...] = tuple({} for _ in CLASSES)
+        self.depth = [0 for _ in CLASSES]
+        self._count = 0  # sum(depth), read on the fast path of every request of a model that queued
         self.bytes = 0
-        #: Requests that waited and were dispatched, refused at a bound, or timed out.
+        self._seq = 0
+        #: Requests that waited and were dispatched, refused at a bound, timed out, shed.
         self.dispatched = 0
         self.rejected = 0
         self.timed_out = 0
+        self.shed = 0
 
     def __len__(self) -> int:
-        return len(self.waiting)
+        return self._count
+
+    def __iter__(self) -> Iterator[Waiting]:
+        for lanes in self.lanes:
+            for lane in lanes.values():
+                yield from lane
+
+    def lane(self, priority: Priority, key: str) -> Lane:
+        return self.lanes[priority].get(key) or deque()
+
+    def victims(self, waiting: Waiting, shed: bool = True) -> list[Waiting]:
+        """What must leave for ``waiting`` to fit: nothing, or requests that matter less than it.
+
+        First the newest requests of the classes below its own, the least urgent first; then,
+        within its class, the newest request of the key holding the most places for its
+        weight, as long as that key would still hold more than the newcomer's key (fair
+        queuing's drop from the longest queue: a flood cannot fill the queue against a key
+        that sends little). Raises :class:`QueueFull` (counted) when that cannot make room, or
+        at once when it is full and ``shed`` is false (plain FIFO).
+        """
+        bounds = self.bounds
+        count, size = len(self) + 1, self.bytes + waiting.size
+        out: list[Waiting] = []
+        candidates = (
+            itertools.chain(self._newest_first_below(waiting.priority), self._longest_lanes(waiting))
+            if shed
+            else iter(())
+        )
+        while count > bounds.max_requests or size > bounds.max_bytes:
+            victim = next(candidates, None)
+            if victim is None:
+                self.rejected += 1
+                if len(self) >= bounds.max_requests:
+                    raise QueueFull(f"{len(self)} requests are already waiting for model '{self.model}'")
+                raise QueueFull(f"the requests waiting for model '{self.model}' hold {self.bytes} bytes")
+            out.append(victim)
+            count, size = count - 1, size - victim.size
+        return out
+
+    def _newest_first_below(self, priority: Priority) -> Iterator[Waiting]:
+        """Requests of the classes less urgent than ``priority``: the least urgent class first."""
+        for p in reversed(CLASSES[priority + 1 :]):
+            yield from _from_longest(self.lanes[p])
+
+    def _longest_lanes(self, waiting: Waiting) -> Iterator[Waiting]:
+        """Requests of ``waiting``'s class from keys that would still hold more places than its key."""
+        lanes = self.lanes[waiting.priority]
+        held = len(lanes.get(waiting.key, ())) + 1
+        yield from _from_longest(lanes, skip=waiting.key, floor=held / waiting.req.schedule.weight)
 
     def add(self, waiting: Waiting) -> None:
-        """Queue ``waiting`` at the back, or raise :class:`QueueFull` (counted) without queueing it."""
-        bounds = self.bounds
-        if len(self.waiting) >= bounds.max_requests:
-            self.rejected += 1
-            raise QueueFull(f"{len(self.waiting)} requests are already waiting for model '{self.model}'")
-        if self.bytes + waiting.size > bounds.max_bytes:
-            self.rejected += 1
-            raise QueueFull(f"the requests waiting for model '{self.model}' hold {self.bytes} bytes")
-        self.waiting.append(waiting)
+        """Queue ``waiting`` at the back of its lane (bounds are :meth:`victims`' business)."""
+        self._seq += 1
+        waiting.seq = self._seq
+        lanes = self.lanes[waiting.priority]
+        lane = lanes.get(waiting.key)
+        if lane is None:
+            lane = lanes[waiting.key] = deque()
+        lane.append(waiting)
+        self.depth[waiting.priority] += 1
+        self._count += 1
         self.bytes += waiting.size
 
-    def take(self, index: int) -> Waiting:
-        """Remove and return the request at ``index`` (for dispatch)."""
-        waiting = self.waiting[index]
-        del self.waiting[index]
-        self.bytes -= waiting.size
-        return waiting
-
-    def drop(self, waiting: Waiting) -> bool:
-        """Remove a request that gave up (timed out, or its client left); False if already gone."""
-        try:
-            self.waiting.remove(waiting)
-        except ValueError:
+    def remove(self, waiting: Waiting) -> bool:
+        """Take ``waiting`` out (dispatched, gave up, or shed); False if it is not here."""
+        lanes = self.lanes[waiting.priority]
+        lane = lanes.get(waiting.key)
+        if lane is None:
             return False
+        if lane and lane[0] is waiting:
+            lane.popleft()
+        else:
+            try:
+                lane.remove(waiting)
+            except ValueError:
+                return False
+        if not lane:
+            del lanes[waiting.key]
+        self.depth[waiting.priority] -= 1
+        self._count -= 1
         self.bytes -= waiting.size
         return True
 
     def oldest_wait_s(self, now: float) -> float:
-        return now - self.waiting[0].since if self.waiting else 0.0
+        heads = [lane[0].since for lanes in self.lanes for lane in lanes.values()]
+        return now - min(heads) if heads else 0.0
 
 
-def next_index(waiting: Sequence[Waiting]) -> int:
-    """Which waiting request a free worker takes next: the one that has waited longest (FIFO)."""
-    return 0
+def _from_longest(
+    lanes: dict[str, Lane], skip: str | None = None, floor: float | None = None
+) -> Iterator[Waiting]:
+    """Requests of one class, each time the newest of the key holding the most places for its weight.
+
+    ``skip``: a key never taken from; ``floor``: stop before a key would be left holding
+    fewer places per unit of weight than that.
+    """
+    held = {key: len(lane) for key, lane in lanes.items() if key != skip}
+
+    def weight(key: str) -> float:
+        return lanes[key][0].req.schedule.weight
+
+    while held:
+        key = max(held, key=lambda k: (held[k] / weight(k), lanes[k][held[k] - 1].seq))
+        if floor is not None and (held[key] - 1) / weight(key) < floor:
+            return
+        held[key] -= 1
+        yield lanes[key][held[key]]
+        if not held[key]:
+            del held[key]
+
+
+class Policy(Protocol):
+    """The order a model's queue is served in, and what it remembers to keep that order."""
+
+    name: str
+    #: Whether a full queue sheds a request that matters less for an arrival (or refuses it).
+    sheds: bool
+
+    def arrived(self, queue: ModelQueue, waiting: Waiting) -> None:
+        """``waiting`` is about to join ``queue``."""
+
+    def pick(self, queue: ModelQueue) -> Waiting | None:
+        """The request a free worker takes next (not removed), or None when the queue is empty."""
+
+    def dispatched(self, waiting: Waiting) -> None:
+        """``waiting`` left the queue for a worker."""
+
+    def settle(self, req: Request, usage: Usage) -> float:
+        """``req``'s answer ended with ``usage``; returns the weighted tokens it cost."""
+
+    def ahead(self, queue: ModelQueue, waiting: Waiting) -> int:
+        """How many waiting requests go before ``waiting`` (not yet queued) if nothing else arrives."""
+
+    def counters(self) -> dict[str, float]:
+        """Per key, the weighted tokens the policy counts as served."""
+
+
+class Fifo:
+    """First come, first served: classes, keys and weights are ignored, and a full queue refuses."""
+
+    name = "fifo"
+    sheds = False
+
+    def arrived(self, queue: ModelQueue, waiting: Waiting) -> None:
+        return None
+
+    def pick(self, queue: ModelQueue) -> Waiting | None:
+        heads = [lane[0] for lanes in queue.lanes for lane in lanes.values()]
+        return min(heads, key=lambda w: w.seq) if heads else None
+
+    def dispatched(self, waiting: Waiting) -> None:
+        return None
+
+    def settle(self, req: Request, usage: Usage) -> float:
+        return cost_of(req, usage)
+
+    def ahead(self, queue: ModelQueue, waiting: Waiting) -> int:
+        return len(queue)
+
+    def counters(self) -> dict[str, float]:
+        return {}
+
+
+def estimate_tokens(req: Request) -> int:
+    """The prompt tokens charged when ``req`` is dispatched: its body's bytes / :data:`BYTES_PER_TOKEN`."""
+    return max(1, len(req.body) // BYTES_PER_TOKEN)
+
+
+def cost_of(req: Request, usage: Usage) -> float:
+    """Weighted tokens an answer cost: prompt + :data:`OUTPUT_TOKEN_WEIGHT` x output, over the key's weight.
+
+    The prompt is the worker's count, else the estimate; output is the worker's count, else
+    one token per streamed event seen.
+    """
+    prompt = usage.prompt_tokens if usage.prompt_tokens is not None else estimate_tokens(req)
+    output = usage.completion_tokens if usage.completion_tokens is not None else usage.events
+    return (prompt + OUTPUT_TOKEN_WEIGHT * output) / req.schedule.weight
+
+
+class FairShare:
+    """Priority classes, then weighted fair share by tokens served (VTC), then arrival order.
+
+    Each key has a counter of the weighted tokens it was served. A request is charged its
+    estimated prompt when dispatched and corrected with the answer's real usage when it ends.
+    The next request comes from the most urgent class that has one, from the key of that
+    class with the lowest counter (ties: the earliest request). A key that starts waiting
+    has its counter lifted to the lowest counter of the keys already waiting in its class
+    (or, with none, to that of the last key served), so credit is not banked while idle.
+    """
+
+    name = "fair"
+    sheds = True
+
+    def __init__(self) -> None:
+        self._counters: dict[str, float] = {}
+        #: The counter of the key served last (VTC's lift when nobody else is waiting).
+        self._last = 0.0
+
+    def arrived(self, queue: ModelQueue, waiting: Waiting) -> None:
+        key, lanes = waiting.key, queue.lanes[waiting.priority]
+        if key in lanes:
+            return  # already waiting: keeps its counter
+        if key not in self._counters and len(self._counters) >= MAX_COUNTERS:
+            backlogged = {k for ls in queue.lanes for k in ls}
+            self._counters = {k: v for k, v in self._counters.items() if k in backlogged}
+        floor = min((self._counters.get(k, 0.0) for k in lanes), default=self._last)
+        self._counters[key] = max(self._counters.get(key, 0.0), floor)
+
+    def pick(self, queue: ModelQueue) -> Waiting | None:
+        for lanes in queue.lanes:
+            if lanes:
+                counters = self._counters
+                key = min(lanes, key=lambda k: (counters.get(k, 0.0), lanes[k][0].seq))
+                return lanes[key][0]
+        return None
+
+    def dispatched(self, waiting: Waiting) -> None:
+        req = waiting.req
+        req.fair_charge = estimate_tokens(req) / req.schedule.weight
+        self._last = self._counters[waiting.key] = self._counters.get(waiting.key, 0.0) + req.fair_charge
+
+    def settle(self, req: Request, usage: Usage) -> float:
+        cost = cost_of(req, usage)
+        counter = self._counters.get(req.key_id)
+        if counter is not None or len(self._counters) < MAX_COUNTERS:
+            self._counters[req.key_id] = (counter or 0.0) + cost - req.fair_charge
+        return cost
+
+    def ahead(self, queue: ModelQueue, waiting: Waiting) -> int:
+        """Every request of a more urgent class, then the turns the other keys of its class get.
+
+        The keys of a class take turns in proportion to their weights: a request that is the
+        n-th of its key goes after about n * w_k / w_own requests of each other key k.
+        """
+        more_urgent = sum(queue.depth[: waiting.priority])
+        lanes = queue.lanes[waiting.priority]
+        own = lanes.get(waiting.key)
+        turn = (len(own) if own else 0) + 1
+        weight = waiting.req.schedule.weight
+        others = 0
+        for key, lane in lanes.items():
+            if key != waiting.key:
+                share = lane[0].req.schedule.weight / weight
+                others += min(len(lane), math.ceil(turn * share))
+        return more_urgent + turn - 1 + others
+
+    def counters(self) -> dict[str, float]:
+        return dict(self._counters)
+
+
+POLICIES: dict[str, type[Fifo] | type[FairShare]] = {"fair": FairShare, "fifo": Fifo}
+
+
+class RateMeter:
+    """How fast a model's queue is being served: dispatches per second over the recent past.
+
+    Times are given (the dispatcher's clock), so the meter is plain arithmetic.
+    """
+
+    def __init__(self, window: int = 64, horizon_s: float = 30.0, minimum: int = 4) -> None:
+        self._times: deque[float] = deque(maxlen=window)
+        self._horizon = horizon_s
+        self._minimum = minimum
+
+    def tick(self, now: float) -> None:
+        self._times.append(now)
+
+    def rate(self, now: float) -> float | None:
+        """Dispatches per second since the oldest remembered one; None while too few to tell."""
+        times = self._times
+        while times and now - times[0] > self._horizon:
+            times.popleft()
+        if len(times) < self._minimum or now <= times[0]:
+            return None
+        return len(times) / (now - times[0])
+
+
+def wait_estimate(policy: Policy, queue: ModelQueue, waiting: Waiting, rate: float | None) -> float | None:
+    """Seconds ``waiting`` would wait for a worker at the queue's recent pace; None if unknown."""
+    if not rate:
+        return None
+    return (policy.ahead(queue, waiting) + 1) / rate
