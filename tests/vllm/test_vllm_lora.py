@@ -134,8 +134,7 @@ def test_affinity_counted_by_vllms_own_metrics(lora_stack: LoraStack) -> None:
 def test_runtime_unload_of_an_adapter_the_gateway_does_not_declare(lora_stack: LoraStack) -> None:
     worker = lora_stack.workers[1]
     r = _load(worker, "tiny-lora-stray", lora_stack.adapters["tiny-lora-b"])
-    assert r.status_code == 200, r.text
-    assert loaded(worker)["tiny-lora-stray"] == BASE
+    assert r.status_code == 200, r.text  # vLLM loaded it; the gateway's health round may already see it
     end = time.monotonic() + 30.0
     while "tiny-lora-stray" in loaded(worker):  # the gateway's next health round unloads it
         assert time.monotonic() < end, "the gateway did not unload the undeclared adapter"
