@@ -93,3 +93,25 @@ def test_bad_input_is_one_clear_line() -> None:
         assert done.returncode == 2
         assert done.stderr.startswith("vgate tune: error: ")
         assert message in done.stderr
+
+
+def test_the_calibration_recovers_a_simulated_engines_attention_costs(tmp_path: Path) -> None:
+    # A simulator with CPU-like attention stands in for the engine: the probes must find its
+    # quadratic prefill and context-bound decode again, not fold them into the linear terms.
+    truth = {
+        "decode-step-s": 0.004,
+        "decode-batch-slope": 0.05,
+        "prefill-attention-s": 2e-7,
+        "decode-kv-s": 1e-6,
+    }
+    out = tmp_path / "profile.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "vgate.tune.calibrate", "--engine", "sim", "--model", "sim", "--out", str(out),
+         *[f"--worker-arg=--{k}={v}" for k, v in truth.items()]],
+        capture_output=True, text=True, timeout=200,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    fitted = json.loads(out.read_text())["sim"]
+    assert fitted["decode-step-s"] == pytest.approx(truth["decode-step-s"], rel=0.15)
+    assert fitted["decode-kv-s"] == pytest.approx(truth["decode-kv-s"], rel=0.25)
+    assert fitted["prefill-attention-s"] == pytest.approx(truth["prefill-attention-s"], rel=0.3)

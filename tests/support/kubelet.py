@@ -31,6 +31,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import ssl
 import sys
@@ -178,15 +179,30 @@ class Kubelet:
                     return rewrite[mount] + arg[len(mount) :]
             return arg
 
+        def fix_script(script: str) -> str:
+            # A shell script names mounts as words of its own (`--results /results/x`): one pass,
+            # so a folder a mount was rewritten to is not rewritten again.
+            mounts = "|".join(re.escape(m.rstrip("/")) for m in sorted(rewrite, key=len, reverse=True))
+            pattern = re.compile(rf"(?<![\w./-])({mounts})(?=/|\s|;|'|\"|$)")
+
+            def local(match: re.Match[str]) -> str:
+                found = match.group(1)
+                return str(rewrite.get(found) or rewrite[found + "/"])
+
+            return pattern.sub(local, script) if rewrite else script
+
         command = c.get("command") or []
         args = [fix(str(a)) for a in c.get("args") or []]
+        if command[:2] in (["sh", "-c"], ["/bin/sh", "-c"]) and len(command) > 2:
+            command = [*command[:2], fix_script(command[2]), *command[3:]]
         if command:
             head = [sys.executable if command[0] in ("python", "python3") else command[0], *command[1:]]
             argv = [*head, *args]
         else:
             argv = [sys.executable, "-m", "vgate", *args]
         env = {
-            "PATH": os.environ.get("PATH", ""),
+            # The images' `vgate` is on PATH: so is this virtualenv's.
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
             "HOME": str(pod.dir),
             "PYTHONUNBUFFERED": "1",
             "TMPDIR": str(pod.dir),
@@ -222,10 +238,28 @@ class Kubelet:
         path.write_text(json.dumps(cfg))
         return path
 
+    async def _claim_path(self, namespace: str, claim: str) -> Path | None:
+        """The hostPath of the PersistentVolume bound to ``claim``, where a node would mount it."""
+        resp = await self.api.get(f"/api/v1/namespaces/{namespace}/persistentvolumeclaims/{claim}")
+        volume = resp.json().get("spec", {}).get("volumeName") if resp.status_code == 200 else None
+        if not volume:
+            return None
+        pv = await self.api.get(f"/api/v1/persistentvolumes/{volume}")
+        host = (
+            (pv.json().get("spec", {}).get("hostPath") or {}).get("path") if pv.status_code == 200 else None
+        )
+        return Path(host) if host else None
+
     async def _volumes(self, pod: Pod) -> dict[str, Path]:
-        """ConfigMap volumes as folders of files; emptyDirs as empty folders."""
+        """ConfigMap volumes as folders of files; claims as their volume's hostPath; emptyDirs as empty folders."""
         found: dict[str, Path] = {}
         for vol in pod.spec.get("volumes") or []:
+            if "persistentVolumeClaim" in vol:
+                host = await self._claim_path(pod.namespace, vol["persistentVolumeClaim"]["claimName"])
+                if host is not None:
+                    host.mkdir(parents=True, exist_ok=True)
+                    found[vol["name"]] = host
+                    continue
             target = pod.dir / "volumes" / vol["name"]
             target.mkdir(parents=True, exist_ok=True)
             if "configMap" in vol:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from vgate_worker.sim.engine import Engine, TokenEvent, step_duration
+from vgate_worker.sim.engine import Engine, TokenEvent, chunk_attention, step_duration
 from vgate_worker.sim.metrics import SimMetrics
 from vgate_worker.sim.settings import SimSettings
 
@@ -112,6 +112,24 @@ def test_step_time_matches_the_published_calibration() -> None:
     # Prefill is priced by uncached tokens only and is far cheaper per token than decode.
     assert step_duration(s, 2000, 1) - step_duration(s, 0, 1) == pytest.approx(2000 / s.prefill_tokens_per_s)
     assert s.prefill_tokens_per_s > 10 * single
+    # A GPU's attention costs nothing extra at these lengths: both attention terms default to 0.
+    assert step_duration(s, 2000, 4, attended=2e6, kv_tokens=8000) == step_duration(s, 2000, 4)
+
+
+def test_cpu_attention_makes_long_prompts_and_contexts_cost_more_than_linearly() -> None:
+    s = SimSettings(prefill_attention_s=1e-7, decode_kv_s=1e-6)
+    # One 1,024-token prompt whole costs more than four 256-token ones; split into two chunks
+    # the second half attends to the first, so the chunks together cost what the whole does.
+    whole = step_duration(s, 1024, 0, chunk_attention(0, 1024))
+    assert whole > 4 * step_duration(s, 256, 0, chunk_attention(0, 256))
+    halves = step_duration(s, 512, 0, chunk_attention(0, 512)) + step_duration(
+        s, 512, 0, chunk_attention(512, 512)
+    )
+    assert halves == pytest.approx(whole)
+    # A decode step over long contexts is slower than the same batch over short ones.
+    assert step_duration(s, 0, 8, kv_tokens=8 * 1000) - step_duration(
+        s, 0, 8, kv_tokens=8 * 10
+    ) == pytest.approx(1e-6 * 8 * 990)
 
 
 async def test_identical_requests_arriving_together_both_prefill(engine: Engine) -> None:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 from pydantic import ValidationError
 
-from vgate.tune.calibrate import fit_line, kv_tokens, profile
+from vgate.tune.calibrate import fit_line, fit_prefill, kv_tokens, profile
 from vgate_worker.sim.engine import Engine, TokenEvent
 from vgate_worker.sim.metrics import SimMetrics
 from vgate_worker.sim.settings import SimSettings, settings_from_argv
@@ -88,21 +88,34 @@ def test_without_chunked_prefill_a_prompt_waits_for_a_step_with_room_for_all_of_
 
 def test_the_calibration_fit_recovers_the_simulators_own_parameters() -> None:
     assert fit_line([0, 3, 15], [0.01, 0.013, 0.025]) == pytest.approx((0.01, 0.001))
+    # Made with: overhead 5 ms, 5,000 tokens/s, 2e-7 s per attended pair (x n^2 / 2), a 10 ms
+    # step growing 10 % per sequence, and 1e-6 s per KV token attended while decoding.
+    per_kv, short_ctx, long_ctx = 1e-6, 8 + 32, 1024 + 32
+    batch = [0.01 * (1 + 0.1 * (c - 1)) + per_kv * c * short_ctx for c in (1, 4, 16)]
+    prefill = [0.005 + n / 5000 + 1e-7 * n * n for n in (128, 512, 1024)]
     fitted = profile(
         {
             "decode_clients": [1, 4, 16],
-            "decode_tpot_s": [0.01, 0.013, 0.025],
-            "prefill_tokens": [256, 1024],
-            "prefill_ttft_s": [0.0612, 0.2148],
+            "decode_tpot_s": batch,
+            "decode_long_tpot_s": batch[0] + per_kv * (long_ctx - short_ctx),
+            "prefill_tokens": [128, 512, 1024],
+            "prefill_ttft_s": prefill,
             "kv_cache_bytes": 1 << 28,
             "kv_tokens": 65_536,
         }
     )
-    assert fitted["sim"] == {
-        "decode-step-s": 0.01,
-        "decode-batch-slope": 0.1,
-        "prefill-tokens-per-s": 5000.0,
-        "kv-bytes-per-token": 4096,
-    }
+    assert fitted["sim"] == pytest.approx(
+        {
+            "decode-step-s": 0.01,
+            "decode-batch-slope": 0.1,
+            "prefill-tokens-per-s": 5000.0,
+            "prefill-attention-s": 2e-7,
+            "decode-kv-s": 1e-6,
+            "kv-bytes-per-token": 4096,
+        }
+    )
+    assert fitted["fixed_overhead_s"] == pytest.approx(0.005)
     assert fitted["sim_args"][:2] == ["--decode-step-s", "0.01"]
+    # Noise that would make a longer prompt cheaper is dropped, not fitted.
+    assert fit_prefill([128, 512, 1024], [0.01, 0.03, 0.04])[2] == 0.0
     assert kv_tokens("INFO [kv_cache_utils.py:1] GPU KV cache size: 1,234,567 tokens\n") == 1_234_567

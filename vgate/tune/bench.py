@@ -248,6 +248,10 @@ def summarise_run(out: Path) -> dict[str, Any]:
             "sim_winner": sim_best_key,
             "vllm_goodput_of_sim_winner": real_scores[sim_best_key],
             "share_of_vllm_best": (real_scores[sim_best_key] or 0.0) / best.score,
+            # The other way round: vLLM's winner, scored by the simulator, against the simulator's best.
+            "sim_goodput_of_vllm_winner": sim_scores.get(space.key(best.config)),
+            "share_of_sim_best": (sim_scores.get(space.key(best.config)) or 0.0)
+            / max(sim_scores[sim_best_key] or 0.0, 1e-9),
             "rows": [{"settings": k, "vllm": real_scores[k], "sim": sim_scores[k]} for k in common],
         },
         "replay": replay_study(grid_run, real_scores),
@@ -279,7 +283,8 @@ def summary_markdown(s: dict[str, Any]) -> str:
         f"Winner over vLLM's defaults: {d['winner_over_default'] or 0:.2f}x goodput.",
         "",
         f"Simulator vs vLLM on the same grid: Spearman {c['spearman']:.2f}; the simulator's winner "
-        f"({c['sim_winner']}) scores {c['share_of_vllm_best']:.1%} of vLLM's best on vLLM.",
+        f"({c['sim_winner']}) scores {c['share_of_vllm_best']:.1%} of vLLM's best on vLLM; vLLM's winner "
+        f"({g['best']}) scores {c['share_of_sim_best']:.1%} of the simulator's best on the simulator.",
         "",
         "| settings | vLLM goodput | simulator goodput |",
         "|---|---|---|",

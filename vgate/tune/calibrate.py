@@ -3,17 +3,23 @@
     python -m vgate.tune.calibrate --model DIR --out bench/results/tune/sim-profile.json
 
 One real worker (``vgate worker``, so vLLM where it is installed) is started behind the gateway
-and measured with three probes, each chosen so one parameter dominates:
+and measured with four probes, each chosen so one parameter dominates:
 
 - decode: 64-token answers to 8-token prompts at 1, 4 and 16 clients; the median TPOT against
   the batch size is a line whose intercept is the single-sequence step time and whose slope,
   relative to it, is the simulator's ``decode_batch_slope``;
-- prefill: one-token answers to prompts of 128 and 512 tokens, one at a time; the TTFT
-  difference over the token difference is the prefill rate;
+- decode over a long context: the same answer to a 1,024-token prompt, one client; its extra
+  TPOT over the short prompt's, per extra context token, is ``decode_kv_s`` (a CPU step reads
+  every KV token it attends to; the short probes are corrected for their own few);
+- prefill: one-token answers to prompts of 128, 512 and 1,024 tokens, one at a time; TTFT is
+  fitted as overhead + n / rate + attention x n^2 / 2 (CPU attention is quadratic: 1,024
+  tokens took 16x as long as 256 on the tiny model), giving ``prefill_tokens_per_s`` and
+  ``prefill_attention_s``;
 - KV size: the tokens vLLM's log says its KV cache holds for the bytes it was given.
 
 The fitted values are written as simulator flags (``sim_args``), which ``vgate tune
---sim-profile FILE`` passes to every simulated worker.
+--sim-profile FILE`` passes to every simulated worker; the simulator's own defaults (a GPU,
+docs/simulator.md) are left alone.
 """
 
 from __future__ import annotations
@@ -35,9 +41,10 @@ from vgate.tune.scenario import Shape, parse_sweep
 
 KV_BYTES = 256 << 20
 DECODE_CLIENTS = (1, 4, 16)
-#: Around the prompts a tuning sends: on CPU, attention makes a prefill grow faster than linearly
-#: beyond them (1,024 tokens took 16x as long as 256 on the tiny model), and the simulator's rate is linear.
-PREFILL_TOKENS = (128, 512)
+#: Three lengths, for the quadratic's three terms, spanning the prompts a tuning sends.
+PREFILL_TOKENS = (128, 512, 1024)
+#: The prompts of the two single-client decode probes: short (the batch probes') and long.
+SHORT_PROMPT, LONG_PROMPT, DECODE_OUTPUT = 8, 1024, 64
 # vLLM's start-up line: "GPU KV cache size: 123,456 tokens" (the CPU backend says GPU too).
 _KV_LINE = re.compile(r"KV cache size: ([\d,]+) tokens")
 
@@ -50,6 +57,43 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return my - slope * mx, slope
 
 
+def fit_quadratic(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
+    """Least-squares a, b, c of y = a + b x + c x^2 (normal equations, Cramer's rule)."""
+    s = [sum(x**k for x in xs) for k in range(5)]
+    t = [sum(y * x**k for x, y in zip(xs, ys, strict=True)) for k in range(3)]
+    m = [[s[0], s[1], s[2]], [s[1], s[2], s[3]], [s[2], s[3], s[4]]]
+
+    def det(a: list[list[float]]) -> float:
+        return (
+            a[0][0] * (a[1][1] * a[2][2] - a[1][2] * a[2][1])
+            - a[0][1] * (a[1][0] * a[2][2] - a[1][2] * a[2][0])
+            + a[0][2] * (a[1][0] * a[2][1] - a[1][1] * a[2][0])
+        )
+
+    d = det(m)
+    out = []
+    for col in range(3):
+        swapped = [[t[r] if c == col else m[r][c] for c in range(3)] for r in range(3)]
+        out.append(det(swapped) / d)
+    return out[0], out[1], out[2]
+
+
+def fit_prefill(tokens: Sequence[float], ttft: Sequence[float]) -> tuple[float, float, float]:
+    """Overhead, seconds per token and attention seconds per token pair, none negative.
+
+    A negative term is noise (it would make some prompt cheaper than a shorter one): it is
+    dropped and the rest refitted.
+    """
+    a, b, c = fit_quadratic(tokens, ttft)
+    if c < 0:
+        c = 0.0
+        a, b = fit_line(tokens, ttft)
+    if b <= 0:
+        b = 0.0
+        a, c = fit_line([x * x for x in tokens], ttft)
+    return a, b, 2 * max(c, 0.0)
+
+
 def kv_tokens(log_text: str) -> int | None:
     """The KV cache's size in tokens from vLLM's start-up log."""
     found = _KV_LINE.findall(log_text)
@@ -58,18 +102,25 @@ def kv_tokens(log_text: str) -> int | None:
 
 def profile(measured: dict[str, Any]) -> dict[str, Any]:
     """Simulator flags from the measurements (pure, so the fit is unit-tested as data)."""
+    short_ctx = SHORT_PROMPT + DECODE_OUTPUT / 2
+    long_ctx = LONG_PROMPT + DECODE_OUTPUT / 2
+    tpots = measured["decode_tpot_s"]
+    single = tpots[measured["decode_clients"].index(1)]
+    per_kv = max(0.0, (measured["decode_long_tpot_s"] - single) / (long_ctx - short_ctx))
+    # The batch probes' own contexts cost per_kv each: take them out before fitting the line.
     clients = [c - 1 for c in measured["decode_clients"]]
-    step, growth = fit_line(clients, measured["decode_tpot_s"])
-    (p1, p2), (t1, t2) = measured["prefill_tokens"], measured["prefill_ttft_s"]
-    rate = (p2 - p1) / max(t2 - t1, 1e-6)
+    corrected = [t - per_kv * c * short_ctx for c, t in zip(measured["decode_clients"], tpots, strict=True)]
+    step, growth = fit_line(clients, corrected)
+    overhead, per_token, attention = fit_prefill(measured["prefill_tokens"], measured["prefill_ttft_s"])
     sim: dict[str, float | int] = {
         "decode-step-s": round(step, 6),
         "decode-batch-slope": round(max(growth, 0.0) / step, 5),
-        "prefill-tokens-per-s": round(rate, 1),
+        "prefill-tokens-per-s": round(1 / per_token, 1) if per_token > 0 else 1e9,
+        "prefill-attention-s": float(f"{attention:.4g}"),
+        "decode-kv-s": float(f"{per_kv:.4g}"),
     }
     if measured.get("kv_tokens"):
         sim["kv-bytes-per-token"] = max(1, round(measured["kv_cache_bytes"] / measured["kv_tokens"]))
-    overhead = t1 - p1 / rate - step
     return {
         "measured": measured,
         "fixed_overhead_s": round(overhead, 5),
@@ -89,19 +140,28 @@ def _median_of(records: Sequence[Any], attr: str) -> float:
 def measure(base: str, model: str) -> dict[str, Any]:
     """Run the decode and prefill probes against ``base``."""
 
+    seeds = iter(range(1, 100))
+
     def level(clients: int, shape: Shape, count: int) -> list[Any]:
+        # A seed of its own per probe: prompts drawn alike would share prefixes, and the prefix
+        # cache would serve a longer probe's start from a shorter one's.
         return asyncio.run(
-            loadgen.run_level(base, model, [shape] * count, "concurrency", clients, seed=clients)
+            loadgen.run_level(base, model, [shape] * count, "concurrency", clients, seed=next(seeds))
         )
 
     level(2, Shape(16, 16), 4)  # warm-up
-    tpots = [_median_of(level(c, Shape(8, 64), max(8, 3 * c)), "tpot") for c in DECODE_CLIENTS]
-    ttfts = [_median_of(level(1, Shape(p, 1), 8), "ttft") for p in PREFILL_TOKENS]
+    short, long = Shape(SHORT_PROMPT, DECODE_OUTPUT), Shape(LONG_PROMPT, DECODE_OUTPUT)
+    tpots = [_median_of(level(c, short, max(8, 3 * c)), "tpot") for c in DECODE_CLIENTS]
+    prefills = [level(1, Shape(p, 1), 8) for p in PREFILL_TOKENS]
     return {
         "decode_clients": list(DECODE_CLIENTS),
         "decode_tpot_s": tpots,
-        "prefill_tokens": list(PREFILL_TOKENS),
-        "prefill_ttft_s": ttfts,
+        "decode_long_tpot_s": _median_of(level(1, long, 8), "tpot"),
+        # The engine's own count (its tokenizer's), not the count asked for.
+        "prefill_tokens": [_median_of(r, "prompt_tokens") for r in prefills],
+        # A one-token answer's whole time: its first token may decode to no text (a part of a
+        # character), which a TTFT waits for in vain.
+        "prefill_ttft_s": [_median_of(r, "e2e") for r in prefills],
     }
 
 

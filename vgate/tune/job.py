@@ -126,7 +126,11 @@ def _results_volume(claim: str | None) -> dict[str, Any]:
 
 
 def _labels() -> dict[str, str]:
-    return {"app.kubernetes.io/name": "vgate", "app.kubernetes.io/component": "tune"}
+    return {
+        "app.kubernetes.io/name": "vgate",
+        "app.kubernetes.io/component": "tune",
+        "app.kubernetes.io/part-of": "vgate",
+    }
 
 
 def _quote(arg: str) -> str:

@@ -6,9 +6,13 @@ prefix cache; (2) spends up to ``max_num_batched_tokens`` of prefill on the unca
 prompt tokens of admitted sequences (chunked prefill); (3) gives every sequence that
 has finished its prefill one more output token. The step lasts
 
-    prefill_tokens / prefill_tokens_per_s + decode_step_s * (1 + decode_batch_slope * (b - 1))
+    prefill_tokens / prefill_tokens_per_s + prefill_attention_s * attended
+    + decode_step_s * (1 + decode_batch_slope * (b - 1)) + decode_kv_s * kv_tokens
 
-for ``b`` sequences emitting a token, divided by ``speed``. Steps are paced against a
+for ``b`` sequences emitting a token, divided by ``speed``: ``attended`` sums, over the step's
+prefill chunks, chunk x (context already computed + chunk / 2), the pairs its attention scores
+(quadratic in a prompt's length); ``kv_tokens`` sums the contexts of the sequences decoding. Both
+attention terms are 0 by default (a GPU); calibrated to vLLM's CPU backend they are not. Steps are paced against a
 monotonic clock, so oversleeping in one step is made up in the next and throughput
 stays right even when single sleeps are coarse.
 """
@@ -36,12 +40,20 @@ _MAX_LAG_S = 0.05
 TokenEvent = tuple[int, int | None]
 
 
-def step_duration(settings: SimSettings, prefill_tokens: int, batch: int) -> float:
+def step_duration(
+    settings: SimSettings, prefill_tokens: int, batch: int, attended: float = 0.0, kv_tokens: int = 0
+) -> float:
     """Simulated seconds of one engine step (before ``speed``): prefill work plus one decode pass."""
-    duration = prefill_tokens / settings.prefill_tokens_per_s
+    duration = prefill_tokens / settings.prefill_tokens_per_s + settings.prefill_attention_s * attended
     if batch > 0:
         duration += settings.decode_step_s * (1 + settings.decode_batch_slope * (batch - 1))
+        duration += settings.decode_kv_s * kv_tokens
     return duration
+
+
+def chunk_attention(done: int, chunk: int) -> float:
+    """Query x key pairs a prefill chunk scores: each of its tokens attends to all before it."""
+    return chunk * (done + chunk / 2)
 
 
 @dataclass(eq=False)
@@ -163,7 +175,8 @@ class Engine:
         self.pooling += 1
         self._publish()
         try:
-            await asyncio.sleep(tokens / self.settings.prefill_tokens_per_s / self.settings.speed)
+            seconds = step_duration(self.settings, tokens, 0, chunk_attention(0, tokens))
+            await asyncio.sleep(seconds / self.settings.speed)
         finally:
             self.pooling -= 1
             self._publish()
@@ -209,20 +222,23 @@ class Engine:
     def _plan_step(self) -> tuple[float, list[SimSequence]]:
         s = self.settings
         budget = s.max_num_batched_tokens
-        prefill = 0
+        prefill = kv_tokens = 0
+        attended = 0.0
         emitting: list[SimSequence] = []
         for seq in self.running:
             if seq.prefill_left == 0:
                 emitting.append(seq)
+                kv_tokens += len(seq.prompt_ids) + seq.generated
             elif budget >= seq.prefill_left or (budget > 0 and s.enable_chunked_prefill):
                 # Without chunked prefill a prompt is prefilled whole, in a step with room for it.
                 chunk = min(budget, seq.prefill_left)
+                attended += chunk_attention(len(seq.prompt_ids) - seq.prefill_left, chunk)
                 seq.prefill_left -= chunk
                 budget -= chunk
                 prefill += chunk
                 if seq.prefill_left == 0:
                     emitting.append(seq)  # the first token is sampled at the end of its prefill
-        return step_duration(s, prefill, len(emitting)), emitting
+        return step_duration(s, prefill, len(emitting), attended, kv_tokens), emitting
 
     def _emit(self, emitting: list[SimSequence]) -> None:
         now = time.monotonic()

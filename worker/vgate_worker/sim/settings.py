@@ -51,6 +51,13 @@ class SimSettings(BaseSettings):
     # Relative growth of the step time per extra running sequence (650 -> 2,500 tok/s at batch 4).
     decode_batch_slope: float = Field(0.0133, ge=0)
     prefill_tokens_per_s: float = Field(20_000.0, gt=0)
+    #: Seconds per (token x context token) of prefill attention: a chunk of c tokens after p
+    #: already computed costs c * (p + c / 2) of it. 0 on a GPU, where FlashAttention keeps a
+    #: prompt's cost linear at these lengths; vLLM's CPU attention is not (vgate.tune.calibrate).
+    prefill_attention_s: float = Field(0.0, ge=0)
+    #: Seconds per KV-cache token a decode step attends to (summed over the batch): 0 on a GPU,
+    #: where a step is bound by reading the weights; on CPU long contexts slow every step.
+    decode_kv_s: float = Field(0.0, ge=0)
     # Divides every simulated duration: 10 runs ten times faster with the same shape.
     speed: float = Field(1.0, gt=0)
     embedding_dim: int = Field(384, ge=8)
@@ -164,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-step-s", type=float, help="seconds per decode step at batch 1")
     p.add_argument("--decode-batch-slope", type=float, help="step-time growth per extra sequence")
     p.add_argument("--prefill-tokens-per-s", type=float)
+    p.add_argument("--prefill-attention-s", type=float, help="prefill attention, per token x context token")
+    p.add_argument("--decode-kv-s", type=float, help="decode step time per KV token attended")
     p.add_argument("--speed", type=float, help="time multiplier: 10 = ten times faster")
     p.add_argument("--embedding-dim", type=int)
     p.add_argument("--enable-prompt-tokens-details", action="store_true")
