@@ -9,7 +9,6 @@ an exception escaping as a 500.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import orjson
 
 from vgate_gateway.errors import OpenAIError, invalid_request
-from vgate_gateway.offload import OFF_LOOP_BYTES
+from vgate_gateway.offload import off_loop_if_large
 from vgate_gateway.protocol import CACHE_HEADER, REQUEST_ID_HEADER, Kind, Request
 from vgate_gateway.settings import DEFAULT_MAX_CONTAINERS, DEFAULT_MAX_DEPTH
 
@@ -94,18 +93,8 @@ async def read_request(
     # Bytes are relayed as they come: a compressed answer would reach the client undeclared.
     upstream["accept-encoding"] = "identity"
     body = await read_body(receive, limits.max_bytes, declared_length(length))
-    if len(body) < OFF_LOOP_BYTES:
-        return parse_request(
-            kind,
-            body,
-            limits,
-            request_id=request_id,
-            headers=upstream,
-            key_id=key_id,
-            cache_mode=cache_mode,
-            count_usage=count_usage,
-        )
-    return await asyncio.to_thread(
+    return await off_loop_if_large(
+        len(body),
         parse_request,
         kind,
         body,
