@@ -28,7 +28,16 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.stack import SUT_CPU, Gateway, gateway, metric_total, other_cpus, pinned, vgate_service
+from bench.stack import (
+    SUT_CPU,
+    Gateway,
+    gateway,
+    metric_total,
+    other_cpus,
+    pinned,
+    save_results,
+    vgate_service,
+)
 from vgate import procs, redis_server
 from vgate.procs import free_port
 from vgate.waiting import wait_for
@@ -581,12 +590,7 @@ def main(argv: Sequence[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="vgate-bench-") as logs:
         results = run(cfg, Path(logs), only_limiter=args.only_limiter)
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(render(results))
-    print(f"\nresults: {path} ({results['wall_s']}s)")
+    save_results(results, cfg.out, "bench", render(results))
     return 0
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from bench import stack
-from bench.stack import Gateway, metric_total, scrape
+from bench.stack import Gateway, metric_total, save_results, scrape
 
 MODEL = "tiny-qwen-float"
 # Words the tiny model's tokenizer was trained on: prompts stay a few tokens a word.
@@ -526,12 +526,7 @@ def main(argv: Sequence[str]) -> int:
                 print(f"--- {log.name}\n{log.read_text(errors='replace')[-3000:]}", file=sys.stderr)
             raise
     results["wall_s"] = round(time.perf_counter() - started, 1)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"bench-vllm-{time.strftime('%Y%m%dT%H%M%S')}.json"
-    path.write_text(json.dumps(results, indent=2) + "\n")
-    print(render(results))
-    print(f"\nresults: {path} ({results['wall_s']}s)")
+    save_results(results, cfg.out, "bench-vllm", render(results))
     return 0
 
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -99,3 +102,14 @@ async def scrape(urls: Sequence[str], names: Sequence[str]) -> list[dict[str, fl
 async def metric_total(urls: Sequence[str], name: str) -> float:
     """The metric ``name`` summed over ``urls``."""
     return sum(s.get(name, 0.0) for s in await scrape(urls, [name]))
+
+
+def save_results(results: dict[str, Any], out: str | Path, prefix: str, table: str) -> Path:
+    """Write ``results`` as ``<out>/<prefix>-<time>.json``, print ``table`` and where it went."""
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{prefix}-{time.strftime('%Y%m%dT%H%M%S')}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(table)
+    print(f"\nresults: {path} ({results['wall_s']}s)")
+    return path

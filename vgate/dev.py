@@ -17,6 +17,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,14 +130,7 @@ def main(argv: Sequence[str]) -> int:
     internal_port = args.internal_port or args.port + 1 + args.workers
     # The components stay in this command's process group: Ctrl-C in the terminal reaches them all.
     children: list[Child] = []
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = _stop_on_signals()
     try:
         lora = ["--enable-lora", "--max-loras", str(args.max_loras)] if adapters else []
         worker_env = {**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"} if adapters else None
@@ -151,7 +145,7 @@ def main(argv: Sequence[str]) -> int:
                 wait_http(
                     f"http://127.0.0.1:{port}/health",
                     60.0,
-                    alive=lambda: not stopping and all(c.alive() for c in children),
+                    alive=lambda: not stopping.is_set() and all(c.alive() for c in children),
                 )
         endpoints = ",".join(f"http://127.0.0.1:{p}" for p in worker_ports)
         env = {**os.environ, "VGATE_ENDPOINTS": endpoints}
@@ -169,7 +163,7 @@ def main(argv: Sequence[str]) -> int:
             wait_http(
                 f"http://127.0.0.1:{args.port}/{'ready' if args.api_key else 'v1/models'}",
                 60.0,
-                alive=lambda: not stopping and all(c.alive() for c in children),
+                alive=lambda: not stopping.is_set() and all(c.alive() for c in children),
             )
             prometheus_url = None
             if args.monitoring:
@@ -181,7 +175,7 @@ def main(argv: Sequence[str]) -> int:
             pass  # the loop below reports a dead component; a slow one may still come up
         gateway, workers = children[args.workers], children[: args.workers]
         reported: set[int] = set()
-        while not stopping and gateway.alive():
+        while not stopping.is_set() and gateway.alive():
             for port, worker in zip(worker_ports, workers, strict=True):
                 if not worker.alive() and port not in reported:
                     reported.add(port)
@@ -193,7 +187,7 @@ def main(argv: Sequence[str]) -> int:
                         flush=True,
                     )
             time.sleep(0.2)
-        if not stopping:
+        if not stopping.is_set():
             print(
                 f"vgate dev: the gateway exited (status {gateway.popen.returncode}); stopping",
                 file=sys.stderr,
@@ -233,14 +227,7 @@ def _autoscaled(args: argparse.Namespace) -> int:
     worker_args = ["--startup-delay-s", f"{args.cold_start:g}", "--max-num-seqs", str(args.autoscale_target)]
     fleet = Fleet(args.model, endpoints_file(), [*worker_args, *args.worker_arg], say=_say)
     settings = dev_settings(bounds, args.autoscale_target, args.scale_down_delay, args.scale_to_zero_delay)
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stopping = _stop_on_signals()
     env = {
         **os.environ,
         "VGATE_ENDPOINTS_FILE": str(fleet.endpoints),
@@ -258,14 +245,16 @@ def _autoscaled(args: argparse.Namespace) -> int:
         fleet.grow(bounds[0])
         with contextlib.suppress(ProcessExited, TimeoutError):
             wait_http(
-                f"http://127.0.0.1:{args.port}/ready", 60.0, alive=lambda: not stopping and gateway.alive()
+                f"http://127.0.0.1:{args.port}/ready",
+                60.0,
+                alive=lambda: not stopping.is_set() and gateway.alive(),
             )
             _autoscale_banner(args, internal_port, bounds)
         scaler = Scaler(fleet, settings, f"http://127.0.0.1:{internal_port}")
-        while not stopping and gateway.alive():
+        while not stopping.is_set() and gateway.alive():
             scaler.tick()
             time.sleep(TICK_S)
-        if not stopping:
+        if not stopping.is_set():
             print(
                 f"vgate dev: the gateway exited (status {gateway.popen.returncode}); stopping",
                 file=sys.stderr,
@@ -316,6 +305,18 @@ def _start_prometheus(
         print(f"vgate dev: Prometheus did not start, serving without it: {exc}", file=sys.stderr, flush=True)
         return None
     return f"http://127.0.0.1:{port}"
+
+
+def _stop_on_signals() -> threading.Event:
+    """Set on SIGTERM or SIGINT (Ctrl-C): the supervisor loop then stops every child."""
+    stopping = threading.Event()
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return stopping
 
 
 def _keys_file(keys: Sequence[str]) -> str:
