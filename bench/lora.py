@@ -15,7 +15,8 @@ request sequence, each on freshly started workers:
 
 Reported per arm: adapter loads per 1,000 requests, p50/p99 time to first token (streamed
 completions, measured at the client), and the share of requests each worker served (from
-each worker's own ``vllm:request_success_total``). Results: ``bench/results/lora-<time>.json``,
+each worker's own ``vllm:request_success_total``), over the whole run and over its second
+half, once the gateway knows the adapters' popularity and has rebalanced them. Results: ``bench/results/lora-<time>.json``,
 ``.md`` and ``.png``.
 """
 
@@ -49,7 +50,7 @@ class Config:
     adapters: int = 8
     workers: int = 2
     slots: int = 4
-    requests: int = 1000
+    requests: int = 4000
     concurrency: int = 16
     zipf_s: float = 1.1
     lora_load_s: float = 0.2
@@ -65,10 +66,13 @@ class Arm:
     ttft_s: list[float] = field(default_factory=list)
     errors: int = 0
     per_worker: list[float] = field(default_factory=list)
+    #: Requests each worker served in the second half of the run (placement settled).
+    per_worker_late: list[float] = field(default_factory=list)
 
     def summary(self, requests: int) -> dict[str, Any]:
         ttft = sorted(self.ttft_s)
         total = sum(self.per_worker) or 1.0
+        late = sum(self.per_worker_late) or 1.0
         return {
             "loads": self.loads,
             "loads_per_1000": round(1000 * self.loads / requests, 1),
@@ -76,6 +80,7 @@ class Arm:
             "ttft_p99_ms": round(1000 * ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))], 1),
             "errors": self.errors,
             "worker_share": [round(n / total, 3) for n in self.per_worker],
+            "worker_share_second_half": [round(n / late, 3) for n in self.per_worker_late],
         }
 
 
@@ -120,10 +125,24 @@ async def first_token(client: httpx.AsyncClient, url: str, model: str, prompt: s
         return ttft
 
 
-async def drive(cfg: Config, arm: Arm, send: Any) -> None:
-    """Send the workload with ``cfg.concurrency`` requests in flight; ``send(adapter, prompt)``."""
+async def drive(cfg: Config, arm: Arm, send: Any, urls: Sequence[str]) -> None:
+    """Send the workload with ``cfg.concurrency`` requests in flight; ``send(adapter, prompt)``.
+
+    It goes in two halves; each worker's count of served requests is read between them and
+    at the end, so the split of the second half (placement settled) is known too.
+    """
+    items = workload(cfg)
+    half = len(items) // 2
+    await _drive(cfg, arm, send, items[:half])
+    mid = [await metric_total([u], SUCCESS) for u in urls]
+    await _drive(cfg, arm, send, items[half:])
+    arm.per_worker = [await metric_total([u], SUCCESS) for u in urls]
+    arm.per_worker_late = [end - start for start, end in zip(mid, arm.per_worker, strict=True)]
+
+
+async def _drive(cfg: Config, arm: Arm, send: Any, items: list[tuple[str, str]]) -> None:
     queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-    for item in workload(cfg):
+    for item in items:
         queue.put_nowait(item)
 
     async def client_loop() -> None:
@@ -148,10 +167,9 @@ async def run_vgate(cfg: Config, logs: Path) -> Arm:
     }
     with workers(cfg, logs) as urls, gateway(urls, env, logs, cpus=SUT_CPU) as gw:
         async with httpx.AsyncClient(timeout=120.0) as client:
-            await drive(cfg, arm, lambda a, p: first_token(client, gw, a, p, cfg.max_tokens))
+            await drive(cfg, arm, lambda a, p: first_token(client, gw, a, p, cfg.max_tokens), urls)
             stats = (await client.get(gw.internal + "/stats")).json()["adapters"]
         arm.loads = sum(s["loads"] for s in stats.values())
-        arm.per_worker = [await metric_total([u], SUCCESS) for u in urls]
     return arm
 
 
@@ -211,9 +229,8 @@ async def run_round_robin(cfg: Config, logs: Path) -> Arm:
     with workers(cfg, logs) as urls:
         async with httpx.AsyncClient(timeout=120.0) as client:
             router = RoundRobinPlacement(urls, cfg.slots, client)
-            await drive(cfg, arm, lambda a, p: router.send(a, p, cfg.max_tokens))
+            await drive(cfg, arm, lambda a, p: router.send(a, p, cfg.max_tokens), urls)
         arm.loads = router.loads
-        arm.per_worker = [await metric_total([u], SUCCESS) for u in urls]
     return arm
 
 
@@ -223,13 +240,15 @@ def render(cfg: Config, results: dict[str, dict[str, Any]]) -> str:
         f"{cfg.adapters} adapters (Zipf s={cfg.zipf_s}), {cfg.workers} dry-run workers with {cfg.slots} slots "
         f"each, a load takes {cfg.lora_load_s} s; {cfg.requests} streamed completions, {cfg.concurrency} in flight.",
         "",
-        "| placement | adapter loads / 1,000 requests | TTFT p50 | TTFT p99 | requests per worker | errors |",
-        "|---|---|---|---|---|---|",
+        "| placement | adapter loads / 1,000 requests | TTFT p50 | TTFT p99 | requests per worker | second half | errors |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, r in (("round-robin", base), ("vgate (affinity)", ours)):
         split = " / ".join(f"{100 * s:.0f} %" for s in r["worker_share"])
+        late = " / ".join(f"{100 * s:.0f} %" for s in r["worker_share_second_half"])
         lines.append(
-            f"| {name} | {r['loads_per_1000']} | {r['ttft_p50_ms']} ms | {r['ttft_p99_ms']} ms | {split} | {r['errors']} |"
+            f"| {name} | {r['loads_per_1000']} | {r['ttft_p50_ms']} ms | {r['ttft_p99_ms']} ms | {split} | {late} "
+            f"| {r['errors']} |"
         )
     loads = ours["loads_per_1000"] / base["loads_per_1000"] if base["loads_per_1000"] else float("nan")
     lines += [

@@ -126,9 +126,50 @@ def test_a_failed_worker_is_not_asked_again_until_the_retry_time() -> None:
 def test_an_adapter_spreads_only_when_every_holder_is_crowded() -> None:
     p = placement(Clock())
     holder, other = worker("u1", {"a"}, inflight=6), worker("u2", inflight=1)
-    assert p.crowded([holder], [holder, other], imbalance=4)
-    assert not p.crowded([holder], [holder, other], imbalance=6)
-    assert not p.crowded([holder, other], [holder, other], imbalance=1)  # already everywhere
+    for _ in range(6):
+        p.begin("u1", "a")  # all the requests are for a: it wants every worker
+    assert p.crowded("a", [holder], [holder, other], imbalance=4)
+    assert not p.crowded("a", [holder], [holder, other], imbalance=6)
+    assert not p.crowded("a", [holder, other], [holder, other], imbalance=1)  # already everywhere
+
+
+def test_an_adapter_is_copied_only_while_it_wants_more_than_a_workers_fair_share() -> None:
+    p = placement(Clock())
+    holder, other = worker("u1", {"a", "b"}, inflight=9), worker("u2", {"c"}, inflight=1)
+    for name, requests in (("a", 40), ("b", 30), ("c", 30)):
+        for _ in range(requests):
+            p.begin("u1" if name != "c" else "u2", name)
+    assert p.copies("a", [holder, other]) == 1  # 40 % of the requests: one worker serves it within its half
+    assert not p.crowded("a", [holder], [holder, other], imbalance=4)
+    for _ in range(100):
+        p.begin("u1", "a")
+    assert p.copies("a", [holder, other]) == 2  # now 70 %: more than one worker's half
+    assert p.crowded("a", [holder], [holder, other], imbalance=4)
+
+
+def test_a_spare_copy_is_unloaded_before_an_adapter_held_nowhere_else() -> None:
+    p = placement(Clock())
+    w1, w2 = worker("u1", {"a", "b"}), worker("u2", {"a", "c"})
+    for name, url, requests in (("a", "u1", 6), ("b", "u1", 4), ("c", "u2", 4)):
+        for _ in range(requests):
+            p.begin(url, name)
+            p.end(url, name)
+    # a is the most wanted, but under a worker's fair share: its second copy is spare: b and c are held only once
+    t = p.target("d", [w1, w2])
+    assert t is not None
+    assert t.evict == "a"
+
+
+def test_a_new_adapter_goes_to_the_worker_expected_to_serve_least() -> None:
+    p = placement(Clock())
+    w1, w2 = worker("u1", {"a"}), worker("u2", {"b"}, inflight=3)
+    for name, url, requests in (("a", "u1", 20), ("b", "u2", 5)):
+        for _ in range(requests):
+            p.begin(url, name)
+            p.end(url, name)
+    t = p.target("c", [w1, w2])
+    assert t is not None
+    assert t.worker is w2  # busier now, but it holds the rarely used adapter
 
 
 def test_a_health_check_sent_before_an_unload_does_not_bring_the_adapter_back() -> None:
@@ -142,3 +183,53 @@ def test_a_health_check_sent_before_an_unload_does_not_bring_the_adapter_back() 
     assert "a" not in up.adapters
     pool.passed(up, frozenset({BASE}), frozenset({"b"}), up.adapter_epoch)  # a fresh check counts
     assert up.adapters == {"b"}
+
+
+def zipf_demand(p: Placement, names: list[str], requests: int = 1000) -> None:
+    weights = [1 / (k**1.1) for k in range(1, len(names) + 1)]
+    for name, w in zip(names, weights, strict=True):
+        for _ in range(int(requests * w / sum(weights))):
+            p.begin("elsewhere", name)
+            p.end("elsewhere", name)
+
+
+def eight(slots: int = 4) -> tuple[Placement, list[str]]:
+    names = [f"z{i}" for i in range(8)]
+    specs = {n: AdapterSettings(base=BASE, source=f"org/{n}") for n in names}
+    return Placement(specs, lambda base: slots, retry_s=30, clock=Clock()), names
+
+
+def test_a_placement_made_before_popularity_was_known_is_evened_by_a_swap() -> None:
+    p, z = eight()
+    zipf_demand(p, z)  # z0 has 40 % of the requests, z7 4 %
+    heavy, light = worker("h", {z[0], z[3], z[4], z[5]}), worker("l", {z[1], z[2], z[6], z[7]})
+    before = p.share(heavy, [heavy, light]) - p.share(light, [heavy, light])
+    swap = p.rebalance([heavy, light])
+    assert swap is not None
+    assert (swap.heavy, swap.light) == (heavy, light)
+    assert (swap.move, swap.back) == (z[3], z[7])  # the swap that narrows the gap most
+    after = before - 2 * (p.demand(swap.move) - p.demand(z[7]))
+    assert abs(after) < before
+
+
+def test_a_near_even_placement_is_left_alone() -> None:
+    p, z = eight()
+    zipf_demand(p, z)
+    # 54 % / 46 %: as even as four slots each allow without a second copy
+    a, b = worker("a", {z[0], z[5], z[6], z[7]}), worker("b", {z[1], z[2], z[3], z[4]})
+    assert p.rebalance([a, b]) is None
+
+
+def test_too_few_requests_to_know_popularity_move_nothing() -> None:
+    p, z = eight()
+    zipf_demand(p, z, requests=40)
+    assert p.rebalance([worker("h", {z[0], z[1], z[2], z[3]}), worker("l", {z[4], z[5], z[6], z[7]})]) is None
+
+
+def test_a_free_slot_on_the_lighter_worker_takes_a_move_without_one_back() -> None:
+    p, z = eight(slots=6)
+    zipf_demand(p, z)
+    heavy, light = worker("h", {z[1], z[2], z[3]}), worker("l", {z[7]})  # 39 % against 4 %
+    swap = p.rebalance([heavy, light])
+    assert swap is not None
+    assert (swap.move, swap.back) == (z[1], None)

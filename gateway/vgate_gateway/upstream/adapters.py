@@ -6,15 +6,17 @@ source, ``min_workers``) and learns where each is loaded from the workers' ``/v1
 worker that has it loaded (the pool's candidates for the adapter's name); when none has,
 the request waits in the adapter's queue (:mod:`vgate_gateway.upstream.dispatch`) while this
 manager loads it (``POST /v1/load_lora_adapter``) on the best worker
-(:class:`~vgate_gateway.upstream.placement.Placement`), unloading the least recently used
-idle adapter there first when its slots are full. A load that succeeds makes the worker a
+(:class:`~vgate_gateway.upstream.placement.Placement`: the least expected demand), unloading
+the least demanded idle adapter there first when its slots are full. A load that succeeds makes the worker a
 candidate at once, which wakes the queue. A load that fails is logged with vLLM's message,
 the worker is not asked again for a while, and the adapter is tried on another worker; when
 no worker is left to try, the waiting requests get a 503 (never a hang). An adapter whose
 holders are all much busier than the least busy worker is loaded on one more worker.
 
 Every health round, :meth:`AdapterManager.reconcile` keeps each adapter on at least its
-``min_workers`` workers and unloads adapters that are no longer declared.
+``min_workers`` workers, unloads adapters that are no longer declared, and, once the
+adapters' popularity is known, swaps adapters between workers whose expected shares of the
+requests are far apart (:meth:`~vgate_gateway.upstream.placement.Placement.rebalance`).
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ import orjson
 from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstream.client import UpstreamClient, UpstreamError
-from vgate_gateway.upstream.placement import Placement, Target
+from vgate_gateway.upstream.placement import Placement, Swap, Target
 from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 
 log = logging.getLogger(__name__)
 
 _JSON = {"content-type": "application/json"}
+#: How often an unload looks whether the adapter's requests in flight on the worker are over.
+_DRAIN_POLL_S = 0.05
 
 
 class AdapterManager:
@@ -49,6 +53,7 @@ class AdapterManager:
             settings.adapters,
             lambda base: settings.for_model(base).max_loras or settings.max_loras,
             retry_s=settings.adapter_retry_s,
+            waiting=lambda name: self._queued(name),
         )
         self._wanted: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -87,7 +92,7 @@ class AdapterManager:
     def begin(self, name: str, up: Upstream) -> None:
         self.placement.begin(up.url, name)
         holders = [u for u in self._pool.routable(name) if u.routable]
-        if self.placement.crowded(holders, self.workers(name), self._settings.adapter_spread_imbalance):
+        if self.placement.crowded(name, holders, self.workers(name), self._settings.adapter_spread_imbalance):
             self._wanted.add(name)
             self._kick()
 
@@ -99,13 +104,13 @@ class AdapterManager:
     # -- loading
 
     def _kick(self) -> None:
-        """Start the loads wanted now, within the bound of loads in flight."""
-        for name in sorted(self._wanted):
+        """Start the loads wanted now, within the bound of loads in flight: most wanted first."""
+        for name in sorted(self._wanted, key=self._urgency):
             if self.placement.loading.get(name):
                 continue  # one load of an adapter at a time
             holders = [u for u in self._pool.routable(name) if u.routable]
             workers = self.workers(name)
-            crowded = self.placement.crowded(holders, workers, self._settings.adapter_spread_imbalance)
+            crowded = self.placement.crowded(name, holders, workers, self._settings.adapter_spread_imbalance)
             if holders and not crowded and not self._short_of_minimum(name, holders):
                 self._wanted.discard(name)
                 continue
@@ -119,6 +124,10 @@ class AdapterManager:
             elif workers and not any(self.placement.may_try(u.url, name) for u in workers):
                 self._wanted.discard(name)
                 self._fail(name, self._unloadable(name))
+
+    def _urgency(self, name: str) -> tuple[float, str]:
+        """Requests waiting for ``name`` and begun lately: the more, the sooner it loads."""
+        return (-self.placement.demand(name), name)
 
     def _short_of_minimum(self, name: str, holders: list[Upstream]) -> bool:
         return len(holders) < self._settings.adapters[name].min_workers
@@ -137,18 +146,61 @@ class AdapterManager:
         try:
             if target.evict is not None:
                 await self.unload(up, target.evict)
-            spec = self._settings.adapters[name]
-            status, message = await self._call(up, "load", {"lora_name": name, "lora_path": spec.source})
-            if status == 200 or "has already been loaded" in message:
-                self.counts[(name, "loads")] += 1
-                log.info("adapter %s loaded on %s", name, up.url)
-                self._pool.adapter_loaded(up, name)
-            else:
-                self._load_failed(name, up, f"HTTP {status}: {message}")
+            await self._load_on(up, name)
         except UpstreamError as exc:
             self._load_failed(name, up, str(exc) or type(exc).__name__)
         finally:
             self.placement.loading.get(name, set()).discard(up.url)
+            self._kick()
+
+    async def _load_on(self, up: Upstream, name: str) -> bool:
+        """Ask ``up`` to load ``name``; True when it holds it."""
+        spec = self._settings.adapters[name]
+        status, message = await self._call(up, "load", {"lora_name": name, "lora_path": spec.source})
+        if status == 200 or "has already been loaded" in message:
+            self.counts[(name, "loads")] += 1
+            log.info("adapter %s loaded on %s", name, up.url)
+            self._pool.adapter_loaded(up, name)
+            return True
+        self._load_failed(name, up, f"HTTP {status}: {message}")
+        return False
+
+    def _start_swap(self, swap: Swap) -> None:
+        self.placement.loading.setdefault(swap.move, set()).add(swap.light.url)
+        if swap.back is not None:
+            self.placement.loading.setdefault(swap.back, set()).add(swap.heavy.url)
+        task = asyncio.create_task(self._swap(swap), name=f"rebalance adapter {swap.move}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _swap(self, swap: Swap) -> None:
+        """Move ``swap.move`` to the lighter worker (it stays servable throughout), then ``swap.back`` the other way.
+
+        ``swap.back`` is unloaded first to free its slot and is wanted back at once: its
+        requests meanwhile wait in its queue, as for any adapter being loaded.
+        """
+        log.info(
+            "rebalancing adapters: %s from %s to %s%s",
+            swap.move,
+            swap.heavy.url,
+            swap.light.url,
+            f", {swap.back} the other way" if swap.back else "",
+        )
+        try:
+            if swap.back is not None:
+                await self.unload(swap.light, swap.back)
+            if await self._load_on(swap.light, swap.move):
+                await self.unload(swap.heavy, swap.move)
+                if swap.back is not None:
+                    await self._load_on(swap.heavy, swap.back)
+        except UpstreamError as exc:
+            log.warning("rebalancing adapters %s/%s failed: %s", swap.move, swap.back, exc)
+        finally:
+            self.placement.loading.get(swap.move, set()).discard(swap.light.url)
+            if swap.back is not None:
+                self.placement.loading.get(swap.back, set()).discard(swap.heavy.url)
+                if not self._pool.routable(swap.back):
+                    self._wanted.add(swap.back)  # the move back failed: load it where it fits
             self._kick()
 
     def _load_failed(self, name: str, up: Upstream, why: str) -> None:
@@ -165,8 +217,10 @@ class AdapterManager:
         )
 
     async def unload(self, up: Upstream, name: str) -> None:
-        """Unload ``name`` from ``up``; it gets none of its new requests from now on."""
+        """Unload ``name`` from ``up`` once its requests in flight there are over; it gets no new ones."""
         self._pool.adapter_unloaded(up, name)
+        while self.placement.inflight.get((up.url, name)):
+            await asyncio.sleep(_DRAIN_POLL_S)
         self.placement.forget(up.url, name)
         status, message = await self._call(up, "unload", {"lora_name": name})
         if status in (200, 404):
@@ -196,6 +250,12 @@ class AdapterManager:
         self._kick()
         if not self._settings.adapters:
             return
+        if not self._wanted and not self._loads_in_flight():
+            for base in sorted({a.base for a in self._settings.adapters.values()}):
+                swap = self.placement.rebalance(self._pool.routable(base))
+                if swap is not None:
+                    self._start_swap(swap)
+                    break
         for up in self._pool.all():
             for name in sorted(up.adapters - set(self._settings.adapters)):
                 if not self.placement.inflight.get((up.url, name)):
