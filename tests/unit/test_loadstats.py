@@ -146,7 +146,13 @@ async def test_a_starting_worker_is_probed_often_while_requests_wait_and_passes_
     workers = _worker(Answer(200, VLLM_METRICS.encode(), "text/plain"))
     workers.down.add("starting")
     checker = HealthChecker(
-        pool, workers, Metrics("test"), interval_s=60, timeout_s=1, starting_interval_s=0.02, waiting=lambda: True
+        pool,
+        workers,
+        Metrics("test"),
+        interval_s=60,
+        timeout_s=1,
+        starting_interval_s=0.02,
+        waiting=lambda: True,
     )
     task = asyncio.create_task(checker.run())
     await asyncio.sleep(0.05)
@@ -165,7 +171,13 @@ async def test_without_waiting_requests_a_starting_worker_waits_for_the_next_rou
     workers = _worker(Answer(200, VLLM_METRICS.encode(), "text/plain"))
     workers.down.add("starting")
     checker = HealthChecker(
-        pool, workers, Metrics("test"), interval_s=60, timeout_s=1, starting_interval_s=0.02, waiting=lambda: False
+        pool,
+        workers,
+        Metrics("test"),
+        interval_s=60,
+        timeout_s=1,
+        starting_interval_s=0.02,
+        waiting=lambda: False,
     )
     task = asyncio.create_task(checker.run())
     await asyncio.sleep(0.05)

@@ -98,7 +98,9 @@ class AdapterManager:
 
     def end(self, name: str, up: Upstream) -> None:
         self.placement.end(up.url, name)
-        if not self.placement.inflight.get((up.url, name)) and (drained := self._drained.pop((up.url, name), None)):
+        if not self.placement.inflight.get((up.url, name)) and (
+            drained := self._drained.pop((up.url, name), None)
+        ):
             drained.set()  # an unload waits for this: the adapter's last request there ended
         if self._wanted:
             self._kick()
