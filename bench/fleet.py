@@ -53,7 +53,7 @@ QUEUE_TIMEOUT_S = 300.0
 class FleetConfig:
     """One run's shape. Durations are uncompressed seconds unless named ``_compressed``."""
 
-    compress: float = 20.0
+    compress: float = 10.0
     cold_start_s: float = 20.0
     max_num_seqs: int = 8
     prompt_words: int = 40
@@ -68,6 +68,7 @@ class FleetConfig:
     #: The policy's delays for ``elastic-tuned`` (None: the policy's default).
     tuned_scale_down_delay_s: float | None = None
     tuned_scale_to_zero_delay_s: float | None = None
+    tuned_stable_window_s: float | None = None
     seed: int = 11
     out: str = "bench/results"
 
@@ -84,12 +85,14 @@ def worker_args(cfg: FleetConfig, startup_delay_c: float) -> list[str]:
     ]  # fmt: skip
 
 
-def policy(cfg: FleetConfig, peak: int, down_s: float | None, zero_s: float | None) -> PolicySettings:
+def policy(
+    cfg: FleetConfig, peak: int, down_s: float | None, zero_s: float | None, stable_s: float | None = None
+) -> PolicySettings:
     """The operator's policy, its defaults unless given, every window and delay compressed."""
     d = PolicySettings(min_replicas=0, max_replicas=peak, target_per_replica=cfg.max_num_seqs)
     return dataclasses.replace(
         d,
-        stable_window_s=cfg.c(d.stable_window_s),
+        stable_window_s=cfg.c(stable_s if stable_s is not None else d.stable_window_s),
         panic_window_s=cfg.c(d.panic_window_s),
         scale_down_delay_s=cfg.c(down_s if down_s is not None else d.scale_down_delay_s),
         scale_to_zero_delay_s=cfg.c(zero_s if zero_s is not None else d.scale_to_zero_delay_s),
@@ -167,6 +170,7 @@ def build_system(
             cfg, peak,
             cfg.tuned_scale_down_delay_s if tuned else None,
             cfg.tuned_scale_to_zero_delay_s if tuned else None,
+            cfg.tuned_stable_window_s if tuned else None,
         )  # fmt: skip
         return Elastic(name, fleet, Scaler(fleet, settings, internal))
     fleet = TimedFleet(DEFAULT_MODEL, endpoints, worker_args(cfg, 0.0), say=lambda _: None)
@@ -285,7 +289,7 @@ def run(cfg: FleetConfig, logs: Path) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     d = FleetConfig()
     p = argparse.ArgumentParser(prog="python -m bench.fleet", description=__doc__.splitlines()[0])
-    p.add_argument("--compress", type=float, default=d.compress, help="time compression factor (default 20)")
+    p.add_argument("--compress", type=float, default=d.compress, help="time compression factor (default 10)")
     p.add_argument(
         "--cold-start", type=float, default=d.cold_start_s, help="a worker's start, uncompressed s (20)"
     )
@@ -304,6 +308,7 @@ def _parser() -> argparse.ArgumentParser:
         "--scale-down-delay", type=float, help="elastic-tuned's scaleDownDelaySeconds (uncompressed)"
     )
     p.add_argument("--scale-to-zero-delay", type=float, help="elastic-tuned's scaleToZeroDelaySeconds")
+    p.add_argument("--stable-window", type=float, help="elastic-tuned's stableWindowSeconds (uncompressed)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out, help="directory for the JSON, Markdown and PNG (bench/results)")
     return p
@@ -326,7 +331,7 @@ def main(argv: Sequence[str]) -> int:
         prompt_words=args.prompt_words, output_tokens=args.output_tokens, decode_step_s=args.decode_step_s,
         trace_scale=args.trace_scale, calibrate_s=args.calibrate, systems=systems,
         tuned_scale_down_delay_s=args.scale_down_delay, tuned_scale_to_zero_delay_s=args.scale_to_zero_delay,
-        seed=args.seed, out=args.out,
+        tuned_stable_window_s=args.stable_window, seed=args.seed, out=args.out,
     )  # fmt: skip
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="vgate-fleet-") as logs:

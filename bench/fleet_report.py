@@ -19,6 +19,7 @@ from bench.fleet_trace import (
     standard_trace,
     wait_quantile,
 )
+from vgate_operator.autoscale.policy import PolicySettings
 
 #: Targets for every elastic system (the second and third as ratios in the same run).
 MAX_VS_ORACLE = 1.3
@@ -151,6 +152,21 @@ def _fmt(both: dict[str, float | None]) -> str:
     return "-" if s is None or c is None else f"{s:.2f} s ({c:.3f})"
 
 
+def _tuned_line(config: dict[str, Any], systems: dict[str, Any]) -> list[str]:
+    """What ``elastic-tuned`` changed from the policy's defaults (uncompressed seconds)."""
+    if "elastic-tuned" not in systems:
+        return []
+    d = PolicySettings(min_replicas=0, max_replicas=1, target_per_replica=1)
+    chosen = [
+        ("stableWindowSeconds", config.get("tuned_stable_window_s"), d.stable_window_s),
+        ("scaleDownDelaySeconds", config.get("tuned_scale_down_delay_s"), d.scale_down_delay_s),
+        ("scaleToZeroDelaySeconds", config.get("tuned_scale_to_zero_delay_s"), d.scale_to_zero_delay_s),
+    ]
+    parts = [f"{name} {value if value is not None else default:g}" for name, value, default in chosen]
+    defaults = "/".join(f"{default:g}" for _, _, default in chosen)
+    return [f"elastic-tuned: {', '.join(parts)} (elastic: the defaults, {defaults}).", ""]
+
+
 def render_markdown(results: dict[str, Any], png: str) -> str:
     """The table (uncompressed seconds, compressed in brackets), the targets and the plot's name."""
     f = results["config"]["compress"]
@@ -161,6 +177,7 @@ def render_markdown(results: dict[str, Any], png: str) -> str:
         f"one worker's capacity {results['capacity_rps']['per_s']:.3f} req/s "
         f"({results['capacity_rps']['compressed_per_s']:.2f} compressed), measured in the same run.",
         "",
+        *_tuned_line(results["config"], systems),
         "| system | replicas | replica-seconds | vs static-peak | TTFT p50 | TTFT p99 | queue wait p50 | queue wait p99 | requests | refused | failed |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
