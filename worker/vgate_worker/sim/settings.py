@@ -14,8 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vgate_worker.settings import DEFAULT_MODEL
-from vgate_worker.sim.waiting import SchedulingPolicy
+from vgate_worker.settings import DEFAULT_MODEL, SchedulingPolicy
 
 
 class SimSettings(BaseSettings):

@@ -12,9 +12,9 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterator
-from typing import Generic, Literal, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
-SchedulingPolicy = Literal["fcfs", "priority"]
+from vgate_worker.settings import SchedulingPolicy
 
 
 class Queued(Protocol):
