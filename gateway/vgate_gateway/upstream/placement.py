@@ -137,17 +137,13 @@ class Placement:
         options = [u for u in workers if name not in self.held(u) and self.may_try(u.url, name)]
         free = [u for u in options if len(self.held(u)) < slots]
         if free:
-            return Target(
-                min(free, key=lambda u: (self.share(u, workers), u.inflight, len(self.held(u)), u.url))
-            )
+            return Target(min(free, key=lambda u: (self.share(u, workers), u.inflight, len(self.held(u)), u.url)))
         best: tuple[tuple[float, float, float, int, str], Upstream, str] | None = None
         for u in options:
             evict = self.evictable(u, workers)
             if evict is not None:
                 rank = (
-                    self.demand(evict)
-                    if self.copies(evict, workers) >= self._holding(evict, workers)
-                    else 0.0,
+                    self.demand(evict) if self.copies(evict, workers) >= self._holding(evict, workers) else 0.0,
                     self.last_used.get((u.url, evict), 0.0),
                     self.share(u, workers),
                     u.inflight,
