@@ -43,8 +43,9 @@ from vgate_worker.settings import DEFAULT_MODEL
 SYSTEMS = ("elastic", "elastic-tuned", "oracle", "static-peak", "static-mean")
 #: The operator's loop interval, uncompressed (VGATE_OPERATOR_AUTOSCALE_INTERVAL_S).
 OPERATOR_INTERVAL_S = 2.0
-#: The gateway's health-check interval and queue timeout, uncompressed (their defaults).
+#: The gateway's health-check intervals and queue timeout, uncompressed (their defaults).
 HEALTH_INTERVAL_S = 2.0
+HEALTH_STARTING_INTERVAL_S = 0.25
 QUEUE_TIMEOUT_S = 300.0
 
 
@@ -103,6 +104,7 @@ def start_gateway(cfg: FleetConfig, endpoints: Path, logs: Path, name: str) -> A
         "VGATE_MODELS": DEFAULT_MODEL,
         "VGATE_WORKER_CAPACITY": str(cfg.max_num_seqs),
         "VGATE_HEALTH_INTERVAL_S": f"{cfg.c(HEALTH_INTERVAL_S):g}",
+        "VGATE_HEALTH_STARTING_INTERVAL_S": f"{cfg.c(HEALTH_STARTING_INTERVAL_S):g}",
         "VGATE_QUEUE_TIMEOUT_S": f"{cfg.c(QUEUE_TIMEOUT_S):g}",
         "VGATE_LOG_LEVEL": "warning",
         "VGATE_INTERNAL_PORT": str(internal),

@@ -81,13 +81,13 @@ bench-lora: venv ## LoRA placement vs round-robin: adapter loads/1k requests, TT
 	$(BIN)/python -m bench.lora $(BENCH_LORA_ARGS)
 
 # The elastic fleet against static and oracle fleets on one trace (idle, ramp, hold, burst, ramp
-# down, idle), compressed 20x: the GPU bill (replica-seconds), TTFT, queue wait and failures of
-# each (bench/results/fleet-*.{json,md,png}, docs/autoscaling.md "Measured"). About 7 minutes.
+# down, idle), compressed 10x: the GPU bill (replica-seconds), TTFT, queue wait and failures of
+# each (bench/results/fleet-*.{json,md,png}, docs/autoscaling.md "Measured"). About 14 minutes.
 # `elastic` runs the policy's defaults; `elastic-tuned` the delays sized to the trace's 20 s cold start.
 #
 #   make bench-fleet BENCH_FLEET_ARGS='--systems elastic,oracle --compress 20'
-BENCH_FLEET_ARGS ?= --compress 20 --decode-step-s 0.4 --systems elastic,elastic-tuned,oracle,static-peak,static-mean \
-	--scale-down-delay 60 --scale-to-zero-delay 120
+BENCH_FLEET_ARGS ?= --compress 10 --decode-step-s 0.4 --systems elastic,elastic-tuned,oracle,static-peak,static-mean \
+	--scale-down-delay 30 --scale-to-zero-delay 60
 
 .PHONY: bench-fleet
 

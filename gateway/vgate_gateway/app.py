@@ -202,6 +202,8 @@ def build_app(
                 metrics,
                 interval_s=settings.health_interval_s,
                 timeout_s=settings.health_timeout_s,
+                starting_interval_s=settings.health_starting_interval_s,
+                waiting=dispatcher.waiting,
             )
 
             def publish(endpoints: Sequence[DiscoveredEndpoint]) -> None:

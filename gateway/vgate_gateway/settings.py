@@ -94,6 +94,9 @@ class GatewaySettings(BaseSettings):
     resync_interval_s: float = Field(30.0, gt=0)
     health_interval_s: float = Field(2.0, gt=0)
     health_timeout_s: float = Field(2.0, gt=0)
+    #: While requests wait for a worker, workers that have not yet passed a check (starting)
+    #: are probed this often between rounds: a held request goes out soon after its worker is up.
+    health_starting_interval_s: float = Field(0.25, gt=0)
     #: Outlier ejection: a worker leaves rotation after this many consecutive failures
     #: (failed health checks, or connect errors and 5xx answers on traffic), and comes back
     #: on its first passing health check.

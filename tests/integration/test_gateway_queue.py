@@ -84,7 +84,7 @@ async def test_requests_for_a_model_at_zero_wait_and_are_answered_when_a_worker_
     assert all(a.json()["choices"][0]["message"]["content"] for a in answers)
     queue = elastic.stats()["queues"][MODEL]
     assert (queue["depth"], queue["dispatched"], queue["refused"]) == (0, 3, 0)
-    assert elastic.load()[MODEL] == {"inflight": 0, "queued": 0, "ready_workers": 1}
+    assert elastic.load()[MODEL] == {"inflight": 0, "queued": 0, "draining": 0, "ready_workers": 1}
 
 
 async def test_a_client_that_leaves_while_queued_costs_nothing_upstream(elastic: Elastic) -> None:

@@ -241,3 +241,14 @@ def test_the_reason_names_the_load_and_the_target() -> None:
     decision = decide(history, 60, 2, 2, settings(), ScaleState.starting(0, 2))
     assert decision.replicas == 4
     assert decision.reason.startswith("37 in flight + queued, target 8 per replica")
+
+
+def test_the_queue_a_starting_worker_is_meant_for_does_not_panic() -> None:
+    # 3 asked for, 2 ready, the third starting: 16 in flight and 10 queued meanwhile.
+    history = [Sample(t, 20) for t in range(0, 52, 2)] + [Sample(t, 26) for t in range(52, 62, 2)]
+    starting = decide(history, 60, 3, 2, settings(), ScaleState.starting(0, 3))
+    assert starting.replicas == 3
+    assert "panic" not in starting.reason
+    # The same surge with no worker starting is twice what was asked for: panic.
+    surge = [Sample(t, 10) for t in range(0, 52, 2)] + [Sample(t, 33) for t in range(52, 62, 2)]
+    assert "panic" in decide(surge, 60, 2, 2, settings(), ScaleState.starting(0, 2)).reason

@@ -45,7 +45,7 @@ async def test_a_free_worker_takes_the_request_at_once_and_nothing_is_queued() -
     _up(pool, "http://a")
     ups = [await dispatch.acquire(_req()) for _ in range(2)]
     assert [u.url for u in ups] == ["http://a", "http://a"]
-    assert dispatch.load()["m"] == {"inflight": 2, "queued": 0, "ready_workers": 1}
+    assert dispatch.load()["m"] == {"inflight": 2, "queued": 0, "draining": 0, "ready_workers": 1}
     assert dispatch.stats() == {}  # no queue was ever needed
 
 
@@ -85,7 +85,7 @@ async def test_a_client_that_leaves_while_queued_is_removed_at_once() -> None:
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert dispatch.load()["m"] == {"inflight": 0, "queued": 0, "ready_workers": 0}
+    assert dispatch.load()["m"] == {"inflight": 0, "queued": 0, "draining": 0, "ready_workers": 0}
     _up(pool, "http://a")
     assert pool.get("http://a").requests_total == 0  # type: ignore[union-attr]
 
@@ -138,3 +138,25 @@ def test_the_queue_holds_its_bounds_and_serves_the_longest_waiting_first() -> No
         assert (len(queue), queue.bytes, queue.rejected) == (0, 0, 1)
     finally:
         loop.close()
+
+
+async def test_requests_on_a_worker_that_left_count_as_draining_not_as_load() -> None:
+    dispatch, pool = _fleet(worker_capacity=2)
+    _up(pool, "http://a", "http://b")
+    ups = [await dispatch.acquire(_req()) for _ in range(4)]
+    assert dispatch.load()["m"]["inflight"] == 4
+    pool.replace([DiscoveredEndpoint("http://a")])  # b scaled down: its two requests finish there
+    assert dispatch.load()["m"] == {"inflight": 2, "queued": 0, "draining": 2, "ready_workers": 1}
+    for up in ups:
+        dispatch.release("m", up)
+    assert dispatch.load()["m"] == {"inflight": 0, "queued": 0, "draining": 0, "ready_workers": 1}
+
+
+async def test_a_terminating_worker_drains() -> None:
+    dispatch, pool = _fleet(worker_capacity=1)
+    _up(pool, "http://a")
+    up = await dispatch.acquire(_req())
+    pool.replace([DiscoveredEndpoint("http://a", terminating=True)])
+    assert dispatch.load()["m"]["draining"] == 1
+    assert dispatch.load()["m"]["inflight"] == 0
+    dispatch.release("m", up)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import pytest
 
 from tests.support.fake_upstreams import Answer, Call, FakeUpstreams
@@ -136,3 +139,53 @@ async def test_a_worker_leaves_rotation_only_after_failures_in_a_row_and_returns
     workers.down.clear()
     await checker.check_all()
     assert up.healthy
+
+
+async def test_a_starting_worker_is_probed_often_while_requests_wait_and_passes_within_that_time() -> None:
+    pool = _pool("http://starting:8000")
+    workers = _worker(Answer(200, VLLM_METRICS.encode(), "text/plain"))
+    workers.down.add("starting")
+    checker = HealthChecker(
+        pool,
+        workers,
+        Metrics("test"),
+        interval_s=60,
+        timeout_s=1,
+        starting_interval_s=0.02,
+        waiting=lambda: True,
+    )
+    task = asyncio.create_task(checker.run())
+    await asyncio.sleep(0.05)
+    workers.down.discard("starting")  # it listens now, long before the next 60 s round
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    up = pool.get("http://starting:8000")
+    assert up is not None
+    assert up.healthy
+
+
+async def test_without_waiting_requests_a_starting_worker_waits_for_the_next_round() -> None:
+    pool = _pool("http://starting:8000")
+    workers = _worker(Answer(200, VLLM_METRICS.encode(), "text/plain"))
+    workers.down.add("starting")
+    checker = HealthChecker(
+        pool,
+        workers,
+        Metrics("test"),
+        interval_s=60,
+        timeout_s=1,
+        starting_interval_s=0.02,
+        waiting=lambda: False,
+    )
+    task = asyncio.create_task(checker.run())
+    await asyncio.sleep(0.05)
+    workers.down.discard("starting")
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    up = pool.get("http://starting:8000")
+    assert up is not None
+    assert not up.healthy  # no request is held: the 60 s interval stands, no probing storm

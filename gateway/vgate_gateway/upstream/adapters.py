@@ -38,8 +38,6 @@ from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 log = logging.getLogger(__name__)
 
 _JSON = {"content-type": "application/json"}
-#: How often an unload looks whether the adapter's requests in flight on the worker are over.
-_DRAIN_POLL_S = 0.05
 
 
 class AdapterManager:
@@ -57,6 +55,8 @@ class AdapterManager:
         )
         self._wanted: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Unloads waiting for an adapter's requests in flight on a worker to end.
+        self._drained: dict[tuple[str, str], asyncio.Event] = {}
         self.counts: Counter[tuple[str, str]] = Counter()  # (adapter, loads|load_failures|unloads)
         self._queued: Callable[[str], int] = lambda name: 0
         self._fail: Callable[[str, OpenAIError], None] = lambda name, error: None
@@ -98,6 +98,10 @@ class AdapterManager:
 
     def end(self, name: str, up: Upstream) -> None:
         self.placement.end(up.url, name)
+        if not self.placement.inflight.get((up.url, name)) and (
+            drained := self._drained.pop((up.url, name), None)
+        ):
+            drained.set()  # an unload waits for this: the adapter's last request there ended
         if self._wanted:
             self._kick()
 
@@ -219,8 +223,9 @@ class AdapterManager:
     async def unload(self, up: Upstream, name: str) -> None:
         """Unload ``name`` from ``up`` once its requests in flight there are over; it gets no new ones."""
         self._pool.adapter_unloaded(up, name)
-        while self.placement.inflight.get((up.url, name)):
-            await asyncio.sleep(_DRAIN_POLL_S)
+        if self.placement.inflight.get((up.url, name)):
+            drained = self._drained.setdefault((up.url, name), asyncio.Event())
+            await drained.wait()
         self.placement.forget(up.url, name)
         status, message = await self._call(up, "unload", {"lora_name": name})
         if status in (200, 404):

@@ -138,6 +138,8 @@ class Dispatcher:
             self.capacity(model)
         #: Requests in flight to each model's workers.
         self.inflight: dict[str, int] = {}
+        #: Requests in flight per (model, worker URL): those on a worker that left are draining.
+        self._on: dict[tuple[str, str], int] = {}
         #: LoRA adapters: a request for one waits in its own queue while it is loaded somewhere.
         self._adapters: AdapterManager | None = None
         pool.listen(self._wake_all)
@@ -212,6 +214,12 @@ class Dispatcher:
         """A request to ``up`` for ``model`` is over; the next waiting request may take its place."""
         self._pool.end(up)
         self.inflight[model] -= 1
+        on = (model, up.url)
+        left = self._on.get(on, 0) - 1
+        if left > 0:
+            self._on[on] = left
+        else:
+            self._on.pop(on, None)
         if self._adapters is not None and self._adapters.declared(model):
             self._adapters.end(model, up)
         known = self._models.get(model)
@@ -234,6 +242,8 @@ class Dispatcher:
     def _begin(self, model: str, up: Upstream) -> None:
         self._pool.begin(up)
         self.inflight[model] = self.inflight.get(model, 0) + 1
+        on = (model, up.url)
+        self._on[on] = self._on.get(on, 0) + 1
         if self._adapters is not None and self._adapters.declared(model):
             self._adapters.begin(model, up)
 
@@ -397,16 +407,24 @@ class Dispatcher:
             for m in sorted(self._capacity)
         }
 
-    def load(self) -> dict[str, dict[str, int]]:
-        """Per model: requests in flight, requests queued, and routable workers (``GET /load``).
+    def waiting(self) -> bool:
+        """Whether any request waits in a model's queue now."""
+        return any(len(known.queue) for known in self._models.values())
 
-        An adapter's requests count towards its base model: they run on its workers.
+    def load(self) -> dict[str, dict[str, int]]:
+        """Per model: requests in flight, queued, draining, and routable workers (``GET /load``).
+
+        ``inflight`` counts the requests on workers that still serve; ``draining`` those still
+        running on a worker that has left (scaled down, terminating): they end where they
+        are and need no capacity, so an autoscaler that reads ``inflight`` never scales back
+        up for them. An adapter's requests count towards its base model: they run on its workers.
         """
         base = self._settings.base_of
         models = {base(m) for m in (*self.inflight, *self._models)} | self._settings.declared_models()
-        out = {m: {"inflight": 0, "queued": 0, "ready_workers": 0} for m in sorted(models)}
-        for m, n in self.inflight.items():
-            out[base(m)]["inflight"] += n
+        out = {m: {"inflight": 0, "queued": 0, "draining": 0, "ready_workers": 0} for m in sorted(models)}
+        serving = {u.url for u in self._pool.all() if not u.terminating}
+        for (m, url), n in self._on.items():
+            out[base(m)]["inflight" if url in serving else "draining"] += n
         for m, known in self._models.items():
             out[base(m)]["queued"] += len(known.queue)
         for m, row in out.items():

@@ -6,7 +6,11 @@ for the load-aware strategies. A worker leaves rotation after ``eject_after_fail
 failures in a row (checks here, connect errors and 5xx answers in the proxy) and comes
 back the first time a check passes; a worker whose metrics can't be read stays healthy
 and keeps its last figures. New workers are checked as soon as discovery reports them,
-not at the next tick. The checks have their own small client: they never wait behind
+not at the next tick. While requests wait in a model's queue, workers that have not yet
+passed a check (starting: scaled up from zero, or added under load) are probed every
+``starting_interval_s`` between rounds, as Knative's activator probes a revision's new pods:
+the first held request goes out a fraction of a second after its worker is up, not up to a
+whole interval later. The checks have their own small client: they never wait behind
 traffic for a connection, so a busy gateway never mistakes its own queue for a dead worker.
 """
 
@@ -38,12 +42,17 @@ class HealthChecker:
         *,
         interval_s: float,
         timeout_s: float,
+        starting_interval_s: float | None = None,
+        waiting: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pool = pool
         self._client = client
         self._metrics = metrics
         self._interval = interval_s
+        self._starting_interval = min(interval_s, starting_interval_s or interval_s)
+        #: Whether any request waits for a worker now (the dispatcher's queues).
+        self._waiting = waiting
         self._timeout = timeout_s
         self._clock = clock
         self._wake = asyncio.Event()
@@ -68,8 +77,24 @@ class HealthChecker:
                     await after_round()
                 except Exception:  # a bug there must not stop the health checks
                     log.exception("after the health round")
+            await self._until_next_round()
+
+    async def _until_next_round(self) -> None:
+        """Wait an interval (or a poke), probing starting workers meanwhile while requests wait."""
+        deadline = self._clock() + self._interval
+        while (left := deadline - self._clock()) > 0:
+            starting = self._starting() if self._waiting() else []
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._interval)
+                await asyncio.wait_for(
+                    self._wake.wait(), timeout=min(left, self._starting_interval) if starting else left
+                )
+                return  # poked: a full round now
+            if starting:
+                await asyncio.gather(*(self._check(u) for u in self._starting()))
+
+    def _starting(self) -> list[Upstream]:
+        """Workers that have never passed a check and are not leaving."""
+        return [u for u in self._pool.all() if not u.seen_healthy and not u.terminating]
 
     async def check_all(self) -> None:
         upstreams = self._pool.all()

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from vgate_gateway.settings import AdapterSettings
 from vgate_gateway.upstream.pool import Upstream
 
-
 #: Rebalancing waits for this much demand (decayed requests) of a base model's adapters.
 REBALANCE_MIN_DEMAND = 200.0
 #: Workers whose expected shares are this fraction of the demand apart are rebalanced ...
@@ -92,7 +91,7 @@ class Placement:
         waiting = self.waiting(name)
         if not count:
             return float(waiting)
-        return waiting + count * 0.5 ** ((self._clock() - at) / self.half_life_s)
+        return waiting + count * float(0.5 ** ((self._clock() - at) / self.half_life_s))
 
     def copies(self, name: str, workers: Sequence[Upstream]) -> int:
         """How many workers should hold ``name``: enough that none serves more than a fair share of it.
@@ -137,13 +136,17 @@ class Placement:
         options = [u for u in workers if name not in self.held(u) and self.may_try(u.url, name)]
         free = [u for u in options if len(self.held(u)) < slots]
         if free:
-            return Target(min(free, key=lambda u: (self.share(u, workers), u.inflight, len(self.held(u)), u.url)))
+            return Target(
+                min(free, key=lambda u: (self.share(u, workers), u.inflight, len(self.held(u)), u.url))
+            )
         best: tuple[tuple[float, float, float, int, str], Upstream, str] | None = None
         for u in options:
             evict = self.evictable(u, workers)
             if evict is not None:
                 rank = (
-                    self.demand(evict) if self.copies(evict, workers) >= self._holding(evict, workers) else 0.0,
+                    self.demand(evict)
+                    if self.copies(evict, workers) >= self._holding(evict, workers)
+                    else 0.0,
                     self.last_used.get((u.url, evict), 0.0),
                     self.share(u, workers),
                     u.inflight,
@@ -165,10 +168,8 @@ class Placement:
             if self.inflight.get((up.url, name)):
                 continue
             spec = self.adapters.get(name)
-            if spec is not None and spec.min_workers:
-                holders = sum(1 for w in workers if name in w.adapters)
-                if holders <= spec.min_workers:
-                    continue
+            if spec is not None and spec.min_workers and holders[name] <= spec.min_workers:
+                continue
             spare = name in self.adapters and holders[name] > self.copies(name, workers)
             idle.append((not spare, self.demand(name), self.last_used.get((up.url, name), 0.0), name))
         return min(idle)[3] if idle else None

@@ -7,7 +7,9 @@ to GPU workers whose cold start takes tens of seconds to minutes:
   requests queued for them, summed over every gateway that answered.
 * **Stable mode**: desired = ceil(average load over the stable window / target per replica).
 * **Panic mode**: when the panic window's average asks for ``panic_threshold`` times the
-  ready replicas, follow the panic window, and never scale down until the load has stayed
+  replicas asked for (ready or starting; Knative counts only ready ones, but a GPU worker's
+  start takes long enough for a queue to build that it is already meant to serve), follow
+  the panic window, and never scale down until the load has stayed
   under the threshold for a whole stable window.
 * **Step bounds**: at most ``MAX_SCALE_UP_RATE`` times the ready replicas up, at most
   ``1 / MAX_SCALE_DOWN_RATE`` of the current ones down, per decision.
@@ -170,7 +172,9 @@ def decide(
     stable = _stable_mean(samples, now, current * target, settings, state)
     panic = _mean(samples, now - settings.panic_window_s)
     panic_want = math.ceil(panic / target)
-    state = _panic_state(state, now, panic_want / base >= settings.panic_threshold, settings)
+    # Panic compares with the replicas asked for, starting ones included (Knative: the ready
+    # ones): the queue that builds while a GPU worker starts is what that worker is for.
+    state = _panic_state(state, now, panic_want / max(1, current) >= settings.panic_threshold, settings)
     want = _stable_want(stable, current, settings)
     detail = f"average {stable:.1f} over {settings.stable_window_s:g}s"
     up_cap = max(current, math.ceil(settings.max_scale_up_rate * base))
