@@ -6,8 +6,14 @@ Poisson arrivals:
 
 - **idle**: tenant B (short prompts) at 10 % of capacity and tenant H (a ``priority=high``
   key) at 5 %, alone: their TTFT on an idle fleet, the baseline;
-- **fair** and **fifo**: the same B and H while tenant A floods at 10x capacity with long
-  prompts, through a gateway with ``VGATE_QUEUE_POLICY=fair``, then one with ``fifo``.
+- **fair**, **fair+engine** and **fifo**: the same B and H while tenant A floods at 10x capacity
+  with long prompts, through a gateway with ``VGATE_QUEUE_POLICY=fair``; the same with each
+  request's engine priority sent to the workers (``model_settings.<m>.engine_priority``); then
+  one with ``fifo``.
+
+The workers run vLLM's ``--scheduling-policy priority`` throughout: without a ``priority`` in
+the requests (every phase but fair+engine) every request has vLLM's default 0, and the priority
+policy orders and preempts exactly as ``fcfs`` does (by arrival), so one fleet serves every phase.
 
 The workers saturate for real: the simulator (and vLLM) batch at most ``--seqs`` sequences
 and the gateway is told so (``VGATE_WORKER_CAPACITY``), so A's backlog waits in the
@@ -75,6 +81,8 @@ class FairnessConfig:
     vllm_max_tokens: int = 24
     seed: int = 7
     out: str = "bench/results"
+    #: Which fleets run, of "dry-run" and "vLLM" (the latter only with ``vllm_python``).
+    fleets: str = "dry-run,vLLM"
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,7 @@ async def run_phase(
 def sim_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
     """Dry-run workers batching at most ``cfg.seqs`` sequences, on the cores the gateway does not use."""
     args = ["worker", "--dry-run", "--served-model-name", SIM_MODEL, "--max-num-seqs", str(cfg.seqs),
-            "--speed", str(cfg.sim_speed), "--log-level", "warning"]  # fmt: skip
+            "--speed", str(cfg.sim_speed), "--log-level", "warning", "--scheduling-policy", "priority"]  # fmt: skip
     with ExitStack() as es:
         urls = [
             es.enter_context(
@@ -266,7 +274,7 @@ def vllm_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
             command = [cfg.vllm_python, "-m", "vgate", "worker", "--port", str(port), "--model", cfg.vllm_model,
                        "--quantization", "none", "--device", "cpu", "--host", "127.0.0.1",
                        "--served-model-name", VLLM_MODEL, "--max-model-len", "1024",
-                       "--max-num-seqs", str(cfg.vllm_seqs), "--",
+                       "--max-num-seqs", str(cfg.vllm_seqs), "--scheduling-policy", "priority", "--",
                        "--enforce-eager", "--distributed-executor-backend", "uni", "--block-size", "32",
                        "--num-gpu-blocks-override", "256"]  # fmt: skip
             argv = stack.pinned(command, stack.other_cpus())
@@ -288,9 +296,10 @@ def vllm_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
 
 
 def _gateway_env(
-    cfg: FairnessConfig, fleet: Fleet, keys: Path, policy: str, capacity: float
+    cfg: FairnessConfig, fleet: Fleet, keys: Path, policy: str, capacity: float, engine: bool = False
 ) -> dict[str, str]:
     return {
+        "VGATE_MODEL_SETTINGS": json.dumps({fleet.model: {"engine_priority": engine}}),
         "VGATE_API_KEYS_FILE": str(keys),
         "VGATE_WORKER_CAPACITY": str(fleet.seqs),
         "VGATE_QUEUE_POLICY": policy,
@@ -307,22 +316,79 @@ def run_fleet(cfg: FairnessConfig, fleet: Fleet, logs: Path) -> dict[str, Any]:
     keys = logs / "keys"
     keys.write_text(KEYS_FILE)
     out: dict[str, Any] = {"workers": len(fleet.urls), "seqs_per_worker": fleet.seqs, "phases": {}}
-    phases = [("capacity", "fair", 0.0), ("idle", "fair", 0.0), ("busy", "fair", cfg.busy_share),
-              ("fair", "fair", cfg.flood_factor), ("fifo", "fifo", cfg.flood_factor)]  # fmt: skip
-    for phase, policy, flood in phases:
+    phases = [("capacity", "fair", 0.0, False), ("idle", "fair", 0.0, False),
+              ("busy", "fair", cfg.busy_share, False), ("fair", "fair", cfg.flood_factor, False),
+              ("fair+engine", "fair", cfg.flood_factor, True), ("fifo", "fifo", cfg.flood_factor, False)]  # fmt: skip
+    for phase, policy, flood, engine in phases:
         print(f"{fleet.name}: {phase} ...", file=sys.stderr, flush=True)
         with stack.gateway(
             fleet.urls,
-            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0)),
+            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0), engine),
             logs,
             cpus=stack.SUT_CPU,
         ) as gw:
             if phase == "capacity":
                 out["capacity_rps"] = asyncio.run(measure_capacity(cfg, fleet, gw))
                 continue
+            before = asyncio.run(_engine_sums(fleet.urls))
             out["phases"][phase] = asyncio.run(run_phase(cfg, fleet, gw, out["capacity_rps"], flood))
             out["phases"][phase]["queue"] = _queue_stats(gw, fleet.model)
+            out["phases"][phase]["split"] = _split(gw, before, asyncio.run(_engine_sums(fleet.urls)))
     return out
+
+
+#: The workers' series that say where a request's time to first token went (vLLM's names).
+_ENGINE_SERIES = (
+    "vllm:request_queue_time_seconds_sum",
+    "vllm:request_queue_time_seconds_count",
+    "vllm:time_to_first_token_seconds_sum",
+    "vllm:time_to_first_token_seconds_count",
+    "vllm:num_preemptions_total",
+)
+
+
+async def _engine_sums(urls: Sequence[str]) -> dict[str, float]:
+    per_worker = await stack.scrape(urls, _ENGINE_SERIES)
+    return {name: sum(w.get(name, 0.0) for w in per_worker) for name in _ENGINE_SERIES}
+
+
+def _split(gw: stack.Gateway, before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    """Where the phase's first tokens waited: the gateway's queue (all, and class high: H alone),
+    the engines' waiting queue and the engines' time to first token (all tenants), in means."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(httpx.get(gw.internal + "/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name.startswith("vgate_queue_wait_seconds_") or (
+                sample.name.startswith("vgate_queue_class_wait_seconds_")
+                and sample.labels.get("priority") == "high"
+            ):
+                key = sample.name.replace("class_wait", "high_wait")
+                sums[key] = sums.get(key, 0.0) + sample.value
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+
+    def mean(total: float, count: float) -> float | None:
+        return total / count if count else None
+
+    return {
+        "gateway_wait_mean_s": mean(
+            sums.get("vgate_queue_wait_seconds_sum", 0), sums.get("vgate_queue_wait_seconds_count", 0)
+        ),
+        "gateway_waited": sums.get("vgate_queue_wait_seconds_count", 0),
+        "gateway_wait_high_mean_s": mean(
+            sums.get("vgate_queue_high_wait_seconds_sum", 0),
+            sums.get("vgate_queue_high_wait_seconds_count", 0),
+        ),
+        "engine_queue_mean_s": mean(
+            delta["vllm:request_queue_time_seconds_sum"], delta["vllm:request_queue_time_seconds_count"]
+        ),
+        "engine_ttft_mean_s": mean(
+            delta["vllm:time_to_first_token_seconds_sum"], delta["vllm:time_to_first_token_seconds_count"]
+        ),
+        "engine_preemptions": delta["vllm:num_preemptions_total"],
+    }
 
 
 def _queue_stats(gw: stack.Gateway, model: str) -> dict[str, Any]:
@@ -378,6 +444,9 @@ def verdicts(fleet: dict[str, Any]) -> dict[str, Any]:
     lost = sum(phases[p][t]["lost"] for p in phases for t in phases[p] if t in KEYS)
     return {
         "B_p99_fair_vs_idle": p99("fair", "B") / p99("idle", "B"),
+        "B_p99_fair_engine_vs_idle": p99("fair+engine", "B") / p99("idle", "B"),
+        "H_p99_fair_engine_vs_idle": p99("fair+engine", "H") / p99("idle", "H"),
+        "B_answered_all_fair_engine": phases["fair+engine"]["B"]["ok"] == phases["fair+engine"]["B"]["sent"],
         "B_p99_fair_vs_busy": p99("fair", "B") / p99("busy", "B"),
         "H_p99_fair_vs_busy": p99("fair", "H") / p99("busy", "H"),
         "B_p99_fifo_vs_idle": p99("fifo", "B") / p99("idle", "B"),
@@ -408,12 +477,24 @@ def render(results: dict[str, Any]) -> str:
     for name, fleet in results["fleets"].items():
         v = fleet["verdicts"]
         lines.append(
-            f"{name}: B p99 TTFT fair/idle {v['B_p99_fair_vs_idle']:.2f}x, fair/busy {v['B_p99_fair_vs_busy']:.2f}x, "
+            f"{name}: B p99 TTFT fair+engine/idle {v['B_p99_fair_engine_vs_idle']:.2f}x "
+            f"(H {v['H_p99_fair_engine_vs_idle']:.2f}x, B answered in full: {v['B_answered_all_fair_engine']}); "
+            f"fair/idle {v['B_p99_fair_vs_idle']:.2f}x, fair/busy {v['B_p99_fair_vs_busy']:.2f}x, "
             f"fifo/idle {v['B_p99_fifo_vs_idle']:.2f}x; "
             f"H (high) fair/idle {v['H_p99_fair_vs_idle']:.2f}x, fair/busy {v['H_p99_fair_vs_busy']:.2f}x, "
             f"fifo/idle {v['H_p99_fifo_vs_idle']:.2f}x; "
             f"B answered in full under the flood (fair): {v['B_answered_all_fair']}; lost: {v['requests_lost']}"
         )
+    lines += ["", "| fleet | phase | gateway wait, mean (requests that waited) | of H (class high) | engine queue, mean | engine TTFT, mean | preemptions |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for name, fleet in results["fleets"].items():
+        for phase, tenants in fleet["phases"].items():
+            sp = tenants.get("split", {})
+            lines.append(
+                f"| {name} | {phase} | {_ms(sp.get('gateway_wait_mean_s'))} ({sp.get('gateway_waited', 0):.0f}) | "
+                f"{_ms(sp.get('gateway_wait_high_mean_s'))} | {_ms(sp.get('engine_queue_mean_s'))} | "
+                f"{_ms(sp.get('engine_ttft_mean_s'))} | {sp.get('engine_preemptions', 0):.0f} |"
+            )
     for name, error in results.get("errors", {}).items():
         lines.append(f"{name}: not measured: {error}")
     for keys, cost in results.get("policy_cost_us", {}).items():
@@ -467,7 +548,9 @@ def main(argv: Sequence[str]) -> int:
     logs = Path(tempfile.mkdtemp(prefix=f"vgate-fairness-{stamp}-"))  # kept: the processes' logs
     results: dict[str, Any] = {"config": asdict(cfg), "fleets": {}, "errors": {}}
     results["policy_cost_us"] = {f"{k} keys": policy_cost(k) for k in (3, 100)}
-    fleets = [sim_fleet] + ([vllm_fleet] if cfg.vllm_python else [])
+    wanted = {f.strip() for f in cfg.fleets.split(",")}
+    fleets = [sim_fleet] if "dry-run" in wanted else []
+    fleets += [vllm_fleet] if cfg.vllm_python and "vLLM" in wanted else []
     for make in fleets:
         try:
             with make(cfg, logs) as fleet:

@@ -115,6 +115,9 @@ class Request:
     #: Weighted tokens charged to the key's fair-share counter when the queue dispatched it;
     #: the dispatcher corrects the charge from the answer's usage.
     fair_charge: float = 0.0
+    #: The ``priority`` the worker's scheduler gets (set at dispatch when the model's workers
+    #: run vLLM's priority policy; None: the body goes as it is).
+    engine_priority: int | None = None
     _tenant: str | None = field(default=None, repr=False)
 
     @classmethod
@@ -249,6 +252,22 @@ def with_usage_requested(body: bytes, stream_options: dict[str, Any]) -> bytes:
     end = body.rstrip().rfind(b"}")
     extra = b',"stream_options":' + orjson.dumps({**stream_options, "include_usage": True})
     return body[:end] + extra + body[end:]
+
+
+def with_engine_priority(body: bytes, payload: dict[str, Any], allowed: int) -> bytes:
+    """``body`` carrying ``"priority": allowed`` for the worker's scheduler (lower is served first).
+
+    Appended before the closing brace like :func:`with_usage_requested` (the last of a repeated
+    key wins), the client's bytes untouched. A client's own integer ``priority`` stands when it
+    is as urgent as ``allowed`` or less (a batch job may step back); a more urgent one is
+    overridden, since its key does not allow it. A ``priority`` that is not an integer is left
+    for the worker to refuse, as it would without the gateway.
+    """
+    asked = payload.get("priority")
+    if asked is not None and (not isinstance(asked, int) or isinstance(asked, bool) or asked >= allowed):
+        return body
+    end = body.rstrip().rfind(b"}")
+    return body[:end] + b',"priority":' + str(allowed).encode() + body[end:]
 
 
 def _describe(types: tuple[type, ...]) -> str:

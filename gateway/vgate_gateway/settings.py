@@ -41,6 +41,9 @@ class ModelSettings(BaseModel):
     queue_max_requests: int | None = Field(None, ge=0)
     queue_max_bytes: int | None = Field(None, ge=0)
     queue_timeout_s: float | None = Field(None, ge=0)
+    #: The model's workers run vLLM's ``--scheduling-policy priority``: every request forwarded
+    #: to them carries an engine ``priority`` (its class and its key's fair-share standing).
+    engine_priority: bool = False
 
 
 class AdapterSettings(BaseModel):
@@ -349,6 +352,7 @@ class GatewaySettings(BaseSettings):
             queue_max_requests=_first(own.queue_max_requests, self.queue_max_requests),
             queue_max_bytes=_first(own.queue_max_bytes, self.queue_max_bytes),
             queue_timeout_s=_first(own.queue_timeout_s, self.queue_timeout_s),
+            engine_priority=own.engine_priority,
         )
 
     def declared_models(self) -> frozenset[str]:

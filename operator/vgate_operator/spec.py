@@ -142,6 +142,10 @@ class ModelSpec(SchemaModel):
     """Reuse the KV cache of a shared prompt prefix (vLLM's automatic prefix caching)."""
     kv_cache_dtype: Literal["auto", "fp8"] | None = None
     """fp8 halves the KV cache's memory; unset: the model's dtype."""
+    scheduling_policy: Literal["fcfs", "priority"] = "fcfs"
+    """vLLM's --scheduling-policy. `priority`: the gateway sends each request's engine priority
+    (from its key's class and fair-share standing) and vLLM admits waiting requests by it,
+    preempting the least urgent when KV blocks run out (docs/fairness.md)."""
     engine_args: list[str] = Field(default_factory=list)
     """Extra vLLM engine arguments, passed through unchanged."""
     resources: ModelResources = Field(default_factory=ModelResources)
@@ -280,6 +284,9 @@ class GatewaySpec(SchemaModel):
     cache: Cache = Field(default_factory=Cache)
     dedup: bool = True
     """Serve identical concurrent requests with one upstream call."""
+    queue_policy: Literal["fair", "fifo"] = "fair"
+    """The order a model's queue is served in when its workers are full: `fair` (priority class,
+    then weighted fair share of tokens between API keys, then arrival) or `fifo`."""
     routing: Routing = "prefix-aware"
     resources: ResourceRequirements = Field(
         default_factory=lambda: ResourceRequirements(

@@ -75,6 +75,14 @@ def test_every_setting_maps_to_its_vllm_flag() -> None:
     assert {flag: flag_value(argv, flag) for flag in expected} == expected
 
 
+def test_the_priority_policy_is_passed_and_fcfs_leaves_vllms_default() -> None:
+    assert flag_value(
+        build_vllm_argv(WorkerSettings(scheduling_policy="priority")), "--scheduling-policy"
+    ) == ("priority")
+    assert "--scheduling-policy" not in build_vllm_argv(WorkerSettings())
+    assert "--scheduling-policy" not in build_vllm_argv(WorkerSettings(scheduling_policy=""))  # type: ignore[arg-type]
+
+
 def test_quantization_none_omits_the_flag_so_vllm_reads_the_config() -> None:
     assert "--quantization" not in build_vllm_argv(WorkerSettings(quantization="none"))
     assert "--quantization" not in build_vllm_argv(WorkerSettings(quantization=""))  # type: ignore[arg-type]
@@ -140,6 +148,11 @@ def test_empty_env_values_mean_unset(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--gpu-memory-utilization", "1.5"], {}, "--gpu-memory-utilization"),
         (["--max-num-seqs", "many"], {}, "--max-num-seqs"),
         ([], {"VGATE_WORKER_DEVICE": "tpu"}, "--device / VGATE_WORKER_DEVICE"),
+        (
+            [],
+            {"VGATE_WORKER_SCHEDULING_POLICY": "lifo"},
+            "--scheduling-policy / VGATE_WORKER_SCHEDULING_POLICY",
+        ),
     ],
 )
 def test_invalid_settings_name_the_flag_and_variable(

@@ -79,10 +79,11 @@ def test_without_chunked_prefill_a_prompt_waits_for_a_step_with_room_for_all_of_
         sink: asyncio.Queue[TokenEvent] = asyncio.Queue()
         from vgate_worker.sim.engine import SimSequence
 
-        a = SimSequence(0, list(range(4000)), [], 4, sink, prefill_left=4000)
-        b = SimSequence(1, list(range(100)), [], 4, sink, prefill_left=100)
-        engine.running = [a, b]
-        engine._plan_step()
+        a = SimSequence(0, list(range(4000)), [], 4, sink)
+        b = SimSequence(1, list(range(100)), [], 4, sink)
+        engine.waiting.add(a)
+        engine.waiting.add(b)
+        engine._plan_step()  # admits both; a's prefill takes the budget first
         assert b.prefill_left == 100 - first_chunk  # chunked: b takes the 96 tokens left over
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from vgate_worker import cpu_kernels
-from vgate_worker.settings import DEVICES, QUANTIZATIONS, WorkerSettings
+from vgate_worker.settings import DEVICES, QUANTIZATIONS, SCHEDULING_POLICIES, WorkerSettings
 
 log = logging.getLogger("vgate.worker")
 
@@ -69,6 +69,8 @@ def build_vllm_argv(settings: WorkerSettings, passthrough: Sequence[str] = ()) -
         argv.append(
             "--enable-chunked-prefill" if settings.enable_chunked_prefill else "--no-enable-chunked-prefill"
         )
+    if settings.scheduling_policy != "fcfs":  # vLLM's default; the command line stays as it was
+        argv += ["--scheduling-policy", settings.scheduling_policy]
     argv += _lora_flags(settings)
     argv += ["--host", settings.host, "--port", str(settings.port)]
     return argv + shlex.split(settings.extra_args) + list(passthrough)
@@ -318,6 +320,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quantization", default=None, choices=QUANTIZATIONS)
     p.add_argument("--device", default=None, choices=DEVICES)
     p.add_argument("--kv-cache-dtype", default=None, choices=("auto", "fp8"))
+    p.add_argument("--scheduling-policy", default=None, choices=SCHEDULING_POLICIES)
     p.add_argument("--enable-chunked-prefill", default=None, action=argparse.BooleanOptionalAction)
     p.add_argument("--enable-prefix-caching", default=None, action=argparse.BooleanOptionalAction)
     p.add_argument("--print-command", action="store_true", help="print the vLLM command line and exit")

@@ -20,6 +20,9 @@ QUANTIZATIONS: tuple[str, ...] = get_args(Quantization)
 Device = Literal["auto", "cuda", "cpu"]
 DEVICES: tuple[str, ...] = get_args(Device)
 DType = Literal["auto", "half", "float16", "bfloat16", "float", "float32"]
+# vLLM's --scheduling-policy: "priority" orders waiting requests by their ``priority`` field.
+SchedulingPolicy = Literal["fcfs", "priority"]
+SCHEDULING_POLICIES: tuple[str, ...] = get_args(SchedulingPolicy)
 
 
 class WorkerSettings(BaseSettings):
@@ -46,6 +49,8 @@ class WorkerSettings(BaseSettings):
     dtype: DType = "auto"
     tensor_parallel_size: int = Field(1, gt=0)
     enable_prefix_caching: bool = True
+    #: ``priority`` lets the gateway's per-request ``priority`` order vLLM's waiting queue.
+    scheduling_policy: SchedulingPolicy = "fcfs"
     host: str = "0.0.0.0"  # a pod must listen on its pod IP
     port: int = Field(8000, gt=0, lt=65536)
     download_dir: str | None = None
@@ -63,6 +68,12 @@ class WorkerSettings(BaseSettings):
         if isinstance(value, str):
             value = value.strip().lower() or "none"
         return value
+
+    @field_validator("scheduling_policy", mode="before")
+    @classmethod
+    def _default_policy(cls, value: object) -> object:
+        # An empty variable is vLLM's default, as an unset one.
+        return (value.strip().lower() or "fcfs") if isinstance(value, str) else value
 
     @field_validator(
         "served_model_name",

@@ -58,6 +58,9 @@ _NOT_FORWARDED = frozenset(
         # The request's class and deadline in the gateway's queue (front.schedule).
         "x-vgate-priority",
         "x-vgate-deadline-ms",
+        # vLLM's own priority header wins over the body's field: only the gateway sets a
+        # request's engine priority (upstream.queue.engine_priority).
+        "x-vllm-priority",
     )
 )
 _CACHE = CACHE_HEADER.encode()

@@ -39,6 +39,7 @@ from vgate_gateway.upstream.adapters import AdapterManager
 from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 from vgate_gateway.upstream.queue import (
     CLASSES,
+    FIFO_ENGINE_PRIORITY,
     POLICIES,
     Bounds,
     ModelQueue,
@@ -46,6 +47,7 @@ from vgate_gateway.upstream.queue import (
     QueueFull,
     RateMeter,
     Waiting,
+    engine_priority,
     wait_estimate,
 )
 from vgate_gateway.upstream.routing import Router
@@ -130,6 +132,8 @@ class Dispatcher:
         self._clock = clock
         self._models: dict[str, _Model] = {}
         self._capacity: dict[str, int] = {}
+        #: Per model, whether its workers get each request's engine priority (read once).
+        self._engine_priority: dict[str, bool] = {}
         for model in settings.declared_models():
             self.capacity(model)
         #: Requests in flight to each model's workers.
@@ -172,8 +176,21 @@ class Dispatcher:
             up = self._router.pick_free(req, self.capacity(model), exclude)
             if up is not None:
                 self._begin(model, up)
+                if req.engine_priority is None and self._sends_priority(model):
+                    # Nothing is waiting: no key is over its share, the class alone counts.
+                    fair = self._settings.queue_policy == "fair"
+                    req.engine_priority = (
+                        engine_priority(req.schedule.priority, False) if fair else FIFO_ENGINE_PRIORITY
+                    )
                 return up
         return None
+
+    def _sends_priority(self, model: str) -> bool:
+        """Whether ``model``'s workers run vLLM's priority scheduling (the model's ``engine_priority``)."""
+        known = self._engine_priority.get(model)
+        if known is None:
+            known = self._engine_priority[model] = self._settings.for_model(model).engine_priority
+        return known
 
     async def acquire(self, req: Request, exclude: Sequence[str] = ()) -> Upstream:
         """The worker ``req`` goes to, begun; waits in the model's queue while none can take it.
@@ -371,6 +388,8 @@ class Dispatcher:
             if up is None:
                 break
             queue.remove(head)
+            if self._sends_priority(queue.model):
+                head.req.engine_priority = policy.engine_priority(queue, head)
             policy.dispatched(head)
             known.meter.tick(now)
             self._begin(queue.model, up)

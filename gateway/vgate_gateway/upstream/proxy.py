@@ -17,7 +17,7 @@ import orjson
 
 from vgate_gateway.errors import OpenAIError, unavailable
 from vgate_gateway.metrics import Metrics
-from vgate_gateway.protocol import Answer, Request, Usage
+from vgate_gateway.protocol import Answer, Request, Usage, with_engine_priority
 from vgate_gateway.sse import DONE, EventFramer, error_event, usage_in
 from vgate_gateway.upstream.client import (
     StaleConnection,
@@ -89,9 +89,12 @@ class Proxy:
         stale_retried = False
         while True:
             up = self._dispatch.take_free(req, tried) or await self._dispatch.acquire(req, tried)
+            body = req.body
+            if req.engine_priority is not None:  # set at dispatch; the keys of cache and dedup never see it
+                body = with_engine_priority(body, req.payload, req.engine_priority)
             try:
                 return up, await self._client.post(
-                    up.url + req.kind.value, req.body, req.headers, stream=req.stream
+                    up.url + req.kind.value, body, req.headers, stream=req.stream
                 )
             except StaleConnection:
                 self._dispatch.release(req.model, up)

@@ -206,6 +206,23 @@ def _from_longest(
             del held[key]
 
 
+#: Engine priorities (vLLM's request ``priority``, lower served first): classes two apart, and a
+#: key over its share one worse than a key within it, so the standing never crosses a class.
+ENGINE_PRIORITY_STEP = 2
+
+
+def engine_priority(priority: Priority, over_share: bool) -> int:
+    """The ``priority`` a request carries to a worker running vLLM's priority scheduling.
+
+    high 0/1, normal 2/3, low 4/5: the class first, then whether its key is over its share.
+    """
+    return ENGINE_PRIORITY_STEP * int(priority) + int(over_share)
+
+
+#: What every request carries under ``fifo``, which ignores classes and keys.
+FIFO_ENGINE_PRIORITY = engine_priority(Priority.NORMAL, False)
+
+
 class Policy(Protocol):
     """The order a model's queue is served in, and what it remembers to keep that order."""
 
@@ -230,6 +247,9 @@ class Policy(Protocol):
 
     def counters(self) -> dict[str, float]:
         """Per key, the weighted tokens the policy counts as served."""
+
+    def engine_priority(self, queue: ModelQueue, waiting: Waiting) -> int:
+        """The engine priority of ``waiting``, just dispatched from ``queue`` (already removed)."""
 
 
 class Fifo:
@@ -256,6 +276,9 @@ class Fifo:
 
     def counters(self) -> dict[str, float]:
         return {}
+
+    def engine_priority(self, queue: ModelQueue, waiting: Waiting) -> int:
+        return FIFO_ENGINE_PRIORITY
 
 
 def estimate_tokens(req: Request) -> int:
@@ -343,6 +366,15 @@ class FairShare:
 
     def counters(self) -> dict[str, float]:
         return dict(self._counters)
+
+    def engine_priority(self, queue: ModelQueue, waiting: Waiting) -> int:
+        """Its class, and one worse while its key still has requests waiting after it.
+
+        A key with a backlog is sending more than the fleet serves it: over its share. The
+        fair order has already given it its turn here; in the worker's own queue its requests
+        then come after those of keys that are within their share, of the same class.
+        """
+        return engine_priority(waiting.priority, waiting.key in queue.lanes[waiting.priority])
 
 
 POLICIES: dict[str, type[Fifo] | type[FairShare]] = {"fair": FairShare, "fifo": Fifo}

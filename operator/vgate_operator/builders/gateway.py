@@ -52,6 +52,7 @@ def gateway_settings(owner: Owner, spec: VGateDeploymentSpec) -> dict[str, Any]:
         "cache_maxsize": gw.cache.max_size,
         "cache_ttl_s": gw.cache.ttl_seconds,
         "dedup": gw.dedup,
+        "queue_policy": gw.queue_policy,
         "internal_port": INTERNAL_PORT,
         "processes": gw.processes,
         **_model_settings(spec),
@@ -86,6 +87,8 @@ def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
                 "queue_max_requests": m.queue.max_requests,
                 "queue_timeout_s": m.queue.timeout_seconds,
                 **({"max_loras": m.max_loras} if m.max_loras is not None else {}),
+                # The workers order their waiting requests by the priority the gateway sends.
+                **({"engine_priority": True} if m.scheduling_policy == "priority" else {}),
             }
             for m in spec.models
         },

@@ -193,6 +193,8 @@ def _dry_run_args(model: ModelSpec) -> list[str]:
         )
     if not model.enable_prefix_caching:
         args.append("--no-enable-prefix-caching")
+    if model.scheduling_policy != "fcfs":
+        args += ["--scheduling-policy", model.scheduling_policy]
     return args
 
 
@@ -237,6 +239,8 @@ def _vllm_env(spec: VGateDeploymentSpec, model: ModelSpec) -> list[Manifest]:
         values["VGATE_WORKER_ENABLE_PREFIX_CACHING"] = "false"
     if model.kv_cache_dtype is not None:
         values["VGATE_WORKER_KV_CACHE_DTYPE"] = model.kv_cache_dtype
+    if model.scheduling_policy != "fcfs":
+        values["VGATE_WORKER_SCHEDULING_POLICY"] = model.scheduling_policy
     if model.engine_args:
         values["VGATE_WORKER_EXTRA_ARGS"] = shlex.join(model.engine_args)
     for key, value in _lora_sizes(model).items():

@@ -1,10 +1,16 @@
 """Continuous batching: one scheduler loop per app, stepping a bounded running batch.
 
-Each engine step (1) admits waiting sequences in FIFO order while fewer than
-``max_num_seqs`` run and the KV pool has room, looking their prompt blocks up in the
-prefix cache; (2) spends up to ``max_num_batched_tokens`` of prefill on the uncached
-prompt tokens of admitted sequences (chunked prefill); (3) gives every sequence that
-has finished its prefill one more output token. The step lasts
+Each engine step follows vLLM V1's scheduler: (1) the running sequences, in the order they were
+admitted, get the KV blocks their next token needs (one more block whenever a decode crosses a
+block boundary); when the pool has none, a running sequence is *preempted* (its blocks freed, it
+goes back to waiting and is recomputed when readmitted; with ``--scheduling-policy priority`` the
+least urgent one, latest among equals, else the last admitted), and they share
+``max_num_batched_tokens`` of chunked prefill in that order; (2) only when nothing was preempted,
+waiting sequences are admitted in the policy's order (arrival, or ``(priority, arrival)``) while
+fewer than ``max_num_seqs`` run, the token budget lasts and the KV pool holds their prompt, looking
+their prompt blocks up in the prefix cache; (3) every sequence whose prefill is done gives one more
+output token. A waiting sequence never preempts a running one, under either policy (vLLM V1). The
+step lasts
 
     prefill_tokens / prefill_tokens_per_s + prefill_attention_s * attended
     + decode_step_s * (1 + decode_batch_slope * (b - 1)) + decode_kv_s * kv_tokens
@@ -24,12 +30,12 @@ import contextlib
 import logging
 import math
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 from vgate_worker.sim.metrics import SimMetrics
 from vgate_worker.sim.prefix_cache import Allocation, PrefixCache, block_hashes
 from vgate_worker.sim.settings import SimSettings
+from vgate_worker.sim.waiting import WaitingQueue, preemption_victim
 
 log = logging.getLogger(__name__)
 
@@ -74,10 +80,32 @@ class SimSequence:
     done: bool = False
     #: The LoRA adapter the sequence runs with, if any.
     lora: str | None = None
+    #: vLLM's request ``priority``: lower is served first; only the priority policy reads it.
+    priority: int = 0
+    #: Times it was preempted (its KV freed, to be recomputed on readmission).
+    preemptions: int = 0
+    #: Its prefill finished in the step being run.
+    prefilled: bool = False
+
+    @property
+    def context(self) -> int:
+        """Tokens whose KV the sequence needs: its prompt and what it has generated."""
+        return len(self.prompt_ids) + self.generated
+
+
+@dataclass
+class _StepPlan:
+    """What one step computes: the token budget left, prefill work, and who emits a token."""
+
+    budget: int
+    prefill: int = 0
+    attended: float = 0.0
+    kv_tokens: int = 0
+    emitting: list[SimSequence] = field(default_factory=list)
 
 
 class Engine:
-    """The scheduler: a FIFO waiting queue, a running batch, and a KV block pool."""
+    """The scheduler: a waiting queue (fcfs or priority), a running batch, and a KV block pool."""
 
     def __init__(self, settings: SimSettings, metrics: SimMetrics) -> None:
         self.settings = settings
@@ -85,7 +113,7 @@ class Engine:
         self.cache = PrefixCache(settings.kv_capacity_tokens, settings.block_size)
         # vLLM's own start-up line, so tools that read it (vgate tune's calibration) read ours too.
         log.info("KV cache size: %s tokens", f"{settings.kv_capacity_tokens:,}")
-        self.waiting: deque[SimSequence] = deque()
+        self.waiting: WaitingQueue[SimSequence] = WaitingQueue(settings.scheduling_policy)
         self.running: list[SimSequence] = []
         #: Embedding requests being computed (outside the decode batch).
         self.pooling = 0
@@ -133,10 +161,12 @@ class Engine:
         sink: asyncio.Queue[TokenEvent],
         finish_reason: str = "stop",
         lora: str | None = None,
+        priority: int = 0,
     ) -> SimSequence:
         """Queue a sequence; its tokens are reported on ``sink`` as they are generated.
 
-        ``finish_reason`` only labels ``vllm:request_success_total`` when the sequence completes.
+        ``finish_reason`` only labels ``vllm:request_success_total`` when the sequence completes;
+        ``priority`` orders it only under the priority policy (fcfs ignores it, as vLLM does).
         """
         if not self.alive:
             raise RuntimeError("the simulated engine is not running")
@@ -147,8 +177,10 @@ class Engine:
             if self.settings.enable_prefix_caching
             else []
         )
-        seq = SimSequence(key, prompt_ids, hashes, max(1, output_len), sink, finish_reason, lora=lora)
-        self.waiting.append(seq)
+        seq = SimSequence(
+            key, prompt_ids, hashes, max(1, output_len), sink, finish_reason, lora=lora, priority=priority
+        )
+        self.waiting.add(seq)
         self._publish()
         self._wake.set()
         return seq
@@ -189,7 +221,6 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 clock = loop.time()
-            self._admit()
             duration, emitting = self._plan_step()
             if not emitting and duration == 0:
                 # An idle pool fits any valid request, so this is a bug: fail loudly (the
@@ -200,54 +231,120 @@ class Engine:
             self._emit(emitting)
             self._publish()
 
-    def _admit(self) -> None:
-        bs = self.settings.block_size
-        while self.waiting and len(self.running) < self.settings.max_num_seqs:
-            seq = self.waiting[0]
-            hashes = seq.hashes
-            total_blocks = math.ceil((len(seq.prompt_ids) + seq.output_len) / bs)
-            anonymous = total_blocks - len(hashes)
-            if not self.cache.can_allocate(hashes, anonymous):
-                break  # head-of-line blocking, as vLLM's FCFS scheduler does
-            self.waiting.popleft()
-            # vLLM always recomputes the prompt's last token, so a full hit is one block short.
-            max_hit = (len(seq.prompt_ids) - 1) // bs
-            seq.allocation = self.cache.allocate(hashes, anonymous, max_hit)
-            seq.cached_tokens = seq.allocation.hit_blocks * bs
-            seq.prefill_left = len(seq.prompt_ids) - seq.cached_tokens
-            self.metrics.prefix_cache_queries.inc(len(seq.prompt_ids))
-            self.metrics.prefix_cache_hits.inc(seq.cached_tokens)
-            self.running.append(seq)
-
     def _plan_step(self) -> tuple[float, list[SimSequence]]:
+        """Schedule one step as vLLM V1 does: running sequences first, then waiting ones."""
         s = self.settings
-        budget = s.max_num_batched_tokens
-        prefill = kv_tokens = 0
-        attended = 0.0
-        emitting: list[SimSequence] = []
-        for seq in self.running:
+        while True:
+            plan = _StepPlan(budget=s.max_num_batched_tokens)
+            scheduled, preempted = self._reserve_running()
+            for seq in scheduled:
+                self._plan_sequence(plan, seq)
+            # vLLM admits nothing in a step that had to preempt: the pool is short already.
+            while not preempted and plan.budget > 0 and (admitted := self._admit_next()) is not None:
+                self._plan_sequence(plan, admitted)
+            if plan.emitting or plan.prefill or not preempted:
+                break  # an empty step that only preempted is planned again at once (no time passes)
+        duration = step_duration(s, plan.prefill, len(plan.emitting), plan.attended, plan.kv_tokens)
+        return duration, plan.emitting
+
+    def _reserve_running(self) -> tuple[list[SimSequence], bool]:
+        """Give each running sequence, in admission order, the blocks its next token needs.
+
+        When the pool is out of blocks, preempt the policy's victim and try again; if the victim is
+        the sequence itself, it and those after it wait for the next step (vLLM stops there too).
+        """
+        bs = self.settings.block_size
+        scheduled: list[SimSequence] = []
+        preempted = False
+        index = 0
+        while index < len(self.running):
+            seq = self.running[index]
+            assert seq.allocation is not None  # every running sequence holds its blocks
+            short = math.ceil(seq.context / bs) - seq.allocation.blocks
+            grown = self.cache.extend(seq.allocation, short) if short > 0 else seq.allocation
+            if grown is not None:
+                seq.allocation = grown
+                scheduled.append(seq)
+                index += 1
+                continue
+            victim = preemption_victim(self.running, self.settings.scheduling_policy)
+            self._preempt(victim)
+            preempted = True
+            if victim is seq:
+                break
+            if victim in scheduled:
+                scheduled.remove(victim)
+                index -= 1
+        return scheduled, preempted
+
+    def _preempt(self, seq: SimSequence) -> None:
+        """Free a running sequence's blocks and send it back to waiting, to be recomputed later.
+
+        What it already streamed stays sent: on readmission it prefills its prompt and output so
+        far again, then goes on with the next token.
+        """
+        self.running.remove(seq)
+        self._release(seq)
+        seq.prefill_left = 0
+        seq.preemptions += 1
+        self.metrics.preemptions.inc()
+        self.waiting.prepend(seq)
+
+    def _admit_next(self) -> SimSequence | None:
+        """Admit the waiting queue's head when a slot and its blocks are free (else None).
+
+        A head that does not fit blocks those behind it, as in vLLM (no skipping ahead).
+        """
+        if not self.waiting or len(self.running) >= self.settings.max_num_seqs:
+            return None
+        seq = self.waiting.peek()
+        bs = self.settings.block_size
+        anonymous = math.ceil(seq.context / bs) - len(seq.hashes)
+        if not self.cache.can_allocate(seq.hashes, anonymous):
+            return None
+        self.waiting.pop()
+        # vLLM always recomputes the prompt's last token, so a full hit is one block short.
+        max_hit = (len(seq.prompt_ids) - 1) // bs
+        seq.allocation = self.cache.allocate(seq.hashes, anonymous, max_hit)
+        cached = seq.allocation.hit_blocks * bs
+        seq.prefill_left = seq.context - cached
+        if seq.preemptions == 0:
+            seq.cached_tokens = cached
+            self.metrics.queue_time.observe(time.monotonic() - seq.arrival)
+            self.metrics.prefix_cache_queries.inc(len(seq.prompt_ids))
+            self.metrics.prefix_cache_hits.inc(cached)
+        self.running.append(seq)
+        return seq
+
+    def _plan_sequence(self, plan: _StepPlan, seq: SimSequence) -> None:
+        """Its share of the step: one decode token, or a prefill chunk out of the budget left."""
+        if seq.prefill_left == 0:
+            plan.emitting.append(seq)
+            plan.kv_tokens += seq.context
+            plan.budget -= 1
+            return
+        budget = plan.budget
+        if budget >= seq.prefill_left or (budget > 0 and self.settings.enable_chunked_prefill):
+            # Without chunked prefill a prompt is prefilled whole, in a step with room for it.
+            chunk = min(budget, seq.prefill_left)
+            plan.attended += chunk_attention(seq.context - seq.prefill_left, chunk)
+            seq.prefill_left -= chunk
+            plan.budget -= chunk
+            plan.prefill += chunk
             if seq.prefill_left == 0:
-                emitting.append(seq)
-                kv_tokens += len(seq.prompt_ids) + seq.generated
-            elif budget >= seq.prefill_left or (budget > 0 and s.enable_chunked_prefill):
-                # Without chunked prefill a prompt is prefilled whole, in a step with room for it.
-                chunk = min(budget, seq.prefill_left)
-                attended += chunk_attention(len(seq.prompt_ids) - seq.prefill_left, chunk)
-                seq.prefill_left -= chunk
-                budget -= chunk
-                prefill += chunk
-                if seq.prefill_left == 0:
-                    emitting.append(seq)  # the first token is sampled at the end of its prefill
-        return step_duration(s, prefill, len(emitting), attended, kv_tokens), emitting
+                plan.emitting.append(seq)  # the next token is sampled at the end of its prefill
+                seq.prefilled = True
 
     def _emit(self, emitting: list[SimSequence]) -> None:
         now = time.monotonic()
         for seq in emitting:
             if seq.done:
                 continue  # cancelled while the step ran
+            if seq.prefilled and seq.allocation is not None:
+                # Its prefill ran in this step: its blocks are hits for others from now on.
+                self.cache.mark_computed(seq.allocation)
+            seq.prefilled = False
             if seq.generated == 0:
-                if seq.allocation is not None:
-                    self.cache.mark_computed(seq.allocation)
                 self.metrics.time_to_first_token.observe(now - seq.arrival)
                 self.metrics.prompt_tokens.inc(len(seq.prompt_ids))
             seq.sink.put_nowait((seq.key, seq.generated))

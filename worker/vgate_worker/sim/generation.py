@@ -77,6 +77,8 @@ class Generation:
     id: str = ""
     #: The LoRA adapter the request names, if any (``model`` is then the adapter's name).
     lora: str | None = None
+    #: vLLM's request priority (lower first), read only by the priority scheduling policy.
+    priority: int = 0
     created: int = field(default_factory=lambda: int(time.time()))
     sink: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
     seqs: list[SimSequence] = field(default_factory=list)
@@ -91,7 +93,13 @@ class Generation:
         for c in self.choices:
             prompt = self.prompts[c.prompt]
             seq = self.engine.submit(
-                c.index, prompt, c.reply.tokens, self.sink, c.reply.finish_reason, lora=self.lora
+                c.index,
+                prompt,
+                c.reply.tokens,
+                self.sink,
+                c.reply.finish_reason,
+                lora=self.lora,
+                priority=self.priority,
             )
             self.seqs.append(seq)
 

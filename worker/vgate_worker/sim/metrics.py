@@ -26,6 +26,10 @@ class SimMetrics:
     generation_tokens: Counter
     time_to_first_token: Histogram
     e2e_latency: Histogram
+    #: Time from arrival to first admission into the running batch.
+    queue_time: Histogram
+    #: Running sequences sent back to waiting for lack of KV blocks.
+    preemptions: Counter
     # Labelled at use with ("model_name", "finished_reason").
     request_success: Counter
     # Labelled at use with (max_lora, running_lora_adapters, waiting_lora_adapters), set to the time.
@@ -86,4 +90,10 @@ class SimMetrics:
                 "Histogram of e2e request latency in seconds.",
                 E2E_BUCKETS,
             ),
+            queue_time=histogram(
+                "vllm:request_queue_time_seconds",
+                "Histogram of time spent in WAITING phase for request.",
+                E2E_BUCKETS,
+            ),
+            preemptions=counter("vllm:num_preemptions", "Cumulative number of preemption from the engine."),
         )

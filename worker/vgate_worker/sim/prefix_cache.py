@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 # Seed of the hash chain; any fixed value works since ints hash deterministically.
 _ROOT_HASH = 0x5EED
@@ -40,6 +40,11 @@ class Allocation:
     hashes: tuple[int, ...]
     anonymous: int
     hit_blocks: int
+
+    @property
+    def blocks(self) -> int:
+        """Blocks the sequence holds."""
+        return len(self.hashes) + self.anonymous
 
 
 class PrefixCache:
@@ -114,6 +119,14 @@ class PrefixCache:
         self._make_room(anonymous)
         self._anonymous += anonymous
         return Allocation(tuple(hashes), anonymous, hit)
+
+    def extend(self, allocation: Allocation, blocks: int) -> Allocation | None:
+        """``blocks`` more fresh blocks for a growing sequence, or None when the pool has no room."""
+        if blocks > self.num_blocks - self.used_blocks:
+            return None
+        self._make_room(blocks)
+        self._anonymous += blocks
+        return replace(allocation, anonymous=allocation.anonymous + blocks)
 
     def free(self, allocation: Allocation) -> None:
         """Unpin a sequence's blocks; hashed ones stay cached, tail first in eviction order."""

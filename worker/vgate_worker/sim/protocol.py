@@ -49,6 +49,8 @@ M = TypeVar("M", bound=BaseModel)
 MAX_N = 128
 # Qwen2.5's vocabulary size: token-id prompts must stay below it.
 VOCAB_SIZE = 151_936
+# vLLM bounds a request's ``priority`` to a signed 64-bit integer.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class _Lenient(BaseModel):
@@ -71,6 +73,9 @@ class SamplingRequest(_Lenient):
     stop: str | list[str] | None = None
     min_tokens: int = 0
     ignore_eos: bool = False
+    #: vLLM's extension: lower is served earlier under ``--scheduling-policy priority``; an
+    #: engine running fcfs accepts and ignores it (vLLM V1 does not refuse it).
+    priority: int = Field(0, ge=INT64_MIN, le=INT64_MAX)
 
     def stop_list(self) -> list[str]:
         """``stop`` as a list."""

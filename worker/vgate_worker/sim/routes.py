@@ -205,6 +205,17 @@ def _request_id(request: Request, dialect: Dialect) -> str:
     return f"{dialect.id_prefix}-{given}" if given else new_id(dialect.id_prefix)
 
 
+def _priority(request: Request, req: SamplingRequest) -> int:
+    """vLLM's ``X-Vllm-Priority`` header wins over the body's ``priority`` when it is an integer."""
+    header = request.headers.get("x-vllm-priority")
+    if header is not None:
+        try:
+            return int(header)
+        except ValueError:
+            pass  # vLLM ignores a header it cannot read and uses the body's value
+    return req.priority
+
+
 def _reply(req: SamplingRequest, source: str, budget: int, lora: str | None) -> content.Reply:
     return content.build_reply(
         source, budget, min_tokens=req.min_tokens, ignore_eos=req.ignore_eos, stop=req.stop_list(), lora=lora
@@ -256,6 +267,7 @@ async def _respond(
         token_ids=token_ids,
         id=_request_id(request, dialect),
         lora=_lora(state, model),
+        priority=_priority(request, req),
     )
     if req.stream:
         opts = req.stream_options

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from vgate_worker.settings import DEFAULT_MODEL
+from vgate_worker.settings import DEFAULT_MODEL, SchedulingPolicy
 
 
 class SimSettings(BaseSettings):
@@ -45,6 +45,9 @@ class SimSettings(BaseSettings):
     #: (its CPU backend also takes it as VLLM_CPU_KVCACHE_SPACE, in whole GiB).
     kv_cache_memory_bytes: int | None = Field(None, gt=0)
     enable_chunked_prefill: bool = True
+    #: vLLM's ``--scheduling-policy``: ``fcfs`` admits in arrival order and ignores a request's
+    #: ``priority``; ``priority`` admits by ``(priority, arrival)`` and preempts the least urgent.
+    scheduling_policy: SchedulingPolicy = "fcfs"
     enable_prefix_caching: bool = True
     # Seconds per decode step with one running sequence (1 / 650 tokens/s).
     decode_step_s: float = Field(1 / 650, gt=0)
@@ -165,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-cache-dtype", choices=("auto", "fp8"))
     p.add_argument(
         "--kv-cache-memory-bytes", type=int, help="KV cache size (VLLM_CPU_KVCACHE_SPACE GiB is read too)"
+    )
+    p.add_argument(
+        "--scheduling-policy",
+        choices=("fcfs", "priority"),
+        help="fcfs (default) or priority: waiting requests by (priority, arrival), lower first",
     )
     for flag in ("enable-chunked-prefill", "enable-prefix-caching"):
         p.add_argument(f"--{flag}", action=argparse.BooleanOptionalAction)
