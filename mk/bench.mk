@@ -73,7 +73,7 @@ bench-fairness: venv $(VENV)/.stamp-plot ## noisy neighbour: fair dispatch vs FI
 		$(BIN)/python -m bench.fairness $(BENCH_FAIRNESS_ARGS); fi
 
 # LoRA adapter placement (docs/lora.md): 8 adapters with Zipf popularity on 2 dry-run workers of 4 slots,
-# V-Gate's adapter affinity against round-robin placement in the same run (about a minute).
+# V-Gate's adapter affinity against round-robin placement in the same run (about two minutes).
 #   make bench-lora BENCH_LORA_ARGS='--requests 2000 --concurrency 32'
 .PHONY: bench-lora
 bench-lora: venv ## LoRA placement vs round-robin: adapter loads/1k requests, TTFT p99, split per worker (bench/results/lora-*)
