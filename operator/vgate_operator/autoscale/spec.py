@@ -47,7 +47,7 @@ class AutoscalingSpec(SchemaModel):
     stable_window_seconds: float = 60.0
     panic_window_seconds: float = 6.0
     panic_threshold: float = 2.0
-    """Panic when the panic window asks for this many times the ready replicas."""
+    """Panic when the panic window asks for this many times the replicas asked for (ready or starting)."""
     scale_down_delay_seconds: float = 300.0
     scale_to_zero_delay_seconds: float = 600.0
     engine: Literal["builtin", "keda"] = "builtin"
