@@ -79,6 +79,9 @@ class FairnessConfig:
     vllm_seqs: int = 4
     vllm_flood_words: int = 150
     vllm_max_tokens: int = 24
+    #: The workers' ``--long-prefill-token-threshold`` (vLLM's cap on the prompt tokens one
+    #: request's prefill takes per step while others are scheduled; 0: off, vLLM's default).
+    long_prefill_tokens: int = 0
     seed: int = 7
     out: str = "bench/results"
     #: Which fleets run, of "dry-run" and "vLLM" (the latter only with ``vllm_python``).
@@ -250,6 +253,8 @@ def sim_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
     """Dry-run workers batching at most ``cfg.seqs`` sequences, on the cores the gateway does not use."""
     args = ["worker", "--dry-run", "--served-model-name", SIM_MODEL, "--max-num-seqs", str(cfg.seqs),
             "--speed", str(cfg.sim_speed), "--log-level", "warning", "--scheduling-policy", "priority"]  # fmt: skip
+    if cfg.long_prefill_tokens:
+        args += ["--long-prefill-token-threshold", str(cfg.long_prefill_tokens)]
     with ExitStack() as es:
         urls = [
             es.enter_context(
@@ -277,6 +282,8 @@ def vllm_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
                        "--max-num-seqs", str(cfg.vllm_seqs), "--scheduling-policy", "priority", "--",
                        "--enforce-eager", "--distributed-executor-backend", "uni", "--block-size", "32",
                        "--num-gpu-blocks-override", "256"]  # fmt: skip
+            if cfg.long_prefill_tokens:
+                command += ["--long-prefill-token-threshold", str(cfg.long_prefill_tokens)]
             argv = stack.pinned(command, stack.other_cpus())
             children.append(procs.start(argv, env=env, log=logs / f"vllm-{i}.log"))
             urls.append(f"http://127.0.0.1:{port}")

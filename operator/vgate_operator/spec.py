@@ -138,6 +138,10 @@ class ModelSpec(SchemaModel):
     """Tokens one engine step may process; unset: vLLM's default for the hardware."""
     enable_chunked_prefill: bool | None = None
     """Split long prefills across steps; unset: vLLM's default (on)."""
+    long_prefill_token_threshold: int | None = Field(None, ge=1)
+    """vLLM's --long-prefill-token-threshold: while others are scheduled, one request's prefill
+    takes at most this many tokens a step, so a short prompt is not held behind a long one's
+    chunks (docs/fairness.md); at most maxModelLen. Unset: no cap (vLLM's default)."""
     enable_prefix_caching: bool = True
     """Reuse the KV cache of a shared prompt prefix (vLLM's automatic prefix caching)."""
     kv_cache_dtype: Literal["auto", "fp8"] | None = None
@@ -385,6 +389,11 @@ def check_spec(name: str, spec: VGateDeploymentSpec) -> list[str]:
         if spec.worker.dry_run and model.resources.gpus is not None:
             problems.append(f"{where}: resources.gpus cannot be set with worker.dryRun (simulated workers)")
         problems += _check_adapters(where, model)
+        if (model.long_prefill_token_threshold or 0) > model.max_model_len:
+            problems.append(
+                f"{where}: longPrefillTokenThreshold ({model.long_prefill_token_threshold}) cannot be "
+                f"greater than maxModelLen ({model.max_model_len}), as vLLM refuses it"
+            )
         child = worker_name(name, model.name)
         if len(child) > MAX_CHILD_NAME:
             problems.append(f"{where}: child name {child!r} exceeds {MAX_CHILD_NAME} characters")

@@ -72,3 +72,26 @@ def test_an_unknown_policy_is_an_invalid_spec(
 ) -> None:
     with pytest.raises(InvalidSpecError, match=field):
         parse_spec(OWNER.name, _with(GPU_SPEC, model, gateway))
+
+
+def test_the_long_prefill_cap_reaches_vllm_and_the_simulator(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = _with(GPU_SPEC, {"longPrefillTokenThreshold": 64})
+    env = env_of(container(objects(raw)[("Deployment", "demo-worker-qwen")]))
+    for name, value in env.items():
+        if isinstance(value, str):
+            monkeypatch.setenv(name, value)
+    argv = build_vllm_argv(WorkerSettings())
+    assert argv[argv.index("--long-prefill-token-threshold") + 1] == "64"
+    sim = container(
+        objects(_with(DRY_SPEC, {"longPrefillTokenThreshold": 64}))[("Deployment", "demo-worker-sim")]
+    )
+    assert settings_from_argv(sim["args"][2:]).long_prefill_token_threshold == 64
+    assert "VGATE_WORKER_LONG_PREFILL_TOKEN_THRESHOLD" not in env_of(
+        container(objects(GPU_SPEC)[("Deployment", "demo-worker-qwen")])
+    )
+
+
+@pytest.mark.parametrize("value", [0, 100_000])
+def test_a_long_prefill_cap_out_of_range_is_an_invalid_spec(value: int) -> None:
+    with pytest.raises(InvalidSpecError, match="longPrefillTokenThreshold"):
+        parse_spec(OWNER.name, _with(GPU_SPEC, {"longPrefillTokenThreshold": value}))

@@ -57,6 +57,7 @@ def build_vllm_argv(settings: WorkerSettings, passthrough: Sequence[str] = ()) -
         "--gpu-memory-utilization": settings.gpu_memory_utilization,
         "--max-num-seqs": settings.max_num_seqs,
         "--max-num-batched-tokens": settings.max_num_batched_tokens,
+        "--long-prefill-token-threshold": settings.long_prefill_token_threshold,
         "--kv-cache-dtype": settings.kv_cache_dtype,
         "--download-dir": settings.download_dir,
     }
@@ -313,7 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     for flag in (
         "model", "served-model-name", "max-model-len", "gpu-memory-utilization", "max-num-seqs",
-        "max-num-batched-tokens", "dtype", "tensor-parallel-size", "host", "port", "download-dir", "extra-args",
+        "max-num-batched-tokens", "long-prefill-token-threshold", "dtype", "tensor-parallel-size", "host", "port",
+        "download-dir", "extra-args",
         "max-loras", "max-lora-rank", "max-cpu-loras",
     ):  # fmt: skip
         p.add_argument(f"--{flag}", default=None)

@@ -45,6 +45,9 @@ class WorkerSettings(BaseSettings):
     max_num_seqs: int | None = Field(None, gt=0)
     max_num_batched_tokens: int | None = Field(None, gt=0)
     enable_chunked_prefill: bool | None = None
+    #: vLLM's cap on the prompt tokens one request's prefill takes per step while others are
+    #: scheduled: short prompts are not held behind a long one's chunks (unset: vLLM's, no cap).
+    long_prefill_token_threshold: int | None = Field(None, gt=0)
     kv_cache_dtype: Literal["auto", "fp8"] | None = None
     dtype: DType = "auto"
     tensor_parallel_size: int = Field(1, gt=0)
@@ -83,6 +86,7 @@ class WorkerSettings(BaseSettings):
         "max_num_seqs",
         "max_num_batched_tokens",
         "enable_chunked_prefill",
+        "long_prefill_token_threshold",
         "kv_cache_dtype",
         "max_loras",
         "max_lora_rank",

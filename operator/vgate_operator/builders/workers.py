@@ -187,6 +187,8 @@ def _dry_run_args(model: ModelSpec) -> list[str]:
     # The simulator honours the scheduler settings too; only those set are passed.
     if model.max_num_batched_tokens is not None:
         args += ["--max-num-batched-tokens", str(model.max_num_batched_tokens)]
+    if model.long_prefill_token_threshold is not None:
+        args += ["--long-prefill-token-threshold", str(model.long_prefill_token_threshold)]
     if model.enable_chunked_prefill is not None:
         args.append(
             "--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill"
@@ -233,6 +235,8 @@ def _vllm_env(spec: VGateDeploymentSpec, model: ModelSpec) -> list[Manifest]:
     }
     if model.max_num_batched_tokens is not None:
         values["VGATE_WORKER_MAX_NUM_BATCHED_TOKENS"] = str(model.max_num_batched_tokens)
+    if model.long_prefill_token_threshold is not None:
+        values["VGATE_WORKER_LONG_PREFILL_TOKEN_THRESHOLD"] = str(model.long_prefill_token_threshold)
     if model.enable_chunked_prefill is not None:
         values["VGATE_WORKER_ENABLE_CHUNKED_PREFILL"] = str(model.enable_chunked_prefill).lower()
     if not model.enable_prefix_caching:

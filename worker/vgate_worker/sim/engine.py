@@ -98,6 +98,8 @@ class _StepPlan:
     """What one step computes: the token budget left, prefill work, and who emits a token."""
 
     budget: int
+    #: Prompt tokens one request's prefill may take in this step (0: no cap).
+    cap: int = 0
     prefill: int = 0
     attended: float = 0.0
     kv_tokens: int = 0
@@ -235,7 +237,10 @@ class Engine:
         """Schedule one step as vLLM V1 does: running sequences first, then waiting ones."""
         s = self.settings
         while True:
-            plan = _StepPlan(budget=s.max_num_batched_tokens)
+            # vLLM caps a long prefill's chunk only when another request could use the budget.
+            crowded = len(self.running) + len(self.waiting) > 1
+            cap = s.long_prefill_token_threshold if crowded and s.enable_chunked_prefill else 0
+            plan = _StepPlan(budget=s.max_num_batched_tokens, cap=cap)
             scheduled, preempted = self._reserve_running()
             for seq in scheduled:
                 self._plan_sequence(plan, seq)
@@ -326,7 +331,7 @@ class Engine:
         budget = plan.budget
         if budget >= seq.prefill_left or (budget > 0 and self.settings.enable_chunked_prefill):
             # Without chunked prefill a prompt is prefilled whole, in a step with room for it.
-            chunk = min(budget, seq.prefill_left)
+            chunk = min(budget, seq.prefill_left, plan.cap or seq.prefill_left)
             plan.attended += chunk_attention(seq.context - seq.prefill_left, chunk)
             seq.prefill_left -= chunk
             plan.budget -= chunk

@@ -45,6 +45,10 @@ class SimSettings(BaseSettings):
     #: (its CPU backend also takes it as VLLM_CPU_KVCACHE_SPACE, in whole GiB).
     kv_cache_memory_bytes: int | None = Field(None, gt=0)
     enable_chunked_prefill: bool = True
+    #: vLLM's ``--long-prefill-token-threshold``: while more than one request is running or
+    #: waiting, one request's prefill takes at most this many tokens a step, so a short prompt
+    #: is not stuck behind a long one's chunk (0: no cap, vLLM's default).
+    long_prefill_token_threshold: int = Field(0, ge=0)
     #: vLLM's ``--scheduling-policy``: ``fcfs`` admits in arrival order and ignores a request's
     #: ``priority``; ``priority`` admits by ``(priority, arrival)`` and preempts the least urgent.
     scheduling_policy: SchedulingPolicy = "fcfs"
@@ -108,6 +112,11 @@ class SimSettings(BaseSettings):
                 "max_num_batched_tokens and makes vLLM reject longer sequences. Please increase "
                 "max_num_batched_tokens or decrease max_model_len."
             )
+        if self.long_prefill_token_threshold > self.max_model_len:
+            raise ValueError(
+                f"long_prefill_token_threshold ({self.long_prefill_token_threshold}) cannot be greater "
+                f"than the max_model_len ({self.max_model_len})."
+            )
         sized_by_share = self.kv_cache_tokens is None and self.kv_cache_memory_bytes is None
         if sized_by_share and self.gpu_memory_utilization * self.gpu_memory_gib <= self.non_kv_memory_gib:
             raise ValueError(
@@ -159,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--max-num-seqs", type=int)
     p.add_argument("--max-num-batched-tokens", type=int)
+    p.add_argument(
+        "--long-prefill-token-threshold",
+        type=int,
+        help="prompt tokens one prefill takes per step when others wait",
+    )
     p.add_argument("--kv-cache-tokens", type=int, help="KV cache capacity in tokens")
     p.add_argument("--block-size", type=int)
     p.add_argument("--gpu-memory-utilization", type=float, help="share of the GPU vLLM may take")
