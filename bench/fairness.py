@@ -109,6 +109,9 @@ class Tally:
     ok: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     lost: int = 0
+    #: Answered in full (``[DONE]``) without a character of text: the tiny random model's
+    #: tokens can all decode to nothing. Counted as answered, with no TTFT sample.
+    empty: int = 0
     ttft: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
@@ -117,6 +120,7 @@ class Tally:
             "ok": self.ok,
             "refused": dict(sorted(self.refused.items())),
             "lost": self.lost,
+            "empty": self.empty,
             "ttft_p50_s": _pct(self.ttft, 0.50),
             "ttft_p99_s": _pct(self.ttft, 0.99),
         }
@@ -162,13 +166,18 @@ async def _one(session: aiohttp.ClientSession, url: str, key: str, body: bytes, 
                 tally.refused[code] = tally.refused.get(code, 0) + 1
                 return
             first: float | None = None
+            finished = False
             async for line in resp.content:
                 if first is None and line.startswith(b"data: {") and _has_text(line):
                     first = time.perf_counter() - started
                 if line.startswith(b"data: [DONE]"):
+                    finished = True
                     break
             if first is None:
-                tally.lost += 1
+                if finished:
+                    tally.ok, tally.empty = tally.ok + 1, tally.empty + 1
+                else:
+                    tally.lost += 1
                 return
             tally.ok += 1
             tally.ttft.append(first)
@@ -476,8 +485,9 @@ def render(results: dict[str, Any]) -> str:
                 if t is None:
                     continue
                 refused = ", ".join(f"{k}: {v}" for k, v in t["refused"].items()) or "-"
+                answered = f"{t['ok']} ({t['empty']} empty)" if t.get("empty") else str(t["ok"])
                 lines.append(
-                    f"| {name} | {fleet['capacity_rps']:.1f} | {phase} | {tenant} | {t['sent']} | {t['ok']} | "
+                    f"| {name} | {fleet['capacity_rps']:.1f} | {phase} | {tenant} | {t['sent']} | {answered} | "
                     f"{refused} | {t['lost']} | {_ms(t['ttft_p50_s'])} | {_ms(t['ttft_p99_s'])} |"
                 )
     lines.append("")
