@@ -181,3 +181,13 @@ def test_render_job_is_a_valid_kubernetes_job() -> None:
     assert "--render-job" not in script
     assert "--results /results/vgate-tune-" in script
     assert tune_args(argv) == ["--scenario", "D(100,100)"]
+
+
+def test_every_setting_the_tuner_patches_is_a_field_the_resource_carries() -> None:
+    from vgate_operator.spec import ModelSpec
+
+    carried = {field.alias or name for name, field in ModelSpec.model_fields.items()}
+    assert {p.cr_field for p in space.PARAMS.values() if p.cr_field} <= carried
+    config = {"long-prefill-token-threshold": 64}
+    assert space.worker_args(config) == ["--long-prefill-token-threshold", "64"]
+    assert space.cr_fields(config) == {"longPrefillTokenThreshold": 64}

@@ -44,6 +44,8 @@ def model_worker_args(model: ModelSpec) -> list[str]:
     ]  # fmt: skip
     if model.max_num_batched_tokens is not None:
         argv += ["--max-num-batched-tokens", str(model.max_num_batched_tokens)]
+    if model.long_prefill_token_threshold is not None:
+        argv += ["--long-prefill-token-threshold", str(model.long_prefill_token_threshold)]
     if model.enable_chunked_prefill is not None:
         argv.append(
             "--enable-chunked-prefill" if model.enable_chunked_prefill else "--no-enable-chunked-prefill"

@@ -85,6 +85,14 @@ PARAMS: dict[str, Param] = {
             "enable-chunked-prefill", "bool", "enableChunkedPrefill", help="split long prefills over steps"
         ),
         Param(
+            "long-prefill-token-threshold",
+            "int",
+            "longPrefillTokenThreshold",
+            minimum=1,
+            maximum=1_048_576,
+            help="prompt tokens one prefill takes per step while others are scheduled",
+        ),
+        Param(
             "enable-prefix-caching", "bool", "enablePrefixCaching", help="reuse KV blocks of shared prefixes"
         ),
         Param("kv-cache-dtype", "str", "kvCacheDtype", choices=("auto", "fp8"), help="fp8 halves KV memory"),
