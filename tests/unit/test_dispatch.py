@@ -160,3 +160,38 @@ async def test_a_terminating_worker_drains() -> None:
     assert dispatch.load()["m"]["draining"] == 1
     assert dispatch.load()["m"]["inflight"] == 0
     dispatch.release("m", up)
+
+
+async def test_a_retry_with_no_other_worker_is_held_until_one_is_routable() -> None:
+    # A one-worker model being replaced: the old worker refused the connection before the
+    # gateway saw it leave. The retry waits for the new worker instead of failing at once.
+    dispatch, pool = _fleet(worker_capacity=4)
+    _up(pool, "http://old")
+    old = pool.all()[0]
+    pool.failed(old, traffic=True)
+    retry = asyncio.create_task(dispatch.acquire(_req(), exclude=["http://old"]))
+    await asyncio.sleep(0.25)
+    assert not retry.done()
+    _up(pool, "http://new")
+    assert (await asyncio.wait_for(retry, 2)).url == "http://new"
+
+
+async def test_a_held_retry_goes_back_to_its_worker_once_a_health_check_clears_it() -> None:
+    dispatch, pool = _fleet(worker_capacity=4)
+    _up(pool, "http://a")
+    worker = pool.all()[0]
+    pool.failed(worker, traffic=True)
+    retry = asyncio.create_task(dispatch.acquire(_req(), exclude=["http://a"]))
+    await asyncio.sleep(0.25)
+    assert not retry.done()
+    pool.passed(worker, frozenset({"m"}))
+    assert (await asyncio.wait_for(retry, 2)).url == "http://a"
+
+
+async def test_a_held_retry_ends_in_a_503_after_the_queue_timeout() -> None:
+    dispatch, pool = _fleet(worker_capacity=4, queue_timeout_s=0.3)
+    _up(pool, "http://a")
+    pool.failed(pool.all()[0], traffic=True)
+    with pytest.raises(OpenAIError) as info:
+        await asyncio.wait_for(dispatch.acquire(_req(), exclude=["http://a"]), 2)
+    assert (info.value.status, info.value.code) == (503, "no_healthy_upstream")

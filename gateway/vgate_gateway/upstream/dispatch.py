@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 REFUSALS = ("full", "timeout", "deadline", "shed")
 #: Seconds a request may wait, as the histogram's buckets see them (a GPU cold start is tens of seconds).
 WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+#: How often a held retry looks again for a worker (another one routable, or the failed one cleared).
+RETRY_POLL_S = 0.1
 
 
 class QueueMetrics:
@@ -202,13 +204,33 @@ class Dispatcher:
             return up
         model = req.model
         if exclude:
-            # A retry after a worker failed: never queued; a busy worker will do, else the router says why not.
-            up = self._router.pick(req, exclude)
-            self._begin(model, up)
-            return up
+            return await self._retry(req, exclude)
         if not self._router.may_serve(model):
             raise model_not_found(model)
         return await self._wait(self._model(model), req)
+
+    async def _retry(self, req: Request, exclude: Sequence[str]) -> Upstream:
+        """Another worker for ``req`` after those in ``exclude`` failed it; a busy one will do.
+
+        With none routable (a one-worker model whose worker is being replaced: the old one stops
+        listening before the gateway sees it leave), the request is held as the queue would hold
+        it, up to the model's queue timeout, until another worker is routable or a health check
+        clears a failed one; then the router says why not.
+        """
+        model = req.model
+        limit = self._model(model).queue.bounds.timeout_s
+        deadline = self._clock() + limit
+        tried = set(exclude)
+        while True:
+            others = self._pool.routable(model, exclude=exclude)
+            cleared = [
+                u for u in self._pool.routable(model) if u.url in tried and u.consecutive_failures == 0
+            ]
+            if others or cleared or self._clock() >= deadline:
+                up = self._router.pick(req, () if cleared and not others else exclude)
+                self._begin(model, up)
+                return up
+            await asyncio.sleep(min(RETRY_POLL_S, max(0.0, deadline - self._clock())))
 
     def release(self, model: str, up: Upstream) -> None:
         """A request to ``up`` for ``model`` is over; the next waiting request may take its place."""
