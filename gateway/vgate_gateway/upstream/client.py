@@ -65,11 +65,16 @@ class UpstreamClient(Protocol):
     async def close(self) -> None: ...
 
 
-def _translate(exc: BaseException) -> UpstreamError:
+def _translate(exc: BaseException, *, sending: bool = False) -> UpstreamError:
+    """``sending``: raised before the worker answered, so nothing of the request was served."""
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return StaleConnection(str(exc) or "server disconnected")
     if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         return Unreachable(str(exc) or type(exc).__name__)
+    if sending and isinstance(exc, aiohttp.ClientOSError | aiohttp.ClientConnectionResetError):
+        # The connection broke while the request was written ("Can not write request body": a
+        # pooled connection the worker closed as it shut down): sent again, as a stale one is.
+        return StaleConnection(str(exc) or type(exc).__name__)
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return UpstreamTimeout(str(exc) or type(exc).__name__)
     return UpstreamBroken(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -154,7 +159,7 @@ class AiohttpClient:
                 url, data=body, headers=headers, timeout=self._stream if stream else self._json
             )
         except _FAILURES as exc:
-            raise _translate(exc) from None
+            raise _translate(exc, sending=True) from None
         return _Response(resp)
 
     async def get(self, url: str, timeout_s: float) -> tuple[int, bytes]:
