@@ -141,7 +141,17 @@ async def test_a_worker_leaves_rotation_only_after_failures_in_a_row_and_returns
     assert up.healthy
 
 
-async def test_a_starting_worker_is_probed_often_while_requests_wait_and_passes_within_that_time() -> None:
+@pytest.mark.parametrize(
+    ("waiting", "passed"),
+    [(True, True), (False, False)],
+    ids=[
+        "requests-wait: probed often, passes at once",
+        "none-wait: the 60 s interval stands, no probing storm",
+    ],
+)
+async def test_a_starting_worker_is_probed_often_only_while_requests_wait(
+    waiting: bool, passed: bool
+) -> None:
     pool = _pool("http://starting:8000")
     workers = _worker(Answer(200, VLLM_METRICS.encode(), "text/plain"))
     workers.down.add("starting")
@@ -152,7 +162,7 @@ async def test_a_starting_worker_is_probed_often_while_requests_wait_and_passes_
         interval_s=60,
         timeout_s=1,
         starting_interval_s=0.02,
-        waiting=lambda: True,
+        waiting=lambda: waiting,
     )
     task = asyncio.create_task(checker.run())
     await asyncio.sleep(0.05)
@@ -163,29 +173,4 @@ async def test_a_starting_worker_is_probed_often_while_requests_wait_and_passes_
         await task
     up = pool.get("http://starting:8000")
     assert up is not None
-    assert up.healthy
-
-
-async def test_without_waiting_requests_a_starting_worker_waits_for_the_next_round() -> None:
-    pool = _pool("http://starting:8000")
-    workers = _worker(Answer(200, VLLM_METRICS.encode(), "text/plain"))
-    workers.down.add("starting")
-    checker = HealthChecker(
-        pool,
-        workers,
-        Metrics("test"),
-        interval_s=60,
-        timeout_s=1,
-        starting_interval_s=0.02,
-        waiting=lambda: False,
-    )
-    task = asyncio.create_task(checker.run())
-    await asyncio.sleep(0.05)
-    workers.down.discard("starting")
-    await asyncio.sleep(0.1)
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    up = pool.get("http://starting:8000")
-    assert up is not None
-    assert not up.healthy  # no request is held: the 60 s interval stands, no probing storm
+    assert up.healthy is passed

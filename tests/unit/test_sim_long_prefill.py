@@ -34,26 +34,21 @@ def test_alone_a_long_prefill_takes_the_whole_budget() -> None:
     assert long.prefill_left == 640 - 64
 
 
-def test_capped_a_short_prompt_gets_its_first_token_in_the_step_it_arrives() -> None:
-    engine = _engine(16)
+@pytest.mark.parametrize(
+    ("threshold", "long_left", "short_emits"),
+    [(16, 640 - 64 - 16, True), (0, 640 - 2 * 64, False)],
+    ids=["capped: the short prompt's first token comes in the step it arrives",
+         "uncapped: it waits for the budget the long one leaves"],
+)  # fmt: skip
+def test_a_short_prompt_beside_a_long_prefill(threshold: int, long_left: int, short_emits: bool) -> None:
+    engine = _engine(threshold)
     long, short = _sequences()
     engine.waiting.add(long)
     engine._plan_step()
     engine.waiting.add(short)
     _, emitting = engine._plan_step()
-    assert long.prefill_left == 640 - 64 - 16
-    assert emitting == [short]
-
-
-def test_uncapped_the_short_prompt_waits_for_the_budget_the_long_one_leaves() -> None:
-    engine = _engine(0)
-    long, short = _sequences()
-    engine.waiting.add(long)
-    engine._plan_step()
-    engine.waiting.add(short)
-    _, emitting = engine._plan_step()
-    assert long.prefill_left == 640 - 2 * 64
-    assert emitting == []
+    assert long.prefill_left == long_left
+    assert emitting == ([short] if short_emits else [])
 
 
 def test_the_threshold_is_a_flag_and_may_not_exceed_the_model_length() -> None:

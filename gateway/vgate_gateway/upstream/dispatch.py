@@ -138,8 +138,6 @@ class Dispatcher:
         self._engine_priority: dict[str, bool] = {}
         for model in settings.declared_models():
             self.capacity(model)
-        #: Requests in flight to each model's workers.
-        self.inflight: dict[str, int] = {}
         #: Requests in flight per (model, worker URL): those on a worker that left are draining.
         self._on: dict[tuple[str, str], int] = {}
         #: LoRA adapters: a request for one waits in its own queue while it is loaded somewhere.
@@ -235,7 +233,6 @@ class Dispatcher:
     def release(self, model: str, up: Upstream) -> None:
         """A request to ``up`` for ``model`` is over; the next waiting request may take its place."""
         self._pool.end(up)
-        self.inflight[model] -= 1
         on = (model, up.url)
         left = self._on.get(on, 0) - 1
         if left > 0:
@@ -263,7 +260,6 @@ class Dispatcher:
 
     def _begin(self, model: str, up: Upstream) -> None:
         self._pool.begin(up)
-        self.inflight[model] = self.inflight.get(model, 0) + 1
         on = (model, up.url)
         self._on[on] = self._on.get(on, 0) + 1
         if self._adapters is not None and self._adapters.declared(model):
@@ -429,6 +425,13 @@ class Dispatcher:
             for m in sorted(self._capacity)
         }
 
+    def inflight(self) -> dict[str, int]:
+        """Requests in flight to each model's workers (read at scrape time, not kept per request)."""
+        out: dict[str, int] = {}
+        for (model, _), n in self._on.items():
+            out[model] = out.get(model, 0) + n
+        return out
+
     def waiting(self) -> bool:
         """Whether any request waits in a model's queue now."""
         return any(len(known.queue) for known in self._models.values())
@@ -442,7 +445,7 @@ class Dispatcher:
         up for them. An adapter's requests count towards its base model: they run on its workers.
         """
         base = self._settings.base_of
-        models = {base(m) for m in (*self.inflight, *self._models)} | self._settings.declared_models()
+        models = {base(m) for m in (*self._capacity, *self._models)} | self._settings.declared_models()
         out = {m: {"inflight": 0, "queued": 0, "draining": 0, "ready_workers": 0} for m in sorted(models)}
         serving = {u.url for u in self._pool.all() if not u.terminating}
         for (m, url), n in self._on.items():
@@ -507,9 +510,10 @@ class QueueDepth(Collector):
         inflight = GaugeMetricFamily(
             "vgate_model_inflight", "Requests in flight to the model's workers", labels=["model"]
         )
+        sending = self._dispatcher.inflight()
         for model, waiting in self._dispatcher.depths().items():
             depth.add_metric([model], sum(waiting))
-            inflight.add_metric([model], self._dispatcher.inflight.get(model, 0))
+            inflight.add_metric([model], sending.get(model, 0))
             for priority in CLASSES:
                 by_class.add_metric([model, priority.label], waiting[priority])
         yield depth

@@ -174,7 +174,7 @@ def decide(
     panic_want = math.ceil(panic / target)
     # Panic compares with the replicas asked for, starting ones included (Knative: the ready
     # ones): the queue that builds while a GPU worker starts is what that worker is for.
-    state = _panic_state(state, now, panic_want / max(1, current) >= settings.panic_threshold, settings)
+    state = _panic_state(state, now, panic_want / current >= settings.panic_threshold, settings)
     want = _stable_want(stable, current, settings)
     detail = f"average {stable:.1f} over {settings.stable_window_s:g}s"
     up_cap = max(current, math.ceil(settings.max_scale_up_rate * base))
