@@ -252,3 +252,19 @@ def test_the_queue_a_starting_worker_is_meant_for_does_not_panic() -> None:
     # The same surge with no worker starting is twice what was asked for: panic.
     surge = [Sample(t, 10) for t in range(0, 52, 2)] + [Sample(t, 33) for t in range(52, 62, 2)]
     assert "panic" in decide(surge, 60, 2, 2, settings(), ScaleState.starting(0, 2)).reason
+
+
+@pytest.mark.parametrize(
+    ("recent", "expected"),
+    [
+        (12, 2),  # the last seconds need two: no scale-down, which panic would undo
+        (8, 1),  # the last seconds fit one: both windows agree
+        (30, 2),  # never *up* on the short window outside panic: that is panic's rule
+    ],
+)
+def test_a_scale_down_needs_the_panic_window_to_agree(recent: float, expected: int) -> None:
+    # Two replicas, a stable window that averages to one replica's worth.
+    history = [Sample(t, 4) for t in range(0, 56, 2)] + [Sample(t, recent) for t in range(56, 62, 2)]
+    cfg = settings(scale_down_delay_s=0, panic_threshold=math.inf)
+    decision = decide(history, 60, 2, 2, cfg, ScaleState.starting(0, 2))
+    assert decision.replicas == expected

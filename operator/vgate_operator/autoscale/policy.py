@@ -13,6 +13,9 @@ to GPU workers whose cold start takes tens of seconds to minutes:
   under the threshold for a whole stable window.
 * **Step bounds**: at most ``MAX_SCALE_UP_RATE`` times the ready replicas up, at most
   ``1 / MAX_SCALE_DOWN_RATE`` of the current ones down, per decision.
+* **Both windows agree on a scale-down**: the count never goes below what the panic
+  window's load needs, so a stable average that lags a load risen again since does not give
+  back a GPU the panic rule would ask for again a moment later.
 * **Scale-down delay**: the count follows the *highest* recommendation of the last
   ``scale_down_delay_s`` seconds, so a dip in a noisy load never gives a GPU back.
 * **Scale to zero** only after ``scale_to_zero_delay_s`` without any load, and **scale from
@@ -177,6 +180,11 @@ def decide(
     state = _panic_state(state, now, panic_want / current >= settings.panic_threshold, settings)
     want = _stable_want(stable, current, settings)
     detail = f"average {stable:.1f} over {settings.stable_window_s:g}s"
+    if want < min(current, panic_want):
+        # A scale-down needs both windows: the long one lags a falling load, and a load
+        # that is high again now would panic the fleet straight back up, a cold start later.
+        detail += f", but the last {settings.panic_window_s:g}s ({panic:.1f}) need {min(current, panic_want)}"
+        want = min(current, panic_want)
     up_cap = max(current, math.ceil(settings.max_scale_up_rate * base))
     if state.panic_since is not None:
         # Panic follows the short window and never gives back what it asked for.
