@@ -8,8 +8,9 @@ Poisson arrivals:
   key) at 5 %, alone: their TTFT on an idle fleet, the baseline;
 - **fair**, **fair+engine** and **fifo**: the same B and H while tenant A floods at 10x capacity
   with long prompts, through a gateway with ``VGATE_QUEUE_POLICY=fair``; the same with each
-  request's engine priority sent to the workers (``model_settings.<m>.engine_priority``); then
-  one with ``fifo``.
+  request's engine priority sent to the workers (``model_settings.<m>.engine_priority``); the
+  same with the reserve too (``VGATE_QUEUE_RESERVE``: each worker's last slots kept for keys
+  under their share); then one with ``fifo``.
 
 The workers run vLLM's ``--scheduling-policy priority`` throughout: without a ``priority`` in
 the requests (every phase but fair+engine) every request has vLLM's default 0, and the priority
@@ -79,6 +80,10 @@ class FairnessConfig:
     vllm_seqs: int = 4
     vllm_flood_words: int = 150
     vllm_max_tokens: int = 24
+    #: Slots of each worker kept for keys under their share in the fair+reserve phase
+    #: (``VGATE_QUEUE_RESERVE``), on the dry-run fleet and on the vLLM one.
+    reserve: int = 2
+    vllm_reserve: int = 1
     #: The workers' ``--long-prefill-token-threshold`` (vLLM's cap on the prompt tokens one
     #: request's prefill takes per step while others are scheduled; 0: off, vLLM's default).
     long_prefill_tokens: int = 0
@@ -99,6 +104,8 @@ class Fleet:
     flood_words: int
     light_words: int
     max_tokens: int
+    #: Its ``VGATE_QUEUE_RESERVE`` in the fair+reserve phase.
+    reserve: int = 0
 
 
 @dataclass
@@ -271,7 +278,16 @@ def sim_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
             )
             for i in range(cfg.workers)
         ]
-        yield Fleet("dry-run", SIM_MODEL, urls, cfg.seqs, cfg.flood_words, cfg.light_words, cfg.max_tokens)
+        yield Fleet(
+            "dry-run",
+            SIM_MODEL,
+            urls,
+            cfg.seqs,
+            cfg.flood_words,
+            cfg.light_words,
+            cfg.max_tokens,
+            cfg.reserve,
+        )
 
 
 @contextmanager
@@ -306,15 +322,23 @@ def vllm_fleet(cfg: FairnessConfig, logs: Path) -> Iterator[Fleet]:
             cfg.vllm_flood_words,
             cfg.light_words,
             cfg.vllm_max_tokens,
+            cfg.vllm_reserve,
         )
     finally:
         procs.stop_all(children)
 
 
 def _gateway_env(
-    cfg: FairnessConfig, fleet: Fleet, keys: Path, policy: str, capacity: float, engine: bool = False
+    cfg: FairnessConfig,
+    fleet: Fleet,
+    keys: Path,
+    policy: str,
+    capacity: float,
+    engine: bool = False,
+    reserve: int = 0,
 ) -> dict[str, str]:
     return {
+        "VGATE_QUEUE_RESERVE": str(reserve),
         "VGATE_MODEL_SETTINGS": json.dumps({fleet.model: {"engine_priority": engine}}),
         "VGATE_API_KEYS_FILE": str(keys),
         "VGATE_WORKER_CAPACITY": str(fleet.seqs),
@@ -328,18 +352,20 @@ def _gateway_env(
 
 
 def run_fleet(cfg: FairnessConfig, fleet: Fleet, logs: Path) -> dict[str, Any]:
-    """Capacity, then the idle, busy, fair and fifo phases on one fleet."""
+    """Capacity, then the idle, busy, fair, fair+engine, fair+reserve and fifo phases on one fleet."""
     keys = logs / "keys"
     keys.write_text(KEYS_FILE)
     out: dict[str, Any] = {"workers": len(fleet.urls), "seqs_per_worker": fleet.seqs, "phases": {}}
-    phases = [("capacity", "fair", 0.0, False), ("idle", "fair", 0.0, False),
-              ("busy", "fair", cfg.busy_share, False), ("fair", "fair", cfg.flood_factor, False),
-              ("fair+engine", "fair", cfg.flood_factor, True), ("fifo", "fifo", cfg.flood_factor, False)]  # fmt: skip
-    for phase, policy, flood, engine in phases:
+    phases = [("capacity", "fair", 0.0, False, 0), ("idle", "fair", 0.0, False, 0),
+              ("busy", "fair", cfg.busy_share, False, 0), ("fair", "fair", cfg.flood_factor, False, 0),
+              ("fair+engine", "fair", cfg.flood_factor, True, 0),
+              ("fair+reserve", "fair", cfg.flood_factor, True, fleet.reserve),
+              ("fifo", "fifo", cfg.flood_factor, False, 0)]  # fmt: skip
+    for phase, policy, flood, engine, reserve in phases:
         print(f"{fleet.name}: {phase} ...", file=sys.stderr, flush=True)
         with stack.gateway(
             fleet.urls,
-            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0), engine),
+            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0), engine, reserve),
             logs,
             cpus=stack.SUT_CPU,
         ) as gw:
@@ -463,6 +489,10 @@ def verdicts(fleet: dict[str, Any]) -> dict[str, Any]:
         "B_p99_fair_engine_vs_idle": p99("fair+engine", "B") / p99("idle", "B"),
         "H_p99_fair_engine_vs_idle": p99("fair+engine", "H") / p99("idle", "H"),
         "B_answered_all_fair_engine": phases["fair+engine"]["B"]["ok"] == phases["fair+engine"]["B"]["sent"],
+        "B_p99_fair_reserve_vs_idle": p99("fair+reserve", "B") / p99("idle", "B"),
+        "H_p99_fair_reserve_vs_idle": p99("fair+reserve", "H") / p99("idle", "H"),
+        "B_answered_all_fair_reserve": phases["fair+reserve"]["B"]["ok"]
+        == phases["fair+reserve"]["B"]["sent"],
         "B_p99_fair_vs_busy": p99("fair", "B") / p99("busy", "B"),
         "H_p99_fair_vs_busy": p99("fair", "H") / p99("busy", "H"),
         "B_p99_fifo_vs_idle": p99("fifo", "B") / p99("idle", "B"),
@@ -494,7 +524,9 @@ def render(results: dict[str, Any]) -> str:
     for name, fleet in results["fleets"].items():
         v = fleet["verdicts"]
         lines.append(
-            f"{name}: B p99 TTFT fair+engine/idle {v['B_p99_fair_engine_vs_idle']:.2f}x "
+            f"{name}: B p99 TTFT fair+reserve/idle {v['B_p99_fair_reserve_vs_idle']:.2f}x "
+            f"(H {v['H_p99_fair_reserve_vs_idle']:.2f}x, B answered in full: {v['B_answered_all_fair_reserve']}); "
+            f"fair+engine/idle {v['B_p99_fair_engine_vs_idle']:.2f}x "
             f"(H {v['H_p99_fair_engine_vs_idle']:.2f}x, B answered in full: {v['B_answered_all_fair_engine']}); "
             f"fair/idle {v['B_p99_fair_vs_idle']:.2f}x, fair/busy {v['B_p99_fair_vs_busy']:.2f}x, "
             f"fifo/idle {v['B_p99_fifo_vs_idle']:.2f}x; "

@@ -30,6 +30,10 @@ T = TypeVar("T")
 LogLevel = Literal["debug", "info", "warning", "error", "critical"]
 
 
+#: Without a ``queue_reserve``, a worker keeps one slot in this many for keys within their share.
+RESERVE_SHARE = 8
+
+
 class ModelSettings(BaseModel):
     """One model's own capacity and queue bounds (unset: the gateway-wide setting)."""
 
@@ -41,9 +45,18 @@ class ModelSettings(BaseModel):
     queue_max_requests: int | None = Field(None, ge=0)
     queue_max_bytes: int | None = Field(None, ge=0)
     queue_timeout_s: float | None = Field(None, ge=0)
+    queue_reserve: int | None = Field(None, ge=0)
+    #: Unset: :data:`RESERVE_SHARE` of the capacity (see :meth:`reserve`).
     #: The model's workers run vLLM's ``--scheduling-policy priority``: every request forwarded
     #: to them carries an engine ``priority`` (its class and its key's fair-share standing).
     engine_priority: bool = False
+
+
+    def reserve(self) -> int:
+        """Slots of each worker kept for keys within their share (``queue_reserve``)."""
+        if self.queue_reserve is not None:
+            return self.queue_reserve
+        return (self.capacity or 0) // RESERVE_SHARE
 
 
 class AdapterSettings(BaseModel):
@@ -122,6 +135,11 @@ class GatewaySettings(BaseSettings):
     #: The order a queue is served in: ``fair`` (priority class, then weighted fair share of
     #: tokens between keys, then arrival) or ``fifo`` (arrival order only).
     queue_policy: Literal["fair", "fifo"] = "fair"
+    #: Slots of each worker that a key over its share of the model's slots may not fill while
+    #: other keys are active: kept for keys within their share, so a light tenant's request is
+    #: not queued behind a flood (unset: an eighth of a worker's capacity, rounded down; 0:
+    #: none; docs/fairness.md "The reserve").
+    queue_reserve: int | None = Field(None, ge=0)
     #: Per-model overrides of ``worker_capacity`` and the queue settings.
     model_settings: dict[str, ModelSettings] = Field(default_factory=dict)
 
@@ -310,6 +328,14 @@ class GatewaySettings(BaseSettings):
         if self.endpoints_file is not None and self.endpoints:
             raise ValueError("set either 'endpoints' or 'endpoints_file', not both")
         self._check_adapters()
+        for model in ("", *self.model_settings):  # "": the gateway-wide settings
+            own = self.for_model(model)
+            if own.queue_reserve and own.capacity and own.queue_reserve >= own.capacity:  # set, not derived
+                where = f"model {model!r}: " if model else ""
+                raise ValueError(
+                    f"{where}queue_reserve ({own.queue_reserve}) must be below the requests a worker "
+                    f"takes (capacity {own.capacity}): a key over its share keeps at least one"
+                )
         if self.max_inflight > self.max_connections:
             # Admission control must refuse before the upstream pool would make requests wait.
             raise ValueError(
@@ -352,6 +378,7 @@ class GatewaySettings(BaseSettings):
             queue_max_requests=_first(own.queue_max_requests, self.queue_max_requests),
             queue_max_bytes=_first(own.queue_max_bytes, self.queue_max_bytes),
             queue_timeout_s=_first(own.queue_timeout_s, self.queue_timeout_s),
+            queue_reserve=own.queue_reserve if own.queue_reserve is not None else self.queue_reserve,
             engine_priority=own.engine_priority,
         )
 

@@ -60,7 +60,7 @@ async def test_a_declared_model_with_no_worker_waits_and_is_dispatched_fifo_when
     up = await first
     assert up.url == "http://a"
     assert not second.done()
-    dispatch.release("m", up)  # the first answer ends: the second takes its place
+    dispatch.release(_req(), up)  # the first answer ends: the second takes its place
     assert (await second).url == "http://a"
     assert dispatch.stats()["m"]["dispatched"] == 2
 
@@ -73,7 +73,7 @@ async def test_a_saturated_fleet_queues_and_a_newcomer_never_jumps_the_queue() -
     await asyncio.sleep(0)
     _up(pool, "http://b")  # a second worker: the one already waiting gets it
     assert (await waiting).url == "http://b"
-    dispatch.release("m", busy)
+    dispatch.release(_req(), busy)
     assert (await dispatch.acquire(_req())).url == "http://a"
 
 
@@ -148,7 +148,7 @@ async def test_requests_on_a_worker_that_left_count_as_draining_not_as_load() ->
     pool.replace([DiscoveredEndpoint("http://a")])  # b scaled down: its two requests finish there
     assert dispatch.load()["m"] == {"inflight": 2, "queued": 0, "draining": 2, "ready_workers": 1}
     for up in ups:
-        dispatch.release("m", up)
+        dispatch.release(_req(), up)
     assert dispatch.load()["m"] == {"inflight": 0, "queued": 0, "draining": 0, "ready_workers": 1}
 
 
@@ -159,7 +159,7 @@ async def test_a_terminating_worker_drains() -> None:
     pool.replace([DiscoveredEndpoint("http://a", terminating=True)])
     assert dispatch.load()["m"]["draining"] == 1
     assert dispatch.load()["m"]["inflight"] == 0
-    dispatch.release("m", up)
+    dispatch.release(_req(), up)
 
 
 async def test_a_retry_with_no_other_worker_is_held_until_one_is_routable() -> None:

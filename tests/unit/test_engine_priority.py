@@ -57,7 +57,7 @@ async def test_a_flooding_key_is_one_worse_than_a_light_key_of_its_class() -> No
     tasks = [asyncio.create_task(dispatch.acquire(r)) for r in [*flood, light, ops]]
     await asyncio.sleep(0)
     for _ in range(len(tasks)):
-        dispatch.release("m", busy)
+        dispatch.release(free, busy)
         await asyncio.sleep(0)
     await asyncio.gather(*tasks)
     assert ops.engine_priority == 0
@@ -79,7 +79,7 @@ async def test_fifo_ignores_classes_here_too() -> None:
     busy = await dispatch.acquire(first)
     task = asyncio.create_task(dispatch.acquire(high))
     await asyncio.sleep(0)
-    dispatch.release("m", busy)
+    dispatch.release(first, busy)
     await task
     assert (first.engine_priority, high.engine_priority) == (2, 2)
 

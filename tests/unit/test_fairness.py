@@ -18,6 +18,7 @@ from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstream.dispatch import Dispatcher, QueueMetrics
 from vgate_gateway.upstream.pool import DiscoveredEndpoint, UpstreamPool
 from vgate_gateway.upstream.queue import (
+    ACTIVE_S,
     Bounds,
     FairShare,
     Fifo,
@@ -25,6 +26,7 @@ from vgate_gateway.upstream.queue import (
     Policy,
     QueueFull,
     RateMeter,
+    Shares,
     Waiting,
     wait_estimate,
 )
@@ -305,7 +307,7 @@ class Clock:
 
 
 def _saturated(policy: str = "fair", **settings: object) -> tuple[Dispatcher, UpstreamPool, Clock]:
-    config = GatewaySettings(models=["m"], worker_capacity=1, queue_policy=policy, **settings)  # type: ignore[arg-type]
+    config = GatewaySettings(models=["m"], queue_policy=policy, **{"worker_capacity": 1, **settings})  # type: ignore[arg-type]
     pool = UpstreamPool(eject_after=3, panic_threshold=0.5)
     router = Router(
         pool, "round-robin", declared_models=config.declared_models(), session_header="x", retry_after_s=1
@@ -324,7 +326,7 @@ async def test_a_deadline_the_queue_cannot_meet_is_refused_at_once_with_the_expe
     await asyncio.sleep(0)
     for _ in range(8):  # the worker finishes one request every 0.5 s
         clock.now += 0.5
-        dispatch.release("m", busy)
+        dispatch.release(_req("a"), busy)
         await asyncio.sleep(0)
     assert dispatch.stats()["m"]["dispatch_rate_per_s"] == pytest.approx(2.0, rel=0.2)
     urgent = _req("a")  # a's own backlog of 4 is ahead of it: about 2.5 s
@@ -367,7 +369,7 @@ async def test_a_high_priority_arrival_at_a_full_queue_sheds_the_newest_low_one(
     with pytest.raises(OpenAIError) as full:  # a low arrival has nobody to shed
         await dispatch.acquire(_req("c", L))
     assert full.value.code == "queue_full"
-    dispatch.release("m", busy)
+    dispatch.release(_req("a"), busy)
     assert (await high).url == "http://a"
     assert not old_low.done()
     stats = dispatch.stats()["m"]
@@ -386,7 +388,7 @@ async def test_fifo_setting_serves_in_arrival_order_whatever_the_class_and_sheds
     with pytest.raises(OpenAIError) as full:  # plain FIFO: a full queue refuses even a high one
         await dispatch.acquire(_req("c", H))
     assert full.value.code == "queue_full"
-    dispatch.release("m", busy)
+    dispatch.release(_req("a"), busy)
     await low
     assert not high.done()
     assert dispatch.stats()["m"]["policy"] == "fifo"
@@ -401,10 +403,104 @@ async def test_answers_charge_the_key_and_stats_show_it() -> None:
     queued = _req("b")
     waiting = asyncio.create_task(dispatch.acquire(queued))
     await asyncio.sleep(0)
-    dispatch.release("m", busy)
+    dispatch.release(first, busy)
     dispatch.served(first, Usage(prompt_tokens=5, completion_tokens=10))  # before any queue: fast path
     await waiting
     dispatch.served(queued, Usage(prompt_tokens=7, completion_tokens=1))
     keys = dispatch.stats()["m"]["keys"]
     assert keys["b"]["served_tokens"] == pytest.approx(9.0, abs=0.01)
     assert keys["a"]["served_tokens"] == pytest.approx(25.0)
+
+
+# -- the reserve: a worker's last slots are kept for keys under their share
+
+
+# (in flight per key, the others active, the key asking, its weight) -> its limit on a worker of 4,
+# one worker, a reserve of 1.
+RESERVE_TABLE = [
+    ("alone: nothing held back", {"a": 3}, "a", 1.0, 4),
+    ("over its half of 4 while b is active: the last slot is b's", {"a": 3, "b": 0}, "a", 1.0, 3),
+    ("at its half: it may take one more", {"a": 2, "b": 0}, "a", 1.0, 4),
+    ("two keys at their share fill every slot", {"a": 2, "b": 2}, "b", 1.0, 4),
+    ("the light key may take the reserved slot", {"a": 3, "b": 0}, "b", 1.0, 4),
+    ("weight 3 against 1: a share of 3 of 4", {"a": 3, "b": 0}, "a", 3.0, 4),
+    ("weight 1 against 3: a share of 1 of 4", {"a": 2, "b": 0}, "a", 1 / 3, 3),
+]
+
+
+@pytest.mark.parametrize(
+    ("held", "key", "weight", "limit"), [r[1:] for r in RESERVE_TABLE], ids=[r[0] for r in RESERVE_TABLE]
+)
+def test_the_reserve_holds_back_a_workers_last_slots_from_a_key_at_its_share(
+    held: dict[str, int], key: str, weight: float, limit: int
+) -> None:
+    shares = Shares(reserve=1)
+    for k, n in held.items():
+        w = weight if k == key else 1.0
+        shares.begin(k, w, 0.0)  # dispatched once: active
+        shares.end(k)
+        for _ in range(n):
+            shares.begin(k, w, 0.0)
+    assert shares.limit(key, weight, capacity=4, workers=1, now=1.0) == limit
+
+
+def test_a_key_that_went_quiet_stops_holding_a_reserve() -> None:
+    shares = Shares(reserve=1)
+    shares.begin("b", 1.0, 0.0)
+    shares.end("b")
+    for _ in range(3):
+        shares.begin("a", 1.0, 0.0)
+    assert shares.limit("a", 1.0, 4, 1, now=ACTIVE_S - 1) == 3
+    assert shares.limit("a", 1.0, 4, 1, now=ACTIVE_S + 1) == 4  # b sent nothing since: a alone
+    shares.begin("b", 1.0, ACTIVE_S + 1)  # b in flight counts whenever it was sent
+    assert shares.limit("a", 1.0, 4, 1, now=10 * ACTIVE_S) == 3
+
+
+async def test_under_a_flood_a_light_key_takes_a_reserved_slot_at_once() -> None:
+    dispatch, _, _ = _saturated(worker_capacity=4, queue_reserve=1)
+    light = _req("b")
+    dispatch.release(light, await dispatch.acquire(light))  # b is active
+    flood = [_req("a") for _ in range(5)]
+    tasks = [asyncio.create_task(dispatch.acquire(r)) for r in flood]
+    await asyncio.sleep(0)
+    assert [t.done() for t in tasks] == [True, True, True, False, False]  # the 4th slot is held back
+    up = dispatch.take_free(light)
+    assert up is not None  # at once, past a's backlog: it could not have used the slot
+    dispatch.release(light, up)
+    await asyncio.sleep(0)
+    assert [t.done() for t in tasks] == [True, True, True, False, False]  # still b's
+    dispatch.release(flood[0], tasks[0].result())
+    await asyncio.sleep(0)
+    assert [t.done() for t in tasks] == [True, True, True, True, False]
+    for t in tasks:
+        t.cancel()
+
+
+async def test_one_key_alone_fills_every_slot_with_a_reserve_set() -> None:
+    dispatch, _, _ = _saturated(worker_capacity=4, queue_reserve=1)
+    for _ in range(4):
+        assert dispatch.take_free(_req("a")) is not None
+
+
+def test_a_reserve_must_leave_a_worker_at_least_one_slot() -> None:
+    with pytest.raises(
+        ValueError, match=r"queue_reserve \(4\) must be below the requests a worker takes \(capacity 4\)"
+    ):
+        GatewaySettings(worker_capacity=4, queue_reserve=4)
+    with pytest.raises(ValueError, match="model 'm': queue_reserve"):
+        GatewaySettings(model_settings={"m": {"capacity": 2, "queue_reserve": 2}})
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({"worker_capacity": 16}, 2),  # unset: an eighth of a worker's capacity
+        ({"worker_capacity": 7}, 0),  # a small worker keeps none
+        ({"worker_capacity": 16, "queue_reserve": 0}, 0),
+        ({"worker_capacity": 16, "queue_reserve": 5}, 5),
+        ({"queue_reserve": 5, "model_settings": {"m": {"capacity": 8, "queue_reserve": 3}}}, 3),
+        ({"model_settings": {"m": {"capacity": 8}}}, 1),
+    ],
+)
+def test_the_reserve_of_a_model(settings: dict[str, object], expected: int) -> None:
+    assert GatewaySettings(**settings).for_model("m").reserve() == expected  # type: ignore[arg-type]

@@ -46,6 +46,7 @@ from vgate_gateway.upstream.queue import (
     Policy,
     QueueFull,
     RateMeter,
+    Shares,
     Waiting,
     engine_priority,
     wait_estimate,
@@ -136,6 +137,8 @@ class Dispatcher:
         self._capacity: dict[str, int] = {}
         #: Per model, whether its workers get each request's engine priority (read once).
         self._engine_priority: dict[str, bool] = {}
+        #: Per model with a reserve, who holds its slots (None: no reserve; read once).
+        self._shares: dict[str, Shares | None] = {}
         for model in settings.declared_models():
             self.capacity(model)
         #: Requests in flight per (model, worker URL): those on a worker that left are draining.
@@ -172,18 +175,44 @@ class Dispatcher:
         if adapters is not None and adapters.undeclared(model):
             raise model_not_found(model)
         known = self._models.get(model)
+        capacity = self.capacity(model)
+        shares = self._shares_of(model)
+        up = None
         if known is None or not len(known.queue) or exclude:
-            up = self._router.pick_free(req, self.capacity(model), exclude)
-            if up is not None:
-                self._begin(model, up)
-                if req.engine_priority is None and self._sends_priority(model):
-                    # Nothing is waiting: no key is over its share, the class alone counts.
-                    fair = self._settings.queue_policy == "fair"
-                    req.engine_priority = (
-                        engine_priority(req.schedule.priority, False) if fair else FIFO_ENGINE_PRIORITY
-                    )
-                return up
-        return None
+            limit = capacity if shares is None or exclude else self._limit(shares, req, capacity)
+            up = self._router.pick_free(req, limit, exclude)
+        elif (
+            shares is not None
+            and not known.queue.backlogged(req.key_id)
+            and self._limit(shares, req, capacity) == capacity
+        ):
+            # The queue's requests are all held back by the reserve (else a worker would have
+            # taken them): a key under its share takes a reserved slot at once.
+            up = self._router.pick_free(req, capacity)
+        if up is None:
+            return None
+        self._begin(req, up)
+        if req.engine_priority is None and self._sends_priority(model):
+            # Its key has nothing waiting: not over its share, the class alone counts.
+            fair = self._settings.queue_policy == "fair"
+            req.engine_priority = (
+                engine_priority(req.schedule.priority, False) if fair else FIFO_ENGINE_PRIORITY
+            )
+        return up
+
+    def _shares_of(self, model: str) -> Shares | None:
+        """Who holds ``model``'s slots, when it keeps a reserve (``queue_reserve``)."""
+        try:
+            return self._shares[model]
+        except KeyError:
+            reserve = self._settings.for_model(model).reserve()
+            shares = self._shares[model] = Shares(reserve) if reserve else None
+            return shares
+
+    def _limit(self, shares: Shares, req: Request, capacity: int) -> int:
+        """Requests a worker of ``req``'s model may hold when ``req`` goes to it (the reserve)."""
+        workers = len(self._pool.routable(req.model))
+        return shares.limit(req.key_id, req.schedule.weight, capacity, workers, self._clock())
 
     def _sends_priority(self, model: str) -> bool:
         """Whether ``model``'s workers run vLLM's priority scheduling (the model's ``engine_priority``)."""
@@ -226,13 +255,17 @@ class Dispatcher:
             ]
             if others or cleared or self._clock() >= deadline:
                 up = self._router.pick(req, () if cleared and not others else exclude)
-                self._begin(model, up)
+                self._begin(req, up)
                 return up
             await asyncio.sleep(min(RETRY_POLL_S, max(0.0, deadline - self._clock())))
 
-    def release(self, model: str, up: Upstream) -> None:
-        """A request to ``up`` for ``model`` is over; the next waiting request may take its place."""
+    def release(self, req: Request, up: Upstream) -> None:
+        """``req``'s call to ``up`` is over; the next waiting request may take its place."""
+        model = req.model
         self._pool.end(up)
+        shares = self._shares.get(model)
+        if shares is not None:
+            shares.end(req.key_id)
         on = (model, up.url)
         left = self._on.get(on, 0) - 1
         if left > 0:
@@ -258,8 +291,12 @@ class Dispatcher:
                 series = known.tokens[req.key_id] = self._metrics.tokens.labels(req.model, req.key_id)
             series.inc(cost)
 
-    def _begin(self, model: str, up: Upstream) -> None:
+    def _begin(self, req: Request, up: Upstream) -> None:
+        model = req.model
         self._pool.begin(up)
+        shares = self._shares.get(model)
+        if shares is not None:
+            shares.begin(req.key_id, req.schedule.weight, self._clock())
         on = (model, up.url)
         self._on[on] = self._on.get(on, 0) + 1
         if self._adapters is not None and self._adapters.declared(model):
@@ -310,7 +347,7 @@ class Dispatcher:
         except BaseException as exc:
             granted = waiting.granted
             if granted.done() and not granted.cancelled() and granted.exception() is None:
-                self.release(queue.model, granted.result())  # granted as it gave up: pass it on
+                self.release(req, granted.result())  # granted as it gave up: pass it on
             else:
                 queue.remove(waiting)
             if isinstance(exc, TimeoutError):
@@ -394,6 +431,7 @@ class Dispatcher:
         """Dispatch waiting requests, in the policy's order, while a worker can take one."""
         queue, policy = known.queue, known.policy
         capacity = self.capacity(queue.model)
+        shares = self._shares_of(queue.model)
         now = self._clock()
         while True:
             head = policy.pick(queue)
@@ -402,7 +440,8 @@ class Dispatcher:
             if head.granted.done():  # gave up, not yet removed
                 queue.remove(head)
                 continue
-            up = self._router.pick_free(head.req, capacity)
+            limit = capacity if shares is None else self._limit(shares, head.req, capacity)
+            up = self._router.pick_free(head.req, limit)
             if up is None:
                 break
             queue.remove(head)
@@ -410,7 +449,7 @@ class Dispatcher:
                 head.req.engine_priority = policy.engine_priority(queue, head)
             policy.dispatched(head)
             known.meter.tick(now)
-            self._begin(queue.model, up)
+            self._begin(head.req, up)
             head.granted.set_result(up)
             queue.dispatched += 1
             waits = self._waits(known)

@@ -65,7 +65,7 @@ class Proxy:
             raise OpenAIError(502, f"The model worker broke off its answer: {exc}") from None
         finally:
             await resp.release()
-            self._dispatch.release(req.model, up)
+            self._dispatch.release(req, up)
         self._metrics.count_upstream(up.url, resp.status)
         if resp.status >= 500:
             self._pool.failed(up)
@@ -97,13 +97,13 @@ class Proxy:
                     up.url + req.kind.value, body, req.headers, stream=req.stream
                 )
             except StaleConnection:
-                self._dispatch.release(req.model, up)
+                self._dispatch.release(req, up)
                 if stale_retried:
                     raise self._broken(up, "stale connection twice") from None
                 stale_retried = True
                 log.debug("worker %s closed a pooled connection; sending again", up.url)
             except Unreachable as exc:
-                self._dispatch.release(req.model, up)
+                self._dispatch.release(req, up)
                 self._failed(up, "connect_error")
                 log.warning("worker %s unreachable (%s), attempt %d", up.url, exc, len(tried) + 1)
                 tried.append(up.url)
@@ -115,16 +115,16 @@ class Proxy:
                         retry_after_s=self._retry_after,
                     ) from None
             except UpstreamTimeout:
-                self._dispatch.release(req.model, up)
+                self._dispatch.release(req, up)
                 self._failed(up, "timeout")
                 raise OpenAIError(
                     504, "The model worker did not answer in time.", code="upstream_timeout"
                 ) from None
             except UpstreamError as exc:
-                self._dispatch.release(req.model, up)
+                self._dispatch.release(req, up)
                 raise self._broken(up, str(exc)) from None
             except BaseException:
-                self._dispatch.release(req.model, up)
+                self._dispatch.release(req, up)
                 raise
 
     def _broken(self, up: Upstream, why: str) -> OpenAIError:
@@ -180,7 +180,7 @@ class Proxy:
             yield _stream_error(502, f"Lost the model worker mid-stream: {exc}.", "upstream_error")
         finally:
             await resp.release()
-            self._dispatch.release(req.model, up)
+            self._dispatch.release(req, up)
             self._dispatch.served(req, usage)
             if outcome == "200":
                 self._pool.passed(up)

@@ -178,9 +178,64 @@ class ModelQueue:
         self.bytes -= waiting.size
         return True
 
+    def backlogged(self, key: str) -> bool:
+        """Whether ``key`` has a request waiting here, in any class."""
+        return any(key in lanes for lanes in self.lanes)
+
     def oldest_wait_s(self, now: float) -> float:
         heads = [lane[0].since for lanes in self.lanes for lane in lanes.values()]
         return now - min(heads) if heads else 0.0
+
+
+#: Seconds a key counts as active after its last dispatch, for the reserve: a light tenant
+#: that sends a request every few seconds keeps slots held for it between them.
+ACTIVE_S = 10.0
+
+
+class Shares:
+    """Who holds one model's slots, for its reserve: per key, requests in flight and last dispatch.
+
+    With a ``reserve`` of r slots and more than one key active (a request in flight, or one
+    dispatched in the last :data:`ACTIVE_S`), a key that holds more than its weighted share of
+    the model's slots may fill a worker only up to ``capacity - r``: the last r are kept for
+    keys within their share, so a light tenant's request finds a free slot at once under a
+    flood instead of waiting for one of the flood's requests to end. With one key active,
+    nothing is held back; keys that all hold their share fill every slot. Times are given
+    (the dispatcher's clock): plain arithmetic.
+    """
+
+    def __init__(self, reserve: int) -> None:
+        self.reserve = reserve
+        self.inflight: dict[str, int] = {}
+        #: Per key: (last dispatch, its weight).
+        self.seen: dict[str, tuple[float, float]] = {}
+
+    def begin(self, key: str, weight: float, now: float) -> None:
+        self.inflight[key] = self.inflight.get(key, 0) + 1
+        if key not in self.seen and len(self.seen) >= MAX_COUNTERS:
+            self._forget(now)
+        self.seen[key] = (now, weight)
+
+    def end(self, key: str) -> None:
+        left = self.inflight.get(key, 0) - 1
+        if left > 0:
+            self.inflight[key] = left
+        else:
+            self.inflight.pop(key, None)
+
+    def limit(self, key: str, weight: float, capacity: int, workers: int, now: float) -> int:
+        """Requests one worker may hold when ``key``'s next one goes to it."""
+        others = 0.0
+        for k, (at, w) in self.seen.items():
+            if k != key and (now - at <= ACTIVE_S or k in self.inflight):
+                others += w
+        if not others:
+            return capacity
+        share = capacity * workers * weight / (weight + others)
+        return capacity if self.inflight.get(key, 0) <= share else max(1, capacity - self.reserve)
+
+    def _forget(self, now: float) -> None:
+        self.seen = {k: v for k, v in self.seen.items() if now - v[0] <= ACTIVE_S or k in self.inflight}
 
 
 def _from_longest(
