@@ -8,6 +8,7 @@ would exceed Kubernetes' limits). Anything they reject is an :class:`InvalidSpec
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -374,6 +375,28 @@ def parse_spec(name: str, raw: Mapping[str, Any]) -> VGateDeploymentSpec:
     return spec
 
 
+def gateway_processes(spec: VGateDeploymentSpec) -> int:
+    """Gateway serving processes in all, each with its own share of every worker's slots."""
+    return max(1, spec.gateway.replicas) * spec.gateway.processes
+
+
+def _check_reserve(where: str, model: ModelSpec, spec: VGateDeploymentSpec) -> list[str]:
+    reserve = model.queue.reserve
+    if reserve is None:
+        return []
+    if reserve < 0:
+        return [f"{where}: queue.reserve must be >= 0 (0: none), not {reserve}"]
+    processes = gateway_processes(spec)
+    share, kept = math.ceil(model.max_num_seqs / processes), math.ceil(reserve / processes)
+    if reserve and kept >= share:
+        return [
+            f"{where}: queue.reserve ({reserve}) keeps {kept} of the {share} slots each of the "
+            f"{processes} gateway processes may fill on a worker (maxNumSeqs {model.max_num_seqs}); "
+            "a key over its share must keep at least one"
+        ]
+    return []
+
+
 def check_spec(name: str, spec: VGateDeploymentSpec) -> list[str]:
     """Cross-field rules the CRD schema cannot express; returns human-readable problems."""
     problems: list[str] = []
@@ -394,6 +417,7 @@ def check_spec(name: str, spec: VGateDeploymentSpec) -> list[str]:
                 f"{where}: longPrefillTokenThreshold ({model.long_prefill_token_threshold}) cannot be "
                 f"greater than maxModelLen ({model.max_model_len}), as vLLM refuses it"
             )
+        problems += _check_reserve(where, model, spec)
         child = worker_name(name, model.name)
         if len(child) > MAX_CHILD_NAME:
             problems.append(f"{where}: child name {child!r} exceeds {MAX_CHILD_NAME} characters")

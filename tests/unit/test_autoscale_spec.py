@@ -18,7 +18,7 @@ from vgate_operator.autoscale.checks import autoscaling_problems
 from vgate_operator.autoscale.policy import PolicySettings
 from vgate_operator.builders import Owner, build_all
 from vgate_operator.builders.gateway import gateway_settings
-from vgate_operator.spec import parse_spec
+from vgate_operator.spec import InvalidSpecError, parse_spec
 from vgate_operator.status import healthy_status
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -134,6 +134,30 @@ def test_the_gateway_config_carries_each_models_share_and_queue() -> None:
     # The gateway accepts exactly this (the file the operator mounts).
     gateway = GatewaySettings(**settings)
     assert gateway.for_model("qwen").capacity == 22
+    assert gateway.for_model("qwen").reserve() == 2  # unset: an eighth of its 22
+
+
+@pytest.mark.parametrize(("reserve", "each"), [(0, 0), (1, 1), (6, 2), (7, 3)])
+def test_each_gateway_process_keeps_its_part_of_a_workers_reserve(reserve: int, each: int) -> None:
+    raw = spec({"maxReplicas": 4}, queue={"reserve": reserve})
+    settings = gateway_settings(OWNER, parse_spec(OWNER.name, raw))
+    assert settings["model_settings"]["qwen"]["queue_reserve"] == each  # 3 gateway replicas
+    assert GatewaySettings(**settings).for_model("qwen").reserve() == each
+
+
+@pytest.mark.parametrize(
+    ("queue", "max_num_seqs", "message"),
+    [
+        ({"reserve": -1}, 64, "queue.reserve must be >= 0"),
+        # 8 sequences over 3 gateway replicas: 3 slots each; a reserve of 7 keeps 3 of them.
+        ({"reserve": 7}, 8, r"queue.reserve \(7\) keeps 3 of the 3 slots each of the 3 gateway processes"),
+    ],
+)
+def test_a_reserve_that_leaves_a_process_no_slot_is_refused(
+    queue: dict[str, int], max_num_seqs: int, message: str
+) -> None:
+    with pytest.raises(InvalidSpecError, match=message):
+        parse_spec(OWNER.name, spec(None, maxNumSeqs=max_num_seqs, queue=queue))
 
 
 # -- engine: keda

@@ -509,6 +509,10 @@ class Dispatcher:
         }
         for waiting in q:
             keys.setdefault(waiting.key, {"queued": 0})["queued"] += 1
+        shares = self._shares.get(m)
+        if shares is not None:
+            for k, n in shares.inflight.items():
+                keys.setdefault(k, {"queued": 0})["in_flight"] = n
         return {
             "policy": known.policy.name,
             "depth": len(q),
@@ -516,6 +520,7 @@ class Dispatcher:
             "oldest_wait_s": round(q.oldest_wait_s(now), 3),
             "dispatch_rate_per_s": round(rate, 3) if rate is not None else None,
             "capacity_per_worker": self.capacity(m),
+            "reserve_per_worker": shares.reserve if shares is not None else 0,
             "max_requests": q.bounds.max_requests,
             "max_bytes": q.bounds.max_bytes,
             "timeout_s": q.bounds.timeout_s,

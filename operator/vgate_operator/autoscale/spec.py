@@ -60,6 +60,8 @@ class QueueSpec(SchemaModel):
     max_requests: int = 1000
     timeout_seconds: float = 300.0
     """Must outlast a GPU worker's cold start, or requests waiting on a scale-from-zero time out."""
+    reserve: int | None = None
+    """Slots of each worker that a key over its share of the model's slots may not fill while other keys are active, kept for keys within their share (a light tenant is not queued behind a flood). Unset: an eighth of what each gateway process may send a worker; 0: none."""
 
 
 def check_autoscaling(where: str, auto: AutoscalingSpec) -> list[str]:

@@ -25,7 +25,7 @@ from vgate_operator.builders.common import (
     selector_labels,
     with_spec_hash,
 )
-from vgate_operator.spec import VGateDeploymentSpec, gateway_name, worker_name
+from vgate_operator.spec import VGateDeploymentSpec, gateway_name, gateway_processes, worker_name
 
 #: /metrics, /stats, /docs, /openapi.json: never routed by the Ingress.
 INTERNAL_PORT = 8081
@@ -78,7 +78,7 @@ def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
     replica counts only its own in-flight requests, so it takes an equal share before it holds
     the rest in its queue.
     """
-    replicas = max(1, spec.gateway.replicas) * spec.gateway.processes
+    replicas = gateway_processes(spec)
     return {
         "models": [m.name for m in spec.models],
         "model_settings": {
@@ -86,6 +86,12 @@ def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
                 "capacity": math.ceil(m.max_num_seqs / replicas),
                 "queue_max_requests": m.queue.max_requests,
                 "queue_timeout_s": m.queue.timeout_seconds,
+                # Each process keeps its part of the worker's reserve (rounded up: at least it).
+                **(
+                    {"queue_reserve": math.ceil(m.queue.reserve / replicas)}
+                    if m.queue.reserve is not None
+                    else {}
+                ),
                 **({"max_loras": m.max_loras} if m.max_loras is not None else {}),
                 # The workers order their waiting requests by the priority the gateway sends.
                 **({"engine_priority": True} if m.scheduling_policy == "priority" else {}),
