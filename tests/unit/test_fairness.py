@@ -441,7 +441,7 @@ def test_the_reserve_holds_back_a_workers_last_slots_from_a_key_at_its_share(
         shares.end(k)
         for _ in range(n):
             shares.begin(k, w, 0.0)
-    assert shares.limit(key, weight, capacity=4, workers=1, now=1.0) == limit
+    assert shares.limit(key, weight, capacity=4, workers=lambda: 1, now=1.0) == limit
 
 
 def test_a_key_that_went_quiet_stops_holding_a_reserve() -> None:
@@ -450,10 +450,10 @@ def test_a_key_that_went_quiet_stops_holding_a_reserve() -> None:
     shares.end("b")
     for _ in range(3):
         shares.begin("a", 1.0, 0.0)
-    assert shares.limit("a", 1.0, 4, 1, now=ACTIVE_S - 1) == 3
-    assert shares.limit("a", 1.0, 4, 1, now=ACTIVE_S + 1) == 4  # b sent nothing since: a alone
+    assert shares.limit("a", 1.0, 4, lambda: 1, now=ACTIVE_S - 1) == 3
+    assert shares.limit("a", 1.0, 4, lambda: 1, now=ACTIVE_S + 1) == 4  # b sent nothing since: a alone
     shares.begin("b", 1.0, ACTIVE_S + 1)  # b in flight counts whenever it was sent
-    assert shares.limit("a", 1.0, 4, 1, now=10 * ACTIVE_S) == 3
+    assert shares.limit("a", 1.0, 4, lambda: 1, now=10 * ACTIVE_S) == 3
 
 
 async def test_under_a_flood_a_light_key_takes_a_reserved_slot_at_once() -> None:

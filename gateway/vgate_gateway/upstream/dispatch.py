@@ -211,8 +211,10 @@ class Dispatcher:
 
     def _limit(self, shares: Shares, req: Request, capacity: int) -> int:
         """Requests a worker of ``req``'s model may hold when ``req`` goes to it (the reserve)."""
-        workers = len(self._pool.routable(req.model))
-        return shares.limit(req.key_id, req.schedule.weight, capacity, workers, self._clock())
+        model = req.model
+        return shares.limit(
+            req.key_id, req.schedule.weight, capacity, lambda: len(self._pool.routable(model)), self._clock()
+        )
 
     def _sends_priority(self, model: str) -> bool:
         """Whether ``model``'s workers run vLLM's priority scheduling (the model's ``engine_priority``)."""

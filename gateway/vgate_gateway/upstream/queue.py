@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import math
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -223,15 +223,21 @@ class Shares:
         else:
             self.inflight.pop(key, None)
 
-    def limit(self, key: str, weight: float, capacity: int, workers: int, now: float) -> int:
-        """Requests one worker may hold when ``key``'s next one goes to it."""
-        others = 0.0
+    def limit(self, key: str, weight: float, capacity: int, workers: Callable[[], int], now: float) -> int:
+        """Requests one worker may hold when ``key``'s next one goes to it (``workers``: how many serve)."""
+        if len(self.seen) == 1 and key in self.seen:
+            return capacity  # the one key seen: alone
+        others, stale = 0.0, []
         for k, (at, w) in self.seen.items():
-            if k != key and (now - at <= ACTIVE_S or k in self.inflight):
+            if now - at > ACTIVE_S and k not in self.inflight:
+                stale.append(k)
+            elif k != key:
                 others += w
+        for k in stale:  # only the active keys stay: the next look is as short as they are few
+            del self.seen[k]
         if not others:
             return capacity
-        share = capacity * workers * weight / (weight + others)
+        share = capacity * workers() * weight / (weight + others)
         return capacity if self.inflight.get(key, 0) <= share else max(1, capacity - self.reserve)
 
     def _forget(self, now: float) -> None:
