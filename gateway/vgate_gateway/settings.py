@@ -51,7 +51,6 @@ class ModelSettings(BaseModel):
     #: to them carries an engine ``priority`` (its class and its key's fair-share standing).
     engine_priority: bool = False
 
-
     def reserve(self) -> int:
         """Slots of each worker kept for keys within their share (``queue_reserve``)."""
         if self.queue_reserve is not None:

@@ -466,7 +466,11 @@ async def test_under_a_flood_a_light_key_takes_a_reserved_slot_at_once() -> None
     assert [t.done() for t in tasks] == [True, True, True, False, False]  # the 4th slot is held back
     stats = dispatch.stats()["m"]
     assert stats["reserve_per_worker"] == 1
-    assert stats["keys"]["a"] == {"queued": 2, "served_tokens": stats["keys"]["a"]["served_tokens"], "in_flight": 3}
+    assert stats["keys"]["a"] == {
+        "queued": 2,
+        "served_tokens": stats["keys"]["a"]["served_tokens"],
+        "in_flight": 3,
+    }
     up = dispatch.take_free(light)
     assert up is not None  # at once, past a's backlog: it could not have used the slot
     dispatch.release(light, up)
