@@ -10,7 +10,8 @@ Poisson arrivals:
   with long prompts, through a gateway with ``VGATE_QUEUE_POLICY=fair``; the same with each
   request's engine priority sent to the workers (``model_settings.<m>.engine_priority``); the
   same with the reserve too (``VGATE_QUEUE_RESERVE``: each worker's last slots kept for keys
-  under their share); then one with ``fifo``.
+  within their share); the same with a key over its share held to ``--prefills`` streams
+  awaiting their first token per worker (``VGATE_QUEUE_PREFILLS_OVER_SHARE``); then ``fifo``.
 
 The workers run vLLM's ``--scheduling-policy priority`` throughout: without a ``priority`` in
 the requests (every phase but fair+engine) every request has vLLM's default 0, and the priority
@@ -84,6 +85,9 @@ class FairnessConfig:
     #: (``VGATE_QUEUE_RESERVE``), on the dry-run fleet and on the vLLM one.
     reserve: int = 2
     vllm_reserve: int = 1
+    #: Streams of a key over its share that may await their first token on one worker, in the
+    #: fair+prefills phase (``VGATE_QUEUE_PREFILLS_OVER_SHARE``, with the reserve too).
+    prefills: int = 1
     #: The workers' ``--long-prefill-token-threshold`` (vLLM's cap on the prompt tokens one
     #: request's prefill takes per step while others are scheduled; 0: off, vLLM's default).
     long_prefill_tokens: int = 0
@@ -336,9 +340,11 @@ def _gateway_env(
     capacity: float,
     engine: bool = False,
     reserve: int = 0,
+    prefills: int = 0,
 ) -> dict[str, str]:
     return {
         "VGATE_QUEUE_RESERVE": str(reserve),
+        "VGATE_QUEUE_PREFILLS_OVER_SHARE": str(prefills),
         "VGATE_MODEL_SETTINGS": json.dumps({fleet.model: {"engine_priority": engine}}),
         "VGATE_API_KEYS_FILE": str(keys),
         "VGATE_WORKER_CAPACITY": str(fleet.seqs),
@@ -352,20 +358,21 @@ def _gateway_env(
 
 
 def run_fleet(cfg: FairnessConfig, fleet: Fleet, logs: Path) -> dict[str, Any]:
-    """Capacity, then the idle, busy, fair, fair+engine, fair+reserve and fifo phases on one fleet."""
+    """Capacity, then the idle, busy, fair, fair+engine, fair+reserve, fair+prefills and fifo phases."""
     keys = logs / "keys"
     keys.write_text(KEYS_FILE)
     out: dict[str, Any] = {"workers": len(fleet.urls), "seqs_per_worker": fleet.seqs, "phases": {}}
-    phases = [("capacity", "fair", 0.0, False, 0), ("idle", "fair", 0.0, False, 0),
-              ("busy", "fair", cfg.busy_share, False, 0), ("fair", "fair", cfg.flood_factor, False, 0),
-              ("fair+engine", "fair", cfg.flood_factor, True, 0),
-              ("fair+reserve", "fair", cfg.flood_factor, True, fleet.reserve),
-              ("fifo", "fifo", cfg.flood_factor, False, 0)]  # fmt: skip
-    for phase, policy, flood, engine, reserve in phases:
+    phases = [("capacity", "fair", 0.0, False, 0, 0), ("idle", "fair", 0.0, False, 0, 0),
+              ("busy", "fair", cfg.busy_share, False, 0, 0), ("fair", "fair", cfg.flood_factor, False, 0, 0),
+              ("fair+engine", "fair", cfg.flood_factor, True, 0, 0),
+              ("fair+reserve", "fair", cfg.flood_factor, True, fleet.reserve, 0),
+              ("fair+prefills", "fair", cfg.flood_factor, True, fleet.reserve, cfg.prefills),
+              ("fifo", "fifo", cfg.flood_factor, False, 0, 0)]  # fmt: skip
+    for phase, policy, flood, engine, reserve, prefills in phases:
         print(f"{fleet.name}: {phase} ...", file=sys.stderr, flush=True)
         with stack.gateway(
             fleet.urls,
-            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0), engine, reserve),
+            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0), engine, reserve, prefills),
             logs,
             cpus=stack.SUT_CPU,
         ) as gw:
@@ -493,6 +500,8 @@ def verdicts(fleet: dict[str, Any]) -> dict[str, Any]:
         "H_p99_fair_reserve_vs_idle": p99("fair+reserve", "H") / p99("idle", "H"),
         "B_answered_all_fair_reserve": phases["fair+reserve"]["B"]["ok"]
         == phases["fair+reserve"]["B"]["sent"],
+        "B_p99_fair_prefills_vs_idle": p99("fair+prefills", "B") / p99("idle", "B"),
+        "H_p99_fair_prefills_vs_idle": p99("fair+prefills", "H") / p99("idle", "H"),
         "B_p99_fair_vs_busy": p99("fair", "B") / p99("busy", "B"),
         "H_p99_fair_vs_busy": p99("fair", "H") / p99("busy", "H"),
         "B_p99_fifo_vs_idle": p99("fifo", "B") / p99("idle", "B"),
@@ -524,7 +533,9 @@ def render(results: dict[str, Any]) -> str:
     for name, fleet in results["fleets"].items():
         v = fleet["verdicts"]
         lines.append(
-            f"{name}: B p99 TTFT fair+reserve/idle {v['B_p99_fair_reserve_vs_idle']:.2f}x "
+            f"{name}: B p99 TTFT fair+prefills/idle {v['B_p99_fair_prefills_vs_idle']:.2f}x "
+            f"(H {v['H_p99_fair_prefills_vs_idle']:.2f}x); "
+            f"fair+reserve/idle {v['B_p99_fair_reserve_vs_idle']:.2f}x "
             f"(H {v['H_p99_fair_reserve_vs_idle']:.2f}x, B answered in full: {v['B_answered_all_fair_reserve']}); "
             f"fair+engine/idle {v['B_p99_fair_engine_vs_idle']:.2f}x "
             f"(H {v['H_p99_fair_engine_vs_idle']:.2f}x, B answered in full: {v['B_answered_all_fair_engine']}); "

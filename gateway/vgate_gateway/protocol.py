@@ -118,6 +118,9 @@ class Request:
     #: The ``priority`` the worker's scheduler gets (set at dispatch when the model's workers
     #: run vLLM's priority policy; None: the body goes as it is).
     engine_priority: int | None = None
+    #: The worker where this streamed request of a key over its share holds one of the places
+    #: such keys have among a worker's prefills, until its first token (set at dispatch).
+    prefilling_on: str | None = None
     _tenant: str | None = field(default=None, repr=False)
 
     @classmethod

@@ -45,8 +45,9 @@ class ModelSettings(BaseModel):
     queue_max_requests: int | None = Field(None, ge=0)
     queue_max_bytes: int | None = Field(None, ge=0)
     queue_timeout_s: float | None = Field(None, ge=0)
-    queue_reserve: int | None = Field(None, ge=0)
     #: Unset: :data:`RESERVE_SHARE` of the capacity (see :meth:`reserve`).
+    queue_reserve: int | None = Field(None, ge=0)
+    queue_prefills_over_share: int | None = Field(None, ge=0)
     #: The model's workers run vLLM's ``--scheduling-policy priority``: every request forwarded
     #: to them carries an engine ``priority`` (its class and its key's fair-share standing).
     engine_priority: bool = False
@@ -139,6 +140,10 @@ class GatewaySettings(BaseSettings):
     #: not queued behind a flood (unset: an eighth of a worker's capacity, rounded down; 0:
     #: none; docs/fairness.md "The reserve").
     queue_reserve: int | None = Field(None, ge=0)
+    #: Streamed requests of keys over their share that may await their first token on one
+    #: worker at once, so a flood's long prefills do not fill every engine step of a worker
+    #: (0: no limit; docs/fairness.md "Prefills").
+    queue_prefills_over_share: int = Field(0, ge=0)
     #: Per-model overrides of ``worker_capacity`` and the queue settings.
     model_settings: dict[str, ModelSettings] = Field(default_factory=dict)
 
@@ -378,6 +383,7 @@ class GatewaySettings(BaseSettings):
             queue_max_bytes=_first(own.queue_max_bytes, self.queue_max_bytes),
             queue_timeout_s=_first(own.queue_timeout_s, self.queue_timeout_s),
             queue_reserve=own.queue_reserve if own.queue_reserve is not None else self.queue_reserve,
+            queue_prefills_over_share=_first(own.queue_prefills_over_share, self.queue_prefills_over_share),
             engine_priority=own.engine_priority,
         )
 

@@ -27,6 +27,7 @@ def test_verdicts_are_ratios_of_the_runs_own_p99s_and_count_every_lost_request()
             "fair": _phase([0.25] * 100),
             "fair+engine": _phase([0.3] * 100),
             "fair+reserve": _phase([0.15] * 100),
+            "fair+prefills": _phase([0.12] * 100),
             "fifo": _phase([4.0] * 100, lost=2),
         },
     }
@@ -38,6 +39,7 @@ def test_verdicts_are_ratios_of_the_runs_own_p99s_and_count_every_lost_request()
     assert v["B_answered_all_fair_engine"] is True
     assert v["B_p99_fair_reserve_vs_idle"] == 0.15 / 0.2
     assert v["B_answered_all_fair_reserve"] is True
+    assert v["B_p99_fair_prefills_vs_idle"] == 0.12 / 0.2
     assert v["requests_lost"] == 2 * 3  # A, B and H each lost two in the fifo phase
     fleet["verdicts"] = v
     table = render({"fleets": {"dry-run": fleet}, "errors": {}})

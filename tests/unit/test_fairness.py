@@ -42,8 +42,10 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     loop.close()
 
 
-def _req(key: str = "a", priority: Priority = N, weight: float = 1.0, prompt_chars: int = 40) -> Request:
-    body = {"model": "m", "messages": [{"role": "user", "content": "x" * prompt_chars}]}
+def _req(
+    key: str = "a", priority: Priority = N, weight: float = 1.0, prompt_chars: int = 40, stream: bool = False
+) -> Request:
+    body = {"model": "m", "messages": [{"role": "user", "content": "x" * prompt_chars}], "stream": stream}
     req = parse_request(Kind.CHAT, json.dumps(body).encode(), key_id=key)
     req.schedule = Schedule(priority, weight)
     return req
@@ -441,7 +443,8 @@ def test_the_reserve_holds_back_a_workers_last_slots_from_a_key_at_its_share(
         shares.end(k)
         for _ in range(n):
             shares.begin(k, w, 0.0)
-    assert shares.limit(key, weight, capacity=4, workers=lambda: 1, now=1.0) == limit
+    over = shares.over_share(key, weight, slots=lambda: 4, now=1.0)  # one worker of 4
+    assert shares.limit(4, over) == limit
 
 
 def test_a_key_that_went_quiet_stops_holding_a_reserve() -> None:
@@ -450,10 +453,10 @@ def test_a_key_that_went_quiet_stops_holding_a_reserve() -> None:
     shares.end("b")
     for _ in range(3):
         shares.begin("a", 1.0, 0.0)
-    assert shares.limit("a", 1.0, 4, lambda: 1, now=ACTIVE_S - 1) == 3
-    assert shares.limit("a", 1.0, 4, lambda: 1, now=ACTIVE_S + 1) == 4  # b sent nothing since: a alone
+    assert shares.over_share("a", 1.0, lambda: 4, now=ACTIVE_S - 1)
+    assert not shares.over_share("a", 1.0, lambda: 4, now=ACTIVE_S + 1)  # b sent nothing since: a alone
     shares.begin("b", 1.0, ACTIVE_S + 1)  # b in flight counts whenever it was sent
-    assert shares.limit("a", 1.0, 4, lambda: 1, now=10 * ACTIVE_S) == 3
+    assert shares.over_share("a", 1.0, lambda: 4, now=10 * ACTIVE_S)
 
 
 async def test_under_a_flood_a_light_key_takes_a_reserved_slot_at_once() -> None:
@@ -511,3 +514,27 @@ def test_a_reserve_must_leave_a_worker_at_least_one_slot() -> None:
 )
 def test_the_reserve_of_a_model(settings: dict[str, object], expected: int) -> None:
     assert GatewaySettings(**settings).for_model("m").reserve() == expected  # type: ignore[arg-type]
+
+
+async def test_a_key_over_its_share_has_at_most_so_many_streams_awaiting_their_first_token() -> None:
+    dispatch, _, _ = _saturated(worker_capacity=8, queue_reserve=0, queue_prefills_over_share=1)
+    light = _req("b")
+    dispatch.release(light, await dispatch.acquire(light))  # b is active: a's share is 4 of 8
+    flood = [_req("a", stream=True) for _ in range(7)]
+    tasks = [asyncio.create_task(dispatch.acquire(r)) for r in flood]
+    await asyncio.sleep(0)
+    # Five within its share (0..4 held); the sixth is over it and holds the one prefill place.
+    assert [t.done() for t in tasks] == [True] * 6 + [False]
+    assert [r.prefilling_on for r in flood[:6]] == [None] * 5 + ["http://a"]
+    dispatch.first_token(flood[5])  # its first token: the place is free
+    await asyncio.sleep(0)
+    assert tasks[6].done()
+    assert flood[6].prefilling_on == "http://a"
+    dispatch.release(flood[6], tasks[6].result())  # ended before a first token: freed as well
+    assert flood[6].prefilling_on is None
+    assert dispatch.stats()["m"]["prefills_over_share_per_worker"] == 1
+    streamed = _req("a", stream=True)
+    assert dispatch.take_free(streamed) is not None  # the place again
+    assert dispatch.take_free(_req("a", stream=True)) is None  # held: one awaits its first token
+    # A non-streamed answer gives no first-token signal: it is held to the reserve only.
+    assert dispatch.take_free(_req("a")) is not None

@@ -137,8 +137,10 @@ class Dispatcher:
         self._capacity: dict[str, int] = {}
         #: Per model, whether its workers get each request's engine priority (read once).
         self._engine_priority: dict[str, bool] = {}
-        #: Per model with a reserve, who holds its slots (None: no reserve; read once).
+        #: Per model with a reserve or a prefill limit, who holds its slots (None: neither; read once).
         self._shares: dict[str, Shares | None] = {}
+        #: Per worker URL, streamed requests of keys over their share awaiting their first token.
+        self._prefills: dict[str, int] = {}
         for model in settings.declared_models():
             self.capacity(model)
         #: Requests in flight per (model, worker URL): those on a worker that left are draining.
@@ -179,15 +181,13 @@ class Dispatcher:
         shares = self._shares_of(model)
         up = None
         if known is None or not len(known.queue) or exclude:
-            limit = capacity if shares is None or exclude else self._limit(shares, req, capacity)
-            up = self._router.pick_free(req, limit, exclude)
-        elif (
-            shares is not None
-            and not known.queue.backlogged(req.key_id)
-            and self._limit(shares, req, capacity) == capacity
-        ):
-            # The queue's requests are all held back by the reserve (else a worker would have
-            # taken them): a key under its share takes a reserved slot at once.
+            if shares is None or exclude:
+                up = self._router.pick_free(req, capacity, exclude)
+            else:
+                up = self._pick_shared(shares, req, capacity)
+        elif shares is not None and not known.queue.backlogged(req.key_id) and not self._over(shares, req):
+            # The queue's requests are all held back (else a worker would have taken them):
+            # a key within its share takes a kept slot at once.
             up = self._router.pick_free(req, capacity)
         if up is None:
             return None
@@ -205,16 +205,48 @@ class Dispatcher:
         try:
             return self._shares[model]
         except KeyError:
-            reserve = self._settings.for_model(model).reserve()
-            shares = self._shares[model] = Shares(reserve) if reserve else None
+            own = self._settings.for_model(model)
+            reserve, prefills = own.reserve(), own.queue_prefills_over_share or 0
+            shares = self._shares[model] = Shares(reserve, prefills) if reserve or prefills else None
             return shares
 
-    def _limit(self, shares: Shares, req: Request, capacity: int) -> int:
-        """Requests a worker of ``req``'s model may hold when ``req`` goes to it (the reserve)."""
-        model = req.model
-        return shares.limit(
-            req.key_id, req.schedule.weight, capacity, lambda: len(self._pool.routable(model)), self._clock()
+    def _over(self, shares: Shares, req: Request) -> bool:
+        """Whether ``req``'s key holds more than its share of its model's slots."""
+        model, capacity = req.model, self.capacity(req.model)
+        return shares.over_share(
+            req.key_id, req.schedule.weight, lambda: capacity * len(self._pool.routable(model)), self._clock()
         )
+
+    def _pick_shared(self, shares: Shares, req: Request, capacity: int) -> Upstream | None:
+        """A worker for ``req`` within what its key may take: the reserve, and its prefills."""
+        if not self._over(shares, req):
+            return self._router.pick_free(req, capacity)
+        full: list[str] = []
+        if shares.prefills and req.stream:
+            full = [url for url, n in self._prefills.items() if n >= shares.prefills]
+        up = self._router.pick_free(req, shares.limit(capacity, True), full)
+        if up is not None and shares.prefills and req.stream:
+            req.prefilling_on = up.url
+            self._prefills[up.url] = self._prefills.get(up.url, 0) + 1
+        return up
+
+    def first_token(self, req: Request) -> None:
+        """``req``'s first token arrived: its key's place among the worker's prefills is free."""
+        if req.prefilling_on is not None:
+            self._prefilled(req)
+            known = self._models.get(req.model)
+            if known is not None and len(known.queue):
+                self._drain(known)
+
+    def _prefilled(self, req: Request) -> None:
+        url, req.prefilling_on = req.prefilling_on, None
+        if url is None:
+            return
+        left = self._prefills.get(url, 0) - 1
+        if left > 0:
+            self._prefills[url] = left
+        else:
+            self._prefills.pop(url, None)
 
     def _sends_priority(self, model: str) -> bool:
         """Whether ``model``'s workers run vLLM's priority scheduling (the model's ``engine_priority``)."""
@@ -265,6 +297,8 @@ class Dispatcher:
         """``req``'s call to ``up`` is over; the next waiting request may take its place."""
         model = req.model
         self._pool.end(up)
+        if req.prefilling_on is not None:
+            self._prefilled(req)
         shares = self._shares.get(model)
         if shares is not None:
             shares.end(req.key_id)
@@ -442,8 +476,10 @@ class Dispatcher:
             if head.granted.done():  # gave up, not yet removed
                 queue.remove(head)
                 continue
-            limit = capacity if shares is None else self._limit(shares, head.req, capacity)
-            up = self._router.pick_free(head.req, limit)
+            if shares is None:
+                up = self._router.pick_free(head.req, capacity)
+            else:
+                up = self._pick_shared(shares, head.req, capacity)
             if up is None:
                 break
             queue.remove(head)
@@ -523,6 +559,7 @@ class Dispatcher:
             "dispatch_rate_per_s": round(rate, 3) if rate is not None else None,
             "capacity_per_worker": self.capacity(m),
             "reserve_per_worker": shares.reserve if shares is not None else 0,
+            "prefills_over_share_per_worker": shares.prefills if shares is not None else 0,
             "max_requests": q.bounds.max_requests,
             "max_bytes": q.bounds.max_bytes,
             "timeout_s": q.bounds.timeout_s,

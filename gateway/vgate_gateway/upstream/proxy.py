@@ -157,6 +157,7 @@ class Proxy:
                 last_at = time.monotonic()
                 if first_at is None:
                     first_at = last_at
+                    self._dispatch.first_token(req)
                 usage.events += _tokens_in(events)
                 if b'"completion_tokens"' in events:
                     usage.take(usage_in(events))

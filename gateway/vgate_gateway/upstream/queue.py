@@ -193,19 +193,23 @@ ACTIVE_S = 10.0
 
 
 class Shares:
-    """Who holds one model's slots, for its reserve: per key, requests in flight and last dispatch.
+    """Who holds one model's slots, for what is kept from keys over their share.
 
-    With a ``reserve`` of r slots and more than one key active (a request in flight, or one
-    dispatched in the last :data:`ACTIVE_S`), a key that holds more than its weighted share of
-    the model's slots may fill a worker only up to ``capacity - r``: the last r are kept for
-    keys within their share, so a light tenant's request finds a free slot at once under a
-    flood instead of waiting for one of the flood's requests to end. With one key active,
-    nothing is held back; keys that all hold their share fill every slot. Times are given
-    (the dispatcher's clock): plain arithmetic.
+    Per key: requests in flight and the last dispatch. A key is **over its share** when more
+    than one key is active (a request in flight, or one dispatched in the last
+    :data:`ACTIVE_S`) and it holds more than its weighted share of the model's slots. Such a
+    key may fill a worker only up to ``capacity - reserve`` (the last slots are kept for keys
+    within their share, so a light tenant's request finds one free at once under a flood
+    instead of waiting for one of the flood's requests to end), and, with ``prefills`` set,
+    may have at most that many streamed requests awaiting their first token on one worker (so
+    a step carries few of its prefills). With one key active nothing is held back, and keys
+    that all hold their share fill every slot. Times are given (the dispatcher's clock):
+    plain arithmetic.
     """
 
-    def __init__(self, reserve: int) -> None:
+    def __init__(self, reserve: int, prefills: int = 0) -> None:
         self.reserve = reserve
+        self.prefills = prefills
         self.inflight: dict[str, int] = {}
         #: Per key: (last dispatch, its weight).
         self.seen: dict[str, tuple[float, float]] = {}
@@ -223,10 +227,10 @@ class Shares:
         else:
             self.inflight.pop(key, None)
 
-    def limit(self, key: str, weight: float, capacity: int, workers: Callable[[], int], now: float) -> int:
-        """Requests one worker may hold when ``key``'s next one goes to it (``workers``: how many serve)."""
+    def over_share(self, key: str, weight: float, slots: Callable[[], int], now: float) -> bool:
+        """Whether ``key`` holds more than its share of the model's ``slots`` (all workers')."""
         if len(self.seen) == 1 and key in self.seen:
-            return capacity  # the one key seen: alone
+            return False  # the one key seen: alone
         others, stale = 0.0, []
         for k, (at, w) in self.seen.items():
             if now - at > ACTIVE_S and k not in self.inflight:
@@ -235,10 +239,11 @@ class Shares:
                 others += w
         for k in stale:  # only the active keys stay: the next look is as short as they are few
             del self.seen[k]
-        if not others:
-            return capacity
-        share = capacity * workers() * weight / (weight + others)
-        return capacity if self.inflight.get(key, 0) <= share else max(1, capacity - self.reserve)
+        return bool(others) and self.inflight.get(key, 0) > slots() * weight / (weight + others)
+
+    def limit(self, capacity: int, over: bool) -> int:
+        """Requests one worker may hold when a request of a key over its share or not goes to it."""
+        return max(1, capacity - self.reserve) if over else capacity
 
     def _forget(self, now: float) -> None:
         self.seen = {k: v for k, v in self.seen.items() if now - v[0] <= ACTIVE_S or k in self.inflight}
