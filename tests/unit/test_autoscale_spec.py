@@ -145,6 +145,18 @@ def test_each_gateway_process_keeps_its_part_of_a_workers_reserve(reserve: int, 
     assert GatewaySettings(**settings).for_model("qwen").reserve() == each
 
 
+def test_the_gateway_config_carries_the_prefill_limit_and_refuses_a_negative_one() -> None:
+    raw = spec({"maxReplicas": 4}, queue={"prefillsOverShare": 1})
+    settings = gateway_settings(OWNER, parse_spec(OWNER.name, raw))
+    assert settings["model_settings"]["qwen"]["queue_prefills_over_share"] == 1
+    assert GatewaySettings(**settings).for_model("qwen").queue_prefills_over_share == 1
+    bad = spec({"maxReplicas": 4}, queue={"prefillsOverShare": -1})
+    assert problems({"maxReplicas": 4}, queue={"prefillsOverShare": -1}) == [
+        "models[0] (qwen).queue: prefillsOverShare must be >= 0 (0: no limit), not -1"
+    ]
+    assert "queue_prefills_over_share" not in gateway_settings(OWNER, parse_spec(OWNER.name, bad))["model_settings"]["qwen"]
+
+
 @pytest.mark.parametrize(
     ("queue", "max_num_seqs", "message"),
     [

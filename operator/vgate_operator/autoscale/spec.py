@@ -60,6 +60,8 @@ class QueueSpec(SchemaModel):
     max_requests: int = 1000
     timeout_seconds: float = 300.0
     """Must outlast a GPU worker's cold start, or requests waiting on a scale-from-zero time out."""
+    prefills_over_share: int = 0
+    """Streamed requests of a key over its share that each gateway process may have awaiting their first token on one worker, so a flood's long prompts do not fill every engine step (0: no limit)."""
     reserve: int | None = None
     """Slots of each worker that a key over its share of the model's slots may not fill while other keys are active, kept for keys within their share (a light tenant is not queued behind a flood). Unset: an eighth of what each gateway process may send a worker; 0: none."""
 
@@ -134,6 +136,10 @@ def check_queue(where: str, queue: QueueSpec) -> list[str]:
         problems.append(f"{where}.queue: maxRequests must be >= 0 (0: never queue), not {queue.max_requests}")
     if not math.isfinite(queue.timeout_seconds) or queue.timeout_seconds <= 0:
         problems.append(f"{where}.queue: timeoutSeconds must be > 0, not {queue.timeout_seconds}")
+    if queue.prefills_over_share < 0:
+        problems.append(
+            f"{where}.queue: prefillsOverShare must be >= 0 (0: no limit), not {queue.prefills_over_share}"
+        )
     return problems
 
 
