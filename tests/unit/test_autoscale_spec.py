@@ -154,7 +154,10 @@ def test_the_gateway_config_carries_the_prefill_limit_and_refuses_a_negative_one
     assert problems({"maxReplicas": 4}, queue={"prefillsOverShare": -1}) == [
         "models[0] (qwen).queue: prefillsOverShare must be >= 0 (0: no limit), not -1"
     ]
-    assert "queue_prefills_over_share" not in gateway_settings(OWNER, parse_spec(OWNER.name, bad))["model_settings"]["qwen"]
+    assert (
+        "queue_prefills_over_share"
+        not in gateway_settings(OWNER, parse_spec(OWNER.name, bad))["model_settings"]["qwen"]
+    )
 
 
 @pytest.mark.parametrize(
