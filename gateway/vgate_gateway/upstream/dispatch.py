@@ -185,7 +185,11 @@ class Dispatcher:
                 up = self._router.pick_free(req, capacity, exclude)
             else:
                 up = self._pick_shared(shares, req, capacity)
-        elif shares is not None and not known.queue.backlogged(req.key_id) and not self._over(shares, req):
+        elif (
+            shares is not None
+            and not known.queue.backlogged(req.key_id)
+            and not self._over(shares, req, capacity)
+        ):
             # The queue's requests are all held back (else a worker would have taken them):
             # a key within its share takes a kept slot at once.
             up = self._router.pick_free(req, capacity)
@@ -210,16 +214,19 @@ class Dispatcher:
             shares = self._shares[model] = Shares(reserve, prefills) if reserve or prefills else None
             return shares
 
-    def _over(self, shares: Shares, req: Request) -> bool:
+    def _over(self, shares: Shares, req: Request, capacity: int) -> bool:
         """Whether ``req``'s key holds more than its share of its model's slots."""
-        model, capacity = req.model, self.capacity(req.model)
+        seen = shares.seen
+        if len(seen) < 2 and (not seen or req.key_id in seen):
+            return False  # the only key seen: alone (the common case, decided without the clock)
+        model = req.model
         return shares.over_share(
             req.key_id, req.schedule.weight, lambda: capacity * len(self._pool.routable(model)), self._clock()
         )
 
     def _pick_shared(self, shares: Shares, req: Request, capacity: int) -> Upstream | None:
         """A worker for ``req`` within what its key may take: the reserve, and its prefills."""
-        if not self._over(shares, req):
+        if not self._over(shares, req, capacity):
             return self._router.pick_free(req, capacity)
         full: list[str] = []
         if shares.prefills and req.stream:
