@@ -137,3 +137,39 @@ async def test_a_deadline_that_cannot_be_met_is_refused_at_once(
         metrics = (await client.get(f"{saturated.gateway.internal_url}/metrics")).text
     assert f'vgate_queue_refused_requests_total{{model="{MODEL}",reason="deadline"}} 1.0' in metrics
     assert f'vgate_queue_fair_tokens_total{{key_id="light",model="{MODEL}"}}' in metrics
+
+
+@pytest.mark.parametrize(("reserve", "kept"), [("1", True), ("0", False)], ids=["reserve", "no-reserve"])
+async def test_with_a_reserve_a_light_tenant_is_not_queued_behind_a_flood(
+    tmp_path: Path, reserve: str, kept: bool
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(KEYS_FILE)
+    env = {"VGATE_API_KEYS_FILE": str(keys), "VGATE_WORKER_CAPACITY": "4", "VGATE_QUEUE_RESERVE": reserve}
+    with ExitStack() as es:
+        stack = start_stack(
+            es, tmp_path, workers=1, gateway_env=env, worker_args=[*WORKER_ARGS, "--max-num-seqs", "4"]
+        )
+        light = openai.AsyncOpenAI(
+            base_url=f"{stack.url}/v1", api_key=KEYS["light"], max_retries=0, timeout=60
+        )
+        flood = openai.AsyncOpenAI(
+            base_url=f"{stack.url}/v1", api_key=KEYS["flood"], max_retries=0, timeout=60
+        )
+        done: list[str] = []
+        await _chat(
+            light, done, "warm-up", max_tokens=1
+        )  # the light key is active: the flood's share is 2 of 4
+        tasks = [asyncio.create_task(_chat(flood, done, f"flood{i}")) for i in range(8)]
+        # With the reserve, 3 run (its share and one more) and 5 wait; without it, 4 run.
+        await eventually(lambda: _queues(stack).get("depth", 0) == (5 if kept else 4))
+        await _chat(light, done, "light")
+        await asyncio.gather(*tasks)
+        await light.close()
+        await flood.close()
+        before = done.index("light") - 1  # flood requests answered before light's
+        if kept:
+            assert before <= 3  # beside the three running, not after them: it took the kept slot at once
+            assert _queues(stack)["reserve_per_worker"] == 1
+        else:
+            assert before >= 4  # the four running first: it waited for one of them to end
