@@ -382,7 +382,7 @@ class GatewaySettings(BaseSettings):
             queue_max_requests=_first(own.queue_max_requests, self.queue_max_requests),
             queue_max_bytes=_first(own.queue_max_bytes, self.queue_max_bytes),
             queue_timeout_s=_first(own.queue_timeout_s, self.queue_timeout_s),
-            queue_reserve=own.queue_reserve if own.queue_reserve is not None else self.queue_reserve,
+            queue_reserve=_first(own.queue_reserve, self.queue_reserve),
             queue_prefills_over_share=_first(own.queue_prefills_over_share, self.queue_prefills_over_share),
             engine_priority=own.engine_priority,
         )

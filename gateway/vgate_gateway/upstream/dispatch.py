@@ -48,6 +48,7 @@ from vgate_gateway.upstream.queue import (
     RateMeter,
     Shares,
     Waiting,
+    count_down,
     engine_priority,
     wait_estimate,
 )
@@ -216,9 +217,6 @@ class Dispatcher:
 
     def _over(self, shares: Shares, req: Request, capacity: int) -> bool:
         """Whether ``req``'s key holds more than its share of its model's slots."""
-        seen = shares.seen
-        if len(seen) < 2 and (not seen or req.key_id in seen):
-            return False  # the only key seen: alone (the common case, decided without the clock)
         model = req.model
         return shares.over_share(
             req.key_id, req.schedule.weight, lambda: capacity * len(self._pool.routable(model)), self._clock()
@@ -231,7 +229,7 @@ class Dispatcher:
         full: list[str] = []
         if shares.prefills and req.stream:
             full = [url for url, n in self._prefills.items() if n >= shares.prefills]
-        up = self._router.pick_free(req, shares.limit(capacity, True), full)
+        up = self._router.pick_free(req, shares.limit(capacity), full)
         if up is not None and shares.prefills and req.stream:
             req.prefilling_on = up.url
             self._prefills[up.url] = self._prefills.get(up.url, 0) + 1
@@ -239,21 +237,18 @@ class Dispatcher:
 
     def first_token(self, req: Request) -> None:
         """``req``'s first token arrived: its key's place among the worker's prefills is free."""
-        if req.prefilling_on is not None:
-            self._prefilled(req)
+        if self._prefilled(req):
             known = self._models.get(req.model)
             if known is not None and len(known.queue):
                 self._drain(known)
 
-    def _prefilled(self, req: Request) -> None:
+    def _prefilled(self, req: Request) -> bool:
+        """Free ``req``'s place among its worker's prefills; False if it held none."""
         url, req.prefilling_on = req.prefilling_on, None
         if url is None:
-            return
-        left = self._prefills.get(url, 0) - 1
-        if left > 0:
-            self._prefills[url] = left
-        else:
-            self._prefills.pop(url, None)
+            return False
+        count_down(self._prefills, url)
+        return True
 
     def _sends_priority(self, model: str) -> bool:
         """Whether ``model``'s workers run vLLM's priority scheduling (the model's ``engine_priority``)."""
@@ -304,17 +299,11 @@ class Dispatcher:
         """``req``'s call to ``up`` is over; the next waiting request may take its place."""
         model = req.model
         self._pool.end(up)
-        if req.prefilling_on is not None:
-            self._prefilled(req)
+        self._prefilled(req)
         shares = self._shares.get(model)
         if shares is not None:
             shares.end(req.key_id)
-        on = (model, up.url)
-        left = self._on.get(on, 0) - 1
-        if left > 0:
-            self._on[on] = left
-        else:
-            self._on.pop(on, None)
+        count_down(self._on, (model, up.url))
         if self._adapters is not None and self._adapters.declared(model):
             self._adapters.end(model, up)
         known = self._models.get(model)

@@ -22,7 +22,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from vgate_gateway.protocol import Priority, Request, Usage
 from vgate_gateway.upstream.pool import Upstream
@@ -35,6 +35,7 @@ OUTPUT_TOKEN_WEIGHT = 2.0
 #: Keys a fair-share policy remembers; beyond it, the counters of keys not waiting are forgotten.
 MAX_COUNTERS = 4096
 CLASSES = tuple(Priority)
+K = TypeVar("K")
 
 
 @dataclass(eq=False)
@@ -221,16 +222,12 @@ class Shares:
         self.seen[key] = (now, weight)
 
     def end(self, key: str) -> None:
-        left = self.inflight.get(key, 0) - 1
-        if left > 0:
-            self.inflight[key] = left
-        else:
-            self.inflight.pop(key, None)
+        count_down(self.inflight, key)
 
     def over_share(self, key: str, weight: float, slots: Callable[[], int], now: float) -> bool:
         """Whether ``key`` holds more than its share of the model's ``slots`` (all workers')."""
-        if len(self.seen) == 1 and key in self.seen:
-            return False  # the one key seen: alone
+        if len(self.seen) < 2 and (not self.seen or key in self.seen):
+            return False  # the only key seen: alone (the common case, decided without ``slots``)
         others, stale = 0.0, []
         for k, (at, w) in self.seen.items():
             if now - at > ACTIVE_S and k not in self.inflight:
@@ -241,12 +238,21 @@ class Shares:
             del self.seen[k]
         return bool(others) and self.inflight.get(key, 0) > slots() * weight / (weight + others)
 
-    def limit(self, capacity: int, over: bool) -> int:
-        """Requests one worker may hold when a request of a key over its share or not goes to it."""
-        return max(1, capacity - self.reserve) if over else capacity
+    def limit(self, capacity: int) -> int:
+        """Requests one worker may hold when a request of a key over its share goes to it."""
+        return max(1, capacity - self.reserve)
 
     def _forget(self, now: float) -> None:
         self.seen = {k: v for k, v in self.seen.items() if now - v[0] <= ACTIVE_S or k in self.inflight}
+
+
+def count_down(counts: dict[K, int], key: K) -> None:
+    """One fewer of ``key`` in ``counts``; a count that reaches 0 leaves (the dict stays small)."""
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)
 
 
 def _from_longest(
