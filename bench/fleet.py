@@ -7,8 +7,9 @@ arrivals with each system in turn, each behind a fresh gateway: ``elastic`` (the
 policy with its defaults, through :class:`vgate.devscale.Scaler`, over workers with a real
 cold start), optionally ``elastic-tuned`` (the same with other delays), ``oracle``,
 ``static-peak`` and ``static-mean``. Everything — trace, cold start, the policy's windows
-and delays, the gateway's health interval and queue timeout, the simulator's speed — is
-compressed by one factor (``--compress``); the report gives both time scales.
+and delays, a removed worker's preStop sleep, the gateway's health interval, endpoint
+propagation and queue timeout, the simulator's speed — is compressed by one factor
+(``--compress``); the report gives both time scales.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from vgate.devscale import Scaler
 from vgate.procs import free_port, stop_all
 from vgate.waiting import wait_for
 from vgate_operator.autoscale.policy import PolicySettings
+from vgate_operator.builders.common import PRE_STOP_SLEEP
 from vgate_worker.settings import DEFAULT_MODEL
 
 SYSTEMS = ("elastic", "elastic-tuned", "oracle", "static-peak", "static-mean")
@@ -47,6 +49,10 @@ OPERATOR_INTERVAL_S = 2.0
 HEALTH_INTERVAL_S = 2.0
 HEALTH_STARTING_INTERVAL_S = 0.25
 QUEUE_TIMEOUT_S = 300.0
+#: A removed worker's stop, uncompressed: the worker pod's preStop sleep, while its
+#: EndpointSlice change reaches the gateway within about a second.
+PRE_STOP_S = float(PRE_STOP_SLEEP)
+ENDPOINTS_PROPAGATION_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,7 @@ def start_gateway(cfg: FleetConfig, endpoints: Path, logs: Path, name: str) -> A
         "VGATE_HEALTH_INTERVAL_S": f"{cfg.c(HEALTH_INTERVAL_S):g}",
         "VGATE_HEALTH_STARTING_INTERVAL_S": f"{cfg.c(HEALTH_STARTING_INTERVAL_S):g}",
         "VGATE_QUEUE_TIMEOUT_S": f"{cfg.c(QUEUE_TIMEOUT_S):g}",
+        "VGATE_ENDPOINTS_RELOAD_S": f"{cfg.c(ENDPOINTS_PROPAGATION_S):g}",
         "VGATE_LOG_LEVEL": "warning",
         "VGATE_INTERNAL_PORT": str(internal),
     }
@@ -164,7 +171,9 @@ def build_system(
         def say(text: str) -> None:
             decisions.append((round(time.monotonic() - t0[0], 3), text))
 
-        fleet = TimedFleet(DEFAULT_MODEL, endpoints, worker_args(cfg, delay), say=say)
+        fleet = TimedFleet(
+            DEFAULT_MODEL, endpoints, worker_args(cfg, delay), say=say, drain_s=cfg.c(PRE_STOP_S)
+        )
         tuned = name == "elastic-tuned"
         settings = policy(
             cfg, peak,

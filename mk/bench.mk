@@ -84,11 +84,11 @@ bench-lora: venv ## LoRA placement vs round-robin: adapter loads/1k requests, TT
 # down, idle), compressed 10x: the GPU bill (replica-seconds), TTFT, queue wait and failures of
 # each (bench/results/fleet-*.{json,md,png}, docs/autoscaling.md "Measured"). About 12 minutes.
 # `elastic` runs the policy's defaults; `elastic-tuned` windows and delays sized to the trace's 20 s cold
-# start: a 30 s stable window, scale down after one cold start, to zero after 30 s idle.
+# start: a 30 s stable window, scale down and to zero after one cold start (20 s).
 #
 #   make bench-fleet BENCH_FLEET_ARGS='--systems elastic,oracle --compress 20'
 BENCH_FLEET_ARGS ?= --compress 10 --decode-step-s 0.4 --systems elastic,elastic-tuned,oracle,static-peak,static-mean \
-	--stable-window 30 --scale-down-delay 20 --scale-to-zero-delay 30
+	--stable-window 30 --scale-down-delay 20 --scale-to-zero-delay 20
 
 .PHONY: bench-fleet
 

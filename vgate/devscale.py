@@ -28,7 +28,8 @@ from vgate_operator.autoscale.policy import Decision, PolicySettings, Sample, Sc
 
 #: Seconds between decisions (the operator's loop takes 2; locally there is no API server to spare).
 TICK_S = 1.0
-#: Seconds the gateway gets to drop a worker from its list before the worker is stopped.
+#: Seconds the gateway gets to drop a worker from its list before the worker is stopped
+#: (three of the gateway's endpoints-file checks; a pod's preStop sleep in a cluster).
 DRAIN_S = 1.5
 
 
@@ -67,6 +68,9 @@ class Fleet:
     workers: dict[int, Child] = field(default_factory=dict)
     #: Workers taken out of the list, stopped once the gateway has seen that: (when, child).
     leaving: list[tuple[float, Child]] = field(default_factory=list)
+    #: Seconds between taking a worker out of the list and stopping it; must outlast the
+    #: gateway's ``endpoints_reload_s``.
+    drain_s: float = DRAIN_S
 
     def write(self) -> None:
         # Whole-file replace: the gateway never reads half a list.
@@ -91,7 +95,7 @@ class Fleet:
         """Stop drained workers; forget (and report) workers that died on their own."""
         now = time.monotonic()
         for when, child in list(self.leaving):
-            if now - when >= DRAIN_S and child.alive():
+            if now - when >= self.drain_s and child.alive():
                 child.send(signal.SIGTERM)
             if not child.alive():
                 self.leaving.remove((when, child))

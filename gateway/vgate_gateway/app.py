@@ -55,7 +55,7 @@ def make_discovery(settings: GatewaySettings) -> DiscoverySource:
     from vgate_gateway.discovery.static import FileDiscovery, StaticDiscovery
 
     if settings.endpoints_file is not None:
-        return FileDiscovery(settings.endpoints_file)
+        return FileDiscovery(settings.endpoints_file, settings.endpoints_reload_s)
     return StaticDiscovery(settings.endpoints)
 
 

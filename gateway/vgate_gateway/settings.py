@@ -99,6 +99,8 @@ class GatewaySettings(BaseSettings):
     #: Static discovery: a file of worker URLs, one a line, re-read when it changes (in
     #: place of ``endpoints``; ``vgate dev --autoscale`` writes it as it starts and stops workers).
     endpoints_file: Path | None = None
+    #: How often the endpoints file is checked for a change.
+    endpoints_reload_s: float = Field(0.5, gt=0, le=60)
     #: Kubernetes discovery: namespace of the worker Services (default: the pod's own).
     namespace: str | None = None
     #: Kubernetes discovery: served model name -> its worker Service.

@@ -268,3 +268,32 @@ def test_a_scale_down_needs_the_panic_window_to_agree(recent: float, expected: i
     cfg = settings(scale_down_delay_s=0, panic_threshold=math.inf)
     decision = decide(history, 60, 2, 2, cfg, ScaleState.starting(0, 2))
     assert decision.replicas == expected
+
+
+@pytest.mark.parametrize(
+    ("recent", "expected"),
+    [
+        (17, 2),  # within 10 % of what two are meant for: no third GPU for a few requests
+        (18, 3),  # beyond the tolerance: the panic that began on 1 -> 2 asks for a third
+    ],
+)
+def test_panic_follows_the_short_window_within_the_same_tolerance(recent: float, expected: int) -> None:
+    # One worker at its target, then a surge panics it to two (twice the one ready); while the
+    # panic lasts, its short window is read with stable mode's tolerance.
+    cfg = settings(scale_down_delay_s=0)
+    history = [Sample(t, 8) for t in range(0, 56, 2)] + [Sample(t, 16.5) for t in (56, 58)]
+    first = decide(history, 58, 1, 1, cfg, ScaleState.starting(0, 1))
+    assert (first.replicas, "panic" in first.reason) == (2, True)
+    later = [*history, *(Sample(t, recent) for t in range(60, 66, 2))]
+    assert decide(later, 64, 2, 2, cfg, first.state).replicas == expected
+
+
+def test_a_moment_of_noise_in_the_short_window_does_not_restart_the_delay() -> None:
+    # Two replicas' load until t=30, then one's; the 20 s window wants one from t=44, so the
+    # 20 s delay ends at t=64. A moment at t=54 that the short window reads as two holds the
+    # count only while the short window remembers it, not for another whole delay.
+    cfg = settings(stable_window_s=20, scale_down_delay_s=20, panic_threshold=math.inf)
+    run = Run(cfg, replicas=2)
+    run.run(80, lambda t: 16 if t <= 30 else 20 if t == 54 else 4)
+    counts = dict(zip(range(2, 82, 2), run.counts, strict=True))
+    assert {t: counts[t] for t in (50, 60, 62, 64, 66)} == {50: 2, 60: 2, 62: 2, 64: 1, 66: 1}

@@ -58,6 +58,7 @@ def test_kubernetes_discovery_needs_services() -> None:
         ("VGATE_PORT", "70000", "port"),
         ("VGATE_ENDPOINTS", "localhost:8001", "http://"),
         ("VGATE_LOG_LEVEL", "loud", "log_level"),
+        ("VGATE_ENDPOINTS_RELOAD_S", "0", "endpoints_reload_s"),
     ],
 )
 def test_invalid_configuration_fails_at_start_with_a_clear_message(

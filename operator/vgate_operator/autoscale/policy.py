@@ -6,6 +6,9 @@ to GPU workers whose cold start takes tens of seconds to minutes:
 * **Load** is what the gateways report: requests in flight to the model's workers plus
   requests queued for them, summed over every gateway that answered.
 * **Stable mode**: desired = ceil(average load over the stable window / target per replica).
+* **Tolerance**: a load within ``tolerance`` of what the current fleet is meant for keeps
+  the count, in stable mode and in panic alike, so a load at a boundary neither buys nor
+  gives back a GPU (panic *begins* on whole replicas, before the tolerance).
 * **Panic mode**: when the panic window's average asks for ``panic_threshold`` times the
   replicas asked for (ready or starting; Knative counts only ready ones, but a GPU worker's
   start takes long enough for a queue to build that it is already meant to serve), follow
@@ -13,9 +16,10 @@ to GPU workers whose cold start takes tens of seconds to minutes:
   under the threshold for a whole stable window.
 * **Step bounds**: at most ``MAX_SCALE_UP_RATE`` times the ready replicas up, at most
   ``1 / MAX_SCALE_DOWN_RATE`` of the current ones down, per decision.
-* **Both windows agree on a scale-down**: the count never goes below what the panic
-  window's load needs, so a stable average that lags a load risen again since does not give
-  back a GPU the panic rule would ask for again a moment later.
+* **Both windows agree on a scale-down**: when a scale-down is due, the count never goes
+  below what the panic window's load needs then, so a stable average that lags a load risen
+  again since does not give back a GPU the panic rule would ask for again a moment later.
+  Only then: a moment of noise in the short window during the delay does not restart it.
 * **Scale-down delay**: the count follows the *highest* recommendation of the last
   ``scale_down_delay_s`` seconds, so a dip in a noisy load never gives a GPU back.
 * **Scale to zero** only after ``scale_to_zero_delay_s`` without any load, and **scale from
@@ -136,11 +140,12 @@ def _stable_mean(
     return (known * covered + neutral * (settings.stable_window_s - covered)) / settings.stable_window_s
 
 
-def _stable_want(stable: float, current: int, settings: PolicySettings) -> int:
+def _wanted(load: float, current: int, settings: PolicySettings) -> int:
+    """Replicas for ``load``; ``current`` while the load is within the tolerance of its target."""
     fleet = current * settings.target_per_replica
-    if current > 0 and abs(stable - fleet) <= settings.tolerance * fleet:
+    if current > 0 and abs(load - fleet) <= settings.tolerance * fleet:
         return current
-    return math.ceil(stable / settings.target_per_replica)
+    return math.ceil(load / settings.target_per_replica)
 
 
 def decide(
@@ -174,17 +179,19 @@ def decide(
     base = max(1, ready)
     stable = _stable_mean(samples, now, current * target, settings, state)
     panic = _mean(samples, now - settings.panic_window_s)
-    panic_want = math.ceil(panic / target)
     # Panic compares with the replicas asked for, starting ones included (Knative: the ready
-    # ones): the queue that builds while a GPU worker starts is what that worker is for.
-    state = _panic_state(state, now, panic_want / current >= settings.panic_threshold, settings)
-    want = _stable_want(stable, current, settings)
+    # ones): the queue that builds while a GPU worker starts is what that worker is for. It
+    # begins on whole replicas, as Knative's does, so a rising load panics early enough.
+    surge = math.ceil(panic / target) / current >= settings.panic_threshold
+    state = _panic_state(state, now, surge, settings)
+    # Once begun, it follows the short window within the tolerance: a few requests over a
+    # boundary, often the queue a starting worker is about to take, are not a surge to buy for.
+    panic_want = _wanted(panic, current, settings)
+    want = _wanted(stable, current, settings)
     detail = f"average {stable:.1f} over {settings.stable_window_s:g}s"
-    if want < min(current, panic_want):
-        # A scale-down needs both windows: the long one lags a falling load, and a load
-        # that is high again now would panic the fleet straight back up, a cold start later.
-        detail += f", but the last {settings.panic_window_s:g}s ({panic:.1f}) need {min(current, panic_want)}"
-        want = min(current, panic_want)
+    # A scale-down needs both windows when it happens: the long one lags a falling load, and
+    # a load that is high again now would panic the fleet straight back up, a cold start later.
+    short = _ShortWindow(min(current, panic_want), f"the last {settings.panic_window_s:g}s ({panic:.1f})")
     up_cap = max(current, math.ceil(settings.max_scale_up_rate * base))
     if state.panic_since is not None:
         # Panic follows the short window and never gives back what it asked for.
@@ -192,13 +199,31 @@ def decide(
         state = replace(state, panic_peak=want)
         detail = f"panic: average {panic:.1f} over {settings.panic_window_s:g}s wants {panic_want} for {ready} ready"
     want = min(want, up_cap)
-    return _delayed(want, now, current, settings, state, f"{head}; {detail}")
+    return _delayed(want, now, current, settings, state, f"{head}; {detail}", short)
+
+
+@dataclass(frozen=True)
+class _ShortWindow:
+    """What the panic window needs now, at most the current count: no scale-down below it."""
+
+    needs: int
+    said: str
 
 
 def _delayed(
-    want: int, now: float, current: int, settings: PolicySettings, state: ScaleState, why: str
+    want: int,
+    now: float,
+    current: int,
+    settings: PolicySettings,
+    state: ScaleState,
+    why: str,
+    short: _ShortWindow,
 ) -> Decision:
-    """Apply the scale-down delay, the step bound down and the scale-to-zero delay to ``want``."""
+    """Apply the scale-down delay, the step bound down and the scale-to-zero delay to ``want``.
+
+    The delay follows the stable recommendations; the short window is asked only when a
+    scale-down would happen, so a moment of noise within the delay does not restart it.
+    """
     recent = (
         *((t, r) for t, r in state.recent if now - t < settings.scale_down_delay_s),
         (now, max(want, 1)),
@@ -216,6 +241,9 @@ def _delayed(
     floor = math.floor(current / settings.max_scale_down_rate)
     if delayed < floor:
         why += f"; at most halved per step ({current} -> {floor})"
+    if max(delayed, floor) < short.needs:
+        why += f"; but {short.said} need {short.needs}"
+        floor = short.needs
     return Decision(settings.clamp(max(delayed, floor)), why, state)
 
 
