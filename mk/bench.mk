@@ -90,7 +90,12 @@ bench-lora: venv ## LoRA placement vs round-robin: adapter loads/1k requests, TT
 BENCH_FLEET_ARGS ?= --compress 10 --decode-step-s 0.4 --systems elastic,elastic-tuned,oracle,static-peak,static-mean \
 	--stable-window 30 --scale-down-delay 20 --scale-to-zero-delay 20
 
-.PHONY: bench-fleet
+.PHONY: bench-fleet bench-fleet-model
+
+# The same trace and policy as a queueing model over 30 arrival seeds, in seconds: how often a
+# run lands over half of static-at-peak, which one 12-minute run cannot say (docs/autoscaling.md).
+bench-fleet-model: venv ## the fleet benchmark's queueing model over 30 arrival seeds: the bill's spread
+	$(BIN)/python -m bench.fleet_model
 
 bench-fleet: venv ## elastic vs static and oracle fleets on one trace: replica-seconds, TTFT, queue wait (bench/results/)
 	$(BIN)/python -m bench.fleet $(BENCH_FLEET_ARGS)
