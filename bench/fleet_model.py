@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from bench.fleet import OPERATOR_INTERVAL_S, PRE_STOP_S, FleetConfig
 from bench.fleet_trace import Trace, arrivals, standard_trace
 from vgate_operator.autoscale.policy import Decision, PolicySettings, Sample, ScaleState, decide
 
@@ -38,11 +39,12 @@ Decide = Callable[[Sequence[Sample], float, int, int, PolicySettings, ScaleState
 class ModelConfig:
     """The benchmark's fleet, uncompressed (``bench.fleet.FleetConfig``'s defaults)."""
 
+    #: One worker's capacity as the real runs measure it.
     capacity_rps: float = 0.555
-    slots: int = 8
-    cold_start_s: float = 20.0
-    pre_stop_s: float = 5.0
-    interval_s: float = 2.0
+    slots: int = FleetConfig.max_num_seqs
+    cold_start_s: float = FleetConfig.cold_start_s
+    pre_stop_s: float = PRE_STOP_S
+    interval_s: float = OPERATOR_INTERVAL_S
     dt: float = 0.1
 
 
