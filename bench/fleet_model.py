@@ -29,7 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bench.fleet import OPERATOR_INTERVAL_S, PRE_STOP_S, FleetConfig
-from bench.fleet_trace import Trace, arrivals, standard_trace
+from bench.fleet import policy as fleet_policy
+from bench.fleet_trace import Trace, arrivals, percentile, standard_trace
 from vgate_operator.autoscale.policy import Decision, PolicySettings, Sample, ScaleState, decide
 
 Decide = Callable[[Sequence[Sample], float, int, int, PolicySettings, ScaleState], Decision]
@@ -113,24 +114,12 @@ def tuned_settings(
     peak: int, stable_s: float = 30.0, down_s: float = 20.0, zero_s: float = 20.0
 ) -> PolicySettings:
     """``make bench-fleet``'s ``elastic-tuned`` (uncompressed)."""
-    return PolicySettings(
-        min_replicas=0,
-        max_replicas=peak,
-        target_per_replica=ModelConfig.slots,
-        stable_window_s=stable_s,
-        scale_down_delay_s=down_s,
-        scale_to_zero_delay_s=zero_s,
-    )
+    return fleet_policy(FleetConfig(compress=1.0), peak, down_s, zero_s, stable_s)
 
 
 def default_settings(peak: int) -> PolicySettings:
     """``make bench-fleet``'s ``elastic``: the policy's defaults."""
-    return PolicySettings(min_replicas=0, max_replicas=peak, target_per_replica=ModelConfig.slots)
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
+    return fleet_policy(FleetConfig(compress=1.0), peak, None, None)
 
 
 def summary(
@@ -148,7 +137,7 @@ def summary(
         "min": min(ratios),
         "max": max(ratios),
         "over_half": sum(r > 0.5 for r in ratios) / len(ratios),
-        "wait_p99_s": statistics.mean(quantile(o.waits, 0.99) for o in outcomes),
+        "wait_p99_s": statistics.mean(percentile(o.waits, 0.99) or 0.0 for o in outcomes),
     }
 
 

@@ -380,18 +380,22 @@ def gateway_processes(spec: VGateDeploymentSpec) -> int:
     return max(1, spec.gateway.replicas) * spec.gateway.processes
 
 
+def per_process(count: int, spec: VGateDeploymentSpec) -> int:
+    """Each gateway process's part of ``count`` of a worker's slots, rounded up (at least it)."""
+    return math.ceil(count / gateway_processes(spec))
+
+
 def _check_reserve(where: str, model: ModelSpec, spec: VGateDeploymentSpec) -> list[str]:
     reserve = model.queue.reserve
     if reserve is None:
         return []
     if reserve < 0:
         return [f"{where}: queue.reserve must be >= 0 (0: none), not {reserve}"]
-    processes = gateway_processes(spec)
-    share, kept = math.ceil(model.max_num_seqs / processes), math.ceil(reserve / processes)
+    share, kept = per_process(model.max_num_seqs, spec), per_process(reserve, spec)
     if reserve and kept >= share:
         return [
             f"{where}: queue.reserve ({reserve}) keeps {kept} of the {share} slots each of the "
-            f"{processes} gateway processes may fill on a worker (maxNumSeqs {model.max_num_seqs}); "
+            f"{gateway_processes(spec)} gateway processes may fill on a worker (maxNumSeqs {model.max_num_seqs}); "
             "a key over its share must keep at least one"
         ]
     return []

@@ -206,7 +206,7 @@ class Dispatcher:
         return up
 
     def _shares_of(self, model: str) -> Shares | None:
-        """Who holds ``model``'s slots, when it keeps a reserve (``queue_reserve``)."""
+        """Who holds ``model``'s slots, when it keeps a reserve or limits prefills over share."""
         try:
             return self._shares[model]
         except KeyError:

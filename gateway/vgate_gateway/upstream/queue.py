@@ -230,7 +230,7 @@ class Shares:
             return False  # the only key seen: alone (the common case, decided without ``slots``)
         others, stale = 0.0, []
         for k, (at, w) in self.seen.items():
-            if now - at > ACTIVE_S and k not in self.inflight:
+            if not self._active(k, at, now):
                 stale.append(k)
             elif k != key:
                 others += w
@@ -242,8 +242,11 @@ class Shares:
         """Requests one worker may hold when a request of a key over its share goes to it."""
         return max(1, capacity - self.reserve)
 
+    def _active(self, key: str, last: float, now: float) -> bool:
+        return key in self.inflight or now - last <= ACTIVE_S
+
     def _forget(self, now: float) -> None:
-        self.seen = {k: v for k, v in self.seen.items() if now - v[0] <= ACTIVE_S or k in self.inflight}
+        self.seen = {k: v for k, v in self.seen.items() if self._active(k, v[0], now)}
 
 
 def count_down(counts: dict[K, int], key: K) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import yaml
@@ -25,7 +24,7 @@ from vgate_operator.builders.common import (
     selector_labels,
     with_spec_hash,
 )
-from vgate_operator.spec import VGateDeploymentSpec, gateway_name, gateway_processes, worker_name
+from vgate_operator.spec import VGateDeploymentSpec, gateway_name, per_process, worker_name
 
 #: /metrics, /stats, /docs, /openapi.json: never routed by the Ingress.
 INTERNAL_PORT = 8081
@@ -78,17 +77,16 @@ def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
     replica counts only its own in-flight requests, so it takes an equal share before it holds
     the rest in its queue.
     """
-    replicas = gateway_processes(spec)
     return {
         "models": [m.name for m in spec.models],
         "model_settings": {
             m.name: {
-                "capacity": math.ceil(m.max_num_seqs / replicas),
+                "capacity": per_process(m.max_num_seqs, spec),
                 "queue_max_requests": m.queue.max_requests,
                 "queue_timeout_s": m.queue.timeout_seconds,
-                # Each process keeps its part of the worker's reserve (rounded up: at least it).
+                # Each process keeps its part of the worker's reserve.
                 **(
-                    {"queue_reserve": math.ceil(m.queue.reserve / replicas)}
+                    {"queue_reserve": per_process(m.queue.reserve, spec)}
                     if m.queue.reserve is not None
                     else {}
                 ),
