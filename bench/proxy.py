@@ -608,6 +608,38 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_plot(results: dict[str, Any], path: Path) -> None:
+    """CPU per request and requests per second of each system, per case, side by side (log scale)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    systems = results["systems"]
+    cases = [name for name, _, _ in CASES if any(name in by_case for by_case in systems.values())]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / max(1, len(systems))
+    for i, (system, by_case) in enumerate(systems.items()):
+        xs = [c + (i - (len(systems) - 1) / 2) * width for c in range(len(cases))]
+        cpu = [by_case.get(case, {}).get("sut_cpu_ms_per_request", float("nan")) * 1000 for case in cases]
+        rps = [by_case.get(case, {}).get("rps", float("nan")) for case in cases]
+        axes[0].bar(xs, cpu, width, label=system)
+        axes[1].bar(xs, rps, width, label=system)
+    for ax, title in (
+        (axes[0], "CPU per request, us (lower is better)"),
+        (axes[1], "requests/s on one core"),
+    ):
+        ax.set_xticks(range(len(cases)), cases)
+        ax.set_yscale("log")
+        ax.set_title(title)
+        ax.grid(axis="y", which="both", color="0.9")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("V-Gate's data plane against its peers, one run, system under test pinned to one core")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _baseline_table(results: dict[str, Any]) -> str:
     """This tree against the baseline commit, same run: own layers and end to end."""
     systems, ref = results["systems"], results["baseline"]
@@ -727,7 +759,8 @@ def main(argv: Sequence[str]) -> int:
     print("\n" + table)
     Path(cfg.out, f"proxy-{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
     Path(cfg.out, f"proxy-{stamp}.md").write_text(table + "\n")
-    print(f"\nresults: {cfg.out}/proxy-{stamp}.json")
+    write_plot(results, Path(cfg.out, f"proxy-{stamp}.png"))
+    print(f"\nresults: {cfg.out}/proxy-{stamp}.json, .md, .png")
     return 0
 
 

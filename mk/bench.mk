@@ -45,7 +45,7 @@ bench-tools: $(BENCH_VENV)/.stamp ## install what bench-proxy needs: nginx and w
 	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
 		{ apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx-light wrk; }
 
-bench-proxy: venv bench-tools ## data plane vs nginx, vllm-router, LiteLLM: rps/core, p50/p99, SSE events/s (bench/results/)
+bench-proxy: venv bench-tools $(VENV)/.stamp-plot ## data plane vs nginx, vllm-router, LiteLLM: rps/core, p50/p99, SSE events/s (bench/results/)
 	$(BIN)/python -m bench.proxy --peers $(BENCH_VENV) $(BENCH_PROXY_ARGS)
 
 # The noisy neighbour: one tenant floods at 10x the fleet's measured capacity while two others send a little;

@@ -4,9 +4,19 @@ and the in-process run of the gateway's own layers."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from bench.own import measure as measure_own
-from bench.proxy import EVENTS, _body, _chat_json, _chat_stream, parse_wrk, render, summarize_profile
+from bench.proxy import (
+    EVENTS,
+    _body,
+    _chat_json,
+    _chat_stream,
+    parse_wrk,
+    render,
+    summarize_profile,
+    write_plot,
+)
 
 WRK = """\
 Running 8s test @ http://127.0.0.1:40000/v1/chat/completions
@@ -104,3 +114,16 @@ async def test_the_in_process_run_answers_every_request_through_the_shipped_app(
     result = await measure_own(body, _chat_json().encode(), requests=50)
     assert result["requests"] == 50
     assert result["cpu_us_per_request"] > 0
+
+
+def test_the_plot_is_a_png_of_every_system_and_case(tmp_path: Path) -> None:
+    case = {"rps": 1000.0, "p50_ms": 0.5, "p99_ms": 2.0, "sut_cpu_ms_per_request": 0.25}
+    results = {
+        "systems": {
+            "vgate": {"json-c1": case, "sse-c16": {**case, "rps": 500.0}},
+            "nginx": {"json-c1": {**case, "sut_cpu_ms_per_request": 0.02}},  # a case it did not run
+        }
+    }
+    path = tmp_path / "proxy.png"
+    write_plot(results, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
