@@ -34,7 +34,7 @@ def pinned(cmd: list[str], cpus: str | None) -> list[str]:
     """``cmd`` run on ``cpus`` (a taskset list), or as it is without them or without taskset."""
     if cpus is None or shutil.which("taskset") is None:
         return cmd
-    return ["taskset", "-c", cpus, *cmd]
+    return procs.pinned(cmd, cpus)
 
 
 def other_cpus() -> str | None:

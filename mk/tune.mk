@@ -1,6 +1,6 @@
 # vgate tune on real vLLM (CPU, tiny float16 Qwen2): calibration, the full grid, Bayesian
 # optimisation with 40 % of its trials, the same grid on the calibrated simulator, and a summary
-# (bench/results/tune/summary.md). About an hour on two cores; run it under the heavy lock:
+# (bench/results/tune/summary.md). About 25 minutes on two cores; run it under the heavy lock:
 #
 #   flock /tmp/vgate-heavy.lock make bench-tune
 #   make bench-tune BENCH_TUNE_STEPS=sim        only re-run the simulator's grid, then the summary
@@ -9,10 +9,5 @@ BENCH_TUNE_OUT ?= bench/results/tune
 
 .PHONY: bench-tune
 
-# `vllm bench serve` reads custom datasets with pandas, which vLLM lists under its "bench" extra.
-$(VLLM_VENV)/.stamp-bench: $(VLLM_VENV)/.stamp
-	$(VLLM_PIP) install -q pandas
-	@touch $@
-
-bench-tune: venv-vllm tiny-model $(VLLM_VENV)/.stamp-bench ## vgate tune on real vLLM (CPU): grid vs Bayesian, winner vs defaults, simulator vs vLLM ranking
+bench-tune: venv-vllm tiny-model venv-vllm-bench ## vgate tune on real vLLM (CPU): grid vs Bayesian, winner vs defaults, simulator vs vLLM ranking
 	$(VLLM_BIN)/python -m vgate.tune.bench --model $(TINY_MODEL) --out $(BENCH_TUNE_OUT) --steps $(BENCH_TUNE_STEPS)

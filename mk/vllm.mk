@@ -11,7 +11,7 @@ TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 VLLM_TORCH_SOURCE := $(if $(VLLM_WHEELS),--find-links $(abspath $(VLLM_WHEELS)),--extra-index-url $(TORCH_CPU_INDEX))
 VLLM_PYTEST_ARGS ?=
 
-.PHONY: venv-vllm test-vllm tiny-model
+.PHONY: venv-vllm venv-vllm-bench test-vllm tiny-model
 
 # The heavy engine install runs once; the editable V-Gate install follows pyproject.toml.
 $(VLLM_VENV)/.stamp-engine:
@@ -30,6 +30,14 @@ $(VLLM_VENV)/.stamp: $(VLLM_VENV)/.stamp-engine pyproject.toml
 	@touch $@
 
 venv-vllm: $(VLLM_VENV)/.stamp ## create .venv-vllm with vLLM's CPU engine (slow, once: ~3.5 GB)
+
+# `vllm bench serve` reads custom datasets with pandas, which vLLM lists under its "bench" extra.
+# (Here, not in tune.mk: a prerequisite is expanded when read, and tune.mk is read first.)
+$(VLLM_VENV)/.stamp-bench: $(VLLM_VENV)/.stamp
+	$(VLLM_PIP) install -q pandas
+	@touch $@
+
+venv-vllm-bench: $(VLLM_VENV)/.stamp-bench
 
 # The import check fails the target instead of letting conftest skip every test.
 test-vllm: venv-vllm ## real vLLM (CPU) serving a tiny AWQ model: launcher, gateway, openai client, /metrics

@@ -8,6 +8,7 @@ for what is still running after a grace period, sent to the child's whole proces
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def parse_cpus(text: str) -> frozenset[int]:
+    """A CPU list as ``taskset -c`` writes it (``1``, ``0,2``, ``2-3``), checked against the CPUs
+    this process may run on; raises ``ValueError`` with the reason."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, sep, high = part.strip().partition("-")
+        try:
+            first, last = int(low), int(high if sep else low)
+        except ValueError:
+            raise ValueError(f"{text!r} is not a CPU list such as 1, 0,2 or 2-3") from None
+        if first < 0 or last < first:
+            raise ValueError(f"{text!r} is not a CPU list such as 1, 0,2 or 2-3")
+        cpus.update(range(first, last + 1))
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        missing = ",".join(map(str, sorted(cpus - allowed)))
+        raise ValueError(f"CPU {missing} is not one this process may run on ({_cpu_text(allowed)})")
+    return frozenset(cpus)
+
+
+def _cpu_text(cpus: set[int] | frozenset[int]) -> str:
+    return ",".join(map(str, sorted(cpus)))
+
+
+def pinned(argv: Sequence[str], cpus: str | None) -> list[str]:
+    """``argv`` run on ``cpus`` (a :func:`parse_cpus` list) through ``taskset``; as it is for ``None``.
+
+    Raises ``ValueError`` where ``taskset`` (util-linux) is missing: a pinned run that silently
+    ran unpinned would measure something else.
+    """
+    if cpus is None:
+        return list(argv)
+    if shutil.which("taskset") is None:
+        raise ValueError("pinning to CPUs needs taskset (util-linux), which is not installed")
+    return ["taskset", "-c", _cpu_text(parse_cpus(cpus)), *argv]
 
 
 def vgate_argv(*args: str) -> list[str]:

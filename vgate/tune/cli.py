@@ -26,7 +26,7 @@ import yaml
 from vgate.tune import report, search, space
 from vgate.tune.manifest import ManifestError, TuneTarget, load_target
 from vgate.tune.measure import OBJECTIVES, Targets
-from vgate.tune.runner import TrialPlan
+from vgate.tune.runner import TrialPlan, check_cpus
 from vgate.tune.scenario import ScenarioError, parse_scenario, parse_sweep, requests_for, sample
 from vgate.tune.tuner import TRIALS_FILE, Budget, read_run, rescore, tune, write_run
 
@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--seed", type=int, default=0)
     how.add_argument("--start-timeout", type=float, default=600.0, help="seconds a worker may take to start")
     how.add_argument("--repeats", type=int, default=1, help="re-measurements of a level that drifted")
+    how.add_argument(
+        "--engine-cpus", metavar="LIST", help="run the worker on these CPUs (taskset list, e.g. 1 or 2-7)"
+    )
+    how.add_argument(
+        "--client-cpus", metavar="LIST", help="run the gateway and the load generator on these CPUs (e.g. 0)"
+    )
     out = p.add_argument_group("results")
     out.add_argument("--results", help="results directory (default tune-results/<time>)")
     out.add_argument("--resume", metavar="DIR", help="continue the run saved in DIR")
@@ -115,6 +121,7 @@ def build(
     grid = space.parse_grid(args.grid)
     candidates = space.expand(grid)
     targets = _targets(args)
+    check_cpus(args.engine_cpus, args.client_cpus)
     shapes = {
         lv: sample(scenario, requests_for(sweep, lv, args.requests), args.seed + i)
         for i, lv in enumerate(sweep.levels)
@@ -135,6 +142,8 @@ def build(
         seed=args.seed,
         loadgen=args.loadgen,
         tokenizer=args.tokenizer,
+        engine_cpus=args.engine_cpus,
+        client_cpus=args.client_cpus,
     )
     run = {
         "scenario": scenario.text(),

@@ -6,9 +6,14 @@ output token after the first, ``(e2e - ttft) / (output_tokens - 1)``; E2E is the
 output tokens/s is every output token over the level's wall time.
 
 A level *meets the targets* when its p99 TTFT, p99 TPOT and p99 E2E are within their budgets
-and its error rate within the allowed one. A configuration's goodput is the request rate of the
-heaviest level that meets them (vLLM's auto_tune: the highest load with p99 under budget); its
-throughput score is that level's output tokens/s.
+and its error rate within the allowed one. A configuration's goodput is the highest request rate
+at which it meets them (vLLM's auto_tune: the highest load with p99 under budget); its throughput
+score is the output tokens/s there. That rate lies between the heaviest level that meets the
+targets and the next, heavier one that misses; :func:`score` places it where a straight line
+between the two levels' p99s reaches the budget, rather than at the level below. auto_tune
+finds the crossing by running more loads; the line finds it from the two already measured, and
+makes the score move a little when a p99 moves a little, where a score read off the levels
+alone jumps a whole level when one request is slow.
 """
 
 from __future__ import annotations
@@ -166,11 +171,47 @@ def _drift(records: Sequence[RequestRecord]) -> float:
     return abs(rates[0] - rates[1]) / max(rates[0], rates[1], 1e-9)
 
 
-def score(levels: Sequence[LevelResult], objective: Objective) -> float:
-    """The configuration's score: goodput (req/s) or output tokens/s at its best level meeting every target."""
-    good = [lv for lv in levels if lv.meets]
-    if not good:
+def score(levels: Sequence[LevelResult], objective: Objective, targets: Targets) -> float:
+    """Goodput (req/s) or output tokens/s at the highest load meeting every target (0: none meets).
+
+    For each level that meets the targets, followed by a heavier one that misses them on latency
+    alone, the score may reach past it: to where each missed p99, drawn as a straight line from
+    the lighter level to the heavier, meets its budget (the first of them to do so). A level
+    missed on errors, or on a p99 it did not measure, gives no such reach.
+    """
+    ordered = sorted(levels, key=lambda lv: lv.level)
+    best = 0.0
+    for n, lv in enumerate(ordered):
+        if not lv.meets:
+            continue
+        value = _value(lv, objective)
+        heavier = ordered[n + 1] if n + 1 < len(ordered) else None
+        if heavier is not None and not heavier.meets:
+            reach = _reach(lv, heavier, targets)
+            value = max(value, value + reach * (_value(heavier, objective) - value))
+        best = max(best, value)
+    return best
+
+
+def _value(level: LevelResult, objective: Objective) -> float:
+    return level.request_rate if objective == "goodput" else level.output_tps
+
+
+def _reach(light: LevelResult, heavy: LevelResult, targets: Targets) -> float:
+    """How far from ``light`` (0) towards ``heavy`` (1) every p99 stays within its budget."""
+    if heavy.requests and heavy.errors / heavy.requests > targets.max_error_rate:
         return 0.0
-    if objective == "goodput":
-        return max(lv.request_rate for lv in good)
-    return max(lv.output_tps for lv in good)
+    reach = 1.0
+    for name, budget in (
+        ("ttft_p99", targets.p99_ttft_s),
+        ("tpot_p99", targets.p99_tpot_s),
+        ("e2e_p99", targets.p99_e2e_s),
+    ):
+        if budget is None:
+            continue
+        low, high = getattr(light, name), getattr(heavy, name)
+        if low is None or high is None:
+            return 0.0
+        if high > budget:
+            reach = min(reach, (budget - low) / (high - low))
+    return max(0.0, reach)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vgate.tune import space
-from vgate.tune.measure import LevelResult
+from vgate.tune.measure import LevelResult, Objective
 from vgate.tune.runner import TrialResult, load_records, trial_dir
 
 REPORT_MD = "report.md"
@@ -29,7 +29,7 @@ def ranked(trials: Sequence[TrialResult]) -> list[TrialResult]:
 
 
 def best_level(trial: TrialResult) -> LevelResult | None:
-    """The level the score comes from: the heaviest meeting every target, else the lightest."""
+    """The heaviest level meeting every target (the score starts there), else the lightest."""
     good = [lv for lv in trial.levels if lv.meets]
     if good:
         return max(good, key=lambda lv: lv.request_rate)
@@ -58,11 +58,17 @@ def _name(trial: TrialResult) -> str:
     return "engine defaults" if trial.index < 0 else space.key(trial.config)
 
 
-def table_rows(trials: Sequence[TrialResult]) -> list[dict[str, Any]]:
-    """One row per trial, best first: settings, latencies at its scoring level, rates, verdict."""
+def table_rows(trials: Sequence[TrialResult], objective: Objective = "goodput") -> list[dict[str, Any]]:
+    """One row per trial, best first: settings, latencies at the heaviest level it met, rates, verdict.
+
+    The objective's own column (goodput, or output tokens/s) is the trial's score, which may
+    reach past that level towards the next (:func:`vgate.tune.measure.score`); the other is the
+    level's.
+    """
     rows = []
     for rank, trial in enumerate(ranked(trials), 1):
         lv = best_level(trial)
+        met = max((x.request_rate for x in trial.levels if x.meets), default=0.0)
         verdict = "meets targets" if lv and lv.meets else (lv.misses[0] if lv and lv.misses else "")
         rows.append(
             {
@@ -78,8 +84,8 @@ def table_rows(trials: Sequence[TrialResult]) -> list[dict[str, Any]]:
                 "tpot_p99": lv.tpot_p99 if lv else None,
                 "e2e_p50": lv.e2e_p50 if lv else None,
                 "e2e_p99": lv.e2e_p99 if lv else None,
-                "output_tps": lv.output_tps if lv else 0.0,
-                "goodput": max((x.request_rate for x in trial.levels if x.meets), default=0.0),
+                "output_tps": trial.score if objective == "throughput" else (lv.output_tps if lv else 0.0),
+                "goodput": trial.score if objective == "goodput" else met,
                 "errors": sum(x.errors for x in trial.levels),
                 "score": trial.score,
                 "why": trial.reason if trial.status != "ok" else verdict,
@@ -99,10 +105,10 @@ def markdown(run: dict[str, Any], trials: Sequence[TrialResult]) -> str:
     lines = [
         head,
         "",
-        "| # | settings | load | TTFT p50/p99 ms | TPOT p50/p99 ms | E2E p50/p99 ms | out tok/s | goodput req/s | errors | verdict |",
+        "| # | settings | level met | TTFT p50/p99 ms | TPOT p50/p99 ms | E2E p50/p99 ms | out tok/s | goodput req/s | errors | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in table_rows(trials):
+    for r in table_rows(trials, run["objective"]):
         load = "-" if r["level"] is None else f"{r['level']:g}"
         lines.append(
             f"| {r['rank']} | {r['settings']} | {load} | {_ms(r['ttft_p50'])}/{_ms(r['ttft_p99'])} | "
@@ -170,7 +176,9 @@ def write_report(out: Path, run: dict[str, Any], trials: Sequence[TrialResult]) 
     """report.md, report.json and the plots in ``out``; returns the Markdown."""
     text = markdown(run, trials)
     (out / REPORT_MD).write_text(text)
-    (out / REPORT_JSON).write_text(json.dumps({"run": run, "rows": table_rows(trials)}, indent=2) + "\n")
+    (out / REPORT_JSON).write_text(
+        json.dumps({"run": run, "rows": table_rows(trials, run["objective"])}, indent=2) + "\n"
+    )
     write_plots(out, trials)
     return text
 

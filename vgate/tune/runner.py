@@ -25,7 +25,7 @@ from typing import Any, Literal
 from vgate import procs
 from vgate.tune import loadgen, space
 from vgate.tune.measure import LevelResult, Objective, RequestRecord, Targets, score, summarise
-from vgate.tune.scenario import Shape, Sweep
+from vgate.tune.scenario import ScenarioError, Shape, Sweep
 
 Engine = Literal["sim", "vllm"]
 #: A level whose first and second halves differ by more than this is measured again.
@@ -58,6 +58,10 @@ class TrialPlan:
     seed: int = 0
     loadgen: Literal["vgate", "vllm-bench"] = "vgate"
     tokenizer: str | None = None
+    #: CPUs for the worker (``taskset`` list), and for the gateway and load generator: on a
+    #: machine where they share cores, what one measures is the engine plus whatever stole its CPU.
+    engine_cpus: str | None = None
+    client_cpus: str | None = None
 
 
 @dataclass
@@ -82,6 +86,22 @@ class TrialResult:
     def from_json(cls, data: dict[str, Any]) -> TrialResult:
         levels = [LevelResult.from_json(lv) for lv in data.get("levels", [])]
         return cls(**{**data, "levels": levels})
+
+
+def check_cpus(engine: str | None, client: str | None) -> None:
+    """``--engine-cpus`` and ``--client-cpus``: CPUs this process may use, ``taskset`` installed,
+    and no CPU in both (the point of pinning is that nothing else runs on the engine's)."""
+    sets = []
+    try:
+        for text in (engine, client):
+            if text is not None:
+                procs.pinned([], text)  # taskset is there to do it
+                sets.append(procs.parse_cpus(text))
+    except ValueError as exc:
+        raise ScenarioError(f"--engine-cpus/--client-cpus: {exc}") from None
+    if len(sets) == 2 and sets[0] & sets[1]:
+        shared = ",".join(map(str, sorted(sets[0] & sets[1])))
+        raise ScenarioError(f"--engine-cpus and --client-cpus share CPU {shared}")
 
 
 def engine_message(log_text: str) -> str:
@@ -134,7 +154,10 @@ def serving(plan: TrialPlan, config: space.Config, trial_dir: Path) -> Iterator[
     log = trial_dir / "worker.log"
     log.write_text("")
     began = time.monotonic()
-    children = [procs.start(argv, env=env, log=log)]
+    children = [procs.start(procs.pinned(argv, plan.engine_cpus), env=env, log=log)]
+    mask = os.sched_getaffinity(0)
+    if plan.client_cpus is not None:  # the load generator runs in this process
+        os.sched_setaffinity(0, procs.parse_cpus(plan.client_cpus))
     try:
         try:
             children[0].wait_ready(f"http://127.0.0.1:{worker_port}/health", plan.start_timeout_s)
@@ -143,11 +166,13 @@ def serving(plan: TrialPlan, config: space.Config, trial_dir: Path) -> Iterator[
             raise EngineFailed(late + engine_message(log.read_text(errors="replace"))) from None
         started = time.monotonic() - began
         gw_argv, gw_env = gateway_command(worker_port, gateway_port, internal_port)
+        gw_argv = procs.pinned(gw_argv, plan.client_cpus)
         children.append(procs.start(gw_argv, env=gw_env, log=trial_dir / "gateway.log"))
         base = f"http://127.0.0.1:{gateway_port}"
         children[1].wait_ready(f"{base}/ready", 60.0)
         yield base, started
     finally:
+        os.sched_setaffinity(0, mask)
         procs.stop_all(children, grace=15.0)
 
 
@@ -167,7 +192,7 @@ def run_trial(plan: TrialPlan, index: int, config: space.Config, trial_dir: Path
         # The gateway or the load generator failed, not the engine: recorded, and the run goes on.
         result.status, result.reason = "error", f"{type(exc).__name__}: {exc}"[:500]
         return result
-    result.score = score(result.levels, plan.objective)
+    result.score = score(result.levels, plan.objective, plan.targets)
     return result
 
 

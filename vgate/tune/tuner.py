@@ -147,6 +147,6 @@ def rescore(results: Path, targets: Targets, objective: Objective) -> list[Trial
         for level in trial.levels:
             records = load_records(trial_dir(results, trial.index), level.level)
             levels.append(summarise(level.level, records, targets) if records else level)
-        trial.levels, trial.score = levels, score(levels, objective) if trial.status == "ok" else 0.0
+        trial.levels, trial.score = levels, score(levels, objective, targets) if trial.status == "ok" else 0.0
     (results / TRIALS_FILE).write_text("".join(json.dumps(t.to_json()) + "\n" for t in trials))
     return trials
