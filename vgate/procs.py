@@ -35,9 +35,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def parse_cpus(text: str) -> frozenset[int]:
-    """A CPU list as ``taskset -c`` writes it (``1``, ``0,2``, ``2-3``), checked against the CPUs
-    this process may run on; raises ``ValueError`` with the reason."""
+def parse_cpus(text: str, *, here: bool = True) -> frozenset[int]:
+    """A CPU list as ``taskset -c`` writes it (``1``, ``0,2``, ``2-3``); with ``here``, checked
+    against the CPUs this process may run on. Raises ``ValueError`` with the reason."""
     cpus: set[int] = set()
     for part in text.split(","):
         low, sep, high = part.strip().partition("-")
@@ -49,7 +49,7 @@ def parse_cpus(text: str) -> frozenset[int]:
             raise ValueError(f"{text!r} is not a CPU list such as 1, 0,2 or 2-3")
         cpus.update(range(first, last + 1))
     allowed = os.sched_getaffinity(0)
-    if not cpus <= allowed:
+    if here and not cpus <= allowed:
         missing = ",".join(map(str, sorted(cpus - allowed)))
         raise ValueError(f"CPU {missing} is not one this process may run on ({_cpu_text(allowed)})")
     return frozenset(cpus)

@@ -128,6 +128,15 @@ def test_the_calibration_recovers_a_simulated_engines_attention_costs(tmp_path: 
     assert fitted["prefill-attention-s"] == pytest.approx(truth["prefill-attention-s"], rel=0.3)
 
 
+def test_a_job_for_another_node_keeps_cpu_lists_this_machine_lacks() -> None:
+    done = _tune("--render-job", "--grid", "max-num-seqs=1", "--engine-cpus", "4096", "--client-cpus", "0")
+    assert done.returncode == 0, done.stderr
+    assert "--engine-cpus 4096 --client-cpus 0" in done.stdout  # the Job's own start-up checks them there
+    shared = _tune("--render-job", "--grid", "max-num-seqs=1", "--engine-cpus", "1-2", "--client-cpus", "2")
+    assert shared.returncode == 2
+    assert "share CPU 2" in shared.stderr
+
+
 def _pids_with(*words: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

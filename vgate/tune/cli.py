@@ -121,7 +121,7 @@ def build(
     grid = space.parse_grid(args.grid)
     candidates = space.expand(grid)
     targets = _targets(args)
-    check_cpus(args.engine_cpus, args.client_cpus)
+    check_cpus(args.engine_cpus, args.client_cpus, here=not args.render_job)  # a Job checks its own node
     shapes = {
         lv: sample(scenario, requests_for(sweep, lv, args.requests), args.seed + i)
         for i, lv in enumerate(sweep.levels)

@@ -88,15 +88,17 @@ class TrialResult:
         return cls(**{**data, "levels": levels})
 
 
-def check_cpus(engine: str | None, client: str | None) -> None:
-    """``--engine-cpus`` and ``--client-cpus``: CPUs this process may use, ``taskset`` installed,
-    and no CPU in both (the point of pinning is that nothing else runs on the engine's)."""
+def check_cpus(engine: str | None, client: str | None, *, here: bool = True) -> None:
+    """``--engine-cpus`` and ``--client-cpus``: CPU lists with no CPU in both (the point of
+    pinning is that nothing else runs on the engine's); with ``here`` (a run on this machine,
+    not a Job rendered for another), CPUs this process may use and ``taskset`` installed."""
     sets = []
     try:
         for text in (engine, client):
             if text is not None:
-                procs.pinned([], text)  # taskset is there to do it
-                sets.append(procs.parse_cpus(text))
+                if here:
+                    procs.pinned([], text)  # taskset is there to do it
+                sets.append(procs.parse_cpus(text, here=here))
     except ValueError as exc:
         raise ScenarioError(f"--engine-cpus/--client-cpus: {exc}") from None
     if len(sets) == 2 and sets[0] & sets[1]:
