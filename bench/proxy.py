@@ -200,10 +200,6 @@ http {{
 # -- processes --------------------------------------------------------------------------------
 
 
-def _pinned(core: int, argv: Sequence[str]) -> list[str]:
-    return ["taskset", "-c", str(core), *argv]
-
-
 @contextmanager
 def _nginx(root: Path, name: str, servers: str, core: int) -> Iterator[procs.Child]:
     home = root / name
@@ -211,7 +207,7 @@ def _nginx(root: Path, name: str, servers: str, core: int) -> Iterator[procs.Chi
     conf = home / "nginx.conf"
     conf.write_text(_nginx_conf(home, servers))
     with procs.running(
-        _pinned(core, ["nginx", "-c", str(conf), "-p", str(home)]), log=home / "log.txt"
+        procs.pinned(["nginx", "-c", str(conf), "-p", str(home)], str(core)), log=home / "log.txt"
     ) as nginx:
         yield nginx
 
@@ -298,7 +294,9 @@ def _sut(cfg: BenchConfig, system: str, upstream: int, root: Path) -> Iterator[t
         ready = f"http://127.0.0.1:{port}/health/liveliness"
     else:
         raise ValueError(f"unknown system {system!r}; choose from {', '.join(SYSTEMS)}")
-    with procs.running(_pinned(cfg.sut_core, argv), ready, env=env, log=logs, timeout=120, cwd=cwd) as sut:
+    with procs.running(
+        procs.pinned(argv, str(cfg.sut_core)), ready, env=env, log=logs, timeout=120, cwd=cwd
+    ) as sut:
         if system in ("vgate", BASELINE):
             _wait_model(port)
         yield port, sut.pid
@@ -370,7 +368,9 @@ def parse_wrk(out: str) -> dict[str, float]:
 def _wrk(cfg: BenchConfig, port: int, script: Path, conns: int, seconds: int) -> str:
     argv = ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", str(script)]
     argv.append(f"http://127.0.0.1:{port}/v1/chat/completions")
-    done = subprocess.run(_pinned(cfg.load_core, argv), capture_output=True, text=True, timeout=seconds + 30)
+    done = subprocess.run(
+        procs.pinned(argv, str(cfg.load_core)), capture_output=True, text=True, timeout=seconds + 30
+    )
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed: {done.stderr or done.stdout}")
     return done.stdout
@@ -492,7 +492,9 @@ def compare_clients(cfg: BenchConfig, upstream: int) -> dict[str, Any]:
     for work_us in (0, 200):  # alone, and beside as much Python work as the gateway does per request
         argv = [str(Path(cfg.peers) / "bin" / "python"), str(script), url, "--work-us", str(work_us)]
         argv += ["--requests", "5000"]
-        done = subprocess.run(_pinned(cfg.sut_core, argv), capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            procs.pinned(argv, str(cfg.sut_core)), capture_output=True, text=True, timeout=600
+        )
         if done.returncode != 0:
             raise RuntimeError(f"client comparison failed: {done.stderr[-2000:]}")
         results[f"work_{work_us}us"] = json.loads(done.stdout.splitlines()[-1])
@@ -516,7 +518,12 @@ def own_cost(cfg: BenchConfig, root: Path, tree: Path | None = None) -> dict[str
     runs = []
     for _ in range(3):
         done = subprocess.run(
-            _pinned(cfg.sut_core, argv), capture_output=True, text=True, timeout=600, env=env, cwd=tree
+            procs.pinned(argv, str(cfg.sut_core)),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            cwd=tree,
         )
         if done.returncode != 0:
             raise RuntimeError(f"the in-process run failed: {done.stderr[-2000:]}")

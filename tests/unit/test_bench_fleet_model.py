@@ -2,29 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
 
 from bench.fleet_model import Decide, ModelConfig, default_settings, run, summary, tuned_settings
 from bench.fleet_trace import arrivals, oracle_schedule, replica_seconds, standard_trace
-from vgate_operator.autoscale.policy import Decision, PolicySettings, Sample, ScaleState
+from vgate_operator.autoscale.policy import Decision
 
 
 def fixed(count: int) -> Decide:
     """A policy that always asks for ``count`` replicas."""
-
-    def policy(
-        samples: Sequence[Sample],
-        now: float,
-        current: int,
-        ready: int,
-        settings: PolicySettings,
-        state: ScaleState,
-    ) -> Decision:
-        return Decision(count, "fixed", state)
-
-    return policy
+    return lambda samples, now, current, ready, settings, state: Decision(count, "fixed", state)
 
 
 def test_a_fixed_fleet_bills_its_size_all_along_and_at_peak_waits_mostly_in_the_burst() -> None:

@@ -154,6 +154,7 @@ def compare_loadgens(model: str, out: Path) -> dict[str, Any]:
     """One vLLM worker at its defaults, one level measured by our load generator and by vLLM's."""
     scenario = parse_scenario(WORKLOAD[1])
     shapes = sample(scenario, 48, seed=11)
+    engine, client = cpus()
     plan = TrialPlan(
         engine="vllm",
         model=model,
@@ -165,8 +166,8 @@ def compare_loadgens(model: str, out: Path) -> dict[str, Any]:
         worker_args=tuple(WORKER_ARGS),
         engine_args=tuple(ENGINE_ARGS),
         env=ENGINE_ENV,
-        engine_cpus=cpus()[0],
-        client_cpus=cpus()[1],
+        engine_cpus=engine,
+        client_cpus=client,
     )
     work = out / "loadgens"
     result: dict[str, Any] = {"scenario": scenario.text(), "concurrency": 8, "requests": len(shapes)}
