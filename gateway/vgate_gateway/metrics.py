@@ -24,12 +24,72 @@ _TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.7
 _TPOT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1, 2.5)
 
 
+class Tally:
+    """A counter series' increments, added up in plain Python on the request path.
+
+    prometheus_client takes a lock for every increment; a tally adds to a float and hands the
+    sum to its series when the registry is read (:class:`_Flush`). Used only with one serving
+    process: with several, each increment goes to the shared files at once, so a scrape of any
+    process counts every process's requests.
+    """
+
+    __slots__ = ("pending", "series")
+
+    def __init__(self, series: Any) -> None:
+        self.series = series
+        self.pending = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.pending += amount
+
+    def flush(self) -> None:
+        if self.pending:
+            self.series.inc(self.pending)
+            self.pending = 0.0
+
+
+class Level:
+    """A gauge kept as a plain count on the request path, set on its series when the registry is read."""
+
+    __slots__ = ("series", "value")
+
+    def __init__(self, series: Any) -> None:
+        self.series = series
+        self.value = 0
+
+    def inc(self) -> None:
+        self.value += 1
+
+    def dec(self) -> None:
+        self.value -= 1
+
+    def flush(self) -> None:
+        self.series.set(self.value)
+
+
+class _Flush(Collector):
+    """Registered first, so every read of the registry finds the tallies handed over."""
+
+    def __init__(self, pending: list[Tally | Level]) -> None:
+        self._pending = pending
+
+    def collect(self) -> list[Any]:
+        for tally in self._pending:
+            tally.flush()
+        return []
+
+
 class Metrics:
     """The ``vgate_*`` metric family."""
 
     def __init__(self, version: str, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        #: Series counted in plain Python, handed over when the registry is read (one process only).
+        self._tallies: list[Tally | Level] = []
+        self._deferred = not os.environ.get(MULTIPROCESS_ENV)
+        if self._deferred:
+            r.register(_Flush(self._tallies))
         self.info = Info("vgate", "V-Gate build information", registry=r)
         self.info.info({"version": version})
         self.requests = Counter(
@@ -65,8 +125,10 @@ class Metrics:
             ["upstream", "status"],
             registry=r,
         )
-        self.inflight = Gauge(
-            "vgate_inflight_requests", "Requests being handled", registry=r, multiprocess_mode="livesum"
+        self.inflight: Any = self.level(
+            Gauge(
+                "vgate_inflight_requests", "Requests being handled", registry=r, multiprocess_mode="livesum"
+            )
         )
         self.rejected = Counter(
             "vgate_rejected_requests",
@@ -94,11 +156,28 @@ class Metrics:
         self.registry.register(collector)
         self._live.append(collector)
 
+    def tally(self, series: Any) -> Any:
+        """``series`` (a counter's child) for the request path: a :class:`Tally` when one process serves."""
+        if not self._deferred:
+            return series
+        tally = Tally(series)
+        self._tallies.append(tally)
+        return tally
+
+    def level(self, series: Any) -> Any:
+        """``series`` (a gauge) for the request path: a :class:`Level` when one process serves."""
+        if not self._deferred:
+            return series
+        level = Level(series)
+        self._tallies.append(level)
+        return level
+
     def per_model(self, model: str) -> tuple[Any, Any, Any]:
         """(ttft, tpot, tokens_generated) of ``model``, resolved once: labels() takes a lock."""
         series = self._model_series.get(model)
         if series is None:
-            series = (self.ttft.labels(model), self.tpot.labels(model), self.tokens_generated.labels(model))
+            generated = self.tally(self.tokens_generated.labels(model))
+            series = (self.ttft.labels(model), self.tpot.labels(model), generated)
             self._model_series[model] = series
         return series
 
@@ -121,7 +200,7 @@ class Metrics:
         counter = self._upstream_series.get(key)
         if counter is None:
             self._upstream_statuses.setdefault(url, set()).add(key[1])
-            counter = self._upstream_series[key] = self.upstream_requests.labels(*key)
+            counter = self._upstream_series[key] = self.tally(self.upstream_requests.labels(*key))
         counter.inc()
 
     def forget_upstream(self, url: str) -> None:
@@ -130,7 +209,9 @@ class Metrics:
         statuses = self._upstream_statuses.pop(url, ())
         series += [(self.upstream_requests, (url, s)) for s in statuses]
         for status in statuses:
-            self._upstream_series.pop((url, status), None)
+            counter = self._upstream_series.pop((url, status), None)
+            if isinstance(counter, Tally):
+                self._tallies.remove(counter)
         for metric, labels in series:
             with contextlib.suppress(KeyError):
                 metric.remove(*labels)

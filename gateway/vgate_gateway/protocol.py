@@ -300,10 +300,13 @@ class Usage:
         """Record a ``usage`` object as a worker wrote it (ignored if it is not one)."""
         if not isinstance(usage, dict):
             return
-        for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            value = usage.get(name)
-            if isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, name, value)
+        # ``type() is int``: a count, never a bool (which is an int to isinstance).
+        if type(value := usage.get("prompt_tokens")) is int:
+            self.prompt_tokens = value
+        if type(value := usage.get("completion_tokens")) is int:
+            self.completion_tokens = value
+        if type(value := usage.get("total_tokens")) is int:
+            self.total_tokens = value
 
 
 _USAGE = b'"usage"'
@@ -322,12 +325,21 @@ def usage_of_json(body: bytes) -> Usage:
     """The ``usage`` of a whole JSON answer, found by a search from its end, not a parse.
 
     vLLM writes ``usage`` last. A ``"usage"`` inside a string is escaped (``\\"usage\\"``),
-    so the last bare one is the answer's own.
+    so the last bare one is the answer's own. A flat usage object (the usual one) is parsed
+    alone; one holding an object (``prompt_tokens_details``) is searched for its counts.
     """
     usage = Usage()
     at = body.rfind(_USAGE)
     if at < 0:
         return usage
+    opening = body.find(b"{", at, at + 16)
+    closing = body.find(b"}", opening) if opening >= 0 else -1
+    if closing >= 0 and body.find(b"{", opening + 1, closing) < 0:
+        try:
+            usage.take(orjson.loads(body[opening : closing + 1]))
+            return usage
+        except orjson.JSONDecodeError:
+            pass
     end = min(len(body), at + _USAGE_SPAN)
     for key, name in _COUNTS:
         found = body.find(key, at, end)

@@ -86,12 +86,18 @@ async def read_request(
     cache_mode: str | None = None
     upstream: dict[str, str] = {}
     for name, value in headers:
-        if name == _CONTENT_LENGTH:
-            length = value
-        elif name == _CACHE:
-            cache_mode = value.decode("latin-1")
-        if name not in _NOT_FORWARDED:
-            upstream[name.decode("latin-1")] = value.decode("latin-1")
+        if name in _NOT_FORWARDED:
+            if name == _CONTENT_LENGTH:
+                length = value
+            elif name == _CACHE:
+                cache_mode = value.decode("latin-1")
+            continue
+        text = _NAMES.get(name)
+        if text is None:
+            text = name.decode("latin-1")
+            if len(_NAMES) < 256:
+                _NAMES[name] = text
+        upstream[text] = value.decode("latin-1")
     upstream[REQUEST_ID_HEADER] = request_id
     # Bytes are relayed as they come: a compressed answer would reach the client undeclared.
     upstream["accept-encoding"] = "identity"
@@ -108,6 +114,10 @@ async def read_request(
         cache_mode=cache_mode,
         count_usage=count_usage,
     )
+
+
+#: Header names already decoded: clients send the same few.
+_NAMES: dict[bytes, str] = {}
 
 
 #: The body limits of the default settings.
@@ -186,6 +196,12 @@ def loads(body: bytes, max_depth: int, max_containers: int) -> Any:
     if not body.strip():
         raise invalid_request("The request body is empty; expected a JSON object.", code="invalid_json")
     containers = Containers(body)
+    if containers.bound <= max_depth and containers.bound <= max_containers:
+        # Too few brackets to be too deep or too many (the usual body): the parse alone decides.
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
     if containers.more_than(max_containers):
         raise invalid_request(
             f"The request body has more than {max_containers} JSON arrays and objects.",
@@ -216,20 +232,21 @@ class Containers:
     the count can't, and at most once.
     """
 
-    __slots__ = ("_body", "_bound", "_brackets")
+    __slots__ = ("_body", "_brackets", "bound")
 
     def __init__(self, body: bytes) -> None:
         self._body = body
-        self._bound = body.count(b"[") + body.count(b"{")
+        #: At least as many as there are (brackets inside strings count too).
+        self.bound = body.count(b"[") + body.count(b"{")
         self._brackets: bytes | None = None
 
     def more_than(self, count: int) -> bool:
         """Whether there are more than ``count`` of them, all levels together."""
-        return self._bound > count and len(self._structure()) // 2 > count
+        return self.bound > count and len(self._structure()) // 2 > count
 
     def deeper_than(self, max_depth: int) -> bool:
         """Whether they nest deeper than ``max_depth``."""
-        return self._bound > max_depth and nesting_exceeds(self._structure(), max_depth)
+        return self.bound > max_depth and nesting_exceeds(self._structure(), max_depth)
 
     def _structure(self) -> bytes:
         if self._brackets is None:

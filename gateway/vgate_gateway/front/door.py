@@ -23,6 +23,7 @@ the OpenAPI document (:mod:`vgate_gateway.ops`).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -39,7 +40,7 @@ from vgate_gateway.front import probes
 from vgate_gateway.front.admission import Admission
 from vgate_gateway.front.auth import ApiKey, KeyStore
 from vgate_gateway.front.body import BodyLimits, ClientGone, read_request
-from vgate_gateway.front.edge import Edge, Receive, Send, watching
+from vgate_gateway.front.edge import ClientWatch, Edge, Receive, Send
 from vgate_gateway.front.hygiene import TrustedProxies, clean_headers
 from vgate_gateway.front.ratelimit import Limiter, Limits, limits_for
 from vgate_gateway.front.recent_errors import RecentErrors
@@ -114,10 +115,11 @@ class Door:
         # Ids are a random per-process prefix and a counter: unique, and no system call each.
         self._id_prefix = uuid.uuid4().hex[:16]
         self._ids = itertools.count()
-        self._series: dict[tuple[str, str, str], Any] = {}
+        self._series: dict[tuple[str, str, int], Any] = {}
         #: The limits of each key seen (by identity: a reloaded keys file makes new keys).
         self._limits: dict[int, tuple[ApiKey, Limits]] = {}
         self._latency: dict[str, Any] = {}
+        self._watch = ClientWatch()
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -222,19 +224,20 @@ class Door:
             self.metrics.rejected.inc()
             raise
         answer: Answer | None = None
+        watched = self._watch.start(receive)
         try:
-
-            async def work() -> None:
-                nonlocal answer
-                try:
-                    answer = await self.services.handle(req)
-                except OpenAIError as exc:
-                    answer = Answer.error(exc)
-                await edge.send(answer, strip_usage=req.strip_usage)
-
-            if await watching(receive, work()):
-                await edge.closed()
+            try:
+                answer = await self.services.handle(req)
+            except OpenAIError as exc:
+                answer = Answer.error(exc)
+            await edge.send(answer, strip_usage=req.strip_usage)
+        except asyncio.CancelledError:
+            if not watched.left:
+                raise
+            watched.task.uncancel()
+            await edge.closed()
         finally:
+            self._watch.stop(watched)
             admission.release()
             if self.limiter is not None and metered and limits.tpm and answer is not None:
                 self.limiter.charge(key.key_id, limits, answer.usage.total())
@@ -269,10 +272,12 @@ class Door:
         return f"{self._id_prefix}{next(self._ids) & 0xFFFFFFFFFFFFFFFF:016x}"
 
     def _observe(self, path: str, method: str, status: int, elapsed: float) -> None:
-        key = (path, method, str(status))
+        key = (path, method, status)
         counter = self._series.get(key)
         if counter is None:
-            counter = self._series[key] = self.metrics.requests.labels(*key)
+            counter = self._series[key] = self.metrics.tally(
+                self.metrics.requests.labels(path, method, str(status))
+            )
         counter.inc()
         latency = self._latency.get(path)
         if latency is None:

@@ -99,38 +99,74 @@ def without_usage_chunk(run: bytes) -> bytes:
     return b"\n\n".join(kept)
 
 
-async def watching(receive: Receive, work: Awaitable[None]) -> bool:
-    """Run ``work``, cancelling it if the client leaves; True if it left.
+class Watched:
+    """One request whose client may leave before its answer is done (see :class:`ClientWatch`)."""
 
-    Most answers are done before anyone could leave: the watcher (a task) starts only for
-    those still running after :data:`WATCH_AFTER_S`; a timer costs far less than a task.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    left = False
-    watcher: asyncio.Future[Message] | None = None
+    __slots__ = ("left", "receive", "since", "task", "watcher")
 
-    def on_message(done: asyncio.Future[Message]) -> None:
-        nonlocal left
+    def __init__(self, task: asyncio.Task[Any], receive: Receive, since: float) -> None:
+        self.task = task
+        self.receive = receive
+        self.since = since
+        #: The client left: the task was cancelled for it.
+        self.left = False
+        self.watcher: asyncio.Future[Message] | None = None
+
+    def watch(self) -> None:
+        self.watcher = asyncio.ensure_future(self.receive())
+        self.watcher.add_done_callback(self._on_message)
+
+    def _on_message(self, done: asyncio.Future[Message]) -> None:
         if not done.cancelled() and done.exception() is None and done.result()["type"] == "http.disconnect":
-            left = True
-            task.cancel()
+            self.left = True
+            self.task.cancel()
 
-    def watch() -> None:
-        nonlocal watcher
-        watcher = asyncio.ensure_future(receive())
-        watcher.add_done_callback(on_message)
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.remove_done_callback(self._on_message)
+            self.watcher.cancel()
 
-    timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, watch)
-    try:
-        await work
-    except asyncio.CancelledError:
-        if not left:
-            raise
-        task.uncancel()
-    finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.remove_done_callback(on_message)
-            watcher.cancel()
-    return left
+
+class ClientWatch:
+    """Cancels the work of requests whose client left before their answer was done.
+
+    Most answers are done before anyone could leave, so a request is only noted when it
+    starts (:meth:`start`, a dict entry, no task and no timer of its own). One timer per
+    process looks at the oldest requests: a request still running after
+    :data:`WATCH_AFTER_S` gets a watcher (a task reading its ``receive``), which cancels the
+    request's task when the client disconnects.
+    """
+
+    def __init__(self) -> None:
+        #: Requests not watched yet, oldest first (entries are added in time order).
+        self._pending: dict[Watched, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, receive: Receive) -> Watched:
+        """Note the running request (its task) reading ``receive``; :meth:`stop` when it is done."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)
+        assert task is not None
+        watched = Watched(task, receive, loop.time())
+        self._pending[watched] = None
+        if self._timer is None:
+            self._timer = loop.call_at(watched.since + WATCH_AFTER_S, self._sweep, loop)
+        return watched
+
+    def stop(self, watched: Watched) -> None:
+        """The request's answer is done (or it failed): nothing watches it any more."""
+        self._pending.pop(watched, None)
+        watched.stop()
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        due = loop.time() - WATCH_AFTER_S
+        ripe: list[Watched] = []
+        for watched in self._pending:
+            if watched.since > due:
+                self._timer = loop.call_at(watched.since + WATCH_AFTER_S, self._sweep, loop)
+                break
+            ripe.append(watched)
+        for watched in ripe:
+            del self._pending[watched]
+            watched.watch()

@@ -59,24 +59,35 @@ def clean_headers(
 ) -> Headers:
     """The request headers the gateway acts on and forwards (see the module docstring)."""
     named: set[bytes] = set()
+    special = False  # any header this pass must look at: most requests have none
     for name, value in headers:
-        if name == b"connection":
-            named.update(t.strip().lower() for t in value.split(b","))
-    named -= _FRAMING | HOP_BY_HOP
-    from_proxy = peer in trusted
-    out: Headers = []
+        if name in _SPECIAL:
+            special = True
+            if name == b"connection":
+                named.update(t.strip().lower() for t in value.split(b","))
     forwarded_for: list[bytes] = []
-    for name, value in headers:
-        if name in named:
-            continue
-        if name == b"x-forwarded-for":
-            forwarded_for.append(value.strip())
-            continue
-        if name in FROM_PROXIES_ONLY and not from_proxy:
-            continue
-        out.append((name, value))
+    if special:
+        named -= _NOT_NAMEABLE
+        from_proxy = peer in trusted
+        out: Headers = []
+        for name, value in headers:
+            if name in named:
+                continue
+            if name == b"x-forwarded-for":
+                forwarded_for.append(value.strip())
+                continue
+            if name in FROM_PROXIES_ONLY and not from_proxy:
+                continue
+            out.append((name, value))
+    else:
+        out = list(headers)
     if peer:
         forwarded_for.append(peer.encode("latin-1"))
     if forwarded_for:
         out.append((b"x-forwarded-for", b", ".join(v for v in forwarded_for if v)))
     return out
+
+
+#: Headers whose presence makes :func:`clean_headers` look closer.
+_SPECIAL = FROM_PROXIES_ONLY | {b"connection", b"x-forwarded-for"}
+_NOT_NAMEABLE = _FRAMING | HOP_BY_HOP

@@ -217,6 +217,8 @@ class Dispatcher:
 
     def _over(self, shares: Shares, req: Request, capacity: int) -> bool:
         """Whether ``req``'s key holds more than its share of its model's slots."""
+        if shares.alone(req.key_id):
+            return False
         model = req.model
         return shares.over_share(
             req.key_id, req.schedule.weight, lambda: capacity * len(self._pool.routable(model)), self._clock()

@@ -224,10 +224,15 @@ class Shares:
     def end(self, key: str) -> None:
         count_down(self.inflight, key)
 
+    def alone(self, key: str) -> bool:
+        """Whether ``key`` is the only key seen: never over its share (the common case)."""
+        seen = self.seen
+        return len(seen) < 2 and (not seen or key in seen)
+
     def over_share(self, key: str, weight: float, slots: Callable[[], int], now: float) -> bool:
         """Whether ``key`` holds more than its share of the model's ``slots`` (all workers')."""
-        if len(self.seen) < 2 and (not self.seen or key in self.seen):
-            return False  # the only key seen: alone (the common case, decided without ``slots``)
+        if self.alone(key):
+            return False  # decided without ``slots``
         others, stale = 0.0, []
         for k, (at, w) in self.seen.items():
             if not self._active(k, at, now):

@@ -23,17 +23,15 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from vgate_gateway.errors import model_not_found, unavailable
 from vgate_gateway.protocol import Request
 from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 
 
-@dataclass(frozen=True)
-class RouteRequest:
-    """What a strategy may know about a request."""
+class RouteRequest(NamedTuple):
+    """What a strategy may know about a request (a tuple: built once per request, cheaply)."""
 
     model: str
     #: Client affinity key (a session header, or the OpenAI ``user`` field).
@@ -232,8 +230,11 @@ class PrefixAware:
         if not hashes or len(candidates) == 1:
             chosen = self._least_loaded(candidates)
         elif holders := self._holders(candidates, hashes):
-            best = min(holders, key=self._load.score)
-            fits = self._load.score(best) <= self._limit(candidates)
+            score = self._load.score
+            best = holders[0] if len(holders) == 1 else min(holders, key=score)
+            load = score(best)
+            # The guard's limit is never below max_imbalance: a load within it needs no scan.
+            fits = load <= self.max_imbalance or load <= self._limit(candidates)
             chosen = best if fits else self._least_loaded(candidates)
         else:
             chosen = self._place(candidates)
@@ -241,17 +242,21 @@ class PrefixAware:
         return chosen
 
     def _holders(self, candidates: Sequence[Upstream], hashes: list[int]) -> list[Upstream]:
-        """The candidates holding the deepest known block of the prompt."""
-        by_url = {u.url: u for u in candidates}
+        """The candidates holding the deepest known block of the prompt (most recent holder first)."""
+        table = self._table
         for h in reversed(hashes):
-            holders = [by_url[url] for url in self._table.get(h, ()) if url in by_url]
+            held = table.get(h)
+            if held is None:
+                continue
+            holders = [u for url in held for u in candidates if u.url == url]
             if holders:
                 return holders
         return []
 
     def _limit(self, candidates: Sequence[Upstream]) -> float:
         """The most load a worker may carry before the guard looks elsewhere."""
-        return min(self._load.score(u) for u in candidates) * self.imbalance_ratio + self.max_imbalance
+        score = self._load.score
+        return min([score(u) for u in candidates]) * self.imbalance_ratio + self.max_imbalance
 
     def _least_loaded(self, candidates: Sequence[Upstream]) -> Upstream:
         # A full scan, not two samples: a spilled or short request should queue least.
@@ -286,8 +291,8 @@ class PrefixAware:
             table.move_to_end(h)
             self._count(kept, +1)
             self._count(held, -1)
-        while len(self._table) > self.table_size:
-            _, evicted = self._table.popitem(last=False)
+        while len(table) > self.table_size:
+            _, evicted = table.popitem(last=False)
             self._count(evicted, -1)
 
     def _count(self, urls: tuple[str, ...], delta: int) -> None:
