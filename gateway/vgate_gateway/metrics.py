@@ -158,19 +158,17 @@ class Metrics:
 
     def tally(self, series: Any) -> Any:
         """``series`` (a counter's child) for the request path: a :class:`Tally` when one process serves."""
-        if not self._deferred:
-            return series
-        tally = Tally(series)
-        self._tallies.append(tally)
-        return tally
+        return self._defer(Tally(series), series)
 
     def level(self, series: Any) -> Any:
         """``series`` (a gauge) for the request path: a :class:`Level` when one process serves."""
+        return self._defer(Level(series), series)
+
+    def _defer(self, deferred: Tally | Level, series: Any) -> Any:
         if not self._deferred:
             return series
-        level = Level(series)
-        self._tallies.append(level)
-        return level
+        self._tallies.append(deferred)
+        return deferred
 
     def per_model(self, model: str) -> tuple[Any, Any, Any]:
         """(ttft, tpot, tokens_generated) of ``model``, resolved once: labels() takes a lock."""
