@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import tracemalloc
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -120,6 +121,26 @@ async def test_an_undeclared_model_is_404_not_queued() -> None:
     with pytest.raises(OpenAIError) as info:
         await dispatch.acquire(_req("other"))
     assert info.value.status == 404
+
+
+async def test_requests_for_any_number_of_unknown_models_leave_nothing_behind() -> None:
+    """Clients choose model names: a flood of made-up ones is refused and costs no memory."""
+    dispatch, pool = _fleet()
+    _up(pool, "http://a")
+    requests = [_req(f"made-up-{i}") for i in range(3000)]
+    where = [tracemalloc.Filter(True, "*vgate_gateway*")]
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot().filter_traces(where)
+        for req in requests:
+            with pytest.raises(OpenAIError) as info:
+                await dispatch.acquire(req)
+            assert info.value.status == 404
+        after = tracemalloc.take_snapshot().filter_traces(where)
+    finally:
+        tracemalloc.stop()
+    kept = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert kept < 20_000, f"{kept} bytes kept by the gateway for 3,000 unknown model names"
 
 
 def test_the_queue_holds_its_bounds_and_serves_the_longest_waiting_first() -> None:

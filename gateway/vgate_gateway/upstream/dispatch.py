@@ -162,7 +162,7 @@ class Dispatcher:
             return known
         capacity = self._settings.for_model(model).capacity or 1
         # Only a model served here gets series of its own: clients choose model names.
-        if model in self._settings.declared_models() or self._pool.known_model(model):
+        if self._served(model):
             self._capacity[model] = capacity
             self._metrics.wait.labels(model)  # its series exist from now on, 0 until something waits
             for priority in CLASSES:
@@ -212,8 +212,14 @@ class Dispatcher:
         except KeyError:
             own = self._settings.for_model(model)
             reserve, prefills = own.reserve(), own.queue_prefills_over_share or 0
-            shares = self._shares[model] = Shares(reserve, prefills) if reserve or prefills else None
+            shares = Shares(reserve, prefills) if reserve or prefills else None
+            if self._served(model):  # kept only for a model served here: clients choose model names
+                self._shares[model] = shares
             return shares
+
+    def _served(self, model: str) -> bool:
+        """Whether ``model`` is served here (declared, or a worker serves it), not just a name asked for."""
+        return model in self._settings.declared_models() or self._pool.known_model(model)
 
     def _over(self, shares: Shares, req: Request, capacity: int) -> bool:
         """Whether ``req``'s key holds more than its share of its model's slots."""

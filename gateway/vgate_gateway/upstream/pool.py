@@ -225,7 +225,9 @@ class UpstreamPool:
         ok = [u for u in fleet if u.routable]
         panic = bool(fleet) and len(fleet) - len(ok) > self.panic_threshold * len(fleet)
         chosen = fleet if panic else ok
-        self._candidates[model] = (self.version, chosen, panic)
+        if fleet or model in self._candidates:
+            # Kept only for a model some worker serves: clients choose model names.
+            self._candidates[model] = (self.version, chosen, panic)
         return chosen, panic
 
     def routable(self, model: str, exclude: Sequence[str] = ()) -> list[Upstream]:
