@@ -180,17 +180,20 @@ class Request:
         if self.kind is Kind.CHAT:
             parts: list[str] = []
             size = -1  # the length of the text so far: a newline goes before every part but the first
-            for m in self.payload.get("messages", []):
+            for m in self.payload.get("messages", ()):
                 if size >= limit:
                     break
                 if isinstance(m, dict):
-                    role = f"<{m.get('role', '')}>"
                     content = m.get("content")
-                    text = content[:limit] if isinstance(content, str) else _parts_text(content, limit)
-                    parts.append(role)
-                    parts.append(text)
-                    size += len(role) + len(text) + 2
-            return "\n".join(parts)[:limit]
+                    if not isinstance(content, str):
+                        content = _parts_text(content, limit)
+                    elif len(content) > limit:
+                        content = content[:limit]
+                    part = f"<{m.get('role', '')}>\n{content}"
+                    parts.append(part)
+                    size += len(part) + 1
+            text = "\n".join(parts)
+            return text if len(text) <= limit else text[:limit]
         value = self.payload.get(PROMPT_FIELD[self.kind])
         if isinstance(value, list) and value and isinstance(value[0], str | list):
             value = value[0]  # a list of prompts (a merged batch): routed on the first one
@@ -225,25 +228,30 @@ def check_payload(kind: Kind, payload: Any) -> Essentials:
     """Validate the essentials of a parsed body or raise a 400 :class:`OpenAIError`."""
     if not isinstance(payload, dict):
         raise invalid_request("The request body must be a JSON object.")
-    model = payload.get("model")
+    get = payload.get
+    model = get("model")
     if not isinstance(model, str) or not model:
         raise invalid_request("You must provide a model parameter (a non-empty string).", param="model")
     name, types = PROMPT_FIELD[kind], _PROMPT_TYPES[kind]
-    value = payload.get(name)
+    value = get(name)
     if value is None:
         raise invalid_request(f"Missing required parameter: '{name}'.", param=name)
     if not isinstance(value, types) or (isinstance(value, list) and not value):
         raise invalid_request(f"Invalid '{name}': expected a non-empty {_describe(types)}.", param=name)
-    stream = payload.get("stream", False)
-    if not isinstance(stream, bool):
+    stream = get("stream", False)
+    if stream is not False and stream is not True:
         raise invalid_request("Invalid 'stream': expected a boolean.", param="stream")
     if stream and kind is Kind.EMBEDDINGS:
         raise invalid_request("Embeddings cannot be streamed.", param="stream")
-    options = payload.get("stream_options") or {}
+    options = get("stream_options") or _NO_OPTIONS
     if not isinstance(options, dict):
         raise invalid_request("Invalid 'stream_options': expected an object.", param="stream_options")
-    user = payload.get("user")
+    user = get("user")
     return model, stream, options, user if isinstance(user, str) else None
+
+
+#: The stream options of a request that gave none (never changed).
+_NO_OPTIONS: dict[str, Any] = {}
 
 
 def with_usage_requested(body: bytes, stream_options: dict[str, Any]) -> bytes:

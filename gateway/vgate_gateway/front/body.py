@@ -171,10 +171,20 @@ async def read_body(receive: Receive, max_bytes: int, content_length: int | None
     """The whole body, or a 413 as soon as it is known to exceed ``max_bytes``."""
     if content_length is not None and content_length > max_bytes:
         raise too_large(max_bytes)
+    message = await receive()
+    if message["type"] == "http.request" and not message.get("more_body", False):
+        body: bytes = message.get("body", b"")  # the whole body in one message, as most arrive
+        if len(body) > max_bytes:
+            raise too_large(max_bytes)
+        return body
+    return await _read_rest(receive, max_bytes, message)
+
+
+async def _read_rest(receive: Receive, max_bytes: int, message: MutableMapping[str, Any]) -> bytes:
+    """The body of a request whose first message (``message``) did not carry all of it."""
     chunks: list[bytes] = []
     size = 0
     while True:
-        message = await receive()
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
@@ -184,6 +194,7 @@ async def read_body(receive: Receive, max_bytes: int, content_length: int | None
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        message = await receive()
 
 
 def loads(body: bytes, max_depth: int, max_containers: int) -> Any:
@@ -195,13 +206,14 @@ def loads(body: bytes, max_depth: int, max_containers: int) -> Any:
     """
     if not body.strip():
         raise invalid_request("The request body is empty; expected a JSON object.", code="invalid_json")
-    containers = Containers(body)
-    if containers.bound <= max_depth and containers.bound <= max_containers:
+    bound = body.count(b"[") + body.count(b"{")
+    if bound <= max_depth and bound <= max_containers:
         # Too few brackets to be too deep or too many (the usual body): the parse alone decides.
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
+    containers = Containers(body)
     if containers.more_than(max_containers):
         raise invalid_request(
             f"The request body has more than {max_containers} JSON arrays and objects.",
@@ -232,21 +244,20 @@ class Containers:
     the count can't, and at most once.
     """
 
-    __slots__ = ("_body", "_brackets", "bound")
+    __slots__ = ("_body", "_bound", "_brackets")
 
     def __init__(self, body: bytes) -> None:
         self._body = body
-        #: At least as many as there are (brackets inside strings count too).
-        self.bound = body.count(b"[") + body.count(b"{")
+        self._bound = body.count(b"[") + body.count(b"{")
         self._brackets: bytes | None = None
 
     def more_than(self, count: int) -> bool:
         """Whether there are more than ``count`` of them, all levels together."""
-        return self.bound > count and len(self._structure()) // 2 > count
+        return self._bound > count and len(self._structure()) // 2 > count
 
     def deeper_than(self, max_depth: int) -> bool:
         """Whether they nest deeper than ``max_depth``."""
-        return self.bound > max_depth and nesting_exceeds(self._structure(), max_depth)
+        return self._bound > max_depth and nesting_exceeds(self._structure(), max_depth)
 
     def _structure(self) -> bytes:
         if self._brackets is None:
