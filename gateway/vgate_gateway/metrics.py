@@ -7,13 +7,17 @@ No prompt, key or client-supplied free text ever becomes a label.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import itertools
 import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 #: Set (by ``vgate gateway --processes N``) when several serving processes share the port:
 #: each process writes its series there, and a scrape of any one of them reports all.
@@ -79,6 +83,54 @@ class _Flush(Collector):
         return []
 
 
+class Buckets(Collector):
+    """A histogram counted in plain Python on the request path (one serving process only).
+
+    prometheus_client's histogram takes a lock for every observation; this one finds the
+    bucket with one bisection and adds to a list, and writes the family when scraped. With
+    several processes the gateway uses prometheus_client's, whose files every process reads.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: list[str], *, buckets: tuple[float, ...]
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = labelnames
+        self._bounds = [float(b) for b in buckets]
+        self._les = [floatToGoString(b) for b in self._bounds] + ["+Inf"]
+        self._children: dict[tuple[str, ...], Observed] = {}
+
+    def labels(self, *values: str) -> Observed:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = Observed(self._bounds)
+        return child
+
+    def collect(self) -> list[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, child in self._children.items():
+            cumulative = list(itertools.accumulate(child.counts))
+            family.add_metric(list(values), list(zip(self._les, cumulative, strict=True)), child.sum)
+        return [family]
+
+
+class Observed:
+    """One label set's observations: a count per bucket (the last is +Inf) and their sum."""
+
+    __slots__ = ("_bounds", "counts", "sum")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self._bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        # A bucket counts the values at or below its bound ("le"): the first bound >= value.
+        self.counts[bisect.bisect_left(self._bounds, value)] += 1
+        self.sum += value
+
+
 class Metrics:
     """The ``vgate_*`` metric family."""
 
@@ -95,13 +147,17 @@ class Metrics:
         self.requests = Counter(
             "vgate_requests", "HTTP requests handled", ["endpoint", "method", "status"], registry=r
         )
-        self.latency = Histogram(
+        latency = (
             "vgate_request_latency_seconds",
             "Time from request to the last response byte",
             ["endpoint"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
         )
+        self.latency: Any
+        if self._deferred:
+            self.latency = Buckets(*latency, buckets=_LATENCY_BUCKETS)
+            r.register(self.latency)
+        else:
+            self.latency = Histogram(*latency, buckets=_LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram(
             "vgate_ttft_seconds",
             "Time to first token of streamed generations, seen by the gateway",

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from vgate_gateway.front.edge import WATCH_AFTER_S, ClientWatch
 from vgate_gateway.metrics import MULTIPROCESS_ENV, Metrics
@@ -35,6 +35,30 @@ def test_counts_on_the_request_path_are_all_in_every_read_of_the_registry(metric
     assert metrics.registry.get_sample_value("vgate_upstream_requests_total", labels) == 4
     metrics.per_model("m")[2].inc(5)
     assert metrics.registry.get_sample_value("vgate_tokens_generated_total", {"model": "m"}) == 5
+
+
+def test_the_request_latency_histogram_reads_as_prometheus_clients_own(metrics: Metrics) -> None:
+    """Counted in plain Python with one process, it scrapes exactly as prometheus_client's would."""
+    reference = CollectorRegistry()
+    bounds = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+    theirs = Histogram(
+        "vgate_request_latency_seconds",
+        "Time from request to the last response byte",
+        ["endpoint"],
+        buckets=bounds,
+        registry=reference,
+    )
+    for value in (0.0, 0.005, 0.0051, 0.3, 1, 299.9, 300, 301, 10_000):  # on, between and past the bounds
+        for endpoint in ("/v1/chat/completions", "/v1/models"):
+            metrics.latency.labels(endpoint).observe(value)
+            theirs.labels(endpoint).observe(value)
+
+    def lines(registry: CollectorRegistry) -> list[str]:
+        text = generate_latest(registry).decode()
+        return [line for line in text.splitlines() if "latency" in line and "_created" not in line]
+
+    assert lines(metrics.registry) == lines(reference)
+    assert len(lines(reference)) == 2 + 2 * (len(bounds) + 3)  # HELP, TYPE; buckets, +Inf, count, sum
 
 
 def test_a_forgotten_worker_leaves_no_series_and_no_counts_behind(metrics: Metrics) -> None:
