@@ -243,12 +243,9 @@ class PrefixAware:
 
     def _holders(self, candidates: Sequence[Upstream], hashes: list[int]) -> list[Upstream]:
         """The candidates holding the deepest known block of the prompt (most recent holder first)."""
-        table = self._table
+        by_url = {u.url: u for u in candidates}
         for h in reversed(hashes):
-            held = table.get(h)
-            if held is None:
-                continue
-            holders = [u for url in held for u in candidates if u.url == url]
+            holders = [by_url[url] for url in self._table.get(h, ()) if url in by_url]
             if holders:
                 return holders
         return []
