@@ -48,8 +48,7 @@ def parse_cpus(text: str, *, here: bool = True) -> frozenset[int]:
         if first < 0 or last < first:
             raise ValueError(f"{text!r} is not a CPU list such as 1, 0,2 or 2-3")
         cpus.update(range(first, last + 1))
-    allowed = os.sched_getaffinity(0)
-    if here and not cpus <= allowed:
+    if here and not cpus <= (allowed := os.sched_getaffinity(0)):
         missing = ",".join(map(str, sorted(cpus - allowed)))
         raise ValueError(f"CPU {missing} is not one this process may run on ({_cpu_text(allowed)})")
     return frozenset(cpus)

@@ -327,6 +327,9 @@ _COUNTS = (
 _NUMBER = re.compile(rb"\s*:\s*(\d+)")
 #: How far past ``"usage"`` its counts may be: the usage object is small, and it is last.
 _USAGE_SPAN = 1024
+#: How far past ``"usage"`` its object opens (``"usage": {``, with room for spaces); a ``null``
+#: usage followed by another field's object is further than that.
+_USAGE_OPENING = 16
 
 
 def usage_of_json(body: bytes) -> Usage:
@@ -340,7 +343,7 @@ def usage_of_json(body: bytes) -> Usage:
     at = body.rfind(_USAGE)
     if at < 0:
         return usage
-    opening = body.find(b"{", at, at + 16)
+    opening = body.find(b"{", at, at + _USAGE_OPENING)
     closing = body.find(b"}", opening) if opening >= 0 else -1
     if closing >= 0 and body.find(b"{", opening + 1, closing) < 0:
         try:

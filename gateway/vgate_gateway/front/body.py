@@ -206,15 +206,11 @@ def loads(body: bytes, max_depth: int, max_containers: int) -> Any:
     """
     if not body.strip():
         raise invalid_request("The request body is empty; expected a JSON object.", code="invalid_json")
+    # Brackets bound the containers from above: a body with too few to be too deep or too
+    # many (the usual one) is left to the parse alone, without working out its structure.
     bound = body.count(b"[") + body.count(b"{")
-    if bound <= max_depth and bound <= max_containers:
-        # Too few brackets to be too deep or too many (the usual body): the parse alone decides.
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    containers = Containers(body)
-    if containers.more_than(max_containers):
+    containers = Containers(body) if bound > max_depth or bound > max_containers else None
+    if containers is not None and containers.more_than(max_containers):
         raise invalid_request(
             f"The request body has more than {max_containers} JSON arrays and objects.",
             code="json_too_complex",
@@ -223,7 +219,7 @@ def loads(body: bytes, max_depth: int, max_containers: int) -> Any:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise invalid_request(f"The request body is not valid JSON: {exc}", code="invalid_json") from None
-    if containers.deeper_than(max_depth):
+    if containers is not None and containers.deeper_than(max_depth):
         raise invalid_request(
             f"The request body is nested deeper than {max_depth} levels.", code="json_too_deep"
         )
