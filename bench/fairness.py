@@ -30,12 +30,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -62,6 +64,9 @@ class FairnessConfig:
     phase_s: float = 30.0
     capacity_s: float = 12.0
     flood_factor: float = 10.0
+    #: Seconds into each phase before A starts: B and H are already using the fleet when their
+    #: neighbour begins to flood (a gateway holds nothing back while one key is alone).
+    flood_delay_s: float = 2.0
     #: A's rate in the "busy" phase: the fleet nearly full, hardly a queue (the engine's own slowdown).
     busy_share: float = 0.8
     light_share: float = 0.10
@@ -88,6 +93,9 @@ class FairnessConfig:
     #: Streams of a key over its share that may await their first token on one worker, in the
     #: fair+prefills phase (``VGATE_QUEUE_PREFILLS_OVER_SHARE``, with the reserve too).
     prefills: int = 1
+    #: Workers kept free of the prefills of keys over their share in the fair+free phase
+    #: (``VGATE_QUEUE_PREFILL_FREE_WORKERS``, with the reserve and the prefill limit too).
+    free_workers: int = 1
     #: The workers' ``--long-prefill-token-threshold`` (vLLM's cap on the prompt tokens one
     #: request's prefill takes per step while others are scheduled; 0: off, vLLM's default).
     long_prefill_tokens: int = 0
@@ -95,6 +103,8 @@ class FairnessConfig:
     out: str = "bench/results"
     #: Which fleets run, of "dry-run" and "vLLM" (the latter only with ``vllm_python``).
     fleets: str = "dry-run,vLLM"
+    #: Which flooded phases run ("all", or names from :data:`PHASES`); capacity and idle always do.
+    phases: str = "all"
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,10 @@ class Tally:
     #: tokens can all decode to nothing. Counted as answered, with no TTFT sample.
     empty: int = 0
     ttft: list[float] = field(default_factory=list)
+    #: When each answered request was sent (perf_counter), in the order of ``ttft``.
+    sent_at: list[float] = field(default_factory=list)
+    #: The phase's start (perf_counter): ``sent_at`` is reported from it.
+    start: float = 0.0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -134,6 +148,13 @@ class Tally:
             "empty": self.empty,
             "ttft_p50_s": _pct(self.ttft, 0.50),
             "ttft_p99_s": _pct(self.ttft, 0.99),
+            #: Every answered request as (seconds into the phase it was sent, its TTFT in ms), in
+            #: the order they were sent: a p99 of a few dozen requests is nearly their slowest
+            #: one, so the run shows them all, and when they came.
+            "ttft_ms_by_sent_s": sorted(
+                (round(at - self.start, 2), round(t * 1000, 1))
+                for at, t in zip(self.sent_at, self.ttft, strict=True)
+            ),
         }
 
 
@@ -192,6 +213,7 @@ async def _one(session: aiohttp.ClientSession, url: str, key: str, body: bytes, 
                 return
             tally.ok += 1
             tally.ttft.append(first)
+            tally.sent_at.append(started)
     except (aiohttp.ClientError, TimeoutError):
         tally.lost += 1
 
@@ -249,23 +271,57 @@ async def measure_capacity(cfg: FairnessConfig, fleet: Fleet, url: str) -> float
     return done / elapsed
 
 
-async def run_phase(
+def run_phase(
     cfg: FairnessConfig, fleet: Fleet, url: str, capacity: float, flood: float
 ) -> dict[str, dict[str, Any]]:
-    """B and H at their shares of capacity, A at ``flood`` x capacity (0: none); every request followed to its end."""
-    rng = random.Random(cfg.seed + 1)
+    """B and H at their shares of capacity, A at ``flood`` x capacity (0: none); every request followed to its end.
+
+    Each tenant's client runs in a process of its own, as separate clients would: the flood's
+    thousands of requests and streamed events, read in one event loop with B's, would delay
+    the moment B's first token is read, and B's TTFT would measure the client, not the fleet.
+    """
     shapes = {"A": fleet.flood_words, "B": fleet.light_words, "H": fleet.light_words}
     rates = {"A": flood * capacity, "B": cfg.light_share * capacity, "H": cfg.high_share * capacity}
-    tallies = {t: Tally() for t, rate in rates.items() if rate > 0}
-    async with _session() as session:
-        until = time.perf_counter() + cfg.phase_s
-        arrivals = [
-            _poisson(session, url, KEYS[t], partial(_body, fleet, rng, shapes[t]), rates[t], until, tally)
-            for t, tally in tallies.items()
-        ]
-        tasks = [task for batch in await asyncio.gather(*arrivals) for task in batch]
-        await asyncio.gather(*tasks)
-    return {t: tally.summary() for t, tally in tallies.items()}
+    tenants = [t for t, rate in rates.items() if rate > 0]
+    delays = {"A": cfg.flood_delay_s}
+    start = time.perf_counter() + _CLIENT_START_S
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(len(tenants), mp_context=spawn) as clients:
+        running = {
+            t: clients.submit(
+                _tenant,
+                url,
+                KEYS[t],
+                fleet,
+                shapes[t],
+                rates[t],
+                start + delays.get(t, 0.0),
+                cfg.phase_s,
+                cfg.seed + i,
+            )
+            for i, t in enumerate(tenants)
+        }
+        return {t: future.result().summary() for t, future in running.items()}
+
+
+#: Time given to the tenants' client processes to start (spawned, imported) before the phase's first arrival.
+_CLIENT_START_S = 3.0
+
+
+def _tenant(
+    url: str, key: str, fleet: Fleet, words: int, rate: float, start: float, phase_s: float, seed: int
+) -> Tally:
+    """One tenant's open-loop arrivals from ``start`` (perf_counter, the system's monotonic clock) for ``phase_s``."""
+
+    async def arrive() -> Tally:
+        tally, rng = Tally(start=start), random.Random(seed)
+        async with _session() as session:
+            await asyncio.sleep(max(0.0, start - time.perf_counter()))
+            make = partial(_body, fleet, rng, words)
+            await asyncio.gather(*await _poisson(session, url, key, make, rate, start + phase_s, tally))
+        return tally
+
+    return asyncio.run(arrive())
 
 
 @contextmanager
@@ -341,10 +397,12 @@ def _gateway_env(
     engine: bool = False,
     reserve: int = 0,
     prefills: int = 0,
+    free_workers: int = 0,
 ) -> dict[str, str]:
     return {
         "VGATE_QUEUE_RESERVE": str(reserve),
         "VGATE_QUEUE_PREFILLS_OVER_SHARE": str(prefills),
+        "VGATE_QUEUE_PREFILL_FREE_WORKERS": str(free_workers),
         "VGATE_MODEL_SETTINGS": json.dumps({fleet.model: {"engine_priority": engine}}),
         "VGATE_API_KEYS_FILE": str(keys),
         "VGATE_WORKER_CAPACITY": str(fleet.seqs),
@@ -357,22 +415,31 @@ def _gateway_env(
     }
 
 
+#: The phases after the capacity and idle ones, in the order they run.
+PHASES = ("busy", "fair", "fair+engine", "fair+reserve", "fair+prefills", "fair+free", "fifo")
+
+
 def run_fleet(cfg: FairnessConfig, fleet: Fleet, logs: Path) -> dict[str, Any]:
-    """Capacity, then the idle, busy, fair, fair+engine, fair+reserve, fair+prefills and fifo phases."""
+    """Capacity, idle, then the flooded phases of :data:`PHASES` that ``cfg.phases`` names."""
     keys = logs / "keys"
     keys.write_text(KEYS_FILE)
     out: dict[str, Any] = {"workers": len(fleet.urls), "seqs_per_worker": fleet.seqs, "phases": {}}
-    phases = [("capacity", "fair", 0.0, False, 0, 0), ("idle", "fair", 0.0, False, 0, 0),
-              ("busy", "fair", cfg.busy_share, False, 0, 0), ("fair", "fair", cfg.flood_factor, False, 0, 0),
-              ("fair+engine", "fair", cfg.flood_factor, True, 0, 0),
-              ("fair+reserve", "fair", cfg.flood_factor, True, fleet.reserve, 0),
-              ("fair+prefills", "fair", cfg.flood_factor, True, fleet.reserve, cfg.prefills),
-              ("fifo", "fifo", cfg.flood_factor, False, 0, 0)]  # fmt: skip
-    for phase, policy, flood, engine, reserve, prefills in phases:
+    flood, reserve, prefills, free = cfg.flood_factor, fleet.reserve, cfg.prefills, cfg.free_workers
+    # name: (policy, A's rate in capacities, engine priority, reserve, prefills, prefill-free workers)
+    shapes = {"capacity": ("fair", 0.0, False, 0, 0, 0), "idle": ("fair", 0.0, False, 0, 0, 0),
+              "busy": ("fair", cfg.busy_share, False, 0, 0, 0), "fair": ("fair", flood, False, 0, 0, 0),
+              "fair+engine": ("fair", flood, True, 0, 0, 0),
+              "fair+reserve": ("fair", flood, True, reserve, 0, 0),
+              "fair+prefills": ("fair", flood, True, reserve, prefills, 0),
+              "fair+free": ("fair", flood, True, reserve, prefills, free),
+              "fifo": ("fifo", flood, False, 0, 0, 0)}  # fmt: skip
+    wanted = PHASES if cfg.phases == "all" else tuple(p for p in PHASES if p in cfg.phases.split(","))
+    for phase in ("capacity", "idle", *wanted):
+        policy, rate, engine, *held = shapes[phase]
         print(f"{fleet.name}: {phase} ...", file=sys.stderr, flush=True)
         with stack.gateway(
             fleet.urls,
-            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0), engine, reserve, prefills),
+            _gateway_env(cfg, fleet, keys, policy, out.get("capacity_rps", 0.0), engine, *held),
             logs,
             cpus=stack.SUT_CPU,
         ) as gw:
@@ -380,7 +447,7 @@ def run_fleet(cfg: FairnessConfig, fleet: Fleet, logs: Path) -> dict[str, Any]:
                 out["capacity_rps"] = asyncio.run(measure_capacity(cfg, fleet, gw))
                 continue
             before = asyncio.run(_engine_sums(fleet.urls))
-            out["phases"][phase] = asyncio.run(run_phase(cfg, fleet, gw, out["capacity_rps"], flood))
+            out["phases"][phase] = run_phase(cfg, fleet, gw, out["capacity_rps"], rate)
             out["phases"][phase]["queue"] = _queue_stats(gw, fleet.model)
             out["phases"][phase]["split"] = _split(gw, before, asyncio.run(_engine_sums(fleet.urls)))
     return out
@@ -483,33 +550,32 @@ def policy_cost(keys: int, waiting: int = 200, rounds: int = 2000) -> dict[str, 
     return out
 
 
+def _key(phase: str) -> str:
+    return phase.replace("+", "_")
+
+
 def verdicts(fleet: dict[str, Any]) -> dict[str, Any]:
-    """The ratios the run is judged by, from its own numbers."""
+    """The ratios the run is judged by, from its own numbers, for each flooded phase it ran.
+
+    Per phase ``p``: ``B_p99_<p>_vs_idle`` and ``H_p99_<p>_vs_idle`` (``+`` written ``_``),
+    ``B_answered_all_<p>``; with a busy phase, ``B_p99_fair_vs_busy`` and ``H_p99_fair_vs_busy``.
+    """
     phases = fleet["phases"]
 
     def p99(phase: str, tenant: str) -> float:
         return float(phases[phase][tenant]["ttft_p99_s"] or 0.0)
 
-    lost = sum(phases[p][t]["lost"] for p in phases for t in phases[p] if t in KEYS)
-    return {
-        "B_p99_fair_vs_idle": p99("fair", "B") / p99("idle", "B"),
-        "B_p99_fair_engine_vs_idle": p99("fair+engine", "B") / p99("idle", "B"),
-        "H_p99_fair_engine_vs_idle": p99("fair+engine", "H") / p99("idle", "H"),
-        "B_answered_all_fair_engine": phases["fair+engine"]["B"]["ok"] == phases["fair+engine"]["B"]["sent"],
-        "B_p99_fair_reserve_vs_idle": p99("fair+reserve", "B") / p99("idle", "B"),
-        "H_p99_fair_reserve_vs_idle": p99("fair+reserve", "H") / p99("idle", "H"),
-        "B_answered_all_fair_reserve": phases["fair+reserve"]["B"]["ok"]
-        == phases["fair+reserve"]["B"]["sent"],
-        "B_p99_fair_prefills_vs_idle": p99("fair+prefills", "B") / p99("idle", "B"),
-        "H_p99_fair_prefills_vs_idle": p99("fair+prefills", "H") / p99("idle", "H"),
-        "B_p99_fair_vs_busy": p99("fair", "B") / p99("busy", "B"),
-        "H_p99_fair_vs_busy": p99("fair", "H") / p99("busy", "H"),
-        "B_p99_fifo_vs_idle": p99("fifo", "B") / p99("idle", "B"),
-        "H_p99_fair_vs_idle": p99("fair", "H") / p99("idle", "H"),
-        "H_p99_fifo_vs_idle": p99("fifo", "H") / p99("idle", "H"),
-        "B_answered_all_fair": phases["fair"]["B"]["ok"] == phases["fair"]["B"]["sent"],
-        "requests_lost": lost,
-    }
+    out: dict[str, Any] = {}
+    for phase in PHASES:
+        if phase in phases and phase != "busy":
+            for tenant in ("B", "H"):
+                out[f"{tenant}_p99_{_key(phase)}_vs_idle"] = p99(phase, tenant) / p99("idle", tenant)
+            out[f"B_answered_all_{_key(phase)}"] = phases[phase]["B"]["ok"] == phases[phase]["B"]["sent"]
+    if "busy" in phases and "fair" in phases:
+        for tenant in ("B", "H"):
+            out[f"{tenant}_p99_fair_vs_busy"] = p99("fair", tenant) / p99("busy", tenant)
+    out["requests_lost"] = sum(phases[p][t]["lost"] for p in phases for t in phases[p] if t in KEYS)
+    return out
 
 
 def render(results: dict[str, Any]) -> str:
@@ -530,21 +596,24 @@ def render(results: dict[str, Any]) -> str:
                     f"{refused} | {t['lost']} | {_ms(t['ttft_p50_s'])} | {_ms(t['ttft_p99_s'])} |"
                 )
     lines.append("")
+    lines += ["| fleet | phase | B p99 / idle | H (high) p99 / idle | B answered in full |",
+              "| --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, fleet in results["fleets"].items():
         v = fleet["verdicts"]
-        lines.append(
-            f"{name}: B p99 TTFT fair+prefills/idle {v['B_p99_fair_prefills_vs_idle']:.2f}x "
-            f"(H {v['H_p99_fair_prefills_vs_idle']:.2f}x); "
-            f"fair+reserve/idle {v['B_p99_fair_reserve_vs_idle']:.2f}x "
-            f"(H {v['H_p99_fair_reserve_vs_idle']:.2f}x, B answered in full: {v['B_answered_all_fair_reserve']}); "
-            f"fair+engine/idle {v['B_p99_fair_engine_vs_idle']:.2f}x "
-            f"(H {v['H_p99_fair_engine_vs_idle']:.2f}x, B answered in full: {v['B_answered_all_fair_engine']}); "
-            f"fair/idle {v['B_p99_fair_vs_idle']:.2f}x, fair/busy {v['B_p99_fair_vs_busy']:.2f}x, "
-            f"fifo/idle {v['B_p99_fifo_vs_idle']:.2f}x; "
-            f"H (high) fair/idle {v['H_p99_fair_vs_idle']:.2f}x, fair/busy {v['H_p99_fair_vs_busy']:.2f}x, "
-            f"fifo/idle {v['H_p99_fifo_vs_idle']:.2f}x; "
-            f"B answered in full under the flood (fair): {v['B_answered_all_fair']}; lost: {v['requests_lost']}"
+        for phase in fleet["phases"]:
+            if f"B_p99_{_key(phase)}_vs_idle" in v:
+                lines.append(
+                    f"| {name} | {phase} | {v[f'B_p99_{_key(phase)}_vs_idle']:.2f}x | "
+                    f"{v[f'H_p99_{_key(phase)}_vs_idle']:.2f}x | {v[f'B_answered_all_{_key(phase)}']} |"
+                )
+    for name, fleet in results["fleets"].items():
+        v = fleet["verdicts"]
+        busy = (
+            f"; B p99 fair/busy {v['B_p99_fair_vs_busy']:.2f}x, H {v['H_p99_fair_vs_busy']:.2f}x"
+            if "B_p99_fair_vs_busy" in v
+            else ""
         )
+        lines.append(f"{name}: requests lost {v['requests_lost']}{busy}")
     lines += ["", "| fleet | phase | gateway wait, mean (requests that waited) | of H (class high) | engine queue, mean | engine TTFT, mean | preemptions |",
               "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for name, fleet in results["fleets"].items():

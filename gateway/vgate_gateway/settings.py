@@ -48,6 +48,7 @@ class ModelSettings(BaseModel):
     #: Unset: :data:`RESERVE_SHARE` of the capacity (see :meth:`reserve`).
     queue_reserve: int | None = Field(None, ge=0)
     queue_prefills_over_share: int | None = Field(None, ge=0)
+    queue_prefill_free_workers: int | None = Field(None, ge=0)
     #: The model's workers run vLLM's ``--scheduling-policy priority``: every request forwarded
     #: to them carries an engine ``priority`` (its class and its key's fair-share standing).
     engine_priority: bool = False
@@ -146,6 +147,10 @@ class GatewaySettings(BaseSettings):
     #: worker at once, so a flood's long prefills do not fill every engine step of a worker
     #: (0: no limit; docs/fairness.md "Prefills").
     queue_prefills_over_share: int = Field(0, ge=0)
+    #: Workers of a model kept free of the prefills of keys over their share while another key
+    #: is active: a light tenant's prompt goes to one of them, and its first token does not wait
+    #: for a flood's prefill (0: none; docs/fairness.md "Prefill-free workers").
+    queue_prefill_free_workers: int = Field(0, ge=0)
     #: Per-model overrides of ``worker_capacity`` and the queue settings.
     model_settings: dict[str, ModelSettings] = Field(default_factory=dict)
 
@@ -386,6 +391,9 @@ class GatewaySettings(BaseSettings):
             queue_timeout_s=_first(own.queue_timeout_s, self.queue_timeout_s),
             queue_reserve=_first(own.queue_reserve, self.queue_reserve),
             queue_prefills_over_share=_first(own.queue_prefills_over_share, self.queue_prefills_over_share),
+            queue_prefill_free_workers=_first(
+                own.queue_prefill_free_workers, self.queue_prefill_free_workers
+            ),
             engine_priority=own.engine_priority,
         )
 

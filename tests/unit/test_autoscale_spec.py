@@ -160,6 +160,20 @@ def test_the_gateway_config_carries_the_prefill_limit_and_refuses_a_negative_one
     )
 
 
+def test_the_gateway_config_carries_the_prefill_free_workers_and_refuses_a_negative_count() -> None:
+    raw = spec({"maxReplicas": 4}, queue={"prefillFreeWorkers": 1})
+    settings = gateway_settings(OWNER, parse_spec(OWNER.name, raw))
+    assert (
+        settings["model_settings"]["qwen"]["queue_prefill_free_workers"] == 1
+    )  # a count of workers: not divided
+    assert GatewaySettings(**settings).for_model("qwen").queue_prefill_free_workers == 1
+    assert problems({"maxReplicas": 4}, queue={"prefillFreeWorkers": -1}) == [
+        "models[0] (qwen).queue: prefillFreeWorkers must be >= 0 (0: none), not -1"
+    ]
+    unset = gateway_settings(OWNER, parse_spec(OWNER.name, spec({"maxReplicas": 4})))
+    assert "queue_prefill_free_workers" not in unset["model_settings"]["qwen"]
+
+
 @pytest.mark.parametrize(
     ("queue", "max_num_seqs", "message"),
     [

@@ -538,3 +538,81 @@ async def test_a_key_over_its_share_has_at_most_so_many_streams_awaiting_their_f
     assert dispatch.take_free(_req("a", stream=True)) is None  # held: one awaits its first token
     # A non-streamed answer gives no first-token signal: it is held to the reserve only.
     assert dispatch.take_free(_req("a")) is not None
+
+
+def _two_workers(**settings: object) -> Dispatcher:
+    dispatch, pool, _ = _saturated(**settings)
+    pool.replace([DiscoveredEndpoint("http://a"), DiscoveredEndpoint("http://b")])
+    for up in pool.all():
+        pool.passed(up, frozenset({"m"}))
+    return dispatch
+
+
+async def test_a_flood_is_kept_from_the_prefill_free_workers_and_light_prompts_go_to_them() -> None:
+    dispatch = _two_workers(worker_capacity=8, queue_reserve=0, queue_prefill_free_workers=1)
+    # Before any key floods, nothing is kept free: requests go where the router sends them.
+    quiet = [dispatch.take_free(_req("b")) for _ in range(2)]
+    assert {up.url for up in quiet if up is not None} == {"http://a", "http://b"}
+    for up in quiet:
+        assert up is not None
+        dispatch.release(_req("b"), up)
+    for _ in range(8):  # a holds its share (8 of 16: b is active): anywhere
+        assert dispatch.take_free(_req("a")) is not None
+    # Over its share, a goes only to the first worker in URL order; the last is kept free
+    # (every gateway process keeps the same one), streamed or not.
+    flood = [dispatch.take_free(_req("a", stream=s)) for s in (True, False, True, False)]
+    assert [up.url for up in flood if up is not None] == ["http://a"] * 4
+    # While a floods, b's prompts go to the free worker first.
+    assert [getattr(dispatch.take_free(_req("b", stream=True)), "url", None) for _ in range(3)] == [
+        "http://b"
+    ] * 3
+    # With the free worker full (4 of a's from before, 4 of b's), b still goes where there is room.
+    assert getattr(dispatch.take_free(_req("b")), "url", None) == "http://b"
+    assert flood[0] is not None
+    dispatch.release(_req("a"), flood[0])
+    assert getattr(dispatch.take_free(_req("b")), "url", None) == "http://a"
+
+
+def test_the_free_workers_are_the_last_in_url_order_and_one_is_always_left_to_the_flood() -> None:
+    assert Shares(0, 0, 1).kept_free(["http://c", "http://a", "http://b"]) == ["http://c"]
+    assert Shares(0, 0, 2).kept_free(["http://c", "http://a", "http://b"]) == ["http://b", "http://c"]
+    assert Shares(0, 0, 5).kept_free(["http://c", "http://a", "http://b"]) == ["http://b", "http://c"]
+    assert Shares(0, 0, 1).kept_free(["http://a"]) == []
+    assert Shares(0, 0, 0).kept_free(["http://a", "http://b"]) == []
+
+
+async def test_a_key_alone_is_never_kept_from_a_worker() -> None:
+    dispatch = _two_workers(worker_capacity=2, queue_reserve=0, queue_prefill_free_workers=1)
+    ups = [dispatch.take_free(_req("a", stream=True)) for _ in range(4)]
+    assert sorted(up.url for up in ups if up is not None) == ["http://a", "http://a", "http://b", "http://b"]
+    waiting = [asyncio.create_task(dispatch.acquire(_req("a", stream=True))) for _ in range(2)]
+    await asyncio.sleep(0)
+    assert ups[-1] is not None
+    dispatch.release(_req("a"), ups[-1])  # a's backlog goes on to whichever worker frees
+    await asyncio.sleep(0)
+    assert waiting[0].done()
+    assert waiting[0].result() is ups[-1]
+    for t in waiting:
+        t.cancel()
+
+
+async def test_a_key_with_requests_waiting_is_held_to_its_prefills_even_within_its_share_of_slots() -> None:
+    dispatch = _two_workers(worker_capacity=2, queue_reserve=0, queue_prefills_over_share=1)
+    light = [_req("b", stream=True) for _ in range(2)]
+    ups = [dispatch.take_free(r) for r in light]
+    held = [_req("a") for _ in range(2)]
+    for r in held:  # a holds 2 of 4 slots: its share, not more
+        assert dispatch.take_free(r) is not None
+    waiting = [_req("a", stream=True) for _ in range(3)]
+    tasks = [asyncio.create_task(dispatch.acquire(r)) for r in waiting]
+    await asyncio.sleep(0)
+    assert not any(t.done() for t in tasks)
+    assert ups[0] is not None
+    dispatch.release(light[0], ups[0])
+    await asyncio.sleep(0)
+    # The head goes with two of a's behind it: a sends more than it is served, so its
+    # prefill is counted against the limit although a holds no more than its share of slots.
+    assert tasks[0].done()
+    assert waiting[0].prefilling_on is not None
+    for t in tasks:
+        t.cancel()

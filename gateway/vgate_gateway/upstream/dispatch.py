@@ -38,6 +38,7 @@ from vgate_gateway.settings import GatewaySettings
 from vgate_gateway.upstream.adapters import AdapterManager
 from vgate_gateway.upstream.pool import Upstream, UpstreamPool
 from vgate_gateway.upstream.queue import (
+    ACTIVE_S,
     CLASSES,
     FIFO_ENGINE_PRIORITY,
     POLICIES,
@@ -142,6 +143,8 @@ class Dispatcher:
         self._shares: dict[str, Shares | None] = {}
         #: Per worker URL, streamed requests of keys over their share awaiting their first token.
         self._prefills: dict[str, int] = {}
+        #: Per model keeping prefill-free workers, when a flooding key was last dispatched.
+        self._flooded: dict[str, float] = {}
         for model in settings.declared_models():
             self.capacity(model)
         #: Requests in flight per (model, worker URL): those on a worker that left are draining.
@@ -193,7 +196,7 @@ class Dispatcher:
         ):
             # The queue's requests are all held back (else a worker would have taken them):
             # a key within its share takes a kept slot at once.
-            up = self._router.pick_free(req, capacity)
+            up = self._pick_within(shares, req, capacity)
         if up is None:
             return None
         self._begin(req, up)
@@ -212,7 +215,8 @@ class Dispatcher:
         except KeyError:
             own = self._settings.for_model(model)
             reserve, prefills = own.reserve(), own.queue_prefills_over_share or 0
-            shares = Shares(reserve, prefills) if reserve or prefills else None
+            free = own.queue_prefill_free_workers or 0
+            shares = Shares(reserve, prefills, free) if reserve or prefills or free else None
             if self._served(model):  # kept only for a model served here: clients choose model names
                 self._shares[model] = shares
             return shares
@@ -230,18 +234,42 @@ class Dispatcher:
             req.key_id, req.schedule.weight, lambda: capacity * len(self._pool.routable(model)), self._clock()
         )
 
-    def _pick_shared(self, shares: Shares, req: Request, capacity: int) -> Upstream | None:
-        """A worker for ``req`` within what its key may take: the reserve, and its prefills."""
-        if not self._over(shares, req, capacity):
-            return self._router.pick_free(req, capacity)
-        full: list[str] = []
-        if shares.prefills and req.stream:
-            full = [url for url, n in self._prefills.items() if n >= shares.prefills]
-        up = self._router.pick_free(req, shares.limit(capacity), full)
-        if up is not None and shares.prefills and req.stream:
+    def _pick_shared(self, shares: Shares, req: Request, capacity: int, behind: int = 0) -> Upstream | None:
+        """A worker for ``req`` within what its key may take: the reserve, its prefills, the free workers.
+
+        ``behind``: the key's requests still waiting in the queue after ``req``. A key that
+        holds more than its share of slots is held to the reserve. One that does, or that has
+        requests waiting behind this one while another key is active, **floods**: it sends
+        more than it is served, so it is held to its prefills and kept from the prefill-free
+        workers, even while it holds no more than its share of slots.
+        """
+        over = self._over(shares, req, capacity)
+        if not over and not (behind and not shares.alone(req.key_id)):
+            return self._pick_within(shares, req, capacity)
+        closed: list[str] = []
+        if shares.free_workers:
+            self._flooded[req.model] = self._clock()
+            closed = shares.kept_free([u.url for u in self._pool.routable(req.model)])
+        track = shares.prefills and req.stream
+        if track:
+            closed += [url for url, n in self._prefills.items() if n >= shares.prefills]
+        up = self._router.pick_free(req, shares.limit(capacity) if over else capacity, closed)
+        if up is not None and track:
             req.prefilling_on = up.url
             self._prefills[up.url] = self._prefills.get(up.url, 0) + 1
         return up
+
+    def _pick_within(self, shares: Shares, req: Request, capacity: int) -> Upstream | None:
+        """A worker for ``req`` of a key within its share: while a key floods, a prefill-free one first."""
+        flooded = self._flooded.get(req.model) if shares.free_workers else None
+        if flooded is not None and self._clock() - flooded < ACTIVE_S:
+            workers = [u.url for u in self._pool.routable(req.model)]
+            free = shares.kept_free(workers)
+            if free:
+                up = self._router.pick_free(req, capacity, [url for url in workers if url not in free])
+                if up is not None:
+                    return up
+        return self._router.pick_free(req, capacity)
 
     def first_token(self, req: Request) -> None:
         """``req``'s first token arrived: its key's place among the worker's prefills is free."""
@@ -483,7 +511,8 @@ class Dispatcher:
             if shares is None:
                 up = self._router.pick_free(head.req, capacity)
             else:
-                up = self._pick_shared(shares, head.req, capacity)
+                behind = queue.waiting_of(head.req.key_id) - 1
+                up = self._pick_shared(shares, head.req, capacity, behind)
             if up is None:
                 break
             queue.remove(head)
@@ -564,6 +593,7 @@ class Dispatcher:
             "capacity_per_worker": self.capacity(m),
             "reserve_per_worker": shares.reserve if shares is not None else 0,
             "prefills_over_share_per_worker": shares.prefills if shares is not None else 0,
+            "prefill_free_workers": shares.free_workers if shares is not None else 0,
             "max_requests": q.bounds.max_requests,
             "max_bytes": q.bounds.max_bytes,
             "timeout_s": q.bounds.timeout_s,

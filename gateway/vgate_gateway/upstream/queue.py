@@ -20,7 +20,7 @@ import asyncio
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -183,6 +183,10 @@ class ModelQueue:
         """Whether ``key`` has a request waiting here, in any class."""
         return any(key in lanes for lanes in self.lanes)
 
+    def waiting_of(self, key: str) -> int:
+        """Requests of ``key`` waiting here, in every class."""
+        return sum(len(lanes[key]) for lanes in self.lanes if key in lanes)
+
     def oldest_wait_s(self, now: float) -> float:
         heads = [lane[0].since for lanes in self.lanes for lane in lanes.values()]
         return now - min(heads) if heads else 0.0
@@ -208,9 +212,10 @@ class Shares:
     plain arithmetic.
     """
 
-    def __init__(self, reserve: int, prefills: int = 0) -> None:
+    def __init__(self, reserve: int, prefills: int = 0, free_workers: int = 0) -> None:
         self.reserve = reserve
         self.prefills = prefills
+        self.free_workers = free_workers
         self.inflight: dict[str, int] = {}
         #: Per key: (last dispatch, its weight).
         self.seen: dict[str, tuple[float, float]] = {}
@@ -246,6 +251,16 @@ class Shares:
     def limit(self, capacity: int) -> int:
         """Requests one worker may hold when a request of a key over its share goes to it."""
         return max(1, capacity - self.reserve)
+
+    def kept_free(self, workers: Sequence[str]) -> list[str]:
+        """Of a model's ``workers`` (URLs), those a flooding key is kept from: ``free_workers`` of them.
+
+        The last in URL order, so every gateway process and replica keeps the same ones free
+        without telling each other; one worker is always left to the flood.
+        """
+        if not self.free_workers or len(workers) < 2:
+            return []
+        return sorted(workers)[max(1, len(workers) - self.free_workers) :]
 
     def _active(self, key: str, last: float, now: float) -> bool:
         return key in self.inflight or now - last <= ACTIVE_S

@@ -62,6 +62,8 @@ class QueueSpec(SchemaModel):
     """Must outlast a GPU worker's cold start, or requests waiting on a scale-from-zero time out."""
     prefills_over_share: int = 0
     """Streamed requests of a key over its share that each gateway process may have awaiting their first token on one worker, so a flood's long prompts do not fill every engine step (0: no limit)."""
+    prefill_free_workers: int = 0
+    """Workers kept free of the prefills of a key that floods (sends more than it is served) while other keys are active: their prompts go there, and their first token does not wait for the flood's prefills. The flood is served by the other workers (0: none)."""
     reserve: int | None = None
     """Slots of each worker that a key over its share of the model's slots may not fill while other keys are active, kept for keys within their share (a light tenant is not queued behind a flood). Unset: an eighth of what each gateway process may send a worker; 0: none."""
 
@@ -139,6 +141,10 @@ def check_queue(where: str, queue: QueueSpec) -> list[str]:
     if queue.prefills_over_share < 0:
         problems.append(
             f"{where}.queue: prefillsOverShare must be >= 0 (0: no limit), not {queue.prefills_over_share}"
+        )
+    if queue.prefill_free_workers < 0:
+        problems.append(
+            f"{where}.queue: prefillFreeWorkers must be >= 0 (0: none), not {queue.prefill_free_workers}"
         )
     return problems
 

@@ -95,6 +95,11 @@ def _model_settings(spec: VGateDeploymentSpec) -> dict[str, Any]:
                     if m.queue.prefills_over_share > 0
                     else {}
                 ),
+                **(
+                    {"queue_prefill_free_workers": m.queue.prefill_free_workers}
+                    if m.queue.prefill_free_workers > 0
+                    else {}
+                ),
                 **({"max_loras": m.max_loras} if m.max_loras is not None else {}),
                 # The workers order their waiting requests by the priority the gateway sends.
                 **({"engine_priority": True} if m.scheduling_policy == "priority" else {}),
