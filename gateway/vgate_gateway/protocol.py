@@ -121,6 +121,10 @@ class Request:
     #: The worker where this streamed request of a key over its share holds one of the places
     #: such keys have among a worker's prefills, until its first token (set at dispatch).
     prefilling_on: str | None = None
+    #: The worker, one a flood may use, where this streamed request of a key within its share
+    #: awaits its first token (the prefill-free workers were full): the flood's next prefill
+    #: is held from it meanwhile (set at dispatch).
+    awaiting_first_on: str | None = None
     _tenant: str | None = field(default=None, repr=False)
 
     @classmethod

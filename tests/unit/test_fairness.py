@@ -592,6 +592,7 @@ async def test_a_key_alone_is_never_kept_from_a_worker() -> None:
     await asyncio.sleep(0)
     assert waiting[0].done()
     assert waiting[0].result() is ups[-1]
+    assert dispatch.stats()["m"]["prefill_free_workers"] == 1
     for t in waiting:
         t.cancel()
 
@@ -616,3 +617,28 @@ async def test_a_key_with_requests_waiting_is_held_to_its_prefills_even_within_i
     assert waiting[0].prefilling_on is not None
     for t in tasks:
         t.cancel()
+
+
+async def test_a_light_prompt_that_must_share_the_floods_worker_holds_its_next_prefill_back() -> None:
+    dispatch = _two_workers(worker_capacity=4, queue_reserve=0, queue_prefill_free_workers=1)
+    light = _req("b", weight=3.0)
+    dispatch.release(light, await dispatch.acquire(light))  # b is active: a's share is 2 of 8
+    flood = []
+    while (up := dispatch.take_free(r := _req("a"))) is not None:  # over its share: worker a only
+        flood.append((r, up))
+    assert [up.url for _, up in flood[-2:]] == ["http://a", "http://a"]
+    while dispatch.take_free(_req("b", weight=3.0, stream=True)) is not None:  # b fills the free worker
+        pass
+    on_a = [(r, up) for r, up in flood if up.url == "http://a"]
+    dispatch.release(*on_a[0])
+    spilled = _req("b", weight=3.0, stream=True)
+    up = dispatch.take_free(spilled)  # the free worker is full: b goes where the flood prefills
+    assert up is not None
+    assert up.url == "http://a"
+    assert spilled.awaiting_first_on == "http://a"
+    dispatch.release(*on_a[1])
+    streamed = _req("a", stream=True)
+    assert dispatch.take_free(streamed) is None  # a slot is free on a, but b's first token comes first
+    dispatch.first_token(spilled)
+    assert spilled.awaiting_first_on is None
+    assert getattr(dispatch.take_free(streamed), "url", None) == "http://a"

@@ -145,6 +145,9 @@ class Dispatcher:
         self._prefills: dict[str, int] = {}
         #: Per model keeping prefill-free workers, when a flooding key was last dispatched.
         self._flooded: dict[str, float] = {}
+        #: Per worker URL open to a flood, streamed requests of keys within their share awaiting
+        #: their first token there (sent there because the free workers were full).
+        self._firsts: dict[str, int] = {}
         for model in settings.declared_models():
             self.capacity(model)
         #: Requests in flight per (model, worker URL): those on a worker that left are draining.
@@ -250,6 +253,7 @@ class Dispatcher:
         if shares.free_workers:
             self._flooded[req.model] = self._clock()
             closed = shares.kept_free([u.url for u in self._pool.routable(req.model)])
+            closed += self._firsts  # a light request's first token comes before the flood's next prefill
         track = shares.prefills and req.stream
         if track:
             closed += [url for url, n in self._prefills.items() if n >= shares.prefills]
@@ -269,6 +273,11 @@ class Dispatcher:
                 up = self._router.pick_free(req, capacity, [url for url in workers if url not in free])
                 if up is not None:
                     return up
+                up = self._router.pick_free(req, capacity)
+                if up is not None and req.stream:  # a worker the flood prefills on
+                    req.awaiting_first_on = up.url
+                    self._firsts[up.url] = self._firsts.get(up.url, 0) + 1
+                return up
         return self._router.pick_free(req, capacity)
 
     def first_token(self, req: Request) -> None:
@@ -279,12 +288,16 @@ class Dispatcher:
                 self._drain(known)
 
     def _prefilled(self, req: Request) -> bool:
-        """Free ``req``'s place among its worker's prefills; False if it held none."""
+        """Free ``req``'s place among its worker's prefills, or the worker it held from the flood; False if neither."""
         url, req.prefilling_on = req.prefilling_on, None
-        if url is None:
-            return False
-        count_down(self._prefills, url)
-        return True
+        if url is not None:
+            count_down(self._prefills, url)
+            return True
+        url, req.awaiting_first_on = req.awaiting_first_on, None
+        if url is not None:
+            count_down(self._firsts, url)
+            return True
+        return False
 
     def _sends_priority(self, model: str) -> bool:
         """Whether ``model``'s workers run vLLM's priority scheduling (the model's ``engine_priority``)."""
