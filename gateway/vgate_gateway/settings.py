@@ -147,9 +147,9 @@ class GatewaySettings(BaseSettings):
     #: worker at once, so a flood's long prefills do not fill every engine step of a worker
     #: (0: no limit; docs/fairness.md "Prefills").
     queue_prefills_over_share: int = Field(0, ge=0)
-    #: Workers of a model kept free of the prefills of keys over their share while another key
-    #: is active: a light tenant's prompt goes to one of them, and its first token does not wait
-    #: for a flood's prefill (0: none; docs/fairness.md "Prefill-free workers").
+    #: Workers of a model kept free of a flooding key's requests while another key is active
+    #: (the last in URL order): a light tenant's prompt goes to one of them, and its first token
+    #: does not wait for the flood's prefills (0: none; docs/fairness.md "Prefill-free workers").
     queue_prefill_free_workers: int = Field(0, ge=0)
     #: Per-model overrides of ``worker_capacity`` and the queue settings.
     model_settings: dict[str, ModelSettings] = Field(default_factory=dict)

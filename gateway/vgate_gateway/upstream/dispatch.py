@@ -281,7 +281,7 @@ class Dispatcher:
         return self._router.pick_free(req, capacity)
 
     def first_token(self, req: Request) -> None:
-        """``req``'s first token arrived: its key's place among the worker's prefills is free."""
+        """``req``'s first token arrived: the prefill it held a place for, or held the flood from, is done."""
         if self._prefilled(req):
             known = self._models.get(req.model)
             if known is not None and len(known.queue):

@@ -207,7 +207,8 @@ class Shares:
     within their share, so a light tenant's request finds one free at once under a flood
     instead of waiting for one of the flood's requests to end), and, with ``prefills`` set,
     may have at most that many streamed requests awaiting their first token on one worker (so
-    a step carries few of its prefills). With one key active nothing is held back, and keys
+    a step carries few of its prefills), and with ``free_workers`` is kept from that many
+    workers (:meth:`kept_free`). With one key active nothing is held back, and keys
     that all hold their share fill every slot. Times are given (the dispatcher's clock):
     plain arithmetic.
     """
