@@ -248,6 +248,8 @@ class Dispatcher:
         """
         over = self._over(shares, req, capacity)
         if not over and not (behind and not shares.alone(req.key_id)):
+            if not shares.free_workers:  # the common case, without a call more
+                return self._router.pick_free(req, capacity)
             return self._pick_within(shares, req, capacity)
         closed: list[str] = []
         if shares.free_workers:
@@ -289,12 +291,14 @@ class Dispatcher:
 
     def _prefilled(self, req: Request) -> bool:
         """Free ``req``'s place among its worker's prefills, or the worker it held from the flood; False if neither."""
-        url, req.prefilling_on = req.prefilling_on, None
+        url = req.prefilling_on
         if url is not None:
+            req.prefilling_on = None
             count_down(self._prefills, url)
             return True
-        url, req.awaiting_first_on = req.awaiting_first_on, None
+        url = req.awaiting_first_on
         if url is not None:
+            req.awaiting_first_on = None
             count_down(self._firsts, url)
             return True
         return False
