@@ -182,14 +182,14 @@ async def _while_busy(
 
 
 async def _in_flight(
-    http: httpx.AsyncClient, gateway: Proc, body: dict[str, Any]
+    http: httpx.AsyncClient, gateway: Proc, body: dict[str, Any], sender: httpx.AsyncClient | None = None
 ) -> asyncio.Task[httpx.Response] | None:
-    """Send ``body`` and wait until the gateway's call to a worker for it is in flight.
+    """Send ``body`` (through ``sender``, else ``http``) and wait until the gateway's call to a worker for it is in flight.
 
     The gateway's own view (cheap, local) is asked. None if the whole answer came back first
     (an answer that is an error fails the test instead).
     """
-    sent = asyncio.create_task(http.post("/v1/completions", json=body))
+    sent = asyncio.create_task((sender or http).post("/v1/completions", json=body))
     await eventually(lambda: sent.done() or _routed(http, gateway), within=60)
     if sent.done():
         (await sent).raise_for_status()
@@ -227,13 +227,19 @@ async def test_a_client_leaving_a_completion_stops_vllm(
             }
             await eventually(lambda: _idle(http, vllm_stack), within=30)
             generated_before = await _generated(http, vllm_stack)
-            leaving = await _in_flight(http, gateway, body)
+            # The leaving client has a connection of its own and closes it when it leaves: a
+            # cancelled request alone may leave its connection open in the client's pool, and
+            # then the gateway cannot know the client is gone until it answers.
+            client = httpx.AsyncClient(base_url=gateway.url, timeout=300)
+            leaving = await _in_flight(http, gateway, body, sender=client)
             if leaving is not None:
                 break
+            await client.aclose()
         else:
             pytest.fail(f"the whole answer came back before the gateway was seen sending it, {TRIES} times")
         leaving.cancel()
         await asyncio.gather(leaving, return_exceptions=True)
+        await client.aclose()
         await eventually(lambda: _idle(http, vllm_stack), within=CANCELLED_WITHIN_S)
         generated = await _generated(http, vllm_stack) - generated_before
     # vLLM stopped early instead of writing the whole answer for nobody.
