@@ -6,15 +6,21 @@ Poisson arrivals:
 
 - **idle**: tenant B (short prompts) at 10 % of capacity and tenant H (a ``priority=high``
   key) at 5 %, alone: their TTFT on an idle fleet, the baseline;
-- **fair**, **fair+engine** and **fifo**: the same B and H while tenant A floods at 10x capacity
-  with long prompts, through a gateway with ``VGATE_QUEUE_POLICY=fair``; the same with each
-  request's engine priority sent to the workers (``model_settings.<m>.engine_priority``); the
-  same with the reserve too (``VGATE_QUEUE_RESERVE``: each worker's last slots kept for keys
-  within their share); the same with a key over its share held to ``--prefills`` streams
-  awaiting their first token per worker (``VGATE_QUEUE_PREFILLS_OVER_SHARE``); then ``fifo``.
+- **busy**: the same with A at 80 % of capacity: the fleet nearly full, hardly a queue;
+- **fair**, **fair+engine**, **fair+reserve**, **fair+prefills**, **fair+free** and **fifo**:
+  the same B and H while tenant A floods at 10x capacity with long prompts, starting
+  ``--flood-delay-s`` after them, through a gateway with ``VGATE_QUEUE_POLICY=fair``; the same
+  with each request's engine priority sent to the workers
+  (``model_settings.<m>.engine_priority``); with the reserve too (``VGATE_QUEUE_RESERVE``: each
+  worker's last slots kept for keys within their share); with a flooding key held to
+  ``--prefills`` streams awaiting their first token per worker
+  (``VGATE_QUEUE_PREFILLS_OVER_SHARE``); with ``--free-workers`` kept free of the flood
+  (``VGATE_QUEUE_PREFILL_FREE_WORKERS``); then ``fifo``. ``--phases`` runs some of them.
+
+Each tenant's client is a process of its own (see :func:`run_phase`).
 
 The workers run vLLM's ``--scheduling-policy priority`` throughout: without a ``priority`` in
-the requests (every phase but fair+engine) every request has vLLM's default 0, and the priority
+the requests (fair, busy, idle, fifo) every request has vLLM's default 0, and the priority
 policy orders and preempts exactly as ``fcfs`` does (by arrival), so one fleet serves every phase.
 
 The workers saturate for real: the simulator (and vLLM) batch at most ``--seqs`` sequences
@@ -93,7 +99,7 @@ class FairnessConfig:
     #: Streams of a key over its share that may await their first token on one worker, in the
     #: fair+prefills phase (``VGATE_QUEUE_PREFILLS_OVER_SHARE``, with the reserve too).
     prefills: int = 1
-    #: Workers kept free of the prefills of keys over their share in the fair+free phase
+    #: Workers kept free of a flooding key's requests in the fair+free phase
     #: (``VGATE_QUEUE_PREFILL_FREE_WORKERS``, with the reserve and the prefill limit too).
     free_workers: int = 1
     #: The workers' ``--long-prefill-token-threshold`` (vLLM's cap on the prompt tokens one

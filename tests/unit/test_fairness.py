@@ -566,7 +566,8 @@ async def test_a_flood_is_kept_from_the_prefill_free_workers_and_light_prompts_g
     assert [getattr(dispatch.take_free(_req("b", stream=True)), "url", None) for _ in range(3)] == [
         "http://b"
     ] * 3
-    # With the free worker full (4 of a's from before, 4 of b's), b still goes where there is room.
+    # The free worker takes one more (4 of a's from before, now 4 of b's: full); then b still
+    # goes where there is room.
     assert getattr(dispatch.take_free(_req("b")), "url", None) == "http://b"
     assert flood[0] is not None
     dispatch.release(_req("a"), flood[0])
